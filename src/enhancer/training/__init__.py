@@ -1,0 +1,1 @@
+"""Data, network, training, export and evaluation of the restoration model."""

@@ -1,0 +1,65 @@
+"""Export a trained Keras network as the TensorFlow SavedModel the server (and TF Serving) loads.
+
+The serving signature is the project's one model contract: `serving_default` takes float32
+`images` [N, H, W, 3] in [0, 1] of any batch, height and width, and returns `enhanced` of the same
+shape, clipped to [0, 1]. Padding to the net's size multiple happens inside the signature, so a
+caller never needs to know the architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from enhancer.training.network import SIZE_MULTIPLE
+
+SIGNATURE_KEY = "serving_default"
+INPUT_KEY = "images"
+OUTPUT_KEY = "enhanced"
+
+
+def _pad_to_multiple(images: tf.Tensor, multiple: int) -> tf.Tensor:
+    """Edge-replicate rows/columns up to a multiple (works even for a 1x1 image)."""
+    h, w = tf.shape(images)[1], tf.shape(images)[2]
+    pad_h = (multiple - h % multiple) % multiple
+    pad_w = (multiple - w % multiple) % multiple
+    images = tf.concat([images, tf.repeat(images[:, -1:, :, :], pad_h, axis=1)], axis=1)
+    return tf.concat([images, tf.repeat(images[:, :, -1:, :], pad_w, axis=2)], axis=2)
+
+
+class _Servable(tf.Module):
+    def __init__(self, model: keras.Model):
+        super().__init__()
+        self.model = model
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_KEY)])
+    def serve(self, images):
+        h, w = tf.shape(images)[1], tf.shape(images)[2]
+        restored = self.model(_pad_to_multiple(images, SIZE_MULTIPLE), training=False)
+        return {OUTPUT_KEY: tf.clip_by_value(restored[:, :h, :w, :], 0.0, 1.0)}
+
+
+def export_saved_model(model: keras.Model, out_dir: Path, metadata: dict | None = None) -> Path:
+    """Write `model` as a SavedModel into `out_dir` (replacing what was there) plus metadata.json."""
+    out_dir = Path(out_dir)
+    servable = _Servable(model)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    tf.saved_model.save(servable, str(tmp), signatures={SIGNATURE_KEY: servable.serve})
+    info = {"architecture": model.name, "parameters": int(model.count_params()), **(metadata or {})}
+    (tmp / "metadata.json").write_text(json.dumps(info, indent=2) + "\n")
+    card = out_dir / "MODEL_CARD.md"
+    if card.exists():
+        (tmp / "MODEL_CARD.md").write_text(card.read_text())
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
