@@ -1,0 +1,571 @@
+/* enhancer web page: pick or drop an image, send it to POST /upscale, compare, download.
+ * Plain JavaScript, no build step, no external requests: everything talks to this origin. */
+(function () {
+  "use strict";
+
+  var $ = function (id) { return document.getElementById(id); };
+  var els = {
+    form: $("enhance-form"), dropzone: $("dropzone"), input: $("file-input"),
+    fileInfo: $("file-info"), thumb: $("thumb"), fileName: $("file-name"), fileDetails: $("file-details"),
+    format: $("format"), qualityField: $("quality-field"), quality: $("quality"), qualityValue: $("quality-value"),
+    enhance: $("enhance-btn"), cancel: $("cancel-btn"),
+    progress: $("progress"), progressBar: $("progress-bar"), progressLabel: $("progress-label"), progressExtra: $("progress-extra"),
+    status: $("status"), error: $("error"), errorTitle: $("error-title"), errorMessage: $("error-message"),
+    result: $("result"), resultTitle: $("result-title"), resultSummary: $("result-summary"),
+    download: $("download"), downloadName: $("download-name"),
+    compare: $("compare"), viewport: $("viewport"), stage: $("stage"),
+    before: $("img-before"), after: $("img-after"), divider: $("divider"), split: $("split")
+  };
+
+  var FORMAT_LABEL = { png: "PNG", jpeg: "JPEG", webp: "WebP" };
+  var ERROR_TITLE = {
+    400: "This image could not be read",
+    404: "The enhance service was not found",
+    408: "The upload took too long",
+    413: "This image is too large",
+    415: "This file type is not supported",
+    422: "The request was not accepted",
+    429: "Too many requests",
+    500: "The server failed to enhance this image",
+    502: "The server is unreachable",
+    503: "The server is busy",
+    504: "The server took too long"
+  };
+
+  var state = {
+    file: null, originalURL: null, originalSize: null,
+    resultURL: null, xhr: null, timer: null,
+    zoom: "fit", scale: 1, natural: null, split: 50
+  };
+
+  function setPageState(s) { document.body.setAttribute("data-state", s); }
+  setPageState("idle");
+
+  /* ---------- small helpers ---------- */
+
+  function formatBytes(n) {
+    if (n < 1024) return n + " B";
+    if (n < 1024 * 1024) return (n / 1024).toFixed(n < 10240 ? 1 : 0) + " KB";
+    return (n / (1024 * 1024)).toFixed(1) + " MB";
+  }
+
+  function formatSeconds(ms) { return (ms / 1000).toFixed(ms < 10000 ? 1 : 0) + " s"; }
+
+  function announce(text) { els.status.textContent = text; }
+
+  function stemOf(name) {
+    var base = (name || "image").replace(/^.*[\\/]/, "");
+    var dot = base.lastIndexOf(".");
+    return (dot > 0 ? base.slice(0, dot) : base) || "image";
+  }
+
+  /* filename from Content-Disposition: prefers RFC 5987 filename*=, then filename= */
+  function filenameFromDisposition(header) {
+    if (!header) return null;
+    var star = /filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)/.exec(header);
+    if (star) {
+      try { return sanitizeName(decodeURIComponent(star[1].trim().replace(/^"|"$/g, ""))); } catch (e) { /* fall through */ }
+    }
+    var quoted = /filename\s*=\s*"((?:[^"\\]|\\.)*)"/.exec(header);
+    if (quoted) return sanitizeName(quoted[1].replace(/\\(.)/g, "$1"));
+    var bare = /filename\s*=\s*([^;\s]+)/.exec(header);
+    return bare ? sanitizeName(bare[1]) : null;
+  }
+
+  function sanitizeName(name) {
+    name = name.replace(/^.*[\\/]/, "").replace(/[\u0000-\u001f]/g, "").trim();
+    return name || null;
+  }
+
+  function errorDetail(body) {
+    /* FastAPI gives {"detail": "text"} or, for validation errors, {"detail": [{"msg": ...}, ...]} */
+    if (!body || body.detail === undefined || body.detail === null) return null;
+    var d = body.detail;
+    if (typeof d === "string") return d;
+    if (Array.isArray(d)) {
+      return d.map(function (item) {
+        if (typeof item === "string") return item;
+        var where = Array.isArray(item.loc) ? item.loc.filter(function (p) { return p !== "body" && p !== "query"; }).join(".") : "";
+        return (where ? where + ": " : "") + (item.msg || JSON.stringify(item));
+      }).join("; ");
+    }
+    return JSON.stringify(d);
+  }
+
+  /* ---------- choosing a file ---------- */
+
+  function chooseFile(file) {
+    if (!file) return;
+    cancelRequest(true);
+    hideError();
+    hideResult();
+    state.file = file;
+    state.originalSize = null;
+    if (state.originalURL) URL.revokeObjectURL(state.originalURL);
+    state.originalURL = URL.createObjectURL(file);
+
+    els.dropzone.setAttribute("data-state", "chosen");
+    els.fileInfo.hidden = false;
+    els.fileName.textContent = file.name || "pasted image";
+    els.fileName.title = file.name || "";
+    els.fileDetails.textContent = formatBytes(file.size);
+    els.thumb.removeAttribute("src");
+
+    var probe = new Image();
+    var url = state.originalURL;
+    probe.onload = function () {
+      if (url !== state.originalURL) return;
+      state.originalSize = { w: probe.naturalWidth, h: probe.naturalHeight };
+      els.thumb.src = url;
+      els.fileDetails.textContent = probe.naturalWidth + " × " + probe.naturalHeight + " px · " + formatBytes(file.size);
+    };
+    probe.onerror = function () {
+      if (url !== state.originalURL) return;
+      els.fileDetails.textContent = formatBytes(file.size) + " · this browser can't preview it, the server may still read it";
+    };
+    probe.src = url;
+
+    els.enhance.disabled = false;
+    setPageState("chosen");
+    announce("Selected " + (file.name || "image") + ". Press Enhance to start.");
+  }
+
+  els.input.addEventListener("change", function () {
+    if (els.input.files && els.input.files[0]) chooseFile(els.input.files[0]);
+  });
+
+  /* drag and drop: anywhere on the page, highlighted on the drop zone */
+  var dragDepth = 0;
+  function hasFiles(e) {
+    var t = e.dataTransfer && e.dataTransfer.types;
+    return !!t && Array.prototype.indexOf.call(t, "Files") !== -1;
+  }
+  document.addEventListener("dragenter", function (e) {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    dragDepth++;
+    els.dropzone.classList.add("is-dragover");
+  });
+  document.addEventListener("dragover", function (e) {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("dragleave", function (e) {
+    if (!hasFiles(e)) return;
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) els.dropzone.classList.remove("is-dragover");
+  });
+  document.addEventListener("drop", function (e) {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    dragDepth = 0;
+    els.dropzone.classList.remove("is-dragover");
+    var f = e.dataTransfer.files && e.dataTransfer.files[0];
+    if (f) chooseFile(f);
+  });
+
+  /* paste an image from the clipboard */
+  document.addEventListener("paste", function (e) {
+    var files = e.clipboardData && e.clipboardData.files;
+    if (files && files.length) {
+      e.preventDefault();
+      chooseFile(files[0]);
+    }
+  });
+
+  /* ---------- options ---------- */
+
+  function syncFormat() {
+    var lossy = els.format.value !== "png";
+    els.qualityField.hidden = !lossy;
+    els.quality.disabled = !lossy;
+  }
+  function syncQuality() { els.qualityValue.textContent = els.quality.value; }
+
+  try {
+    var saved = JSON.parse(localStorage.getItem("enhancer.options") || "null");
+    if (saved && FORMAT_LABEL[saved.format]) els.format.value = saved.format;
+    if (saved && saved.quality >= 1 && saved.quality <= 100) els.quality.value = String(saved.quality);
+  } catch (e) { /* storage unavailable: defaults */ }
+
+  function saveOptions() {
+    try {
+      localStorage.setItem("enhancer.options", JSON.stringify({ format: els.format.value, quality: Number(els.quality.value) }));
+    } catch (e) { /* ignore */ }
+  }
+
+  els.format.addEventListener("change", function () { syncFormat(); saveOptions(); });
+  els.quality.addEventListener("input", syncQuality);
+  els.quality.addEventListener("change", saveOptions);
+  syncFormat();
+  syncQuality();
+
+  /* ---------- errors ---------- */
+
+  function showError(title, message) {
+    els.errorTitle.textContent = title;
+    els.errorMessage.textContent = message || "";
+    els.errorMessage.hidden = !message;
+    els.error.hidden = false;
+    setPageState("error");
+  }
+  function hideError() { els.error.hidden = true; }
+
+  /* ---------- sending ---------- */
+
+  function setBusy(busy) {
+    els.enhance.disabled = busy || !state.file;
+    els.enhance.classList.toggle("is-busy", busy);
+    els.enhance.setAttribute("aria-busy", busy ? "true" : "false");
+    els.cancel.hidden = !busy;
+    els.format.disabled = busy;
+    els.quality.disabled = busy || els.format.value === "png";
+    els.input.disabled = busy;
+  }
+
+  function stopTimer() {
+    if (state.timer) { clearInterval(state.timer); state.timer = null; }
+  }
+
+  function showUploadProgress(loaded, total) {
+    els.progress.hidden = false;
+    els.progressLabel.textContent = "Uploading…";
+    if (total > 0) {
+      var pct = Math.min(100, Math.round(loaded / total * 100));
+      els.progressBar.max = 100;
+      els.progressBar.value = pct;
+      els.progressExtra.textContent = pct + "% of " + formatBytes(total);
+    } else {
+      els.progressBar.removeAttribute("value");
+      els.progressExtra.textContent = "";
+    }
+  }
+
+  function showWorking(startedAt) {
+    if (state.timer) return;
+    setPageState("working");
+    els.progress.hidden = false;
+    els.progressLabel.textContent = "Enhancing on the server…";
+    els.progressBar.removeAttribute("value"); /* indeterminate */
+    announce("Upload complete. The server is enhancing your image.");
+    var tick = function () { els.progressExtra.textContent = formatSeconds(Date.now() - startedAt); };
+    tick();
+    state.timer = setInterval(tick, 200);
+  }
+
+  function cancelRequest(silent) {
+    if (!state.xhr) return;
+    var xhr = state.xhr;
+    state.xhr = null;
+    xhr.abort();
+    stopTimer();
+    setBusy(false);
+    els.progress.hidden = true;
+    if (!silent) {
+      setPageState("chosen");
+      announce("Cancelled.");
+    }
+  }
+  els.cancel.addEventListener("click", function () { cancelRequest(false); });
+
+  els.form.addEventListener("submit", function (e) {
+    e.preventDefault();
+    if (!state.file || state.xhr) return;
+    send(state.file);
+  });
+
+  function send(file) {
+    hideError();
+    var fmt = els.format.value;
+    var params = new URLSearchParams({ format: fmt });
+    if (fmt !== "png") params.set("quality", els.quality.value);
+
+    var body = new FormData();
+    body.append("image", file, file.name || "image");
+
+    var xhr = new XMLHttpRequest();
+    state.xhr = xhr;
+    var startedAt = Date.now();
+    var workStartedAt = null;
+    xhr.open("POST", "/upscale?" + params.toString());
+    xhr.responseType = "blob";
+    xhr.setRequestHeader("Accept", "image/*, application/json");
+
+    xhr.upload.onprogress = function (ev) {
+      if (state.xhr !== xhr) return;
+      showUploadProgress(ev.loaded, ev.lengthComputable ? ev.total : 0);
+    };
+    xhr.upload.onload = function () {
+      if (state.xhr !== xhr) return;
+      workStartedAt = Date.now();
+      showWorking(workStartedAt);
+    };
+    xhr.onload = function () {
+      if (state.xhr !== xhr) return;
+      state.xhr = null;
+      stopTimer();
+      setBusy(false);
+      els.progress.hidden = true;
+      if (xhr.status === 200) {
+        handleResult(xhr, file, fmt, Date.now() - startedAt);
+      } else {
+        handleHttpError(xhr);
+      }
+    };
+    xhr.onerror = function () {
+      if (state.xhr !== xhr) return;
+      state.xhr = null;
+      stopTimer();
+      setBusy(false);
+      els.progress.hidden = true;
+      showError("Could not reach the server",
+        "The connection failed before an answer came back. Check your network connection and that the server is running, then try again.");
+      announce("Network error.");
+    };
+
+    setBusy(true);
+    setPageState("uploading");
+    showUploadProgress(0, file.size);
+    announce("Uploading " + (file.name || "image") + ".");
+    xhr.send(body);
+  }
+
+  function handleHttpError(xhr) {
+    var status = xhr.status;
+    var title = ERROR_TITLE[status] || ("The server answered with an error (" + status + ")");
+    var retry = xhr.getResponseHeader("Retry-After");
+    var finish = function (detail) {
+      var message = detail || (status + " " + (xhr.statusText || "error"));
+      if (status === 503 && retry && /^\d+$/.test(retry.trim())) {
+        message += " Try again in " + retry.trim() + " s.";
+      }
+      showError(title, message);
+      announce(title + ". " + message);
+    };
+    var blob = xhr.response;
+    if (!blob || typeof blob.text !== "function") { finish(null); return; }
+    blob.text().then(function (text) {
+      var detail = null;
+      try { detail = errorDetail(JSON.parse(text)); } catch (e) { detail = null; }
+      finish(detail);
+    }, function () { finish(null); });
+  }
+
+  /* ---------- result ---------- */
+
+  function loadImage(img, src) {
+    return new Promise(function (resolve) {
+      img.onload = function () { resolve(true); };
+      img.onerror = function () { resolve(false); };
+      img.src = src;
+    });
+  }
+
+  function handleResult(xhr, file, fmt, elapsedMs) {
+    var blob = xhr.response;
+    var type = (xhr.getResponseHeader("Content-Type") || blob.type || "").split(";")[0];
+    if (type && type.indexOf("image/") !== 0) {
+      showError("Unexpected answer from the server", "Expected an image but got " + type + ".");
+      return;
+    }
+    var ext = fmt === "jpeg" ? "jpg" : fmt;
+    var name = filenameFromDisposition(xhr.getResponseHeader("Content-Disposition")) ||
+      (stemOf(file.name) + "_enhanced." + ext);
+
+    if (state.resultURL) URL.revokeObjectURL(state.resultURL);
+    state.resultURL = URL.createObjectURL(blob);
+
+    els.download.href = state.resultURL;
+    els.download.setAttribute("download", name);
+    els.downloadName.textContent = name;
+    els.download.setAttribute("aria-label", "Download " + name);
+
+    Promise.all([loadImage(els.after, state.resultURL), loadImage(els.before, state.originalURL)]).then(function (ok) {
+      if (!ok[0]) {
+        showError("The result could not be displayed", "Your browser cannot show " + (FORMAT_LABEL[fmt] || fmt) +
+          " images here, but you can still download it.");
+      }
+      var w = els.after.naturalWidth || els.before.naturalWidth;
+      var h = els.after.naturalHeight || els.before.naturalHeight;
+      state.natural = { w: w, h: h };
+      var beforeOk = ok[1];
+      els.compare.classList.toggle("no-before", !beforeOk);
+      els.split.disabled = !beforeOk;
+      if (!beforeOk) setSplit(0);
+
+      var bits = [w + " × " + h + " px", (FORMAT_LABEL[fmt] || fmt) + " " + formatBytes(blob.size),
+        "done in " + formatSeconds(elapsedMs)];
+      els.resultSummary.textContent = bits.join(" · ") + (beforeOk ? "" : " · original can't be shown in this browser");
+
+      els.result.hidden = false;
+      setZoom("fit");
+      updateSplit();
+      setPageState("done");
+      announce("Done. Compare the original and the enhanced image, then download " + name + ".");
+      els.resultTitle.focus({ preventScroll: true });
+      els.result.scrollIntoView({ behavior: matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth", block: "start" });
+    });
+  }
+
+  function hideResult() {
+    els.result.hidden = true;
+    els.after.removeAttribute("src");
+    els.before.removeAttribute("src");
+    if (state.resultURL) { URL.revokeObjectURL(state.resultURL); state.resultURL = null; }
+  }
+
+  /* ---------- zoom ---------- */
+
+  var zoomButtons = Array.prototype.slice.call(document.querySelectorAll("[data-zoom]")).filter(function (b) { return b.tagName === "BUTTON"; });
+
+  function fitScale() {
+    var n = state.natural;
+    if (!n || !n.w) return 1;
+    var vw = els.viewport.clientWidth || 1;
+    var maxH = parseFloat(getComputedStyle(els.viewport).maxHeight);
+    if (!isFinite(maxH) || maxH <= 0) maxH = window.innerHeight * 0.7;
+    return Math.min(vw / n.w, maxH / n.h, 8);
+  }
+
+  function applyScale(scale, anchorX, anchorY) {
+    var n = state.natural;
+    if (!n) return;
+    var vp = els.viewport;
+    var old = state.scale || 1;
+    var ax = anchorX === undefined ? vp.clientWidth / 2 : anchorX;
+    var ay = anchorY === undefined ? vp.clientHeight / 2 : anchorY;
+    /* the image point under the anchor stays under it */
+    var ix = (vp.scrollLeft + ax - els.stage.offsetLeft) / old;
+    var iy = (vp.scrollTop + ay - els.stage.offsetTop) / old;
+
+    state.scale = scale;
+    els.stage.style.width = Math.max(1, Math.round(n.w * scale)) + "px";
+    els.stage.style.height = Math.max(1, Math.round(n.h * scale)) + "px";
+    /* show real pixels when magnified instead of a smoothed blur */
+    els.compare.classList.toggle("is-pixelated", scale > 1.01);
+
+    vp.scrollLeft = ix * scale + els.stage.offsetLeft - ax;
+    vp.scrollTop = iy * scale + els.stage.offsetTop - ay;
+    var pannable = vp.scrollWidth > vp.clientWidth + 1 || vp.scrollHeight > vp.clientHeight + 1;
+    vp.classList.toggle("can-pan", pannable);
+    updateSplit();
+  }
+
+  function setZoom(mode, anchorX, anchorY) {
+    state.zoom = mode;
+    els.compare.setAttribute("data-zoom", String(mode));
+    zoomButtons.forEach(function (b) { b.setAttribute("aria-pressed", b.getAttribute("data-zoom") === String(mode) ? "true" : "false"); });
+    applyScale(mode === "fit" ? fitScale() : Number(mode), anchorX, anchorY);
+  }
+
+  zoomButtons.forEach(function (b) {
+    b.addEventListener("click", function () { setZoom(b.getAttribute("data-zoom")); });
+  });
+
+  /* double-click: zoom to 400% at that point, or back to fit */
+  els.viewport.addEventListener("dblclick", function (e) {
+    if (e.target.closest && e.target.closest(".divider-handle")) return;
+    var r = els.viewport.getBoundingClientRect();
+    setZoom(state.zoom === "fit" ? "4" : "fit", e.clientX - r.left, e.clientY - r.top);
+  });
+
+  /* keyboard shortcuts while the comparison has focus: + / - zoom, 0 fit */
+  els.viewport.addEventListener("keydown", function (e) {
+    var steps = ["fit", "1", "2", "4", "8"];
+    var i = steps.indexOf(String(state.zoom));
+    if (e.key === "+" || e.key === "=") { setZoom(steps[Math.min(steps.length - 1, i + 1)]); e.preventDefault(); }
+    else if (e.key === "-" || e.key === "_") { setZoom(steps[Math.max(0, i - 1)]); e.preventDefault(); }
+    else if (e.key === "0") { setZoom("fit"); e.preventDefault(); }
+  });
+
+  /* drag to pan with a mouse (touch screens pan natively) */
+  var pan = null;
+  els.viewport.addEventListener("pointerdown", function (e) {
+    if (e.pointerType !== "mouse" || e.button !== 0) return;
+    if (!els.viewport.classList.contains("can-pan")) return;
+    pan = { id: e.pointerId, x: e.clientX, y: e.clientY, left: els.viewport.scrollLeft, top: els.viewport.scrollTop };
+    els.viewport.setPointerCapture(e.pointerId);
+    els.viewport.classList.add("is-panning");
+    e.preventDefault();
+  });
+  els.viewport.addEventListener("pointermove", function (e) {
+    if (!pan || e.pointerId !== pan.id) return;
+    els.viewport.scrollLeft = pan.left - (e.clientX - pan.x);
+    els.viewport.scrollTop = pan.top - (e.clientY - pan.y);
+  });
+  function endPan(e) {
+    if (!pan || e.pointerId !== pan.id) return;
+    pan = null;
+    els.viewport.classList.remove("is-panning");
+  }
+  els.viewport.addEventListener("pointerup", endPan);
+  els.viewport.addEventListener("pointercancel", endPan);
+
+  /* ---------- before / after divider ---------- */
+
+  /* The divider sits at a fraction of the visible part of the image, so it stays on screen
+   * however far the user zooms and pans. */
+  function visibleSpan() {
+    var vp = els.viewport;
+    var left = Math.max(els.stage.offsetLeft - vp.scrollLeft, 0);
+    var right = Math.min(els.stage.offsetLeft + els.stage.offsetWidth - vp.scrollLeft, vp.clientWidth);
+    var top = Math.max(els.stage.offsetTop - vp.scrollTop, 0);
+    var bottom = Math.min(els.stage.offsetTop + els.stage.offsetHeight - vp.scrollTop, vp.clientHeight);
+    return { left: left, right: Math.max(left, right), top: top, bottom: Math.max(top, bottom) };
+  }
+
+  function updateSplit() {
+    if (els.result.hidden) return;
+    var span = visibleSpan();
+    var x = span.left + (span.right - span.left) * state.split / 100;
+    var clip = x + els.viewport.scrollLeft - els.stage.offsetLeft;
+    els.after.style.clipPath = "inset(0 0 0 " + clip.toFixed(1) + "px)";
+    els.divider.style.left = x.toFixed(1) + "px";
+    els.divider.style.top = span.top + "px";
+    els.divider.style.bottom = "auto";
+    els.divider.style.height = (span.bottom - span.top) + "px";
+  }
+
+  function setSplit(pct) {
+    pct = Math.max(0, Math.min(100, Math.round(pct)));
+    state.split = pct;
+    els.split.value = String(pct);
+    els.split.setAttribute("aria-valuetext", pct + "% original, " + (100 - pct) + "% enhanced");
+    updateSplit();
+  }
+
+  els.split.addEventListener("input", function () { setSplit(Number(els.split.value)); });
+  els.viewport.addEventListener("scroll", updateSplit, { passive: true });
+
+  /* drag the round handle on the image itself */
+  var handle = els.divider.querySelector(".divider-handle");
+  var dragging = null;
+  handle.addEventListener("pointerdown", function (e) {
+    dragging = e.pointerId;
+    handle.setPointerCapture(e.pointerId);
+    e.preventDefault();
+    e.stopPropagation();
+  });
+  handle.addEventListener("pointermove", function (e) {
+    if (dragging !== e.pointerId) return;
+    var span = visibleSpan();
+    var r = els.viewport.getBoundingClientRect();
+    var width = span.right - span.left;
+    if (width <= 0) return;
+    setSplit((e.clientX - r.left - span.left) / width * 100);
+  });
+  function endDrag(e) { if (dragging === e.pointerId) dragging = null; }
+  handle.addEventListener("pointerup", endDrag);
+  handle.addEventListener("pointercancel", endDrag);
+
+  /* keep "fit" fitted and the divider in place when the window changes size */
+  var relayout = function () {
+    if (els.result.hidden) return;
+    if (state.zoom === "fit") applyScale(fitScale()); else updateSplit();
+  };
+  if (window.ResizeObserver) new ResizeObserver(relayout).observe(els.viewport);
+  else window.addEventListener("resize", relayout);
+
+  setSplit(50);
+})();
