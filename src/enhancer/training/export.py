@@ -9,6 +9,7 @@ caller never needs to know the architecture.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -43,23 +44,19 @@ class _Servable(tf.Module):
 
 
 def export_saved_model(model: keras.Model, out_dir: Path, metadata: dict | None = None) -> Path:
-    """Write `model` as a SavedModel into `out_dir` (replacing what was there) plus metadata.json."""
+    """Write `model` as a SavedModel into `out_dir` (replacing what was there) plus metadata.json.
+
+    Written to a sibling directory first and swapped in, so a server never sees half a model.
+    """
     out_dir = Path(out_dir)
     servable = _Servable(model)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tf.saved_model.save(servable, str(tmp), signatures={SIGNATURE_KEY: servable.serve})
     info = {"architecture": model.name, "parameters": int(model.count_params()), **(metadata or {})}
     (tmp / "metadata.json").write_text(json.dumps(info, indent=2) + "\n")
-    card = out_dir / "MODEL_CARD.md"
-    if card.exists():
-        (tmp / "MODEL_CARD.md").write_text(card.read_text())
     if out_dir.exists():
-        import shutil
-
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir

@@ -1,0 +1,92 @@
+"""Fetch free training photographs onto a fresh machine: Debian wallpaper packages and the
+sample photos inside scikit-image and scikit-learn.
+
+Why these: they are public, licensed for redistribution, reachable from a machine that sees only
+PyPI and Debian, and the same bytes come back every time (pinned by package). Packages are
+downloaded and unpacked (`apt-get download` + `dpkg -x`), never installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Plasma wallpapers that are photographs (the rest of the package is digital art).
+PLASMA_PHOTOS = (
+    "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
+    "Grey", "Kite", "OneStandsOut", "Path", "summer_1am",
+)  # fmt: skip
+
+#: Colour photographs shipped inside scikit-image (`skimage/data/`).
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
+
+
+def _unpack(package: str, workdir: Path) -> Path:
+    """Download a Debian package and unpack it (no install); returns the unpacked root."""
+    subprocess.run(["apt-get", "download", package], cwd=workdir, check=True, capture_output=True)
+    (deb,) = workdir.glob(f"{package}_*.deb")
+    root = workdir / package
+    subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    return root
+
+
+def _largest(paths: list[Path]) -> Path:
+    """Plasma ships each wallpaper at several resolutions named WxH: keep the largest."""
+
+    def pixels(p: Path) -> int:
+        try:
+            w, h = p.stem.split("x")
+            return int(w) * int(h)
+        except ValueError:
+            return 0
+
+    return max(paths, key=pixels)
+
+
+def fetch_photos(out_dir: Path) -> list[Path]:
+    """Collect the photographs into `out_dir` (flat, prefixed by source) and return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    collected: list[Path] = []
+
+    def keep(src: Path, name: str) -> None:
+        dst = out_dir / name
+        shutil.copyfile(src, dst)
+        collected.append(dst)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        mate = _unpack("mate-backgrounds", work)
+        for p in sorted((mate / "usr/share/backgrounds/mate/nature").glob("*.jpg")):
+            keep(p, f"mate-{p.name}")
+
+        plasma = _unpack("plasma-workspace-wallpapers", work)
+        for name in PLASMA_PHOTOS:
+            sizes = list((plasma / "usr/share/wallpapers" / name / "contents/images").glob("*.*"))
+            if sizes:
+                best = _largest(sizes)
+                keep(best, f"plasma-{name}{best.suffix}")
+
+        # gnome-backgrounds (43.x) is unpacked for completeness, but every picture in it is
+        # a render or vector art, not a photograph, so none is kept.
+        _unpack("gnome-backgrounds", work)
+
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    for name in SKIMAGE_PHOTOS:
+        if (data / name).exists():
+            keep(data / name, f"skimage-{name}")
+
+    import sklearn.datasets
+
+    sklearn_images = Path(sklearn.datasets.__file__).parent / "images"
+    for p in sorted(sklearn_images.glob("*.jpg")):
+        keep(p, f"sklearn-{p.name}")
+
+    log.info("collected %d photographs into %s", len(collected), out_dir)
+    return collected

@@ -1,0 +1,153 @@
+"""The model pipeline: aligned training pairs, resumable training, export round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from enhancer.training import network
+from enhancer.training.dataset import (
+    Degradation,
+    PatchSampler,
+    degrade_patch,
+    prepare_photos,
+    psnr,
+    sample_quality,
+)
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth synthetic 'photo' with edges (uint8 BGR), so JPEG damage is measurable."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (h, w, 3)).astype(np.float32), (0, 0), 3)
+    cv2.rectangle(image, (w // 4, h // 4), (w // 2, h // 2), (250, 30, 90), -1)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _rgb01(bgr):
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (3, 5), (7, 7)])
+def test_degraded_patch_is_aligned_with_its_clean_target(shift):
+    image = _photo(200, 240, 0)
+    top, left, size = 40, 56, 64
+    recipe = Degradation(quality=60, subsampling_444=True, second_quality=None, grayscale=False, shift=shift, dihedral=0)
+    damaged, clean = degrade_patch(image, top, left, size, recipe)
+
+    assert damaged.shape == clean.shape == (size, size, 3)
+    assert np.array_equal(clean, _rgb01(image[top : top + size, left : left + size]))
+    aligned = psnr(damaged, clean)
+    off_by_one = psnr(damaged[1:, 1:], clean[:-1, :-1])
+    assert aligned > 30 and aligned > off_by_one + 3
+
+
+def test_same_dihedral_transform_applied_to_both_halves_of_a_pair():
+    image = _photo(160, 160, 1)
+    for k in range(8):
+        recipe = Degradation(quality=90, subsampling_444=True, second_quality=None, grayscale=False, shift=(0, 0), dihedral=k)
+        damaged, clean = degrade_patch(image, 16, 16, 96, recipe)
+        assert psnr(damaged, clean) > 35, k
+
+
+def test_grayscale_recipe_gives_gray_pairs():
+    recipe = Degradation(quality=20, subsampling_444=False, second_quality=30, grayscale=True, shift=(2, 1), dihedral=3)
+    damaged, clean = degrade_patch(_photo(160, 160, 2), 20, 20, 64, recipe)
+    for patch in (damaged, clean):
+        assert np.allclose(patch[..., 0], patch[..., 1], atol=2 / 255) and np.allclose(patch[..., 1], patch[..., 2], atol=2 / 255)
+
+
+def test_sampler_is_deterministic_per_step_and_covers_low_and_high_quality():
+    sampler = PatchSampler([_photo(200, 200, 3), _photo(150, 300, 4)], patch_size=32, batch_size=4, seed=7)
+    a, b = sampler.batch(5), sampler.batch(5)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(sampler.batch(6)[1], a[1])
+    qualities = [sample_quality(np.random.default_rng(i)) for i in range(2000)]
+    assert min(qualities) == 5 and max(qualities) == 95
+    assert np.mean(np.array(qualities) <= 30) > 0.5  # weighted toward heavy damage
+    for q in (5, 10, 30, 50, 70):
+        assert q in qualities
+
+
+def test_prepare_photos_downscales_and_holds_out_whole_images(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"p{i}.jpg"), _photo(120, 200, i))
+    counts = prepare_photos(src, tmp_path / "out", validation=("p1",))
+    assert counts == {"train": 2, "val": 1}
+    assert (tmp_path / "out/val/p1.png").exists()
+    assert cv2.imread(str(tmp_path / "out/train/p0.png")).shape == (60, 100, 3)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    for split, seeds in (("train", (10, 11)), ("val", (12,))):
+        (tmp_path / split).mkdir()
+        for s in seeds:
+            cv2.imwrite(str(tmp_path / split / f"{s}.png"), _photo(96, 96, s))
+    return tmp_path
+
+
+def _tiny_config(data, run):
+    from enhancer.training.train import TrainConfig
+
+    return TrainConfig(data_dir=str(data), run_dir=str(run), steps=2, steps_per_epoch=1, batch_size=2,
+                       patch_size=32, warmup_steps=1, val_crop=64)  # fmt: skip
+
+
+def test_training_runs_logs_and_resumes_exactly_where_it_stopped(tiny_dataset, tmp_path):
+    import keras
+
+    from enhancer.training.train import train
+
+    straight = train(_tiny_config(tiny_dataset, tmp_path / "straight"), progress=False)
+    # Same recipe, interrupted after the first step (time budget 0 stops at the first epoch end).
+    resumed_dir = tmp_path / "resumed"
+    train(_tiny_config(tiny_dataset, resumed_dir), max_minutes=0, progress=False)
+    assert json.loads((resumed_dir / "checkpoint/state.json").read_text())["step"] == 1
+    train(_tiny_config(tiny_dataset, resumed_dir), progress=False)
+
+    rows = (straight / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("step,") and "gain_q10" in rows[0]
+    assert len((resumed_dir / "log.csv").read_text().strip().splitlines()) == 3
+    a, b = network.build("dejpeg"), network.build("dejpeg")
+    a.load_weights(str(straight / "final.weights.h5"))
+    b.load_weights(str(resumed_dir / "final.weights.h5"))
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_allclose(wa, wb, atol=1e-6)
+    # Training moved the last layer away from its zero (identity) start.
+    assert np.abs(a.get_layer("half_out").get_weights()[0]).max() > 0
+    keras.backend.clear_session()
+
+
+def test_export_round_trips_and_accepts_any_size(tmp_path):
+    import tensorflow as tf
+
+    from enhancer.training.export import export_saved_model
+
+    model = network.build("dejpeg")
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in model.get_weights()])
+    out = export_saved_model(model, tmp_path / "m", {"note": "test"})
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+
+    x = rng.uniform(0.1, 0.9, (2, 64, 48, 3)).astype("float32")
+    expected = np.clip(model(x).numpy(), 0, 1)
+    got = serve(images=tf.constant(x))["enhanced"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(got - x).max() > 1e-3  # the random net really changes the image
+
+    odd = rng.uniform(0, 1, (1, 37, 53, 3)).astype("float32")
+    assert serve(images=tf.constant(odd))["enhanced"].shape == (1, 37, 53, 3)
+    assert json.loads((out / "metadata.json").read_text())["parameters"] == model.count_params()
+
+
+def test_dejpeg_budget_and_reach():
+    model = network.build("dejpeg")
+    # The served net must stay CPU-friendly and its reach must fit the default tile overlap (32).
+    assert network.macs_per_pixel(model) < 40_000
+    assert 16 <= network.receptive_field_reach(model) <= 32
