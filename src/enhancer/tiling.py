@@ -1,0 +1,304 @@
+"""Split an image into overlapping model tiles and blend the results back: pure numpy.
+
+Why tiles at all: memory and latency grow with the tile, not the photo, and tiles of one shape
+from many requests can share a batch. Everything here is decided per axis, so a plan is two
+independent `AxisPlan`s and a tile is `rows.tile x cols.tile`.
+
+How an axis is planned (`plan_axis`):
+
+* Context margin. Every image border gets at least `margin` pixels of mirrored image ("reflect"
+  padding; "edge" for a 1 px side) so border pixels see plausible context instead of the net's own
+  zero padding. The margin is the overlap (which the caller keeps at or above the net's 29 px
+  reach) but at most ~1/8 of the side, so a thumbnail is not dominated by invented context.
+* Buckets. The padded side is covered by segments whose length comes from a short geometric
+  ladder of sizes (`bucket_sizes`): one segment of the smallest bucket that fits when the side
+  fits in a tile, otherwise the fewest segments a full tile would need, each of the smallest
+  bucket with which that many still overlap by `overlap`. Small images therefore do not pay for a
+  whole tile, and the model runner can warm every shape up front (`bucket_shapes`).
+* Alignment. Tile origins and margins are multiples of `TILE_MULTIPLE` (4): the net works at 1/2
+  and 1/4 resolution (space-to-depth), so it is only shift-equivariant in steps of 4; aligned
+  tiles see the image in the same phase as an untiled run and agree with it.
+* Blending. Neighbouring segments overlap by at least `overlap`. Inside each overlap the outer
+  quarter on each side (`guard`) is given wholly to the tile that is *not* near its own edge, and
+  the middle half is a raised-cosine cross-fade. The guard keeps the pixels a tile computed next to
+  its (zero-padded) edge out of the result; the cross-fade hides whatever difference remains.
+  Windows are normalised explicitly so all weights sum to 1 at every pixel.
+
+Padding waste (tile pixels run / image pixels) with the defaults (tile 512, overlap 32) is at most
+2.9 for any image whose sides are both >= 64 px, i.e. the padding is at most 1.9x the image's own
+pixels; for sides >= 512 it is at most 2.4 and for a 4000x3000 photo 1.2. `tests/test_tiling.py`
+checks the bound `MAX_WASTE_RATIO` over a sweep of sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+#: Tile sides and origins are multiples of this (the net downsamples twice by 2).
+TILE_MULTIPLE = 4
+#: Smallest bucket: tiny images are padded up to this rather than multiplying warm-up shapes.
+MIN_BUCKET = 64
+#: Largest ratio between neighbouring buckets; bounds the rounding waste per axis (~1.35x).
+LADDER_RATIO = 1.35
+#: The context margin is at most side / MARGIN_DIVISOR (rounded up to TILE_MULTIPLE).
+MARGIN_DIVISOR = 8
+#: Each side of an overlap keeps overlap // GUARD_DIVISOR pixels out of the cross-fade (see module doc).
+GUARD_DIVISOR = 4
+#: Documented and tested bound on tile pixels / image pixels for sides >= MIN_BUCKET (defaults).
+MAX_WASTE_RATIO = 3.0
+
+
+def _ceil_to(value: int, multiple: int = TILE_MULTIPLE) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _floor_to(value: int, multiple: int = TILE_MULTIPLE) -> int:
+    return value // multiple * multiple
+
+
+def _check_settings(tile_size: int, overlap: int) -> None:
+    if tile_size < 16 or tile_size % TILE_MULTIPLE:
+        raise ValueError(f"tile size must be a multiple of {TILE_MULTIPLE} and at least 16, got {tile_size}")
+    if not 0 <= overlap <= tile_size // 2:
+        raise ValueError(f"tile overlap must be between 0 and half the tile size ({tile_size // 2}), got {overlap}")
+
+
+def bucket_sizes(tile_size: int) -> list[int]:
+    """The segment lengths a plan can use, ascending, ending with `tile_size`.
+
+    A geometric ladder from MIN_BUCKET: short (8 entries for 512) because each pair of sizes is a
+    tile shape the model runner warms up, dense enough that rounding up wastes at most ~1.35x.
+    """
+    if tile_size % TILE_MULTIPLE or tile_size < TILE_MULTIPLE:
+        raise ValueError(f"tile size must be a positive multiple of {TILE_MULTIPLE}, got {tile_size}")
+    if tile_size <= MIN_BUCKET:
+        return [tile_size]
+    steps = math.ceil(math.log(tile_size / MIN_BUCKET) / math.log(LADDER_RATIO) - 1e-9)
+    ratio = (tile_size / MIN_BUCKET) ** (1 / steps)
+    sizes = {_ceil_to(round(MIN_BUCKET * ratio**i)) for i in range(steps)}
+    sizes.add(tile_size)
+    return sorted(sizes)
+
+
+def bucket_shapes(tile_size: int) -> list[tuple[int, int]]:
+    """Every (height, width) tile shape `plan_tiles` can produce for this tile size."""
+    sizes = bucket_sizes(tile_size)
+    return [(h, w) for h in sizes for w in sizes]
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """How one image axis is padded and cut into equal, overlapping segments."""
+
+    size: int  #: image side in pixels
+    tile: int  #: segment length (a bucket size)
+    starts: tuple[int, ...]  #: segment origins in padded coordinates (padded axis starts at 0)
+    pad_before: int  #: mirrored pixels before the image (image pixel 0 is at padded pad_before)
+    overlap: int  #: the requested overlap; sets the blend guard and ramp widths
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
+
+    @property
+    def length(self) -> int:
+        """Padded length: the segments cover [0, length) exactly."""
+        return self.starts[-1] + self.tile
+
+    @property
+    def pad_after(self) -> int:
+        return self.length - self.pad_before - self.size
+
+    def source_index(self) -> np.ndarray:
+        """For each padded position, the image index it copies (mirror without repeating the edge).
+
+        Works for any pad length (reflects repeatedly, like np.pad 'reflect') and for a 1 px side,
+        where it degenerates to repeating the edge pixel.
+        """
+        pos = np.arange(self.length) - self.pad_before
+        if self.size == 1:
+            return np.zeros(self.length, dtype=np.intp)
+        period = 2 * (self.size - 1)
+        pos = np.mod(pos, period)
+        return np.where(pos < self.size, pos, period - pos).astype(np.intp)
+
+    def windows(self) -> list[np.ndarray]:
+        """Per-segment blend weights (length `tile` each) that sum to exactly 1 along the axis."""
+        guard = self.overlap // GUARD_DIVISOR
+        raw = []
+        for i, start in enumerate(self.starts):
+            weight = np.ones(self.tile, dtype=np.float64)
+            if i > 0:  # fade in over the overlap with the previous segment
+                weight *= self._ramp(self.starts[i - 1] + self.tile - start, guard, rising=True)
+            if i < self.count - 1:  # fade out over the overlap with the next segment
+                overlap = start + self.tile - self.starts[i + 1]
+                weight *= self._ramp(overlap, guard, rising=False)
+            raw.append(weight)
+        total = np.zeros(self.length, dtype=np.float64)
+        for start, weight in zip(self.starts, raw):
+            total[start : start + self.tile] += weight
+        return [weight / total[start : start + self.tile] for start, weight in zip(self.starts, raw)]
+
+    def _ramp(self, overlap: int, guard: int, *, rising: bool) -> np.ndarray:
+        """A length-`tile` factor: 0 / raised cosine / 1 across an overlap at one end of the tile.
+
+        The cross-fade (width overlap - 2*guard of the *requested* overlap) sits in the middle of
+        the actual overlap, which can be a little wider than requested.
+        """
+        width = max(0, min(self.overlap - 2 * guard, overlap))
+        lead = (overlap - width) // 2  # pixels of the overlap before the cross-fade
+        t = (np.arange(width) + 0.5) / max(width, 1)
+        fade_in = np.sin(0.5 * np.pi * t) ** 2
+        factor = np.ones(self.tile, dtype=np.float64)
+        if rising:  # overlap occupies the tile's first `overlap` pixels
+            factor[:lead] = 0.0
+            factor[lead : lead + width] = fade_in
+        else:  # overlap occupies the tile's last `overlap` pixels
+            begin = self.tile - overlap
+            factor[begin + lead : begin + lead + width] = 1.0 - fade_in
+            factor[begin + lead + width :] = 0.0
+        return factor
+
+
+def plan_axis(size: int, tile_size: int, overlap: int) -> AxisPlan:
+    """Plan one axis: context margin, bucket, number and origins of segments (see module doc)."""
+    _check_settings(tile_size, overlap)
+    if size < 1:
+        raise ValueError(f"image side must be at least 1 pixel, got {size}")
+    margin = min(_ceil_to(overlap), _ceil_to(size // MARGIN_DIVISOR))
+    need = size + 2 * margin
+    ladder = bucket_sizes(tile_size)
+    if need <= tile_size:
+        tile = next(b for b in ladder if b >= need)
+        starts: tuple[int, ...] = (0,)
+    else:
+        full_step = _floor_to(tile_size - overlap)
+        count = 1 + -(-(need - tile_size) // full_step)  # fewest segments of a full tile
+        tile = next(b for b in ladder if _floor_to(b - overlap) > 0 and (count - 1) * _floor_to(b - overlap) + b >= need)
+        # The smallest aligned step that still covers `need`: spare length widens every overlap
+        # (more shared context) instead of piling up as padding at the end.
+        step = _ceil_to(-(-(need - tile) // (count - 1)))
+        starts = tuple(i * step for i in range(count))
+    length = starts[-1] + tile
+    pad_before = _floor_to((length - size) // 2)  # >= margin because length >= size + 2*margin
+    return AxisPlan(size=size, tile=tile, starts=starts, pad_before=pad_before, overlap=overlap)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Everything needed to split one image into tiles and stitch the results back."""
+
+    rows: AxisPlan
+    cols: AxisPlan
+
+    @property
+    def height(self) -> int:
+        return self.rows.size
+
+    @property
+    def width(self) -> int:
+        return self.cols.size
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return (self.rows.tile, self.cols.tile)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Tiles down and across; tiles are ordered row-major."""
+        return (self.rows.count, self.cols.count)
+
+    @property
+    def num_tiles(self) -> int:
+        return self.rows.count * self.cols.count
+
+    @property
+    def waste_ratio(self) -> float:
+        """Pixels the model runs on / image pixels (1.0 would be no padding and no overlap)."""
+        return self.num_tiles * self.rows.tile * self.cols.tile / (self.height * self.width)
+
+
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> TilePlan:
+    """Plan the tiles for a height x width image (all tiles share one shape)."""
+    return TilePlan(rows=plan_axis(height, tile_size, overlap), cols=plan_axis(width, tile_size, overlap))
+
+
+def _check_image(image: np.ndarray, plan: TilePlan) -> None:
+    if image.ndim != 3 or image.shape[:2] != (plan.height, plan.width):
+        raise ValueError(f"image of shape {image.shape} does not match the plan's {plan.height}x{plan.width}xC")
+
+
+def split(image: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """Cut an HxWxC image into the plan's tiles, [T, th, tw, C] float32, mirror-padded at borders.
+
+    Each tile is gathered straight from the image, so no padded copy of the image is made.
+    """
+    _check_image(image, plan)
+    th, tw = plan.tile_shape
+    rows, cols = plan.rows.source_index(), plan.cols.source_index()
+    tiles = np.empty((plan.num_tiles, th, tw, image.shape[2]), dtype=np.float32)
+    k = 0
+    for y in plan.rows.starts:
+        row_index = rows[y : y + th, None]
+        for x in plan.cols.starts:
+            tiles[k] = image[row_index, cols[None, x : x + tw]]
+            k += 1
+    return tiles
+
+
+def stitch(tiles: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """Blend [T, th, tw, C] tiles back into an HxWxC float32 image (weights sum to 1 everywhere).
+
+    Accumulates into the one output array; the weights are an outer product of per-axis windows,
+    so no full-size weight map exists.
+    """
+    th, tw = plan.tile_shape
+    if tiles.ndim != 4 or tiles.shape[0] != plan.num_tiles or tiles.shape[1:3] != (th, tw):
+        raise ValueError(f"expected {plan.num_tiles} tiles of {th}x{tw}xC, got an array of shape {tiles.shape}")
+    out = np.zeros((plan.height, plan.width, tiles.shape[3]), dtype=np.float32)
+    row_windows, col_windows = plan.rows.windows(), plan.cols.windows()
+    k = 0
+    for y, wy in zip(plan.rows.starts, row_windows):
+        # The part of this tile row that lands on the image, in tile and in image coordinates.
+        y0, y1 = max(y, plan.rows.pad_before), min(y + th, plan.rows.pad_before + plan.height)
+        for x, wx in zip(plan.cols.starts, col_windows):
+            x0, x1 = max(x, plan.cols.pad_before), min(x + tw, plan.cols.pad_before + plan.width)
+            if y0 < y1 and x0 < x1:
+                weight = np.outer(wy[y0 - y : y1 - y], wx[x0 - x : x1 - x]).astype(np.float32)
+                out[y0 - plan.rows.pad_before : y1 - plan.rows.pad_before, x0 - plan.cols.pad_before : x1 - plan.cols.pad_before] += (
+                    tiles[k, y0 - y : y1 - y, x0 - x : x1 - x] * weight[:, :, None]
+                )
+            k += 1
+    return out
+
+
+def enhance_tiled(
+    image: np.ndarray,
+    forward: Callable[[np.ndarray], np.ndarray],
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Run `forward` ([N, th, tw, C] -> same shape) over an image tile by tile, synchronously.
+
+    For the CLI and tests; the server batches tiles across requests instead. `progress`, if given,
+    is called with the number of tiles finished in each chunk.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    plan = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap)
+    tiles = split(image, plan)
+    for begin in range(0, len(tiles), batch_size):
+        chunk = tiles[begin : begin + batch_size]
+        result = np.asarray(forward(chunk))
+        if result.shape != chunk.shape:
+            raise ValueError(f"forward returned shape {result.shape} for a batch of shape {chunk.shape}")
+        tiles[begin : begin + batch_size] = result
+        if progress is not None:
+            progress(len(chunk))
+    return stitch(tiles, plan)

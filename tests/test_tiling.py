@@ -1,0 +1,231 @@
+"""Tiling: exact round trips, weights that sum to 1, bounded waste, no seams with local models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from enhancer import tiling
+from enhancer.tiling import (
+    MAX_WASTE_RATIO,
+    TILE_MULTIPLE,
+    bucket_shapes,
+    bucket_sizes,
+    enhance_tiled,
+    plan_axis,
+    plan_tiles,
+    split,
+    stitch,
+)
+
+TILE, OVERLAP = 512, 32  # the server's defaults
+
+
+def identity(batch: np.ndarray) -> np.ndarray:
+    return batch.copy()
+
+
+def box_blur(batch: np.ndarray) -> np.ndarray:
+    """3x3 mean with zero padding at the array edge: a 'model' with a reach of 1 px."""
+    padded = np.pad(batch, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = batch.shape[1:3]
+    return sum(padded[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
+
+
+def random_image(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, c), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "tile"),
+    [(1, 1, TILE), (1, 517, TILE), (517, 1, TILE), (7, 7, TILE), (255, 257, TILE), (1024, 768, TILE), (1500, 1100, 256)],
+)
+def test_identity_model_round_trips_exactly(h, w, tile):
+    image = random_image(h, w)
+    out = enhance_tiled(image, identity, tile, OVERLAP, batch_size=4)
+    assert out.shape == image.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, image, rtol=0, atol=1e-6)
+
+
+def test_large_image_uses_several_tiles_of_one_shape():
+    plan = plan_tiles(1500, 1100, 256, OVERLAP)
+    assert plan.grid[0] >= 3 and plan.grid[1] >= 3
+    tiles = split(random_image(1500, 1100), plan)
+    assert tiles.shape == (plan.num_tiles, *plan.tile_shape, 3)
+
+
+def test_single_channel_and_uint8_input_are_accepted():
+    gray = random_image(40, 90, c=1)
+    np.testing.assert_allclose(enhance_tiled(gray, identity, 64, 16, 2), gray, atol=1e-6)
+    as_uint8 = (random_image(30, 30) * 255).astype(np.uint8)
+    assert np.array_equal(enhance_tiled(as_uint8, identity, TILE, OVERLAP, 1), as_uint8.astype(np.float32))
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 300, 517, 1100, 4000])
+def test_axis_windows_sum_to_one_over_the_whole_padded_axis(size):
+    axis = plan_axis(size, 256, OVERLAP)
+    total = np.zeros(axis.length)
+    for start, window in zip(axis.starts, axis.windows()):
+        assert window.shape == (axis.tile,) and (window >= 0).all()
+        total[start : start + axis.tile] += window
+    np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-12)
+
+
+def test_stitched_weights_sum_to_one_in_2d():
+    plan = plan_tiles(700, 900, 128, OVERLAP)
+    ones = np.ones((plan.num_tiles, *plan.tile_shape, 1), dtype=np.float32)
+    np.testing.assert_allclose(stitch(ones, plan)[..., 0], 1.0, rtol=0, atol=1e-6)
+
+
+def test_weight_is_one_where_a_tile_is_alone_and_zero_at_tile_edges_inside_the_image():
+    axis = plan_axis(1000, 256, OVERLAP)
+    windows = axis.windows()
+    assert axis.count >= 3
+    first, middle = windows[0], windows[1]
+    assert first[0] == 1.0 and middle[axis.tile // 2] == 1.0
+    # The guard: a tile contributes nothing next to an edge it shares with a neighbour.
+    guard = OVERLAP // tiling.GUARD_DIVISOR
+    assert (middle[:guard] == 0).all() and (middle[-guard:] == 0).all()
+
+
+def test_overlap_cross_fade_is_smooth_not_a_seam():
+    """A model that adds a different constant per tile must fade, not jump, between tiles."""
+    plan = plan_tiles(600, 600, 256, OVERLAP)
+    offsets = np.arange(plan.num_tiles, dtype=np.float32)
+    tiles = split(np.zeros((600, 600, 1), np.float32), plan) + offsets[:, None, None, None]
+    out = stitch(tiles, plan)[..., 0]
+    # Neighbouring tiles differ by up to `cols.count` (the tile below); a seam would jump that much
+    # in one pixel. The raised-cosine fade spreads it over ~OVERLAP/2 px: max slope pi/2 per width.
+    largest_step = float(plan.grid[1])
+    ramp = OVERLAP - 2 * (OVERLAP // tiling.GUARD_DIVISOR)
+    max_allowed = largest_step * np.pi / 2 / ramp * 1.01
+    assert np.abs(np.diff(out, axis=0)).max() <= max_allowed
+    assert np.abs(np.diff(out, axis=1)).max() <= max_allowed
+    assert out.min() == 0 and out.max() == plan.num_tiles - 1  # every tile still owns its middle
+
+
+def test_local_model_tiled_equals_untiled():
+    """With a 1 px reach model, blending guarded overlaps reproduces the whole-image result."""
+    image = random_image(300, 430)
+    tiled = enhance_tiled(image, box_blur, 64, 16, batch_size=8)
+    plan = plan_tiles(300, 430, 64, 16)
+    assert plan.num_tiles > 20
+    # Untiled reference: the whole image mirrored at its borders, blurred once, cropped back.
+    pad = 8
+    whole = box_blur(np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")[None])[0]
+    np.testing.assert_allclose(tiled, whole[pad:-pad, pad:-pad], rtol=0, atol=1e-5)
+
+
+def test_tiles_are_aligned_to_the_model_size_multiple():
+    """A model whose output depends on position mod 4 inside the tile (like space-to-depth) must
+    see every tile in the same phase, so its pattern survives stitching unbroken."""
+
+    def phase_pattern(batch):
+        h, w = batch.shape[1:3]
+        yy, xx = np.mgrid[0:h, 0:w]
+        return batch + ((yy % 4) * 4 + (xx % 4)).astype(np.float32)[None, :, :, None]
+
+    plan = plan_tiles(333, 517, 128, OVERLAP)
+    assert plan.num_tiles > 4
+    added = enhance_tiled(np.zeros((333, 517, 1), np.float32), phase_pattern, 128, OVERLAP, 4)[..., 0]
+    assert np.abs(added[4:, :] - added[:-4, :]).max() < 1e-4
+    assert np.abs(added[:, 4:] - added[:, :-4]).max() < 1e-4
+    for axis in (plan.rows, plan.cols):
+        assert axis.pad_before % TILE_MULTIPLE == 0
+        assert all(s % TILE_MULTIPLE == 0 for s in axis.starts)
+
+
+def test_border_padding_mirrors_the_image():
+    image = random_image(100, 120)
+    plan = plan_tiles(100, 120, TILE, OVERLAP)
+    (tile,) = split(image, plan)
+    top, left = plan.rows.pad_before, plan.cols.pad_before
+    expected = np.pad(image, ((top, plan.rows.pad_after), (left, plan.cols.pad_after), (0, 0)), mode="reflect")
+    assert np.array_equal(tile, expected)
+    assert top >= 12 and left >= 12  # at least side/8 of context on every border
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (1, 5), (2, 3), (5, 1)])
+def test_one_and_two_pixel_sides_pad_without_error(h, w):
+    image = random_image(h, w)
+    plan = plan_tiles(h, w, TILE, OVERLAP)
+    (tile,) = split(image, plan)
+    assert tile.shape == (64, 64, 3)
+    # Every padded pixel is a copy of some image pixel (edge or mirror), never zero or garbage.
+    flat = {tuple(p) for p in image.reshape(-1, 3)}
+    assert all(tuple(p) in flat for p in tile.reshape(-1, 3))
+    if h == 1:
+        assert np.array_equal(tile[:, plan.cols.pad_before : plan.cols.pad_before + w], np.broadcast_to(image, (64, w, 3)))
+
+
+def test_full_margin_of_context_for_large_images():
+    plan = plan_tiles(2000, 3000, TILE, OVERLAP)
+    for axis in (plan.rows, plan.cols):
+        assert axis.pad_before >= OVERLAP and axis.pad_after >= OVERLAP
+
+
+@pytest.mark.parametrize("tile", [128, 256, 512, 1024])
+def test_tile_shapes_come_from_the_ladder(tile):
+    shapes = set(bucket_shapes(tile))
+    sizes = bucket_sizes(tile)
+    assert sizes[-1] == tile and all(s % TILE_MULTIPLE == 0 for s in sizes)
+    assert len(sizes) <= 11  # short: the model runner warms up every shape
+    seen = set()
+    for h in (1, 7, 63, 64, 100, 300, tile - 1, tile, tile + 1, 2 * tile + 5, 3000):
+        for w in (1, 90, 517, 2500):
+            seen.add(plan_tiles(h, w, tile, OVERLAP).tile_shape)
+    assert seen <= shapes
+    assert len(seen) > 4
+
+
+def test_small_images_get_small_tiles():
+    assert plan_tiles(90, 80, TILE, OVERLAP).tile_shape == (116, 116)
+    assert plan_tiles(7, 7, TILE, OVERLAP).tile_shape == (64, 64)
+    assert plan_tiles(200, 1000, TILE, OVERLAP).num_tiles == 3
+
+
+def test_padding_waste_is_bounded():
+    """Tile pixels run <= MAX_WASTE_RATIO x image pixels for every image with both sides >= 64."""
+    sides = range(64, 3000)
+    ratio = {s: plan_axis(s, TILE, OVERLAP).tile * plan_axis(s, TILE, OVERLAP).count / s for s in sides}
+    worst = max(ratio.values())
+    # Axes are planned independently, so the worst image is the worst side squared.
+    assert worst**2 <= MAX_WASTE_RATIO
+    h = max(ratio, key=ratio.get)
+    assert plan_tiles(h, h, TILE, OVERLAP).waste_ratio == pytest.approx(worst**2)
+    assert plan_tiles(3000, 4000, TILE, OVERLAP).waste_ratio < 1.5
+
+
+def test_every_tile_is_used_and_overlaps_cover_the_requested_width():
+    for size in (600, 1000, 4096):
+        axis = plan_axis(size, 256, OVERLAP)
+        assert axis.length == axis.starts[-1] + axis.tile
+        gaps = np.diff(axis.starts)
+        assert (axis.tile - gaps >= OVERLAP).all()  # every overlap at least as wide as asked
+        assert axis.pad_before < axis.tile and axis.pad_after < axis.tile
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(510, 32), (8, 0), (512, 300), (512, -1)])
+def test_bad_settings_are_rejected(tile, overlap):
+    with pytest.raises(ValueError):
+        plan_tiles(100, 100, tile, overlap)
+
+
+def test_forward_returning_wrong_shape_is_reported():
+    with pytest.raises(ValueError, match="forward returned shape"):
+        enhance_tiled(random_image(50, 50), lambda b: b[:, :10], TILE, OVERLAP, 1)
+
+
+def test_stitch_checks_the_tiles_match_the_plan():
+    plan = plan_tiles(300, 300, 128, OVERLAP)
+    with pytest.raises(ValueError, match="tiles"):
+        stitch(np.zeros((plan.num_tiles - 1, *plan.tile_shape, 3), np.float32), plan)
+    with pytest.raises(ValueError, match="does not match"):
+        split(random_image(301, 300), plan)
+
+
+def test_progress_reports_every_tile():
+    done = []
+    plan = plan_tiles(700, 700, 256, OVERLAP)
+    enhance_tiled(random_image(700, 700), identity, 256, OVERLAP, 3, progress=done.append)
+    assert sum(done) == plan.num_tiles and max(done) == 3
