@@ -1,0 +1,67 @@
+"""The FastAPI application factory.
+
+`create_app(settings)` builds a self-contained app: its own metrics registry, its own runtime,
+no module-level globals, so tests can build several apps with different settings side by side.
+`factory()` is the zero-argument form uvicorn needs (`uvicorn --factory enhancer.api:factory`).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from enhancer import __version__
+from enhancer.api.errors import install_error_handlers
+from enhancer.api.middleware import MetricsMiddleware, UploadLimitMiddleware
+from enhancer.api.routes import router, static_dir
+from enhancer.api.runtime import Model, Runtime
+from enhancer.config import Settings
+from enhancer.metrics import Metrics
+
+DESCRIPTION = """
+Removes JPEG compression damage from photos with a trained network.
+
+Upload an image to **POST /upscale** (field `image`); the answer is the enhanced image with the
+same width and height. Large images are split into overlapping tiles, and tiles from concurrent
+requests share model batches.
+"""
+
+
+def create_app(settings: Settings | None = None, *, model: Model | None = None) -> FastAPI:
+    """Build the app. `model` lets a caller share one already-loaded model between apps."""
+    settings = settings or Settings()
+    metrics = Metrics(max_batch_size=settings.max_batch_size)
+    runtime = Runtime(settings, metrics, model=model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="enhancer",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(router)
+    static = static_dir()
+    if static.is_dir():
+        app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    # Added last = outermost: metrics also see the 413s the upload limit answers by itself.
+    app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def factory() -> FastAPI:
+    """App configured from the environment, for `uvicorn --factory`."""
+    return create_app(Settings())

@@ -1,0 +1,173 @@
+"""HTTP routes: the enhancement endpoint, health/readiness, metrics and the web page.
+
+Routes only translate between HTTP and `EnhanceService`; failures are raised as
+`enhancer.errors` types and answered by the single handler in `enhancer.api.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from importlib import resources
+from pathlib import PurePath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from enhancer.api.runtime import Runtime
+from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody
+from enhancer.errors import PayloadTooLargeError, ServiceUnavailableError
+from enhancer.imaging import OutputFormat
+from enhancer.service import STAGES, EnhanceResult
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+_ERRORS = {
+    400: "The file is a supported type but corrupt or truncated.",
+    413: "The upload exceeds ENHANCER_MAX_UPLOAD_BYTES or the image exceeds ENHANCER_MAX_PIXELS.",
+    415: "The file is not JPEG, PNG, WebP, BMP or TIFF.",
+    422: "The `image` field is missing or a query parameter is invalid.",
+    500: "The model failed on the batch holding this image.",
+    503: "The queue is full or the model is still warming up; see `Retry-After`.",
+    504: "The image was not enhanced within ENHANCER_REQUEST_TIMEOUT_S.",
+}
+
+_FALLBACK_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>enhancer</title></head>
+<body><h1>enhancer</h1><p>Removes JPEG damage from photos. Try it at <a href="/docs">/docs</a>
+(POST /upscale).</p></body></html>
+"""
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def _download_name(filename: str | None, fmt: OutputFormat) -> str:
+    """`<stem>_enhanced.<ext>`, reduced to characters that are safe in a header."""
+    stem = PurePath((filename or "").replace("\\", "/")).stem
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+    return f"{stem[:100]}_enhanced.{fmt.extension}"
+
+
+def _server_timing(result: EnhanceResult) -> str:
+    return ", ".join(
+        f"{stage};dur={result.timings[stage] * 1000:.1f}" for stage in STAGES if stage in result.timings
+    )
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Return once the client has gone away (the body has already been read by then)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _cancel_if_client_leaves(request: Request, work):
+    """Await `work`, but cancel it (dropping its queued tiles) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled() or not task.done():
+        log.info("client left before its image was ready; its queued tiles were dropped")
+        return None
+    return task.result()
+
+
+@router.post(
+    "/upscale",
+    summary="Remove JPEG damage from an image",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The enhanced image, same width and height as the input.",
+            "content": {f.media_type: {"schema": {"type": "string", "format": "binary"}} for f in OutputFormat},
+        },
+        **{code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()},
+    },
+)
+async def upscale(
+    request: Request,
+    image: Annotated[UploadFile, File(description="The image to enhance: JPEG, PNG, WebP, BMP or TIFF.")],
+    format: Annotated[
+        OutputFormat, Query(description="Encoding of the answer; PNG is lossless.")
+    ] = OutputFormat.png,
+    quality: Annotated[
+        int, Query(ge=1, le=100, description="Quality 1-100 for JPEG and WebP answers (PNG ignores it).")
+    ] = 95,
+) -> Response:
+    """Enhance one uploaded image; the answer is the image itself, with a `Server-Timing` header."""
+    runtime = _runtime(request)
+    limit = runtime.settings.max_upload_bytes
+    if image.size is not None and image.size > limit:
+        raise PayloadTooLargeError(
+            f"the upload is {image.size:,} bytes, more than the {limit:,} byte limit "
+            "(ENHANCER_MAX_UPLOAD_BYTES); send a smaller file"
+        )
+    service = runtime.require_service()
+    data = await image.read()
+    await image.close()
+    result = await _cancel_if_client_leaves(request, service.enhance(data, format, quality))
+    if result is None:  # nobody is listening; this status only shows up in logs and metrics
+        return Response(status_code=499)
+    return Response(
+        content=result.body,
+        media_type=format.media_type,
+        headers={
+            "Content-Disposition": f'inline; filename="{_download_name(image.filename, format)}"',
+            "Server-Timing": _server_timing(result),
+        },
+    )
+
+
+@router.get("/healthz", response_model=HealthBody, responses={503: {"model": ErrorBody}}, tags=["ops"])
+async def healthz(request: Request):
+    """Liveness: 200 while the process can serve; 503 once only a restart can help."""
+    runtime = _runtime(request)
+    if not runtime.healthy:
+        return JSONResponse(
+            {"detail": runtime.failure or "the batch worker has stopped; restart the service"},
+            status_code=503,
+        )
+    return HealthBody(status="ok")
+
+
+@router.get("/readyz", response_model=ReadyBody, responses={503: {"model": ErrorBody}}, tags=["ops"])
+async def readyz(request: Request):
+    """Readiness: 200 only after the model is loaded and warmed up."""
+    runtime = _runtime(request)
+    runtime.require_service()  # raises the 503 explaining what is still missing
+    if runtime.batcher is not None and not runtime.batcher.healthy:
+        raise ServiceUnavailableError("the batch worker has stopped; restart the service", retry_after_s=30)
+    return ReadyBody(status="ready", device=runtime.model.device)
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics in text exposition format."""
+    m = _runtime(request).metrics
+    return Response(m.render(), media_type=m.content_type)
+
+
+def static_dir():
+    """The packaged `enhancer/static` folder (may not exist in a build without the web page)."""
+    return resources.files("enhancer") / "static"
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> HTMLResponse:
+    """The web page, or a link to /docs if the package has no page."""
+    page = static_dir() / "index.html"
+    if page.is_file():
+        return HTMLResponse(page.read_text(encoding="utf-8"))
+    return HTMLResponse(_FALLBACK_PAGE)

@@ -1,0 +1,24 @@
+"""Response bodies the API documents in OpenAPI (the images themselves are raw bytes)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one sentence saying what is wrong and what to do about it."""
+
+    detail: str = Field(examples=["the upload is not a supported image; send JPEG, PNG, WebP, BMP or TIFF"])
+
+
+class HealthBody(BaseModel):
+    """Liveness: the process is up (and its batch worker has not died)."""
+
+    status: str = Field(examples=["ok"])
+
+
+class ReadyBody(BaseModel):
+    """Readiness: the model is loaded and every tile shape has been run once."""
+
+    status: str = Field(examples=["ready"])
+    device: str = Field(examples=["CPU (intra-op threads auto, inter-op threads auto)"])

@@ -1,0 +1,110 @@
+"""Prometheus metrics of one app, on its own registry so several apps can live in one process.
+
+`Metrics` is also the batcher's `BatchObserver`: the batcher reports batch sizes, waits, drops and
+queue depth through it without knowing Prometheus exists.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+#: Latency buckets from 1 ms (a tiny tile) to 5 minutes (a 50 MP image behind a full queue).
+_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """All counters, gauges and histograms the service exports at /metrics."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, max_batch_size: int = 64):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "enhancer_http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "enhancer_http_request_duration_seconds",
+            "Time from request start to the end of the response, by route template.",
+            ["route"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "enhancer_stage_duration_seconds",
+            "Per-request time in each pipeline stage (decode, tile, queue, infer, encode).",
+            ["stage"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "enhancer_queue_depth_tiles", "Tiles waiting for the model right now.", registry=r
+        )
+        size_buckets = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
+        self.batch_size = Histogram(
+            "enhancer_batch_size_tiles",
+            "Tiles per forward pass of the model.",
+            buckets=[b for b in size_buckets if b <= max_batch_size],
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "enhancer_queue_wait_seconds",
+            "Time a tile waited in the queue before its batch started.",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "enhancer_inference_seconds",
+            "Wall time of one forward pass (one batch).",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.tiles_processed = Counter(
+            "enhancer_tiles_processed", "Tiles that went through the model.", registry=r
+        )
+        self.tiles_dropped = Counter(
+            "enhancer_tiles_dropped",
+            "Queued tiles discarded because their request went away (client gone, timeout).",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "enhancer_ready", "1 once the model is loaded and warmed up, else 0.", registry=r
+        )
+
+    # --- BatchObserver ---------------------------------------------------------------------
+    def on_batch(self, size: int, infer_s: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(infer_s)
+        self.tiles_processed.inc(size)
+
+    def on_queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def on_tiles_dropped(self, count: int) -> None:
+        self.tiles_dropped.inc(count)
+
+    def on_queue_depth(self, tiles: int) -> None:
+        self.queue_depth.set(tiles)
+
+    # --- HTTP ------------------------------------------------------------------------------
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, method=method, status=str(status)).inc()
+        self.request_seconds.labels(route=route).observe(seconds)
+
+    def observe_stages(self, durations: dict[str, float]) -> None:
+        for stage, seconds in durations.items():
+            self.stage_seconds.labels(stage=stage).observe(seconds)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text exposition format."""
+        return generate_latest(self.registry)

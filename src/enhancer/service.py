@@ -1,0 +1,124 @@
+"""The enhancement pipeline: decode -> tile -> micro-batched model -> stitch -> encode.
+
+It knows nothing of HTTP: it takes bytes and returns bytes plus stage timings, and fails with the
+`enhancer.errors` types. CPU-heavy steps (decode, split, stitch, encode) run in worker threads so
+the event loop keeps accepting requests and feeding the batcher while an image is being decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from enhancer import imaging, tiling
+from enhancer.batching import BatchFailedError, MicroBatcher, QueueFullError
+from enhancer.errors import InferenceFailedError, OverloadedError, RequestTimeoutError
+from enhancer.imaging import OutputFormat
+from enhancer.metrics import Metrics
+
+#: Server-Timing / metrics stage names, in pipeline order.
+STAGES = ("decode", "tile", "queue", "infer", "encode")
+
+
+@dataclass(frozen=True)
+class EnhanceResult:
+    """An encoded answer plus the seconds each stage took."""
+
+    body: bytes
+    format: OutputFormat
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class EnhanceService:
+    """Runs one request through the pipeline; many requests share one batcher concurrently."""
+
+    def __init__(
+        self,
+        batcher: MicroBatcher,
+        *,
+        tile_size: int,
+        tile_overlap: int,
+        max_pixels: int | None,
+        request_timeout_s: float,
+        max_queue_tiles: int,
+        metrics: Metrics | None = None,
+    ):
+        self.batcher = batcher
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.max_pixels = max_pixels
+        self.request_timeout_s = request_timeout_s
+        self.max_queue_tiles = max_queue_tiles
+        self.metrics = metrics
+
+    def _split(self, rgb: np.ndarray) -> tuple[tiling.TilePlan, np.ndarray]:
+        plan = tiling.plan_tiles(rgb.shape[0], rgb.shape[1], self.tile_size, self.tile_overlap)
+        return plan, tiling.split(rgb, plan)
+
+    @staticmethod
+    def _stitch(tiles: np.ndarray, plan: tiling.TilePlan) -> np.ndarray:
+        return np.clip(tiling.stitch(tiles, plan), 0.0, 1.0)
+
+    def _timeout_error(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the image was not enhanced within {self.request_timeout_s:g} s "
+            "(ENHANCER_REQUEST_TIMEOUT_S); the server is busy or the image is very large: "
+            "retry later or send a smaller image"
+        )
+
+    async def enhance(self, data: bytes, fmt: OutputFormat, quality: int = 95) -> EnhanceResult:
+        """Enhance encoded image bytes and encode the result as `fmt`."""
+        clock = time.perf_counter
+        started = clock()
+        deadline = started + self.request_timeout_s
+        timings: dict[str, float] = {}
+
+        t = clock()
+        image = await asyncio.to_thread(imaging.decode, data, max_pixels=self.max_pixels)
+        timings["decode"] = clock() - t
+
+        t = clock()
+        plan, tiles = await asyncio.to_thread(self._split, image.rgb)
+        timings["tile"] = clock() - t
+
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise self._timeout_error()
+        try:
+            async with asyncio.timeout(remaining):
+                out_tiles, batch_timings = await self.batcher.submit(tiles)
+        except TimeoutError:
+            raise self._timeout_error() from None
+        except QueueFullError as exc:
+            raise OverloadedError(
+                f"the server is busy: {exc.queued_tiles} tiles are queued (limit "
+                f"{self.max_queue_tiles}) and this image needs {len(tiles)}; retry in "
+                f"{max(1, round(exc.retry_after_s))} s",
+                retry_after_s=exc.retry_after_s,
+            ) from None
+        except BatchFailedError as exc:
+            raise InferenceFailedError(
+                "the model failed on the batch that held this image "
+                f"({exc}); the server is still running, so retrying may succeed"
+            ) from exc
+        timings["queue"] = batch_timings.queue_s
+        timings["infer"] = batch_timings.infer_s
+
+        t = clock()
+        rgb = await asyncio.to_thread(self._stitch, out_tiles, plan)
+        timings["tile"] += clock() - t
+
+        t = clock()
+        body = await asyncio.to_thread(imaging.encode, rgb, fmt, quality=quality, like=image)
+        timings["encode"] = clock() - t
+
+        if self.metrics is not None:
+            self.metrics.observe_stages(timings)
+        return EnhanceResult(
+            body=body, format=fmt, width=image.width, height=image.height, timings=timings
+        )
