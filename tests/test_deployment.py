@@ -1,0 +1,454 @@
+"""The deployment files say what the service needs: checked by parsing them, no Docker engine needed.
+
+Dockerfile, docker-compose.yml (+ the CPU override), the load-balanced compose example and the
+Kubernetes manifest are read as data and held against the package itself: the Settings class (field
+names, shutdown timeout), pyproject (TensorFlow range, console script) and the committed weights.
+The healthcheck one-liner is also run against a local HTTP server answering 200 and 503.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+from packaging.specifiers import SpecifierSet  # noqa: E402
+from packaging.version import Version  # noqa: E402
+
+from enhancer.config import Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_URL = "http://127.0.0.1:8000/readyz"
+
+
+# ---------------------------------------------------------------------------------------- parsing
+class Reset:
+    """Compose's `!reset` tag: the override removes the inherited value."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+def _reset(loader, node):
+    if isinstance(node, yaml.SequenceNode):
+        return Reset(loader.construct_sequence(node))
+    if isinstance(node, yaml.MappingNode):
+        return Reset(loader.construct_mapping(node))
+    return Reset(loader.construct_scalar(node))
+
+
+ComposeLoader.add_constructor("!reset", _reset)
+
+
+def load_yaml(relpath: str):
+    return yaml.load((ROOT / relpath).read_text(), Loader=ComposeLoader)
+
+
+def parse_dockerfile(path: Path) -> list[list[tuple[str, str]]]:
+    """Instructions per build stage as (INSTRUCTION, arguments); continuations joined."""
+    stages: list[list[tuple[str, str]]] = [[]]  # stages[0]: global ARGs before the first FROM
+    logical = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not logical and (not line or line.startswith("#")):
+            continue
+        if logical and line.startswith("#"):
+            continue  # comment lines inside a continuation are dropped by Docker too
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical += line
+        instruction, _, args = logical.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stages.append([])
+        stages[-1].append((instruction, args.strip()))
+        logical = ""
+    assert not logical, "Dockerfile ends inside a line continuation"
+    return stages
+
+
+def duration_s(value) -> float:
+    """Compose durations ('45s', '1m30s', '500ms') in seconds."""
+    total, rest = 0.0, str(value)
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", rest):
+        total += float(number) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}[unit]
+    assert total > 0, f"not a duration: {value!r}"
+    return total
+
+
+def default_with_env(field: str, environment: dict | None) -> float:
+    """A setting's effective value: the deployment's override, else the Settings default."""
+    env_name = f"ENHANCER_{field.upper()}"
+    if environment and env_name in environment:
+        return float(environment[env_name])
+    return float(Settings.model_fields[field].default)
+
+
+def interpolate_default(value: str) -> str:
+    """Resolve compose `${VAR:-default}` to its default (nothing set in the test's environment)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+@pytest.fixture(scope="module")
+def dockerfile():
+    return parse_dockerfile(ROOT / "Dockerfile")
+
+
+@pytest.fixture(scope="module")
+def runtime_stage(dockerfile):
+    return dockerfile[-1]
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return load_yaml("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def service(compose):
+    return compose["services"]["enhancer"]
+
+
+@pytest.fixture(scope="module")
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _one(stage, instruction):
+    found = [args for name, args in stage if name == instruction]
+    assert len(found) == 1, f"expected one {instruction} in the runtime stage, found {found}"
+    return found[0]
+
+
+def _env(stage) -> dict[str, str]:
+    env = {}
+    for name, args in stage:
+        if name == "ENV":
+            for key, value in re.findall(r"(\w+)=(\S+)", args):
+                env[key] = value
+    return env
+
+
+def _arg_defaults(dockerfile) -> dict[str, str]:
+    defaults = {}
+    for stage in dockerfile:
+        for name, args in stage:
+            if name == "ARG" and "=" in args:
+                key, _, value = args.partition("=")
+                defaults[key] = value
+    return defaults
+
+
+# ------------------------------------------------------------------------------------- Dockerfile
+def test_dockerfile_runs_as_a_non_root_numeric_user(runtime_stage):
+    user = _one(runtime_stage, "USER")
+    uid = user.split(":")[0]
+    assert uid.isdigit(), f"USER {user}: numeric, so Kubernetes runAsNonRoot can verify it"
+    assert int(uid) != 0
+
+
+def test_dockerfile_cmd_is_exec_form_and_starts_the_server(runtime_stage, pyproject):
+    cmd = _one(runtime_stage, "CMD")
+    argv = json.loads(cmd)  # shell form would not be JSON: /bin/sh would swallow SIGTERM
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+    assert argv[:2] == ["enhancer", "serve"]
+    assert "enhancer" in pyproject["project"]["scripts"]
+    assert not any(name == "ENTRYPOINT" for name, _ in runtime_stage)
+
+
+def test_dockerfile_serves_on_all_interfaces_port_8000_with_the_committed_weights(runtime_stage):
+    env = _env(runtime_stage)
+    assert _one(runtime_stage, "EXPOSE") == "8000"
+    assert env["ENHANCER_PORT"] == "8000"
+    assert env["ENHANCER_HOST"] == "0.0.0.0"
+    workdir = PurePosixPath(_one(runtime_stage, "WORKDIR"))
+    copies = [args.split() for name, args in runtime_stage if name == "COPY" and "--from" not in args]
+    assert ["weights", str(workdir / "weights")] in copies
+    model_dir = PurePosixPath(env["ENHANCER_MODEL_DIR"])
+    # the image's model dir is the committed default model, at the same place relative to WORKDIR
+    # as in the checkout, so a relative ENHANCER_MODEL_DIR from .env.example means the same thing
+    from enhancer.config import DEFAULT_MODEL_DIR
+
+    assert model_dir == workdir / PurePosixPath(DEFAULT_MODEL_DIR.as_posix())
+    assert (ROOT / DEFAULT_MODEL_DIR / "saved_model.pb").is_file()
+
+
+def test_dockerfile_env_names_are_real_settings(runtime_stage):
+    for name in _env(runtime_stage):
+        if name.startswith("ENHANCER_"):
+            field = name.removeprefix("ENHANCER_").lower()
+            assert field in Settings.model_fields, f"{name} is not a setting"
+
+
+def test_dockerfile_healthcheck_probes_readyz(runtime_stage):
+    healthcheck = _one(runtime_stage, "HEALTHCHECK")
+    options, _, command = healthcheck.partition("CMD ")
+    argv = json.loads(command)
+    assert argv[:2] == ["python", "-c"]
+    assert READY_URL in argv[2]
+    assert duration_s(re.search(r"--start-period=(\S+)", options).group(1)) >= 60
+
+
+def test_dockerfile_pins_tensorflow_inside_the_project_range(dockerfile, pyproject):
+    args = _arg_defaults(dockerfile)
+    pinned = Version(args["TF_VERSION"])
+    (tf_requirement,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("tensorflow")]
+    assert pinned in SpecifierSet(tf_requirement.removeprefix("tensorflow"))
+    assert args["TF_EXTRAS"] == "and-cuda"  # the default image is the GPU one
+    base = args["PYTHON_IMAGE"]
+    assert not base.endswith(":latest") and ":" in base
+    python = Version(re.match(r"python:(\d+\.\d+)", base).group(1))
+    assert python in SpecifierSet(pyproject["project"]["requires-python"])
+
+
+def test_dockerfile_installs_the_package_from_the_checkout(dockerfile):
+    build = dockerfile[1]
+    copied = [args.split()[0] for name, args in build if name == "COPY"]
+    assert "src" in copied
+    assert "pyproject.toml" in " ".join(args for name, args in build if name == "COPY")
+    installs = [args for name, args in build if name == "RUN" and "pip install" in args]
+    assert any(re.search(r"pip install \.(\s|$)", cmd) for cmd in installs)
+    assert not any(" -e " in cmd or "--editable" in cmd for cmd in installs)
+
+
+def _dockerignored(patterns: list[str], path: str) -> bool:
+    import fnmatch
+
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        bare = pattern.removeprefix("**/")
+        hit = any(fnmatch.fnmatch(p, pattern) for p in prefixes) or (
+            pattern.startswith("**/") and any(fnmatch.fnmatch(part, bare) for part in parts)
+        )
+        if hit:
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_the_context_small_but_keeps_what_the_build_copies():
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    for path in [".venv/bin/python", ".git/HEAD", "runs/x/ckpt", "data/train/a.jpg", ".env",
+                 "src/enhancer/__pycache__/x.pyc", "src/enhancer.egg-info/PKG-INFO"]:
+        assert _dockerignored(patterns, path), f"{path} should stay out of the build context"
+    for path in ["pyproject.toml", "README.md", "src/enhancer/config.py",
+                 "weights/dejpeg/saved_model.pb", "weights/dejpeg/variables/variables.index"]:
+        assert not _dockerignored(patterns, path), f"{path} is needed by the build"
+
+
+# -------------------------------------------------------------------------------- docker-compose
+def test_compose_reserves_an_nvidia_gpu(service):
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    (gpu,) = [d for d in devices if d.get("driver") == "nvidia"]
+    assert "gpu" in gpu["capabilities"]
+    assert gpu.get("count") == "all" or int(gpu["count"]) >= 1
+
+
+def test_compose_publishes_port_8000(service):
+    ports = [interpolate_default(str(p)) for p in service["ports"]]
+    assert "8000:8000" in ports
+
+
+def test_compose_env_file_is_optional_dot_env(service):
+    (entry,) = service["env_file"]
+    assert entry == {"path": ".env", "required": False}
+    gitignore = (ROOT / ".gitignore").read_text().split()
+    assert ".env" in gitignore  # local settings (maybe secrets) are never committed
+
+
+def test_compose_environment_makes_the_server_reachable_on_8000(service, monkeypatch):
+    environment = service["environment"]
+    for key, value in environment.items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings(_env_file=None)
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 8000
+
+
+def test_compose_healthcheck_probes_readyz(service):
+    check = service["healthcheck"]
+    assert check["test"][0] == "CMD"
+    assert check["test"][1:3] == ["python", "-c"]
+    assert READY_URL in check["test"][3]
+    assert duration_s(check["start_period"]) >= 60
+    assert int(check["retries"]) >= 1
+
+
+def test_compose_restarts_and_outlasts_the_shutdown_timeout(service):
+    assert service["restart"] in {"always", "unless-stopped", "on-failure"}
+    shutdown = default_with_env("shutdown_timeout_s", service.get("environment"))
+    assert shutdown > 0
+    assert duration_s(service["stop_grace_period"]) > shutdown + 5
+
+
+def test_compose_mounts_the_weights_read_only_where_the_image_expects_them(service, runtime_stage):
+    (mount,) = [v for v in service["volumes"] if isinstance(v, dict) and v["target"].endswith("weights")]
+    assert mount["type"] == "bind"
+    assert (ROOT / mount["source"]).resolve() == (ROOT / "weights").resolve()
+    assert mount["read_only"] is True
+    model_dir = PurePosixPath(_env(runtime_stage)["ENHANCER_MODEL_DIR"])
+    assert PurePosixPath(mount["target"]) in model_dir.parents
+
+
+def test_compose_builds_this_checkout(service):
+    assert service["build"]["context"] == "."
+    assert service["build"]["args"]["TF_EXTRAS"] == "and-cuda"
+
+
+def test_cpu_override_drops_the_gpu_and_the_cuda_wheels():
+    override = load_yaml("docker-compose.cpu.yml")["services"]["enhancer"]
+    devices = override["deploy"]["resources"]["reservations"]["devices"]
+    assert isinstance(devices, Reset) and devices.value == []
+    assert override["build"]["args"]["TF_EXTRAS"] == ""
+    assert override["image"] != load_yaml("docker-compose.yml")["services"]["enhancer"]["image"]
+
+
+# ------------------------------------------------------------------- the healthcheck, actually run
+class _Handler(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self):  # noqa: N802
+        code = self.status if self.path == "/readyz" else 404
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status, healthy", [(200, True), (503, False)])
+def test_healthcheck_command_passes_only_when_ready(service, status, healthy):
+    handler = type("Handler", (_Handler,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code = service["healthcheck"]["test"][3]
+        code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server.server_address[1]}")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) is healthy, result.stderr.decode()[-500:]
+
+
+def test_healthcheck_command_fails_when_nothing_listens(service):
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = service["healthcheck"]["test"][3].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert result.returncode != 0
+
+
+# ---------------------------------------------------------------------- load-balanced replicas
+def test_lb_example_routes_only_to_ready_replicas():
+    lb_compose = load_yaml("deploy/compose.lb.yml")
+    lb, app = lb_compose["services"]["lb"], lb_compose["services"]["enhancer"]
+    name, _, tag = lb["image"].partition(":")
+    assert name == "traefik"
+    assert Version(tag.lstrip("v")) >= Version("3.6")  # Docker API negotiation (Engine 29)
+    assert "8000:8000" in [interpolate_default(str(p)) for p in lb["ports"]]
+    assert "ports" not in app  # replicas are reached only through the balancer
+    labels = dict(label.split("=", 1) for label in app["labels"])
+    assert labels["traefik.enable"] == "true"
+    assert labels["traefik.http.services.enhancer.loadbalancer.healthcheck.path"] == "/readyz"
+    assert labels["traefik.http.services.enhancer.loadbalancer.server.port"] == "8000"
+    assert READY_URL in app["healthcheck"]["test"][3]
+    assert int(app["deploy"]["replicas"]) >= 2
+    shutdown = default_with_env("shutdown_timeout_s", app.get("environment"))
+    assert duration_s(app["stop_grace_period"]) > shutdown + 5
+    # paths are relative to deploy/: the same checkout, weights and .env as the single-host file
+    assert (ROOT / "deploy" / app["build"]["context"]).resolve() == ROOT
+    (mount,) = app["volumes"]
+    assert (ROOT / "deploy" / mount["source"]).resolve() == (ROOT / "weights").resolve()
+    assert app["env_file"] == [{"path": "../.env", "required": False}]
+
+
+# ---------------------------------------------------------------------------------- Kubernetes
+@pytest.fixture(scope="module")
+def k8s():
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()) if d]
+    return {d["kind"]: d for d in docs}
+
+
+@pytest.fixture(scope="module")
+def pod(k8s):
+    deployment = k8s["Deployment"]
+    assert deployment["apiVersion"] == "apps/v1"
+    return deployment["spec"]["template"]
+
+
+def _container(pod):
+    (container,) = pod["spec"]["containers"]
+    return container
+
+
+def _port(container, ref):
+    if isinstance(ref, int):
+        return ref
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == ref]
+    return port
+
+
+def test_k8s_probes_liveness_healthz_and_readiness_readyz_on_8000(pod):
+    container = _container(pod)
+    live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+    assert live["path"] == "/healthz"
+    assert ready["path"] == "/readyz"
+    assert _port(container, live["port"]) == _port(container, ready["port"]) == 8000
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    assert env.get("ENHANCER_HOST") == "0.0.0.0"
+
+
+def test_k8s_requests_a_gpu(pod):
+    limits = _container(pod)["resources"]["limits"]
+    assert int(limits["nvidia.com/gpu"]) >= 1
+
+
+def test_k8s_drains_before_it_is_killed(pod):
+    container = _container(pod)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop_s = float(command[1])
+    assert pre_stop_s > 0
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    shutdown = default_with_env("shutdown_timeout_s", env)
+    assert pod["spec"]["terminationGracePeriodSeconds"] > pre_stop_s + shutdown
+
+
+def test_k8s_runs_as_the_image_user(pod, runtime_stage):
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert str(security["runAsUser"]) == _one(runtime_stage, "USER").split(":")[0]
+
+
+def test_k8s_service_selects_the_pods_and_targets_the_http_port(k8s, pod):
+    service = k8s["Service"]
+    selector = service["spec"]["selector"]
+    labels = pod["metadata"]["labels"]
+    assert selector and all(labels.get(k) == v for k, v in selector.items())
+    assert k8s["Deployment"]["spec"]["selector"]["matchLabels"] == selector
+    (port,) = service["spec"]["ports"]
+    assert _port(_container(pod), port["targetPort"]) == 8000
