@@ -1,0 +1,373 @@
+"""The asyncio micro-batcher: tiles from many requests in, model batches out.
+
+Knows nothing of HTTP or TensorFlow: the model is any synchronous `forward(batch) -> batch` on
+numpy arrays [N, h, w, C] that returns the same shape, outputs in the order of the inputs.
+
+How it works:
+
+* `submit` checks the tile budget (`QueueFullError` at once when full), puts the request on an
+  `asyncio.Queue` and awaits the request's future.
+* One worker coroutine admits queued requests into a round-robin ring. It takes the first tile,
+  then fills the batch with tiles of that tile's shape until `max_batch_size` tiles or until
+  `max_batch_delay_s` after that first tile - one deadline per batch, each wait is given only the
+  time left. Tiles are dealt one per request per round, so a small request submitted behind a
+  50 MP one shares the very next batch instead of waiting for the big one to finish; requests
+  served in a batch move behind those that were not, so other shapes get their turn too.
+* The model runs on one dedicated thread (the event loop never blocks, and a model that is not
+  thread-safe is only ever called from one thread). Each tile's output is stored in its request;
+  the request's future resolves, with its tiles in order, when its last tile is back.
+* A request whose awaiting task is cancelled (client gone, timeout) loses its queued tiles at
+  once; tiles already picked for a batch are filtered out before the model sees them.
+* An exception in `forward` fails only the requests with tiles in that batch (`BatchFailedError`,
+  caused by the original) and drops their remaining tiles; the worker goes on serving.
+
+Requests larger than the whole budget: a request is admitted when it fits under
+`max_queue_tiles` *or when nothing is queued*, so any single image the service accepted can be
+served (it is then alone in the queue); while it drains everyone else gets `QueueFullError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+#: Retry-After estimate used before any batch has finished (no drain rate measured yet).
+DEFAULT_RETRY_AFTER_S = 1.0
+#: Recent batches used to measure how fast the queue drains.
+DRAIN_RATE_WINDOW = 32
+
+
+class QueueFullError(Exception):
+    """The tile queue cannot take this request now; retrying after `retry_after_s` may work."""
+
+    def __init__(self, queued_tiles: int, requested_tiles: int, max_queue_tiles: int, drain_rate: float | None):
+        self.queued_tiles = queued_tiles
+        self.requested_tiles = requested_tiles
+        self.max_queue_tiles = max_queue_tiles
+        self.drain_rate = drain_rate  #: tiles per second the model recently processed while busy; None if unknown
+        excess = queued_tiles + requested_tiles - max_queue_tiles
+        self.retry_after_s = excess / drain_rate if drain_rate else DEFAULT_RETRY_AFTER_S
+        super().__init__(
+            f"the server is busy: {queued_tiles} tiles are queued (limit {max_queue_tiles}) and this image "
+            f"needs {requested_tiles}; retry in about {self.retry_after_s:.1f} s"
+        )
+
+
+class BatchFailedError(Exception):
+    """The model raised while processing a batch holding this request's tiles (see __cause__)."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher is not running (not started, or shutting down), so it takes no new work."""
+
+
+@dataclass
+class BatchTimings:
+    """Where one request's time went, for Server-Timing and metrics."""
+
+    queue_s: float  #: from submit until its first tile was taken into a batch
+    infer_s: float  #: model time of every batch that held its tiles, summed
+
+
+class BatchObserver(Protocol):
+    """Metrics hook. Subclass it and override what you need; the defaults do nothing.
+
+    Called on the event loop thread; keep the calls cheap and do not raise.
+    """
+
+    def on_batch(self, size: int, infer_s: float) -> None:
+        """A batch of `size` tiles ran successfully in `infer_s` seconds of model time."""
+
+    def on_queue_wait(self, seconds: float) -> None:
+        """A request's first tile entered a batch `seconds` after it was submitted."""
+
+    def on_tiles_dropped(self, count: int) -> None:
+        """`count` tiles will never run: their request was cancelled or failed in another batch."""
+
+    def on_queue_depth(self, tiles: int) -> None:
+        """The number of queued tiles (admitted, not yet in a batch) changed to `tiles`."""
+
+
+class _NoObserver(BatchObserver):
+    pass
+
+
+@dataclass(eq=False)
+class _Request:
+    tiles: np.ndarray
+    future: asyncio.Future
+    submitted_at: float
+    next_tile: int = 0  # tiles before this index have been taken into batches
+    finished_tiles: int = 0
+    outputs: np.ndarray | None = None
+    queue_s: float | None = None
+    infer_s: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.tiles.shape[1:]
+
+    @property
+    def remaining(self) -> int:
+        return len(self.tiles) - self.next_tile
+
+
+_STOP = object()  # put on the intake queue by stop(): no request comes after it
+
+
+@dataclass
+class _DrainRate:
+    """Tiles per second of model-busy time over the last few batches (for Retry-After)."""
+
+    recent: deque = field(default_factory=lambda: deque(maxlen=DRAIN_RATE_WINDOW))
+
+    def add(self, tiles: int, busy_s: float) -> None:
+        self.recent.append((tiles, busy_s))
+
+    def rate(self) -> float | None:
+        busy = sum(s for _, s in self.recent)
+        return sum(n for n, _ in self.recent) / busy if busy > 0 else None
+
+
+class MicroBatcher:
+    """Batches tiles from concurrent requests into model calls (see the module docstring)."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        *,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        max_queue_tiles: int,
+        observer: BatchObserver | None = None,
+    ):
+        if max_batch_size < 1 or max_queue_tiles < 1 or max_batch_delay_s < 0:
+            raise ValueError("max_batch_size and max_queue_tiles must be >= 1 and max_batch_delay_s >= 0")
+        self._forward = forward
+        self._max_batch = max_batch_size
+        self._max_delay = max_batch_delay_s
+        self._max_queue = max_queue_tiles
+        self._observer = observer or _NoObserver()
+        self._intake: asyncio.Queue | None = None
+        self._ring: deque[_Request] = deque()  # admitted requests with tiles left, in turn order
+        self._live: set[_Request] = set()  # submitted and not yet answered
+        self._queued = 0
+        self._healthy = True
+        self._closing = False
+        self._stop_seen = False
+        self._drain = _DrainRate()
+        self._worker: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def queued_tiles(self) -> int:
+        """Tiles submitted and not yet taken into a batch."""
+        return self._queued
+
+    @property
+    def healthy(self) -> bool:
+        """False after the last batch failed (the model cannot run); True again after a success."""
+        return self._healthy
+
+    async def start(self) -> None:
+        if self._worker is not None:
+            raise RuntimeError("the batcher is already started")
+        self._intake = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enhancer-model")
+        self._worker = asyncio.create_task(self._run(), name="enhancer-batcher")
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop taking work. drain=True finishes everything queued first (wrap in a timeout if the
+        model could hang); drain=False fails every unanswered request with BatcherClosedError."""
+        if self._worker is None or self._closing:
+            return
+        self._closing = True
+        self._intake.put_nowait(_STOP)
+        if drain:
+            await self._worker
+        else:
+            self._worker.cancel()
+            for request in list(self._live):
+                self._finish(request, error=BatcherClosedError("the server is shutting down"))
+            await asyncio.gather(self._worker, return_exceptions=True)  # its CancelledError is expected
+        self._executor.shutdown(wait=drain, cancel_futures=True)
+
+    async def submit(self, tiles: np.ndarray) -> tuple[np.ndarray, BatchTimings]:
+        """Run every tile of one request ([T, h, w, C]) through the model; outputs in tile order.
+
+        Raises QueueFullError at once when the queue has no room, BatchFailedError when the model
+        failed on one of its batches, BatcherClosedError when not running. Cancelling the caller
+        drops the request's queued tiles.
+        """
+        if self._worker is None or self._closing:
+            raise BatcherClosedError("the model queue is not running")
+        if tiles.ndim != 4 or len(tiles) == 0:
+            raise ValueError(f"expected tiles shaped [T>=1, h, w, C], got an array of shape {tiles.shape}")
+        count = len(tiles)
+        if self._queued > 0 and self._queued + count > self._max_queue:
+            raise QueueFullError(self._queued, count, self._max_queue, self._drain.rate())
+        loop = asyncio.get_running_loop()
+        request = _Request(tiles=tiles, future=loop.create_future(), submitted_at=loop.time())
+        self._live.add(request)
+        self._set_queued(self._queued + count)
+        self._intake.put_nowait(request)
+        try:
+            return await request.future
+        except asyncio.CancelledError:  # the caller went away: its queued tiles are not worth running
+            self._drop_queued(request)
+            raise
+        finally:
+            self._live.discard(request)
+
+    # -- the worker -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            self._admit_waiting()
+            if not self._ring:
+                if self._stop_seen:
+                    return
+                self._admit(await self._intake.get())
+                continue
+            batch = await self._fill_batch()
+            try:
+                await self._run_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not leave requests hanging or kill the worker
+                log.exception("batch bookkeeping failed")
+                for request in {r for r, _ in batch}:
+                    self._finish(request, error=BatchFailedError("internal error while batching; see the server log"))
+
+    def _admit(self, item: object) -> None:
+        if item is _STOP:
+            self._stop_seen = True
+        elif not item.future.done():  # skip requests cancelled while waiting in the intake
+            self._ring.append(item)
+
+    def _admit_waiting(self) -> None:
+        while not self._intake.empty():
+            self._admit(self._intake.get_nowait())
+
+    async def _fill_batch(self) -> list[tuple[_Request, int]]:
+        """Tiles of the shape whose turn it is, until full or the batch's one deadline passes."""
+        loop = asyncio.get_running_loop()
+        shape = self._ring[0].shape
+        deadline = loop.time() + self._max_delay
+        batch: list[tuple[_Request, int]] = []
+        last_taken: dict[_Request, int] = {}
+        while True:
+            self._take_round_robin(shape, batch, last_taken)
+            if len(batch) >= self._max_batch or self._stop_seen:
+                break
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                self._admit(await asyncio.wait_for(self._intake.get(), left))
+            except TimeoutError:
+                break
+            self._admit_waiting()
+        # Requests served in this batch go behind those that were not, in the order served.
+        served = sorted((r for r in last_taken if r.remaining > 0), key=last_taken.__getitem__)
+        self._ring = deque([r for r in self._ring if r not in last_taken] + served)
+        return batch
+
+    def _take_round_robin(self, shape: tuple, batch: list, last_taken: dict) -> None:
+        now = asyncio.get_running_loop().time()
+        turn = [r for r in self._ring if r.shape == shape and r.remaining > 0]
+        taken = 0
+        while turn and len(batch) < self._max_batch:
+            for request in list(turn):
+                if len(batch) >= self._max_batch:
+                    break
+                batch.append((request, request.next_tile))
+                request.next_tile += 1
+                taken += 1
+                last_taken[request] = len(batch)
+                if request.queue_s is None:
+                    request.queue_s = now - request.submitted_at
+                    self._observer.on_queue_wait(request.queue_s)
+                if request.remaining == 0:
+                    turn.remove(request)
+        if taken:
+            self._set_queued(self._queued - taken)
+
+    async def _run_batch(self, batch: list[tuple[_Request, int]]) -> None:
+        live = [(r, i) for r, i in batch if not r.future.done()]
+        if len(live) < len(batch):
+            self._observer.on_tiles_dropped(len(batch) - len(live))
+        if not live:
+            return
+        inputs = np.stack([r.tiles[i] for r, i in live])
+        requests = list(dict.fromkeys(r for r, _ in live))
+        started = time.perf_counter()
+        try:
+            outputs, infer_s = await asyncio.get_running_loop().run_in_executor(self._executor, _timed, self._forward, inputs)
+            outputs = np.asarray(outputs)
+            if outputs.shape != inputs.shape:
+                raise ValueError(f"the model returned shape {outputs.shape} for a batch of shape {inputs.shape}")
+        except Exception as exc:
+            self._healthy = False
+            log.error("model batch of %d tiles from %d requests failed: %r", len(live), len(requests), exc)
+            for request in requests:
+                error = BatchFailedError(f"the model failed on a batch holding this image's tiles: {exc!r}")
+                error.__cause__ = exc
+                self._finish(request, error=error)
+            return
+        self._healthy = True
+        self._drain.add(len(live), time.perf_counter() - started)
+        self._observer.on_batch(len(live), infer_s)
+        for (request, index), output in zip(live, outputs):
+            if request.outputs is None:
+                request.outputs = np.empty((len(request.tiles), *output.shape), dtype=outputs.dtype)
+            request.outputs[index] = output
+            request.finished_tiles += 1
+        for request in requests:
+            request.infer_s += infer_s
+            if request.finished_tiles == len(request.tiles):
+                self._finish(request)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _finish(self, request: _Request, error: BaseException | None = None) -> None:
+        """Answer a request (result or error) and drop whatever of it is still queued."""
+        self._drop_queued(request)
+        if request.future.done():
+            return
+        if error is None:
+            request.future.set_result((request.outputs, BatchTimings(queue_s=request.queue_s or 0.0, infer_s=request.infer_s)))
+        else:
+            request.future.set_exception(error)
+
+    def _drop_queued(self, request: _Request) -> None:
+        dropped = request.remaining
+        if dropped == 0:
+            return
+        request.next_tile = len(request.tiles)
+        if request in self._ring:
+            self._ring.remove(request)
+        self._set_queued(self._queued - dropped)
+        self._observer.on_tiles_dropped(dropped)
+
+    def _set_queued(self, tiles: int) -> None:
+        self._queued = tiles
+        self._observer.on_queue_depth(tiles)
+
+
+def _timed(forward: Forward, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+    """Runs on the model thread, so the time excludes waiting for the thread."""
+    started = time.perf_counter()
+    outputs = forward(inputs)
+    return outputs, time.perf_counter() - started

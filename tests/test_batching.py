@@ -1,0 +1,501 @@
+"""Micro-batcher behaviour with a fake model that records which tiles each batch held.
+
+Each tile is filled with request_id * 1000 + tile_index, so a batch's content tells exactly where
+its tiles came from. The first batch can be held on a gate so that later submissions queue up
+while the model is busy, which makes batch composition deterministic without timing guesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from enhancer.batching import (
+    BatcherClosedError,
+    BatchFailedError,
+    BatchObserver,
+    MicroBatcher,
+    QueueFullError,
+)
+
+A, B, C, D, E, F, H, S, Z = 1, 2, 3, 4, 5, 6, 7, 8, 9  # request ids
+SMALL, LARGE = (2, 2, 1), (4, 4, 1)  # tile shapes (h, w, c)
+
+
+def tiles(request_id: int, count: int, shape=SMALL, poison: tuple[int, ...] = ()) -> np.ndarray:
+    out = np.empty((count, *shape), dtype=np.float32)
+    for i in range(count):
+        out[i] = -(request_id * 1000 + i) if i in poison else request_id * 1000 + i
+    return out
+
+
+def origin(tile: np.ndarray) -> tuple[int, int]:
+    value = int(abs(tile.flat[0]))
+    return value // 1000, value % 1000
+
+
+class FakeModel:
+    """Records each batch's tile origins; can hold its first batch until `gate` is set."""
+
+    def __init__(self, *, gated: bool = False, seconds: float = 0.0):
+        self.batches: list[list[tuple[int, int]]] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.threads: set[int] = set()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+        self.seconds = seconds
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.threads.add(threading.get_ident())
+        self.batches.append([origin(t) for t in batch])
+        self.shapes.append(batch.shape[1:])
+        if len(self.batches) == 1:
+            assert self.gate.wait(10), "test never opened the gate"
+        if (batch < 0).any():
+            raise ValueError("poisoned tile")
+        time.sleep(self.seconds)
+        return batch + 0.5
+
+
+class Recorder(BatchObserver):
+    def __init__(self):
+        self.batch_sizes: list[int] = []
+        self.dropped = 0
+        self.waits: list[float] = []
+        self.depths: list[int] = []
+
+    def on_batch(self, size: int, infer_s: float) -> None:
+        self.batch_sizes.append(size)
+
+    def on_queue_wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def on_tiles_dropped(self, count: int) -> None:
+        self.dropped += count
+
+    def on_queue_depth(self, tiles: int) -> None:
+        self.depths.append(tiles)
+
+
+def run(scenario, timeout: float = 20.0):
+    """Run an async scenario; a bug that hangs fails the test instead of the whole suite."""
+    return asyncio.run(asyncio.wait_for(scenario(), timeout))
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.002)
+
+
+async def hold_model(batcher: MicroBatcher, model: FakeModel, count: int) -> asyncio.Task:
+    """Submit a full batch of blocker tiles and wait until the model is stuck on it."""
+    task = asyncio.create_task(batcher.submit(tiles(Z, count)))
+    await until(lambda: len(model.batches) == 1)
+    return task
+
+
+def make(model, *, batch=4, delay=5.0, queue=1000, observer=None) -> MicroBatcher:
+    return MicroBatcher(model, max_batch_size=batch, max_batch_delay_s=delay, max_queue_tiles=queue, observer=observer)
+
+
+def test_concurrent_requests_share_batches_round_robin_and_get_their_own_tiles_back():
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=4)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 4)
+        inputs = {A: tiles(A, 3), B: tiles(B, 2), C: tiles(C, 3)}
+        tasks = {rid: asyncio.create_task(batcher.submit(x)) for rid, x in inputs.items()}
+        await until(lambda: batcher.queued_tiles == 8)
+        model.gate.set()
+        results = {rid: await task for rid, task in tasks.items()}
+        await blocker
+        await batcher.stop()
+        return inputs, results
+
+    inputs, results = run(scenario)
+    assert model.batches == [
+        [(Z, 0), (Z, 1), (Z, 2), (Z, 3)],
+        [(A, 0), (B, 0), (C, 0), (A, 1)],
+        [(B, 1), (C, 1), (A, 2), (C, 2)],
+    ]
+    for rid, x in inputs.items():
+        outputs, timings = results[rid]
+        assert np.array_equal(outputs, x + 0.5)  # its own tiles, in order
+        assert timings.queue_s >= 0 and timings.infer_s >= 0
+
+
+def test_small_request_is_not_starved_by_a_huge_one():
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=4, delay=0.05)
+        await batcher.start()
+        huge = asyncio.create_task(batcher.submit(tiles(H, 40)))
+        await until(lambda: len(model.batches) == 1)  # the huge image's first batch is running
+        small = asyncio.create_task(batcher.submit(tiles(S, 2)))
+        await until(lambda: batcher.queued_tiles == 36 + 2)
+        model.gate.set()
+        await small
+        small_done_first = not huge.done()
+        await huge
+        await batcher.stop()
+        return small_done_first
+
+    assert run(scenario)
+    assert model.batches[1] == [(H, 4), (S, 0), (H, 5), (S, 1)]
+    assert len(model.batches) == 11  # 42 tiles, 4 per batch
+
+
+def test_a_batch_holds_one_shape_and_shapes_take_turns():
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=4, delay=0.02)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 4)
+        small_a = asyncio.create_task(batcher.submit(tiles(A, 3, SMALL)))
+        large_b = asyncio.create_task(batcher.submit(tiles(B, 3, LARGE)))
+        small_c = asyncio.create_task(batcher.submit(tiles(C, 2, SMALL)))
+        await until(lambda: batcher.queued_tiles == 8)
+        model.gate.set()
+        await asyncio.gather(blocker, small_a, large_b, small_c)
+        await batcher.stop()
+
+    run(scenario)
+    assert model.batches[1:] == [
+        [(A, 0), (C, 0), (A, 1), (C, 1)],
+        [(B, 0), (B, 1), (B, 2)],  # the other shape's turn comes before A's last tile
+        [(A, 2)],
+    ]
+    assert model.shapes[1:] == [SMALL, LARGE, SMALL]
+
+
+def test_lone_tile_waits_for_the_deadline_then_runs():
+    model = FakeModel()
+    delay = 0.1
+
+    async def scenario():
+        batcher = make(model, batch=8, delay=delay)
+        await batcher.start()
+        started = time.perf_counter()
+        await batcher.submit(tiles(A, 1))
+        elapsed = time.perf_counter() - started
+        await batcher.stop()
+        return elapsed
+
+    elapsed = run(scenario)
+    assert elapsed >= delay * 0.9  # it waited for company ...
+    assert elapsed < 5 * delay + 1.0  # ... but not forever
+
+
+def test_full_batch_does_not_wait_for_the_deadline():
+    model = FakeModel()
+
+    async def scenario():
+        batcher = make(model, batch=4, delay=60.0)
+        await batcher.start()
+        outputs, _ = await asyncio.wait_for(batcher.submit(tiles(A, 4)), 10.0)
+        await batcher.stop()
+        return outputs
+
+    assert len(run(scenario)) == 4
+    assert model.batches == [[(A, 0), (A, 1), (A, 2), (A, 3)]]
+
+
+def test_one_deadline_per_batch_not_one_window_per_wait():
+    """Tiles trickling in faster than the window must not keep one batch open indefinitely."""
+    model = FakeModel()
+    delay = 0.2
+
+    async def scenario():
+        batcher = make(model, batch=100, delay=delay)
+        await batcher.start()
+        tasks = []
+        for i in range(8):  # one single-tile request every 0.4 windows
+            tasks.append(asyncio.create_task(batcher.submit(tiles(10 + i, 1))))
+            await asyncio.sleep(delay * 0.4)
+        await asyncio.gather(*tasks)
+        await batcher.stop()
+
+    run(scenario)
+    # First tile at t=0, the batch closes at t=delay: tiles from t=0, 0.4, 0.8 windows at most.
+    assert 1 <= len(model.batches[0]) <= 3
+    assert sum(len(b) for b in model.batches) == 8
+
+
+def test_cancelled_request_tiles_are_dropped_before_the_model_sees_them():
+    model = FakeModel(gated=True)
+    observer = Recorder()
+
+    async def scenario():
+        batcher = make(model, batch=4, delay=0.02, observer=observer)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 4)
+        gone = asyncio.create_task(batcher.submit(tiles(A, 5)))
+        kept = asyncio.create_task(batcher.submit(tiles(B, 1)))
+        await until(lambda: batcher.queued_tiles == 6)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        queued_after_cancel = batcher.queued_tiles
+        model.gate.set()
+        await asyncio.gather(blocker, kept)
+        await batcher.stop()
+        return queued_after_cancel
+
+    assert run(scenario) == 1
+    assert all(rid != A for batch in model.batches for rid, _ in batch)
+    assert model.batches[1:] == [[(B, 0)]]
+    assert observer.dropped == 5
+
+
+def test_timed_out_request_picked_for_a_filling_batch_is_filtered_out():
+    """Tiles already taken into a batch that is still waiting for its deadline are dropped too."""
+    model = FakeModel()
+    observer = Recorder()
+
+    async def scenario():
+        batcher = make(model, batch=8, delay=0.3, observer=observer)
+        await batcher.start()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.submit(tiles(A, 2)), 0.05)
+        outputs, _ = await batcher.submit(tiles(B, 1))
+        await batcher.stop()
+        return outputs
+
+    assert np.array_equal(run(scenario), tiles(B, 1) + 0.5)
+    assert all(rid != A for batch in model.batches for rid, _ in batch)
+    assert observer.dropped == 2
+
+
+def test_failed_batch_fails_only_its_requests_and_the_worker_goes_on():
+    model = FakeModel(gated=True)
+    observer = Recorder()
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=0.02, observer=observer)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 2)
+        poisoned = asyncio.create_task(batcher.submit(tiles(D, 3, poison=(0,))))
+        neighbour = asyncio.create_task(batcher.submit(tiles(E, 1)))  # shares D's batch
+        bystander = asyncio.create_task(batcher.submit(tiles(F, 1)))  # does not
+        await until(lambda: batcher.queued_tiles == 5)
+        model.gate.set()
+        await blocker
+        errors = []
+        for task in (poisoned, neighbour):
+            with pytest.raises(BatchFailedError) as info:
+                await task
+            errors.append(info.value)
+        outputs, _ = await bystander
+        healthy = batcher.healthy
+        await batcher.stop()
+        return errors, outputs, healthy
+
+    errors, outputs, healthy = run(scenario)
+    assert model.batches[1:] == [[(D, 0), (E, 0)], [(F, 0)]]  # D's other tiles never ran
+    for error in errors:
+        assert isinstance(error.__cause__, ValueError) and "poisoned tile" in str(error)
+    assert np.array_equal(outputs, tiles(F, 1) + 0.5)
+    assert healthy
+    assert observer.dropped == 2
+    assert observer.batch_sizes == [2, 1]  # only successful batches are reported
+
+
+def test_health_follows_the_last_batch():
+    model = FakeModel()
+
+    async def scenario():
+        batcher = make(model, batch=1, delay=0.0)
+        await batcher.start()
+        states = [batcher.healthy]
+        with pytest.raises(BatchFailedError):
+            await batcher.submit(tiles(A, 1, poison=(0,)))
+        states.append(batcher.healthy)
+        await batcher.submit(tiles(B, 1))
+        states.append(batcher.healthy)
+        await batcher.stop()
+        return states
+
+    assert run(scenario) == [True, False, True]
+
+
+def test_model_returning_the_wrong_shape_fails_the_batch_clearly():
+    async def scenario():
+        batcher = make(lambda x: x[:, :1], batch=1, delay=0.0)
+        await batcher.start()
+        with pytest.raises(BatchFailedError, match="shape"):
+            await batcher.submit(tiles(A, 1))
+        await batcher.stop()
+
+    run(scenario)
+
+
+def test_full_queue_rejects_at_once_with_retry_information():
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=0.01, queue=4)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 2)  # in the model, no longer queued
+        waiting = asyncio.create_task(batcher.submit(tiles(A, 3)))
+        await until(lambda: batcher.queued_tiles == 3)
+        with pytest.raises(QueueFullError) as info:
+            await asyncio.wait_for(batcher.submit(tiles(B, 2)), 1.0)
+        first = info.value
+        model.gate.set()
+        await asyncio.gather(blocker, waiting)
+        await batcher.stop()
+        return first
+
+    error = run(scenario)
+    assert error.queued_tiles == 3 and error.requested_tiles == 2 and error.max_queue_tiles == 4
+    assert error.retry_after_s > 0
+    assert "limit 4" in str(error)
+    assert all(rid != B for batch in model.batches for rid, _ in batch)
+
+
+def test_retry_after_uses_the_measured_drain_rate():
+    model = FakeModel(gated=True, seconds=0.01)
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=0.0, queue=4)
+        await batcher.start()
+        model.gate.set()
+        await batcher.submit(tiles(A, 4))  # two batches of 2 tiles, ~0.01 s each
+        model.gate.clear()
+        model.batches.clear()  # gate the next batch again
+        blocker = await hold_model(batcher, model, 2)
+        waiting = asyncio.create_task(batcher.submit(tiles(B, 4)))
+        await until(lambda: batcher.queued_tiles == 4)
+        with pytest.raises(QueueFullError) as info:
+            await batcher.submit(tiles(C, 3))
+        model.gate.set()
+        await asyncio.gather(blocker, waiting)
+        await batcher.stop()
+        return info.value
+
+    error = run(scenario)
+    assert error.drain_rate is not None and error.drain_rate > 0
+    assert error.retry_after_s == pytest.approx(3 / error.drain_rate)  # 3 tiles too many
+
+
+def test_request_larger_than_the_queue_runs_when_the_queue_is_empty():
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=4, delay=0.01, queue=4)
+        await batcher.start()
+        huge = asyncio.create_task(batcher.submit(tiles(H, 10)))
+        await until(lambda: len(model.batches) == 1)
+        assert batcher.queued_tiles == 6
+        with pytest.raises(QueueFullError):  # everyone else waits while it drains
+            await batcher.submit(tiles(S, 1))
+        model.gate.set()
+        outputs, _ = await huge
+        await batcher.stop()
+        return outputs
+
+    assert np.array_equal(run(scenario), tiles(H, 10) + 0.5)
+
+
+def test_stop_with_drain_finishes_queued_work_then_refuses_more():
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=4, delay=30.0)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 4)
+        queued = [asyncio.create_task(batcher.submit(tiles(rid, 3))) for rid in (A, B)]
+        await until(lambda: batcher.queued_tiles == 6)
+        stopping = asyncio.create_task(batcher.stop(drain=True))
+        await asyncio.sleep(0.01)
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit(tiles(C, 1))
+        model.gate.set()
+        # The last, half-full batch runs at once instead of waiting 30 s for company that
+        # cannot come any more.
+        await asyncio.wait_for(stopping, 10.0)
+        return [task.result() for task in [blocker, *queued]]
+
+    results = run(scenario)
+    assert [len(outputs) for outputs, _ in results] == [4, 3, 3]
+    assert model.batches[1:] == [[(A, 0), (B, 0), (A, 1), (B, 1)], [(A, 2), (B, 2)]]
+
+
+def test_stop_without_drain_fails_waiting_requests():
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=5.0)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 2)
+        queued = asyncio.create_task(batcher.submit(tiles(A, 3)))
+        await until(lambda: batcher.queued_tiles == 3)
+        try:
+            await batcher.stop(drain=False)
+        finally:
+            model.gate.set()
+        for task in (blocker, queued):
+            with pytest.raises(BatcherClosedError):
+                await task
+
+    run(scenario)
+    assert len(model.batches) == 1
+
+
+def test_model_runs_on_one_thread_off_the_event_loop():
+    model = FakeModel(seconds=0.01)
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=0.0)
+        await batcher.start()
+        await asyncio.gather(*(batcher.submit(tiles(rid, 3)) for rid in (A, B, C)))
+        await batcher.stop()
+        return threading.get_ident()
+
+    loop_thread = run(scenario)
+    assert len(model.threads) == 1 and loop_thread not in model.threads
+
+
+def test_timings_and_observer_account_for_every_tile():
+    model = FakeModel(seconds=0.02)
+    observer = Recorder()
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=0.0, observer=observer)
+        await batcher.start()
+        result = await batcher.submit(tiles(A, 3))  # two batches
+        await batcher.stop()
+        return result
+
+    _, timings = run(scenario)
+    assert timings.infer_s >= 2 * 0.02
+    assert timings.queue_s >= 0
+    assert observer.batch_sizes == [2, 1]
+    assert len(observer.waits) == 1
+    assert observer.depths[0] == 3 and observer.depths[-1] == 0
+
+
+def test_submit_checks_its_input_and_that_the_batcher_runs():
+    async def scenario():
+        batcher = make(FakeModel())
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit(tiles(A, 1))
+        await batcher.start()
+        with pytest.raises(ValueError):
+            await batcher.submit(np.zeros((0, 2, 2, 1), np.float32))
+        with pytest.raises(ValueError):
+            await batcher.submit(np.zeros((2, 2, 1), np.float32))
+        await batcher.stop()
+
+    run(scenario)
