@@ -1,0 +1,92 @@
+"""The `enhancer` command: enhance a folder or a file in-process; serve's argument handling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import MODEL_DIR, decode_bytes, encode_bgr, photo_like
+
+from enhancer import cli
+
+
+def _run(*args: str) -> int:
+    return cli.main(["enhance", *args, "--model-dir", str(MODEL_DIR), "--tile-size", "128", "-q"])
+
+
+def test_enhance_folder_writes_one_output_per_input(tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    inputs = {
+        "a.jpg": photo_like(70, 90, seed=1),
+        "b.png": photo_like(200, 150, seed=2, channels=4),
+        "c.webp": photo_like(33, 47, seed=3),
+        "d.png": photo_like(40, 40, seed=4, channels=1)[:, :, 0],
+        "a.png": photo_like(20, 30, seed=5),  # same stem as a.jpg
+    }
+    for name, pixels in inputs.items():
+        (src / name).write_bytes(encode_bgr(pixels, "." + name.split(".")[1]))
+    (src / "notes.txt").write_text("not an image")
+
+    assert _run(str(src)) == 0
+
+    out = tmp_path / "photos_enhanced"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["a_jpg_enhanced.png", "a_png_enhanced.png", "b_enhanced.png", "c_enhanced.png", "d_enhanced.png"]
+    for name, pixels in inputs.items():
+        stem, ext = name.split(".")
+        target = out / (f"{stem}_{ext}_enhanced.png" if stem == "a" else f"{stem}_enhanced.png")
+        result = decode_bytes(target.read_bytes())
+        assert result.shape == pixels.shape, name  # same size, same channels (alpha, grey kept)
+
+
+def test_enhance_single_file_to_a_named_jpeg(tmp_path):
+    src = tmp_path / "in.png"
+    pixels = photo_like(60, 80, seed=6)
+    src.write_bytes(encode_bgr(pixels, ".png"))
+    dst = tmp_path / "out" / "result.jpg"
+    assert _run(str(src), str(dst)) == 0
+    data = dst.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff"
+    assert decode_bytes(data).shape == pixels.shape
+
+
+def test_enhance_matches_the_model_run_directly(tmp_path, saved_model):
+    """The CLI is the same decode -> tiles -> model -> stitch path as the library."""
+    from enhancer import imaging, tiling
+
+    src = tmp_path / "x.png"
+    src.write_bytes(encode_bgr(photo_like(150, 170, seed=7), ".png"))
+    assert _run(str(src)) == 0
+    image = imaging.decode(src.read_bytes())
+    expected = imaging.encode(tiling.enhance_tiled(image.rgb, saved_model.forward, 128, 32, 4), imaging.OutputFormat.png, like=image)
+    np.testing.assert_array_equal(decode_bytes((tmp_path / "x_enhanced.png").read_bytes()), decode_bytes(expected))
+
+
+def test_enhance_reports_unreadable_files_and_fails(tmp_path, capsys):
+    src = tmp_path / "photos"
+    src.mkdir()
+    (src / "good.png").write_bytes(encode_bgr(photo_like(20, 20), ".png"))
+    (src / "broken.png").write_bytes(encode_bgr(photo_like(50, 50), ".png")[:80])
+    assert _run(str(src)) == 1
+    assert "broken.png" in capsys.readouterr().err
+    assert (tmp_path / "photos_enhanced" / "good_enhanced.png").is_file()
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        _run(str(tmp_path / "nothing"))
+
+
+def test_help_lists_serve_enhance_and_training_commands():
+    out = subprocess.run([sys.executable, "-m", "enhancer.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("serve", "enhance", "train", "export", "evaluate"):
+        assert command in out
+
+
+def test_serve_refuses_to_start_without_a_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENHANCER_MODEL_DIR", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="no SavedModel"):
+        cli.main(["serve", "--port", "8765"])
