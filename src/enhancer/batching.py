@@ -314,7 +314,8 @@ class MicroBatcher:
         requests = list(dict.fromkeys(r for r, _ in live))
         started = time.perf_counter()
         try:
-            outputs, infer_s = await asyncio.get_running_loop().run_in_executor(self._executor, _timed, self._forward, inputs)
+            loop = asyncio.get_running_loop()
+            outputs, infer_s = await loop.run_in_executor(self._executor, _timed, self._forward, inputs)
             outputs = np.asarray(outputs)
             if outputs.shape != inputs.shape:
                 raise ValueError(f"the model returned shape {outputs.shape} for a batch of shape {inputs.shape}")
@@ -322,7 +323,7 @@ class MicroBatcher:
             self._healthy = False
             log.error("model batch of %d tiles from %d requests failed: %r", len(live), len(requests), exc)
             for request in requests:
-                error = BatchFailedError(f"the model failed on a batch holding this image's tiles: {exc!r}")
+                error = BatchFailedError(f"the model raised {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
                 self._finish(request, error=error)
             return
@@ -347,7 +348,8 @@ class MicroBatcher:
         if request.future.done():
             return
         if error is None:
-            request.future.set_result((request.outputs, BatchTimings(queue_s=request.queue_s or 0.0, infer_s=request.infer_s)))
+            timings = BatchTimings(queue_s=request.queue_s or 0.0, infer_s=request.infer_s)
+            request.future.set_result((request.outputs, timings))
         else:
             request.future.set_exception(error)
 

@@ -22,7 +22,9 @@ How an axis is planned (`plan_axis`):
   quarter on each side (`guard`) is given wholly to the tile that is *not* near its own edge, and
   the middle half is a raised-cosine cross-fade. The guard keeps the pixels a tile computed next to
   its (zero-padded) edge out of the result; the cross-fade hides whatever difference remains.
-  Windows are normalised explicitly so all weights sum to 1 at every pixel.
+  Windows are normalised explicitly so all weights sum to 1 at every pixel. Measured with a
+  randomly initialised dejpeg net (400x520 JPEG, tile 128, overlap 32), tiled vs one whole tile:
+  68.5 dB PSNR with a cross-fade over the whole overlap, 73 dB with the guard.
 
 Padding waste (tile pixels run / image pixels) with the defaults (tile 512, overlap 32) is at most
 2.9 for any image whose sides are both >= 64 px, i.e. the padding is at most 1.9x the image's own
@@ -178,7 +180,9 @@ def plan_axis(size: int, tile_size: int, overlap: int) -> AxisPlan:
     else:
         full_step = _floor_to(tile_size - overlap)
         count = 1 + -(-(need - tile_size) // full_step)  # fewest segments of a full tile
-        tile = next(b for b in ladder if _floor_to(b - overlap) > 0 and (count - 1) * _floor_to(b - overlap) + b >= need)
+        # The smallest bucket with which that many segments, stepping by at most (bucket -
+        # overlap) rounded down to an aligned step, still reach `need`.
+        tile = next(b for b in ladder if b > overlap and (count - 1) * _floor_to(b - overlap) + b >= need)
         # The smallest aligned step that still covers `need`: spare length widens every overlap
         # (more shared context) instead of piling up as padding at the end.
         step = _ceil_to(-(-(need - tile) // (count - 1)))
@@ -269,9 +273,8 @@ def stitch(tiles: np.ndarray, plan: TilePlan) -> np.ndarray:
             x0, x1 = max(x, plan.cols.pad_before), min(x + tw, plan.cols.pad_before + plan.width)
             if y0 < y1 and x0 < x1:
                 weight = np.outer(wy[y0 - y : y1 - y], wx[x0 - x : x1 - x]).astype(np.float32)
-                out[y0 - plan.rows.pad_before : y1 - plan.rows.pad_before, x0 - plan.cols.pad_before : x1 - plan.cols.pad_before] += (
-                    tiles[k, y0 - y : y1 - y, x0 - x : x1 - x] * weight[:, :, None]
-                )
+                top, left = y0 - plan.rows.pad_before, x0 - plan.cols.pad_before
+                out[top : top + y1 - y0, left : left + x1 - x0] += tiles[k, y0 - y : y1 - y, x0 - x : x1 - x] * weight[..., None]
             k += 1
     return out
 
