@@ -132,6 +132,7 @@
 
   els.input.addEventListener("change", function () {
     if (els.input.files && els.input.files[0]) chooseFile(els.input.files[0]);
+    els.input.value = ""; /* so choosing the same file again still fires "change" */
   });
 
   /* drag and drop: anywhere on the page, highlighted on the drop zone */
@@ -205,7 +206,9 @@
 
   function showError(title, message) {
     els.errorTitle.textContent = title;
-    els.errorMessage.textContent = message || "";
+    /* API details may start in lower case ("the upload is ..."): show them as a sentence */
+    message = message ? message.charAt(0).toUpperCase() + message.slice(1) : "";
+    els.errorMessage.textContent = message;
     els.errorMessage.hidden = !message;
     els.error.hidden = false;
     setPageState("error");
@@ -268,6 +271,9 @@
     }
   }
   els.cancel.addEventListener("click", function () { cancelRequest(false); });
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "Escape" && state.xhr) cancelRequest(false);
+  });
 
   els.form.addEventListener("submit", function (e) {
     e.preventDefault();

@@ -1,0 +1,368 @@
+"""The web page at `/`, driven in a real headless Chromium against the real server.
+
+The server is started as a subprocess (`enhancer serve`) on a free port with the committed SavedModel
+in weights/dejpeg, exactly as a user starts it. The browser is Debian's `chromium` package driven by
+the `playwright` Python client through `executable_path` (no browser download). When the chromium
+binary is missing the tests are skipped; `.ci/run` installs it, so CI always runs them.
+
+Screenshots (desktop and phone) are written to `$ENHANCER_TEST_ARTIFACTS` when set, otherwise into
+pytest's temporary directory; the path is printed (`pytest -s` or the `-rA` summary shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO_ROOT / "weights" / "dejpeg"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+READY_TIMEOUT_S = 300  # model load + warm-up of every tile bucket on a busy 2-core CPU
+RESULT_TIMEOUT_MS = 180_000
+
+
+def _find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+CHROMIUM = _find_chromium()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real service on a free port; yields its base URL once /readyz answers 200.
+
+    ENHANCER_TEST_SERVER_URL points the tests at a server that is already running instead.
+    """
+    if os.environ.get("ENHANCER_TEST_SERVER_URL"):
+        yield os.environ["ENHANCER_TEST_SERVER_URL"].rstrip("/")
+        return
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ)
+    env.update(
+        ENHANCER_MODEL_DIR=str(MODEL_DIR),
+        ENHANCER_HOST="127.0.0.1",
+        ENHANCER_PORT=str(port),
+        ENHANCER_LOG_LEVEL="warning",
+        # Small tiles: warm-up covers 16 small shapes instead of 64 up to 512x512, so the server is
+        # ready in seconds on a shared CPU; the 243x171 test photo then spans several tiles.
+        ENHANCER_TILE_SIZE="128",
+        ENHANCER_TILE_OVERLAP="32",
+        ENHANCER_MAX_BATCH_SIZE="2",
+        ENHANCER_INTRA_OP_THREADS="2",
+        ENHANCER_INTER_OP_THREADS="1",
+    )
+    cmd = [sys.executable, "-m", "enhancer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    configured = os.environ.get("ENHANCER_TEST_ARTIFACTS")
+    path = Path(configured) / "web_page" if configured else tmp_path_factory.mktemp("web_page_artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\nweb page screenshots: {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> tuple[Path, int, int]:
+    """A small, visibly JPEG-damaged photo-like image with an odd size."""
+    h, w = 171, 243
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.dstack([xx * 255 / w, yy * 255 / h, 255 - (xx + yy) * 255 / (w + h)]).astype(np.uint8)
+    cv2.circle(img, (160, 80), 45, (40, 200, 250), -1)
+    cv2.rectangle(img, (20, 105), (100, 160), (250, 250, 250), -1)
+    cv2.putText(img, "enhancer", (18, 45), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (20, 20, 20), 2)
+    path = tmp_path_factory.mktemp("inputs") / "holiday photo.jpg"
+    assert cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 15])
+    return path, w, h
+
+
+# Records every value body[data-state] takes, so the test can check the progress states the page
+# went through without racing against them.
+RECORD_STATES = """
+window.__states = [];
+document.addEventListener('DOMContentLoaded', () => {
+  window.__states.push(document.body.dataset.state);
+  new MutationObserver((records) => {
+    for (const r of records) window.__states.push(r.target.dataset.state);
+  }).observe(document.body, {attributes: true, attributeFilter: ['data-state']});
+});
+"""
+
+
+def _new_page(browser, base, **context_args):
+    ctx = browser.new_context(accept_downloads=True, **context_args)
+    page = ctx.new_page()
+    page.add_init_script(RECORD_STATES)
+    requests: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    return ctx, page, requests, errors
+
+
+def _enhance(page, file: Path):
+    page.set_input_files("#file-input", str(file))
+    page.get_by_role("button", name="Enhance").click()
+
+
+def _api_filename(base: str, file: Path, fmt: str) -> str:
+    """The download name the API itself gives this upload (from its Content-Disposition)."""
+    r = httpx.post(
+        f"{base}/upscale", params={"format": fmt}, files={"image": (file.name, file.read_bytes())}, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    disposition = r.headers["content-disposition"]
+    assert disposition.startswith("inline; filename=")
+    return disposition.split("filename=", 1)[1].strip('"')
+
+
+def _only_own_origin(requests: list[str], base: str) -> None:
+    foreign = [u for u in requests if not (u.startswith(base + "/") or u.startswith(("blob:", "data:")))]
+    assert not foreign, f"page fetched from elsewhere: {foreign}"
+
+
+def test_enhance_compare_zoom_download(server, browser, artifacts, photo):
+    path, w, h = photo
+    ctx, page, requests, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        assert "enhancer" in page.title()
+        assert page.get_by_role("link", name="API docs").get_attribute("href") == "/docs"
+        assert page.get_by_role("button", name="Enhance").is_disabled()
+
+        # lossless PNG by default: no quality control; a lossy format shows it
+        fmt = page.get_by_label("Output format")
+        assert fmt.input_value() == "png"
+        assert page.locator("#quality-field").is_hidden()
+        fmt.select_option("webp")
+        assert page.get_by_label("Quality").is_visible()
+        fmt.select_option("png")
+
+        _enhance(page, path)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        states = page.evaluate("window.__states")
+        assert states.index("uploading") < states.index("working") < states.index("done"), states
+
+        # the result is the server's image, at the input's exact size, shown next to the original
+        sizes = page.evaluate(
+            """() => ['img-after', 'img-before'].map(id => {
+                 const i = document.getElementById(id);
+                 return [i.naturalWidth, i.naturalHeight, i.complete, i.src.slice(0, 5)];
+               })"""
+        )
+        assert sizes == [[w, h, True, "blob:"], [w, h, True, "blob:"]]
+        assert page.locator("#result-summary").inner_text().startswith(f"{w} × {h} px · PNG")
+
+        # download with the name from Content-Disposition (the server sanitises the stem, so it
+        # differs from the page's own fallback "holiday photo_enhanced.png"); same-size PNG
+        expected = _api_filename(server, path, "png")
+        assert expected.endswith("_enhanced.png") and expected != "holiday photo_enhanced.png"
+        link = page.get_by_role("link", name=f"Download {expected}")
+        with page.expect_download() as dl_info:
+            link.click()
+        download = dl_info.value
+        assert download.suggested_filename == expected
+        saved = artifacts / download.suggested_filename
+        download.save_as(saved)
+        assert saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert cv2.imread(str(saved)).shape == (h, w, 3)
+
+        page.screenshot(path=str(artifacts / "desktop-result.png"), full_page=True)
+
+        # before/after slider: keyboard moves it, the divider and the clip follow
+        split = page.get_by_label("Before / after divider")
+        assert split.input_value() == "50"
+        divider_x0 = page.locator("#divider").bounding_box()["x"]
+        clip0 = page.eval_on_selector("#img-after", "e => e.style.clipPath")
+        split.focus()
+        for _ in range(20):
+            page.keyboard.press("ArrowLeft")
+        assert split.input_value() == "30"
+        assert split.get_attribute("aria-valuetext") == "30% original, 70% enhanced"
+        divider_x1 = page.locator("#divider").bounding_box()["x"]
+        clip1 = page.eval_on_selector("#img-after", "e => e.style.clipPath")
+        assert divider_x1 < divider_x0 - 10
+        assert clip1 != clip0 and clip1.startswith("inset(")
+
+        # ... and so does dragging the handle on the image with the mouse
+        box = page.locator(".divider-handle").bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx, cy)
+        page.mouse.down()
+        page.mouse.move(cx + 150, cy, steps=5)
+        page.mouse.up()
+        assert int(split.input_value()) > 30
+        assert page.locator("#divider").bounding_box()["x"] > divider_x1 + 100
+
+        # zoom: 400% shows real pixels (nearest-neighbour), at four times the image size
+        page.get_by_role("button", name="400%").click()
+        assert page.get_by_role("button", name="400%").get_attribute("aria-pressed") == "true"
+        stage = page.locator("#stage").bounding_box()
+        assert (round(stage["width"]), round(stage["height"])) == (4 * w, 4 * h)
+        assert page.eval_on_selector("#img-after", "e => getComputedStyle(e).imageRendering") == "pixelated"
+        page.screenshot(path=str(artifacts / "desktop-zoom-400.png"), full_page=True)
+        page.get_by_role("button", name="Fit").click()
+        assert page.get_by_role("button", name="Fit").get_attribute("aria-pressed") == "true"
+        assert page.locator("#stage").bounding_box()["width"] <= page.locator("#viewport").bounding_box()["width"]
+
+        _only_own_origin(requests, server)
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_phone_viewport(server, browser, artifacts, photo):
+    path, w, h = photo
+    ctx, page, requests, errors = _new_page(
+        browser, server, viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
+    try:
+        page.screenshot(path=str(artifacts / "phone-start.png"), full_page=True)
+        page.get_by_label("Output format").select_option("jpeg")
+        page.get_by_label("Quality").fill("80")
+        _enhance(page, path)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        dims = page.eval_on_selector("#img-after", "e => [e.naturalWidth, e.naturalHeight]")
+        assert dims == [w, h]
+        assert page.locator("#download").get_attribute("download") == _api_filename(server, path, "jpeg")
+
+        # nothing sticks out sideways, and the controls are within the screen
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        for selector in ("#download", "#compare", "#split", ".zoom"):
+            box = page.locator(selector).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+        page.screenshot(path=str(artifacts / "phone-result.png"), full_page=True)
+        _only_own_origin(requests, server)
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_non_image_shows_api_detail(server, browser, artifacts, tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("shopping list: milk, eggs, bread\n")
+    # what the API itself says about this file
+    api = httpx.post(
+        server + "/upscale", files={"image": (fake.name, fake.read_bytes(), "image/jpeg")}, timeout=60
+    )
+    assert api.status_code in (400, 415)
+    detail = api.json()["detail"]
+    assert isinstance(detail, str) and detail
+
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        _enhance(page, fake)
+        alert = page.get_by_role("alert")
+        alert.wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
+        shown = page.locator("#error-message").inner_text()
+        assert shown == detail[0].upper() + detail[1:]  # the API's words, as a sentence
+        assert page.locator("#result").is_hidden()
+        assert page.get_by_role("button", name="Enhance").is_enabled()  # the user can try again
+        page.screenshot(path=str(artifacts / "desktop-error.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_network_failure_and_busy_messages(server, browser, photo):
+    """Failures that a healthy test server never produces, injected at the browser's network layer."""
+    path, _, _ = photo
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        page.route("**/upscale*", lambda route: route.abort("connectionrefused"))
+        _enhance(page, path)
+        page.get_by_role("alert").wait_for(state="visible")
+        assert page.locator("#error-title").inner_text() == "Could not reach the server"
+        assert "network" in page.locator("#error-message").inner_text()
+
+        page.unroute("**/upscale*")
+        page.route(
+            "**/upscale*",
+            lambda route: route.fulfill(
+                status=503,
+                headers={"Retry-After": "7", "Content-Type": "application/json"},
+                body=json.dumps({"detail": "The server is at capacity."}),
+            ),
+        )
+        page.get_by_role("button", name="Enhance").click()
+        page.wait_for_function("document.getElementById('error-title').textContent === 'The server is busy'")
+        assert page.locator("#error-message").inner_text() == "The server is at capacity. Try again in 7 s."
+        assert not errors, errors
+    finally:
+        ctx.close()
