@@ -22,7 +22,7 @@ TEST_TILE_SIZE = 128
 TEST_TILE_OVERLAP = 32
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend():
     return "asyncio"
 

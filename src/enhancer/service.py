@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from enhancer import imaging, tiling
-from enhancer.batching import BatchFailedError, MicroBatcher, QueueFullError
-from enhancer.errors import InferenceFailedError, OverloadedError, RequestTimeoutError
+from enhancer.batching import BatcherClosedError, BatchFailedError, MicroBatcher, QueueFullError
+from enhancer.errors import (
+    InferenceFailedError,
+    OverloadedError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+)
 from enhancer.imaging import OutputFormat
 from enhancer.metrics import Metrics
 
@@ -45,7 +50,6 @@ class EnhanceService:
         tile_overlap: int,
         max_pixels: int | None,
         request_timeout_s: float,
-        max_queue_tiles: int,
         metrics: Metrics | None = None,
     ):
         self.batcher = batcher
@@ -53,7 +57,6 @@ class EnhanceService:
         self.tile_overlap = tile_overlap
         self.max_pixels = max_pixels
         self.request_timeout_s = request_timeout_s
-        self.max_queue_tiles = max_queue_tiles
         self.metrics = metrics
 
     def _split(self, rgb: np.ndarray) -> tuple[tiling.TilePlan, np.ndarray]:
@@ -95,17 +98,17 @@ class EnhanceService:
         except TimeoutError:
             raise self._timeout_error() from None
         except QueueFullError as exc:
-            raise OverloadedError(
-                f"the server is busy: {exc.queued_tiles} tiles are queued (limit "
-                f"{self.max_queue_tiles}) and this image needs {len(tiles)}; retry in "
-                f"{max(1, round(exc.retry_after_s))} s",
-                retry_after_s=exc.retry_after_s,
-            ) from None
+            raise OverloadedError(str(exc), retry_after_s=exc.retry_after_s) from None
         except BatchFailedError as exc:
+            cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "error"
             raise InferenceFailedError(
-                "the model failed on the batch that held this image "
-                f"({exc}); the server is still running, so retrying may succeed"
+                f"the model failed while processing this image ({cause}); the server is still "
+                "running, so retrying may succeed; details are in the server log"
             ) from exc
+        except BatcherClosedError:
+            raise ServiceUnavailableError(
+                "the server is shutting down; retry in a moment", retry_after_s=2
+            ) from None
         timings["queue"] = batch_timings.queue_s
         timings["infer"] = batch_timings.infer_s
 

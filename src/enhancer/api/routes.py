@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from enhancer.api.runtime import Runtime
 from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody
-from enhancer.errors import PayloadTooLargeError, ServiceUnavailableError
+from enhancer.errors import PayloadTooLargeError
 from enhancer.imaging import OutputFormat
 from enhancer.service import STAGES, EnhanceResult
 
@@ -50,7 +50,7 @@ def _runtime(request: Request) -> Runtime:
 def _download_name(filename: str | None, fmt: OutputFormat) -> str:
     """`<stem>_enhanced.<ext>`, reduced to characters that are safe in a header."""
     stem = PurePath((filename or "").replace("\\", "/")).stem
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "image"
     return f"{stem[:100]}_enhanced.{fmt.extension}"
 
 
@@ -132,14 +132,12 @@ async def upscale(
 
 @router.get("/healthz", response_model=HealthBody, responses={503: {"model": ErrorBody}}, tags=["ops"])
 async def healthz(request: Request):
-    """Liveness: 200 while the process can serve; 503 once only a restart can help."""
+    """Liveness: 200 while the process can serve (`degraded` if the last batch failed); 503 if
+    start-up failed and only a restart can help."""
     runtime = _runtime(request)
     if not runtime.healthy:
-        return JSONResponse(
-            {"detail": runtime.failure or "the batch worker has stopped; restart the service"},
-            status_code=503,
-        )
-    return HealthBody(status="ok")
+        return JSONResponse({"detail": runtime.failure}, status_code=503)
+    return HealthBody(status="degraded" if runtime.degraded else "ok")
 
 
 @router.get("/readyz", response_model=ReadyBody, responses={503: {"model": ErrorBody}}, tags=["ops"])
@@ -147,8 +145,6 @@ async def readyz(request: Request):
     """Readiness: 200 only after the model is loaded and warmed up."""
     runtime = _runtime(request)
     runtime.require_service()  # raises the 503 explaining what is still missing
-    if runtime.batcher is not None and not runtime.batcher.healthy:
-        raise ServiceUnavailableError("the batch worker has stopped; restart the service", retry_after_s=30)
     return ReadyBody(status="ready", device=runtime.model.device)
 
 

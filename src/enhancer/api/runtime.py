@@ -72,7 +72,6 @@ class Runtime:
             tile_overlap=s.tile_overlap,
             max_pixels=s.max_pixels,
             request_timeout_s=s.request_timeout_s,
-            max_queue_tiles=s.max_queue_tiles,
             metrics=self.metrics,
         )
         self._warm_task = asyncio.create_task(self._warm_up_and_serve(), name="enhancer-warm-up")
@@ -118,10 +117,18 @@ class Runtime:
 
     @property
     def healthy(self) -> bool:
-        """False once something is broken that only a restart fixes."""
-        if self.failure is not None:
-            return False
-        return not (self.ready and self.batcher is not None and not self.batcher.healthy)
+        """False once something is broken that only a restart fixes (warm-up failed).
+
+        A failed batch is not such a thing: the batcher keeps serving and the next batch may
+        succeed, so it only shows as `degraded` in /healthz, never as a restart or unreadiness
+        (an unready replica gets no traffic, so it could never prove it recovered).
+        """
+        return self.failure is None
+
+    @property
+    def degraded(self) -> bool:
+        """The most recent batch failed."""
+        return self.batcher is not None and self._batcher_started and not self.batcher.healthy
 
     async def stop(self) -> None:
         """Stop taking work, let queued tiles finish (up to shutdown_timeout_s), then drop the rest."""

@@ -12,9 +12,9 @@ class ErrorBody(BaseModel):
 
 
 class HealthBody(BaseModel):
-    """Liveness: the process is up (and its batch worker has not died)."""
+    """Liveness: the process is up; `degraded` when the most recent model batch failed."""
 
-    status: str = Field(examples=["ok"])
+    status: str = Field(examples=["ok", "degraded"])
 
 
 class ReadyBody(BaseModel):

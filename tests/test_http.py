@@ -1,0 +1,519 @@
+"""The HTTP API end to end, in-process, on the real SavedModel from weights/dejpeg.
+
+Where a test needs the model to be slow, blocked or failing at a chosen moment, the real model is
+wrapped (`GatedModel`, `FailingModel`): every tile that is answered still went through the real
+SavedModel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import numpy as np
+import pytest
+from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app
+
+from enhancer import imaging, tiling
+from enhancer.api import create_app
+from enhancer.imaging import OutputFormat
+
+pytestmark = pytest.mark.anyio
+
+TIMING_STAGES = ("decode", "queue", "infer", "encode")
+
+
+class GatedModel:
+    """The real model, but `forward` (once armed) and/or warm-up wait until the test opens the gate."""
+
+    def __init__(self, inner, *, gate_forward: bool = False, gate_warm_up: bool = False):
+        self.inner = inner
+        self.device = inner.device
+        self.gate_forward = gate_forward
+        self.gate_warm_up = gate_warm_up
+        self.gate = threading.Event()
+        self.entered = threading.Event()  # a batch is inside forward, waiting at the gate
+
+    def forward(self, batch):
+        if self.gate_forward and not self.gate.is_set():
+            self.entered.set()
+            assert self.gate.wait(timeout=120), "test never opened the gate"
+        return self.inner.forward(batch)
+
+    def warm_up(self, shapes, max_batch_size):
+        if self.gate_warm_up:
+            assert self.gate.wait(timeout=120), "test never opened the gate"
+        return self.inner.warm_up(shapes, max_batch_size)
+
+    async def wait_entered(self):
+        assert await asyncio.to_thread(self.entered.wait, 60), "no batch reached the model"
+
+
+class FailingModel:
+    """The real model, except that the next `fail_next` batches raise like a device fault would."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.device = inner.device
+        self.fail_next = 0
+
+    def forward(self, batch):
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("simulated device fault")
+        return self.inner.forward(batch)
+
+    def warm_up(self, shapes, max_batch_size):
+        return self.inner.warm_up(shapes, max_batch_size)
+
+
+def upload(data: bytes, name: str = "photo.jpg", content_type: str = "application/octet-stream"):
+    return {"image": (name, data, content_type)}
+
+
+def expected_output(saved_model, data: bytes, fmt: OutputFormat, quality: int = 95, tile_size: int = 128):
+    """What the service must answer: the same decode -> tiles -> model -> stitch -> encode path."""
+    image = imaging.decode(data)
+    rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, tile_size, 32, batch_size=4)
+    return decode_bytes(imaging.encode(rgb, fmt, quality=quality, like=image))
+
+
+def assert_close_pixels(actual: np.ndarray, expected: np.ndarray):
+    """Equal up to one 8-bit step (a tile's float result may depend on its batch's size)."""
+    assert actual.shape == expected.shape
+    diff = np.abs(actual.astype(np.int32) - expected.astype(np.int32))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name}{labels} not in /metrics"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+async def client(saved_model):
+    """One app shared by the tests that neither count metrics nor need special settings."""
+    async with running_app(create_app(make_settings(), model=saved_model)) as c:
+        yield c
+
+
+@pytest.fixture
+async def fresh_client(saved_model):
+    """An app of its own, for tests that read counters."""
+    async with running_app(create_app(make_settings(), model=saved_model)) as c:
+        yield c
+
+
+# --- the happy path -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ext,in_fmt,out_fmt",
+    [
+        (".jpg", "jpeg", OutputFormat.png),
+        (".png", "png", OutputFormat.png),
+        (".webp", "webp", OutputFormat.png),
+        (".jpg", "jpeg", OutputFormat.jpeg),
+        (".png", "png", OutputFormat.webp),
+    ],
+)
+async def test_formats_in_and_out(client, saved_model, ext, in_fmt, out_fmt):
+    pixels = photo_like(150, 210, seed=11)
+    data = encode_bgr(pixels, ext)
+    params = {} if out_fmt is OutputFormat.png else {"format": out_fmt.value}
+    r = await client.post("/upscale", params=params, files=upload(data, f"holiday photo{ext}"))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == f"image/{out_fmt.value}"
+    assert imaging.sniff_format(r.content) == out_fmt.value
+    assert r.headers["content-disposition"] == f'inline; filename="holiday_photo_enhanced.{out_fmt.extension}"'
+    timing = dict(re.findall(r"(\w+);dur=([\d.]+)", r.headers["server-timing"]))
+    assert set(TIMING_STAGES) <= set(timing)
+    out = decode_bytes(r.content)
+    assert out.shape[:2] == (150, 210)
+    assert_close_pixels(out, expected_output(saved_model, data, out_fmt))
+
+
+async def test_quality_changes_lossy_answers(client):
+    data = encode_bgr(photo_like(120, 120, seed=12), ".png")
+    low = await client.post("/upscale", params={"format": "jpeg", "quality": 5}, files=upload(data))
+    high = await client.post("/upscale", params={"format": "jpeg", "quality": 100}, files=upload(data))
+    assert low.status_code == high.status_code == 200
+    assert len(low.content) < len(high.content)
+
+
+async def test_grey_and_transparent_images_keep_their_channels(client):
+    grey = photo_like(70, 90, seed=13, channels=1)[:, :, 0]
+    r = await client.post("/upscale", files=upload(encode_bgr(grey, ".png"), "g.png"))
+    assert r.status_code == 200 and decode_bytes(r.content).shape == (70, 90)
+
+    bgra = photo_like(70, 90, seed=14, channels=4)
+    r = await client.post("/upscale", files=upload(encode_bgr(bgra, ".png"), "a.png"))
+    assert r.status_code == 200
+    out = decode_bytes(r.content)
+    assert out.shape == (70, 90, 4)
+    np.testing.assert_array_equal(out[:, :, 3], bgra[:, :, 3])
+
+
+async def test_unsafe_filenames_are_sanitised(client):
+    data = encode_bgr(photo_like(20, 20), ".png")
+    r = await client.post("/upscale", files=upload(data, "../../etc/my photo (1);.png"))
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == 'inline; filename="my_photo_1_enhanced.png"'
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+async def test_400_for_a_corrupt_image(client):
+    data = encode_bgr(photo_like(64, 64), ".png")[:100]
+    r = await client.post("/upscale", files=upload(data, "broken.png"))
+    assert r.status_code == 400
+    assert "could not be decoded" in r.json()["detail"]
+
+
+async def test_400_for_an_empty_file(client):
+    r = await client.post("/upscale", files=upload(b"", "empty.jpg"))
+    assert r.status_code == 400
+    assert "empty" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("data", [b"just some text", b"GIF89a\x01\x00\x01\x00\x80\x00\x00"])
+async def test_415_for_unsupported_types(client, data):
+    r = await client.post("/upscale", files=upload(data, "thing.jpg", "image/jpeg"))
+    assert r.status_code == 415
+    assert r.json() == {"detail": "the upload is not a supported image; send JPEG, PNG, WebP, BMP or TIFF"}
+
+
+async def test_413_for_too_many_pixels(saved_model):
+    app = create_app(make_settings(max_pixels=10_000), model=saved_model)
+    async with running_app(app) as c:
+        r = await c.post("/upscale", files=upload(encode_bgr(photo_like(100, 101), ".png")))
+        assert r.status_code == 413
+        assert "10,100 pixels" in r.json()["detail"] and "10,000 pixel limit" in r.json()["detail"]
+        ok = await c.post("/upscale", files=upload(encode_bgr(photo_like(100, 100), ".png")))
+        assert ok.status_code == 200
+
+
+@pytest.fixture
+async def small_upload_client(saved_model):
+    app = create_app(make_settings(max_upload_bytes=100_000), model=saved_model)
+    async with running_app(app) as c:
+        yield c
+
+
+def _incompressible(size: int) -> bytes:
+    """PNG-looking bytes of an exact size (the size check comes before decoding)."""
+    return b"\x89PNG\r\n\x1a\n" + np.random.default_rng(0).integers(0, 256, size - 8, dtype=np.uint8).tobytes()
+
+
+async def test_413_when_content_length_is_over_the_limit(small_upload_client):
+    r = await small_upload_client.post("/upscale", files=upload(_incompressible(400_000)))
+    assert r.status_code == 413
+    assert "100,000 byte limit" in r.json()["detail"]
+
+
+async def test_413_when_a_streamed_body_passes_the_limit(small_upload_client):
+    """No Content-Length (chunked upload): the limit is enforced while the bytes arrive."""
+    boundary = "enhancer-test-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + _incompressible(400_000) + f"\r\n--{boundary}--\r\n".encode()
+
+    async def chunks():
+        for start in range(0, len(body), 16_384):
+            yield body[start : start + 16_384]
+
+    r = await small_upload_client.post(
+        "/upscale", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413
+    assert "100,000 byte limit" in r.json()["detail"]
+
+
+async def test_413_when_the_file_alone_is_over_the_limit(small_upload_client):
+    """Just over the limit: the body fits the multipart allowance, the file itself does not."""
+    r = await small_upload_client.post("/upscale", files=upload(_incompressible(100_001)))
+    assert r.status_code == 413
+    assert "100,001 bytes" in r.json()["detail"]
+    at_limit = await small_upload_client.post("/upscale", files=upload(_incompressible(100_000)))
+    assert at_limit.status_code == 400  # accepted by the size check, then found undecodable
+
+
+@pytest.mark.parametrize(
+    "request_kwargs,fragment",
+    [
+        ({"data": {"other": "x"}}, "form field 'image': is required"),
+        ({"files": {"picture": ("a.png", b"x", "image/png")}}, "form field 'image': is required"),
+        ({"params": {"format": "gif"}}, "query parameter 'format': Input should be 'png', 'jpeg' or 'webp'"),
+        ({"params": {"quality": 0}}, "query parameter 'quality': Input should be greater than or equal to 1"),
+        ({"params": {"quality": 101}}, "query parameter 'quality': Input should be less than or equal to 100"),
+        ({"params": {"quality": "high"}}, "query parameter 'quality': Input should be a valid integer"),
+    ],
+)
+async def test_422_for_missing_field_and_bad_parameters(client, request_kwargs, fragment):
+    kwargs = {"files": upload(encode_bgr(photo_like(16, 16), ".png"))} | request_kwargs
+    if "data" in request_kwargs:
+        kwargs.pop("files")
+    r = await client.post("/upscale", **kwargs)
+    assert r.status_code == 422
+    assert fragment in r.json()["detail"]
+    assert isinstance(r.json()["detail"], str)
+
+
+async def test_500_when_a_batch_fails_and_the_next_request_still_works(saved_model):
+    model = FailingModel(saved_model)
+    async with running_app(create_app(make_settings(), model=model)) as c:
+        data = encode_bgr(photo_like(60, 60, seed=15), ".png")
+        model.fail_next = 1
+        r = await c.post("/upscale", files=upload(data))
+        assert r.status_code == 500
+        detail = r.json()["detail"]
+        assert "model failed while processing this image (RuntimeError)" in detail
+        assert "retrying may succeed" in detail
+        assert (await c.get("/healthz")).json() == {"status": "degraded"}
+
+        again = await c.post("/upscale", files=upload(data))
+        assert again.status_code == 200
+        assert (await c.get("/healthz")).json() == {"status": "ok"}
+        assert (await c.get("/readyz")).status_code == 200
+
+
+async def test_503_with_retry_after_when_the_queue_is_full(saved_model):
+    model = GatedModel(saved_model)
+    settings = make_settings(max_queue_tiles=2)
+    one_tile = encode_bgr(photo_like(60, 60, seed=16), ".png")
+    two_tiles = encode_bgr(photo_like(60, 150, seed=17), ".png")
+    assert tiling.plan_tiles(60, 150, settings.tile_size, settings.tile_overlap).num_tiles == 2
+    app = create_app(settings, model=model)
+    async with running_app(app) as c:
+        batcher = app.state.runtime.batcher
+        model.gate_forward = True
+        try:
+            first = asyncio.create_task(c.post("/upscale", files=upload(one_tile)))
+            await model.wait_entered()  # its tile is inside the model, the queue is empty
+            second = asyncio.create_task(c.post("/upscale", files=upload(two_tiles)))
+            while batcher.queued_tiles < 2:  # the second request fills the queue
+                await asyncio.sleep(0.01)
+            r = await c.post("/upscale", files=upload(one_tile))
+            assert r.status_code == 503
+            assert int(r.headers["retry-after"]) >= 1
+            assert "the server is busy" in r.json()["detail"]
+        finally:
+            model.gate.set()
+        assert (await first).status_code == 200
+        assert (await second).status_code == 200
+
+
+async def test_504_when_the_request_waits_too_long(saved_model):
+    model = GatedModel(saved_model)
+    app = create_app(make_settings(request_timeout_s=0.5), model=model)
+    async with running_app(app) as c:
+        model.gate_forward = True
+        try:
+            r = await c.post("/upscale", files=upload(encode_bgr(photo_like(60, 60), ".png")))
+        finally:
+            model.gate.set()
+        assert r.status_code == 504
+        assert "within 0.5 s (ENHANCER_REQUEST_TIMEOUT_S)" in r.json()["detail"]
+        ok = await c.post("/upscale", files=upload(encode_bgr(photo_like(60, 60), ".png")))
+        assert ok.status_code == 200  # the stuck batch finished and the worker kept going
+
+
+async def test_a_timed_out_request_has_its_queued_tiles_dropped(saved_model):
+    model = GatedModel(saved_model)
+    app = create_app(make_settings(request_timeout_s=1.0), model=model)
+    async with running_app(app) as c:
+        model.gate_forward = True
+        try:
+            blocker = asyncio.create_task(c.post("/upscale", files=upload(encode_bgr(photo_like(60, 60), ".png"))))
+            await model.wait_entered()
+            r = await c.post("/upscale", files=upload(encode_bgr(photo_like(200, 300), ".png")))  # 12 tiles, queued
+            assert r.status_code == 504
+            assert app.state.runtime.batcher.queued_tiles == 0
+        finally:
+            model.gate.set()
+        assert (await blocker).status_code == 504
+        metrics = (await c.get("/metrics")).text
+        assert metric_value(metrics, "enhancer_tiles_dropped_total") == 12
+
+
+async def test_client_disconnect_drops_its_queued_tiles(saved_model):
+    """Driven at the ASGI level: the client sends its upload, then goes away while queued."""
+    model = GatedModel(saved_model)
+    app = create_app(make_settings(), model=model)
+    async with running_app(app) as c:
+        model.gate_forward = True
+        try:
+            blocker = asyncio.create_task(c.post("/upscale", files=upload(encode_bgr(photo_like(60, 60), ".png"))))
+            await model.wait_entered()
+
+            boundary = "b0undary"
+            body = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'.encode()
+                + encode_bgr(photo_like(200, 300, seed=3), ".png")
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
+            gone = asyncio.Event()
+            sent = []
+
+            async def receive():
+                if not sent:
+                    sent.append(True)
+                    return {"type": "http.request", "body": body, "more_body": False}
+                await gone.wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                "scheme": "http", "path": "/upscale", "raw_path": b"/upscale", "root_path": "", "query_string": b"",
+                "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+                            (b"content-length", str(len(body)).encode())],
+                "client": ("test", 1), "server": ("test", 80),
+            }
+            call = asyncio.create_task(app(scope, receive, send))
+            batcher = app.state.runtime.batcher
+            while batcher.queued_tiles < 12:
+                await asyncio.sleep(0.01)
+            gone.set()
+            await asyncio.wait_for(call, 30)
+            assert batcher.queued_tiles == 0
+        finally:
+            model.gate.set()
+        assert (await blocker).status_code == 200
+        metrics = (await c.get("/metrics")).text
+        assert metric_value(metrics, "enhancer_tiles_dropped_total") == 12
+        assert metric_value(metrics, "enhancer_tiles_processed_total") == 1  # only the blocker's tile ran
+
+
+# --- readiness, health, metrics, docs --------------------------------------------------------------
+
+
+async def test_readyz_is_503_until_warm_up_finishes(saved_model):
+    model = GatedModel(saved_model, gate_warm_up=True)
+    app = create_app(make_settings(), model=model)
+    async with running_app(app, wait_ready=False) as c:
+        try:
+            r = await c.get("/readyz")
+            assert r.status_code == 503
+            assert "warming up" in r.json()["detail"] and "retry-after" in r.headers
+            assert (await c.get("/healthz")).status_code == 200  # alive while warming up
+            busy = await c.post("/upscale", files=upload(encode_bgr(photo_like(20, 20), ".png")))
+            assert busy.status_code == 503 and "warming up" in busy.json()["detail"]
+            assert metric_value((await c.get("/metrics")).text, "enhancer_ready") == 0
+        finally:
+            model.gate.set()
+        await asyncio.wait_for(app.state.runtime.wait_ready(), 120)
+        r = await c.get("/readyz")
+        assert r.status_code == 200
+        assert r.json() == {"status": "ready", "device": saved_model.device}
+        assert metric_value((await c.get("/metrics")).text, "enhancer_ready") == 1
+
+
+async def test_failed_warm_up_keeps_the_service_unready_and_unhealthy(saved_model):
+    class BrokenWarmUp(FailingModel):
+        def warm_up(self, shapes, max_batch_size):
+            raise MemoryError("batch does not fit")
+
+    app = create_app(make_settings(), model=BrokenWarmUp(saved_model))
+    async with running_app(app, wait_ready=False) as c:
+        with pytest.raises(RuntimeError, match="warm-up failed"):
+            await asyncio.wait_for(app.state.runtime.wait_ready(), 60)
+        for path in ("/readyz", "/healthz"):
+            r = await c.get(path)
+            assert r.status_code == 503 and "batch does not fit" in r.json()["detail"]
+
+
+async def test_metrics_after_a_request(fresh_client):
+    client = fresh_client
+    data = encode_bgr(photo_like(200, 300, seed=18), ".png")
+    tiles = tiling.plan_tiles(200, 300, 128, 32).num_tiles
+    assert (await client.post("/upscale", files=upload(data))).status_code == 200
+    assert (await client.post("/upscale", files=upload(b"nope"))).status_code == 415
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert metric_value(text, "enhancer_http_requests_total", '{method="POST",route="/upscale",status="200"}') == 1
+    assert metric_value(text, "enhancer_http_requests_total", '{method="POST",route="/upscale",status="415"}') == 1
+    assert metric_value(text, "enhancer_tiles_processed_total") == tiles
+    assert metric_value(text, "enhancer_batch_size_tiles_sum") == tiles
+    assert metric_value(text, "enhancer_batch_size_tiles_count") == -(-tiles // 4)  # batches of 4
+    assert metric_value(text, "enhancer_queue_wait_seconds_count") == 1
+    assert metric_value(text, "enhancer_inference_seconds_count") == -(-tiles // 4)
+    assert metric_value(text, "enhancer_queue_depth_tiles") == 0
+    for stage in TIMING_STAGES:
+        assert metric_value(text, "enhancer_stage_duration_seconds_count", f'{{stage="{stage}"}}') == 1
+
+
+async def test_separate_apps_have_separate_metrics(saved_model):
+    one, two = (create_app(make_settings(), model=saved_model) for _ in range(2))
+    async with running_app(one) as c1, running_app(two) as c2:
+        await c1.get("/healthz")
+        assert 'route="/healthz"' in (await c1.get("/metrics")).text
+        assert 'route="/healthz"' not in (await c2.get("/metrics")).text
+
+
+async def test_openapi_declares_a_file_upload_and_docs_are_served(client):
+    spec = (await client.get("/openapi.json")).json()
+    op = spec["paths"]["/upscale"]["post"]
+    form = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    schema = spec["components"]["schemas"][form["$ref"].split("/")[-1]] if "$ref" in form else form
+    image = schema["properties"]["image"]
+    assert image.get("format") == "binary" or image.get("contentMediaType") == "application/octet-stream"
+    assert schema["required"] == ["image"]
+    assert {p["name"] for p in op["parameters"]} == {"format", "quality"}
+    assert {"200", "400", "413", "415", "422", "500", "503", "504"} <= set(op["responses"])
+    assert set(op["responses"]["200"]["content"]) == {"image/png", "image/jpeg", "image/webp"}
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+async def test_index_page_is_served_from_the_package(client):
+    from importlib import resources
+
+    r = await client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = resources.files("enhancer") / "static" / "index.html"
+    if page.is_file():
+        assert r.text == page.read_text(encoding="utf-8")
+        asset = next(p.name for p in (resources.files("enhancer") / "static").iterdir() if p.name != "index.html")
+        assert (await client.get(f"/static/{asset}")).status_code == 200
+    else:
+        assert 'href="/docs"' in r.text
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+async def test_40_concurrent_requests_each_get_their_own_result(fresh_client):
+    """Tiles of many requests share batches; every answer must still be that image's own result."""
+    sizes = [(20, 20), (60, 60), (60, 200), (100, 100), (150, 210), (200, 300), (90, 130), (33, 47)]
+    exts = [".png", ".jpg", ".webp"]
+    uploads = []
+    for i in range(40):
+        h, w = sizes[i % len(sizes)]
+        uploads.append(encode_bgr(photo_like(h, w, seed=100 + i), exts[i % len(exts)]))
+
+    alone = []
+    for data in uploads:
+        r = await fresh_client.post("/upscale", files=upload(data))
+        assert r.status_code == 200
+        alone.append(decode_bytes(r.content))
+
+    client = fresh_client
+    before = metric_value((await client.get("/metrics")).text, "enhancer_batch_size_tiles_count")
+    together = await asyncio.gather(*(client.post("/upscale", files=upload(d)) for d in uploads))
+    batches = metric_value((await client.get("/metrics")).text, "enhancer_batch_size_tiles_count") - before
+    own_batches = sum(-(-tiling.plan_tiles(*sizes[i % len(sizes)], 128, 32).num_tiles // 4) for i in range(40))
+    assert batches < own_batches  # requests really shared batches
+    for i, r in enumerate(together):
+        assert r.status_code == 200, r.text
+        assert_close_pixels(decode_bytes(r.content), alone[i])
+    # Same-sized images differ, so an answer carrying another request's tiles could not pass.
+    assert np.abs(alone[0].astype(int) - alone[8].astype(int)).mean() > 5
