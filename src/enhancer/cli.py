@@ -118,7 +118,11 @@ def _enhance(args: argparse.Namespace) -> int:
         settings.model_dir,
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
+        memory_growth=settings.gpu_memory_growth,
+        precision=settings.precision,
+        xla=settings.xla,
     )
+    settings = settings.for_device(model.device_kind)  # unset tile/batch sizes follow the device
     batch_size = args.batch_size or settings.max_batch_size
 
     def tiles_for(path: Path) -> int:

@@ -7,10 +7,11 @@ embedders can build several differently configured apps in one process.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from enhancer.tiling import TILE_MULTIPLE
@@ -20,6 +21,30 @@ DEFAULT_MODEL_DIR = Path("weights") / "dejpeg"
 
 #: The source checkout this module was loaded from (…/src/enhancer/config.py → the repo root).
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
+
+#: Tile and batch size on a GPU when ENHANCER_TILE_SIZE / ENHANCER_MAX_BATCH_SIZE are not set (on a
+#: CPU the field defaults apply). Reasoned, not measured (no GPU in CI; measure with the benchmarks):
+#: a 1024 tile recomputes 6 % of its pixels as overlap instead of 12 % for 512, and a batch of 8 is
+#: ~8.4 MP, ~0.26 TMAC for this net: enough work per pass to keep a GPU busy. Activations are about
+#: 150 MB per 1024 tile in float32 (~1.2 GB per batch); warm-up runs the full batch, so a GPU too
+#: small for it fails at start-up, not on a request.
+GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8}
+
+
+def device_defaults(device_kind: str, explicit: Iterable[str] = ()) -> dict[str, int]:
+    """Tile/batch size for the device the model runs on ("cpu" or "gpu"), minus explicit fields.
+
+    Pure: `Settings.for_device` applies the result at start-up, once TensorFlow has said which
+    device it uses; a field named in `explicit` (set by environment, .env or argument) is left out.
+    """
+    if device_kind == "gpu":
+        chosen = GPU_DEFAULTS
+    elif device_kind == "cpu":
+        chosen = {name: Settings.model_fields[name].default for name in GPU_DEFAULTS}
+    else:
+        raise ValueError(f"device_kind must be 'cpu' or 'gpu', got {device_kind!r}")
+    explicit = set(explicit)
+    return {name: value for name, value in chosen.items() if name not in explicit}
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -49,6 +74,9 @@ class Settings(BaseSettings):
         extra="ignore",
         protected_namespaces=(),
     )
+
+    #: fields `for_device` filled in, and for which device (only for the start-up log)
+    _device_defaulted: tuple[str, frozenset[str]] = PrivateAttr(default=("", frozenset()))
 
     # --- model -----------------------------------------------------------------------------
     model_dir: Path = Field(
@@ -90,7 +118,8 @@ class Settings(BaseSettings):
         default=4,
         ge=1,
         description="Most tiles run in one forward pass. Larger batches raise GPU throughput but "
-        "add latency and memory; on CPU throughput barely changes past 2-4.",
+        "add latency and memory; on CPU throughput barely changes past 2-4. Unset, it is 4 on a "
+        "CPU and 8 on a GPU (tile_size likewise: 512 / 1024), chosen when the model loads.",
     )
     max_batch_delay_ms: float = Field(
         default=5.0,
@@ -123,6 +152,27 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a request may wait for its tiles to be enhanced before a 504. "
         "Short values shed load sooner; too short fails large images on a busy CPU.",
+    )
+
+    # --- accelerator -----------------------------------------------------------------------
+    gpu_memory_growth: bool = Field(
+        default=True,
+        description="Take GPU memory as it is needed instead of nearly all of it at start-up, so "
+        "replicas or other processes can share the GPU. Turn off only when this server owns the "
+        "GPU and you prefer one up-front reservation.",
+    )
+    precision: Literal["float32", "mixed_float16"] = Field(
+        default="float32",
+        description="mixed_float16 runs the convolutions in float16 through TensorFlow's automatic "
+        "mixed precision graph rewrite (GPUs with compute capability 7.0+, i.e. Tensor Cores); "
+        "the SavedModel, its inputs and outputs stay float32. Faster on such GPUs, results differ "
+        "by about 1e-3; no effect on other devices.",
+    )
+    xla: bool = Field(
+        default=False,
+        description="Compile the model with XLA. Warm-up compiles every tile shape at batch 1 and "
+        "max_batch_size (start-up takes longer) and batches are padded to one of those two, so "
+        "no request waits for a compile. May speed up a GPU; measure before turning it on.",
     )
 
     # --- server ----------------------------------------------------------------------------
@@ -165,6 +215,42 @@ class Settings(BaseSettings):
                 f"({self.tile_size}), or tiles would be mostly overlap"
             )
         return self
+
+    def for_device(self, device_kind: str) -> Settings:
+        """These settings with tile/batch sizes for `device_kind` where none was set explicitly."""
+        update = device_defaults(device_kind, self.model_fields_set)
+        if not update:
+            return self
+        resolved = self.model_copy(update=update)._check_tiling()
+        resolved._device_defaulted = (device_kind.upper(), frozenset(update))
+        return resolved
+
+    @property
+    def max_batch_size_bound(self) -> int:
+        """The largest batch this server may run on any device (sizes the batch histogram)."""
+        if "max_batch_size" in self.model_fields_set:
+            return self.max_batch_size
+        return max(self.max_batch_size, GPU_DEFAULTS["max_batch_size"])
+
+    def describe_inference(self, device: str, precision: str | None = None) -> str:
+        """One log line: where and how the model runs, and the batch and tile settings in use.
+
+        `precision` is what the runner reports it actually does (default: the setting).
+        """
+        kind, defaulted = self._device_defaulted
+
+        def origin(name: str) -> str:
+            if name in defaulted:
+                return f"{kind} default"
+            return "set" if name in self.model_fields_set else "default"
+
+        return (
+            f"inference on {device}; precision {precision or self.precision}; XLA {'on' if self.xla else 'off'}; "
+            f"GPU memory growth {'on' if self.gpu_memory_growth else 'off'}; "
+            f"max_batch_size {self.max_batch_size} ({origin('max_batch_size')}); "
+            f"tile_size {self.tile_size} ({origin('tile_size')}), overlap {self.tile_overlap}; "
+            f"max_batch_delay_ms {self.max_batch_delay_ms:g}"
+        )
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -32,7 +32,8 @@ requests share model batches.
 def create_app(settings: Settings | None = None, *, model: Model | None = None) -> FastAPI:
     """Build the app. `model` lets a caller share one already-loaded model between apps."""
     settings = settings or Settings()
-    metrics = Metrics(max_batch_size=settings.max_batch_size)
+    # sized for the largest batch any device may use: the batch size is settled when the model loads
+    metrics = Metrics(max_batch_size=settings.max_batch_size_bound)
     runtime = Runtime(settings, metrics, model=model)
 
     @asynccontextmanager

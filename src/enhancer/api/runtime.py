@@ -58,7 +58,13 @@ class Runtime:
                 s.model_dir,
                 intra_op_threads=s.intra_op_threads,
                 inter_op_threads=s.inter_op_threads,
+                memory_growth=s.gpu_memory_growth,
+                precision=s.precision,
+                xla=s.xla,
             )
+        # tile and batch sizes that were not set follow the device TensorFlow chose (GPU or CPU)
+        self.settings = s = s.for_device(getattr(self.model, "device_kind", "cpu"))
+        log.info("%s", s.describe_inference(self.model.device, getattr(self.model, "precision", None)))
         self.batcher = MicroBatcher(
             self.model.forward,
             max_batch_size=s.max_batch_size,
