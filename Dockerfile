@@ -21,7 +21,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---- build: a virtualenv with TensorFlow and the package, copied whole into the runtime stage ----
 FROM ${PYTHON_IMAGE} AS build
 ARG TF_VERSION=2.21.0
-# "and-cuda" for the GPU image; empty for a CPU-only image (about 3 GB smaller).
+# "and-cuda" for the GPU image; empty for a CPU-only image (without the CUDA wheels: several GB smaller).
 ARG TF_EXTRAS=and-cuda
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -166,7 +166,7 @@ class Settings(BaseSettings):
         description="mixed_float16 runs the convolutions in float16 through TensorFlow's automatic "
         "mixed precision graph rewrite (GPUs with compute capability 7.0+, i.e. Tensor Cores); "
         "the SavedModel, its inputs and outputs stay float32. Faster on such GPUs, results differ "
-        "by about 1e-3; no effect on other devices.",
+        "slightly (float16 keeps ~3 significant digits); no effect on other devices.",
     )
     xla: bool = Field(
         default=False,
