@@ -51,7 +51,7 @@ def _train(args) -> None:
     cfg = TrainConfig(
         data_dir=str(args.data), run_dir=str(args.run), architecture=args.architecture, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patch_size=args.patch_size,
-        learning_rate=args.learning_rate, seed=args.seed,
+        learning_rate=args.learning_rate, seed=args.seed, loss=args.loss,
     )  # fmt: skip
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
@@ -116,7 +116,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
     p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "prototype"])
-    p.add_argument("--steps", type=int, default=16000)
+    p.add_argument("--steps", type=int, default=14000)
+    p.add_argument("--loss", choices=["psnr", "mse"], default="psnr", help="psnr: maximise mean dB (default); mse: the prototype's")
     p.add_argument("--steps-per-epoch", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=96)

@@ -82,9 +82,9 @@ def sample_quality(rng: np.random.Generator) -> int:
     r = rng.random()
     if r < 0.25:
         return int(rng.choice(PROTOTYPE_QUALITIES))
-    if r < 0.55:
+    if r < 0.50:
         return int(rng.integers(5, 21))
-    if r < 0.80:
+    if r < 0.75:
         return int(rng.integers(21, 61))
     return int(rng.integers(61, 96))
 
