@@ -248,6 +248,7 @@ async def test_413_when_the_file_alone_is_over_the_limit(small_upload_client):
     [
         ({"data": {"other": "x"}}, "form field 'image': is required"),
         ({"files": {"picture": ("a.png", b"x", "image/png")}}, "form field 'image': is required"),
+        ({"data": {"image": "photo.jpg"}}, "form field 'image': must be a file upload, not a text value"),
         ({"params": {"format": "gif"}}, "query parameter 'format': Input should be 'png', 'jpeg' or 'webp'"),
         ({"params": {"quality": 0}}, "query parameter 'quality': Input should be greater than or equal to 1"),
         ({"params": {"quality": 101}}, "query parameter 'quality': Input should be less than or equal to 100"),

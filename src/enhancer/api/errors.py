@@ -40,6 +40,8 @@ def describe_validation_error(exc: RequestValidationError) -> str:
         message = error.get("msg", "is invalid")
         if error.get("type") == "missing" and where == "form field":
             message = "is required: send the image as multipart/form-data in this field"
+        elif where == "form field" and "Expected UploadFile" in str(message):
+            message = "must be a file upload, not a text value (e.g. curl -F image=@photo.jpg)"
         parts.append(f"{where} '{name}': {message}" if name else f"{where}: {message}")
     return "; ".join(parts) or "the request is invalid"
 
