@@ -67,7 +67,7 @@ def test_sampler_is_deterministic_per_step_and_covers_low_and_high_quality():
     assert not np.array_equal(sampler.batch(6)[1], a[1])
     qualities = [sample_quality(np.random.default_rng(i)) for i in range(2000)]
     assert min(qualities) == 5 and max(qualities) == 95
-    assert np.mean(np.array(qualities) <= 30) > 0.5  # weighted toward heavy damage
+    assert np.mean(np.array(qualities) <= 30) > 0.4  # weighted toward heavy damage (uniform: 0.29)
     for q in (5, 10, 30, 50, 70):
         assert q in qualities
 
