@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from enhancer.errors import EnhancerError
+from enhancer.errors import EnhancerError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EnhancerError)
     async def _enhancer_error(request: Request, exc: EnhancerError) -> JSONResponse:
-        if exc.status_code >= 500:
+        if exc.status_code >= 500 and not isinstance(exc, ServiceUnavailableError):
+            # 503s (warming up, queue full) are expected load-shedding: not worth a warning each
             log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
         return enhancer_error_response(exc)
 
