@@ -1,0 +1,130 @@
+"""Targets 1 and 6, plus the concurrency sweep and the open-loop mode, all on 512x512 JPEGs.
+
+1. Raw limit: the SavedModel in-process on the server's own tiles and batch shapes
+   (benchmarks/raw_model.py, in a fresh process), before and after the HTTP runs.
+2. `enhancer serve` with its default settings: closed-loop windows at each concurrency level,
+   then open-loop Poisson load at fractions of the concurrency-8 throughput.
+3. The prototype-style synchronous Flask server (benchmarks/proto_server.py), same model and
+   tiling, at concurrency 8 (and 1), in the same run.
+
+Efficiency = end-to-end MP/s at concurrency 8 / raw MP/s at the batch size the server used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.common import OUT_DIR, REPO, log, read_json
+from benchmarks.loadgen import LoadGenerator, Payload
+from benchmarks.inputs import group
+from benchmarks.profiles import Profile
+from benchmarks.server import enhancer_server, prototype_server
+
+IMAGES = "crop512"
+#: The server's defaults, spelled out so the raw run and the prototype use the same ones.
+TILE_SIZE, TILE_OVERLAP, MAX_BATCH = 512, 32, 4
+
+
+def raw_model(profile: Profile, tag: str) -> dict:
+    out = OUT_DIR / f"raw_model_{tag}.json"
+    cmd = [
+        sys.executable, "-m", "benchmarks.raw_model", "--images", IMAGES,
+        "--batch-sizes", ",".join(str(b) for b in sorted({1, 2, MAX_BATCH})),
+        "--tile-size", str(TILE_SIZE), "--tile-overlap", str(TILE_OVERLAP),
+        "--min-seconds", str(profile.raw_min_seconds), "--json", str(out),
+    ]
+    log(f"raw model ({tag})")
+    subprocess.run(cmd, cwd=REPO, check=True, env=_env())
+    return read_json(out)
+
+
+def _env() -> dict:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def _raw_at(raw: dict, batch: int) -> dict:
+    entries = [b for b in raw["batches"] if b["batch_size"] == batch]
+    return entries[-1]
+
+
+def run(profile: Profile) -> dict:
+    payloads = [Payload.from_image(img) for img in group(IMAGES)]
+    window = dict(window_s=profile.window_s, min_requests=profile.min_requests, max_windows=profile.max_windows)
+    result: dict = {"images": IMAGES, "image_megapixels": payloads[0].megapixels, "profile": profile.name}
+
+    result["raw_before"] = raw_model(profile, "before")
+
+    server = enhancer_server(
+        "enhancer-efficiency", tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, max_batch_size=MAX_BATCH,
+    )
+    with server:
+        result["server_startup_s"] = server.startup_s
+        lg = LoadGenerator(server.url + "/upscale", payloads, metrics_url=server.url + "/metrics", server_pid=server.pid)
+        result["sweep"] = asyncio.run(lg.sweep(list(profile.levels), **window))
+        at8 = next((r for r in result["sweep"] if r["concurrency"] == 8), result["sweep"][-1])
+        capacity = at8["req_per_s"]
+        result["open_loop"] = []
+        for fraction in profile.open_loop_fractions:
+            rate = fraction * capacity
+            log(f"open loop at {rate:.2f} req/s ({fraction:.0%} of the concurrency-8 throughput)")
+            entry = asyncio.run(lg.open_loop(rate, duration_s=profile.open_loop_s, seed=int(fraction * 100)))
+            entry["fraction_of_capacity"] = fraction
+            log(f"  -> {entry['req_per_s']:.2f} req/s, p50 {entry['p50_s']}, p99 {entry['p99_s']}, errors {entry['errors']}")
+            result["open_loop"].append(entry)
+
+    result["raw_after"] = raw_model(profile, "after")
+
+    with prototype_server("prototype", tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, batch_size=MAX_BATCH) as proto:
+        result["prototype_startup_s"] = proto.startup_s
+        lg = LoadGenerator(proto.url + "/upscale", payloads, server_pid=proto.pid)
+        result["prototype"] = asyncio.run(lg.sweep([1, 8], **window))
+
+    result["summary"] = summarize(result)
+    return result
+
+
+def summarize(result: dict) -> dict:
+    at8 = next(r for r in result["sweep"] if r["concurrency"] == 8)
+    sm = at8["server_metrics"]
+    batch = round(sm.get("mean_batch_size") or MAX_BATCH)
+    batch = max(b for b in (1, 2, MAX_BATCH) if b <= batch)
+    raws = [_raw_at(result[k], batch) for k in ("raw_before", "raw_after")]
+    raw_mp = sum(r["mp_per_s"] for r in raws) / 2
+    raw_batch_s = sum(r["batch_s_median"] for r in raws) / 2
+    host = result["raw_before"].get("host_stage_s_per_image", {})
+    rps = at8["req_per_s"]
+    proto8 = next(r for r in result["prototype"] if r["concurrency"] == 8)
+    summary = {
+        "e2e_mp_per_s_c8": at8["mp_per_s"],
+        "e2e_req_per_s_c8": rps,
+        "raw_batch_size": batch,
+        "raw_mp_per_s_before": raws[0]["mp_per_s"],
+        "raw_mp_per_s_after": raws[1]["mp_per_s"],
+        "raw_mp_per_s": raw_mp,
+        "efficiency": at8["mp_per_s"] / raw_mp,
+        "efficiency_vs_best_raw": at8["mp_per_s"] / max(r["mp_per_s"] for r in raws),
+        "model_busy_fraction": sm.get("model_busy_fraction"),
+        "server_mean_batch_size": sm.get("mean_batch_size"),
+        "server_batch_s": sm.get("mean_batch_infer_s"),
+        "raw_batch_s": raw_batch_s,
+        "batch_slowdown": (sm["mean_batch_infer_s"] / raw_batch_s) if sm.get("mean_batch_infer_s") else None,
+        # cores the per-image host work needs at this request rate (measured single-threaded in-process)
+        "host_cores": {k: v * rps for k, v in host.items() if k != "encode_jpeg"},
+        "server_cpu_cores": at8.get("server_cpu_cores"),
+        "client_cpu_fraction": at8.get("client_cpu_fraction"),
+        "server_timing_mean_s": at8["server_timing_mean_s"],
+        "prototype_req_per_s_c8": proto8["req_per_s"],
+        "prototype_p99_s_c8": proto8["p99_s"],
+        "server_req_per_s_c8": rps,
+        "server_p99_s_c8": at8["p99_s"],
+        "speedup_vs_prototype": rps / proto8["req_per_s"] if proto8["req_per_s"] else None,
+    }
+    return summary

@@ -1,0 +1,88 @@
+"""Run every benchmark (or some), save raw JSON under benchmarks/results/, draw the plots and
+write benchmarks/results/summary.md.
+
+    python -m benchmarks.run --quick            # smoke run of everything, ~5-8 min
+    python -m benchmarks.run --full             # the RESULTS.md figures, ~30 min on 2 cores
+    python -m benchmarks.run --full --only fairness,memory
+    python -m benchmarks.run --report-only      # redraw plots/summary from saved JSON
+
+Measure on an otherwise idle machine: the run refuses to start while a training or evaluation
+job is running (override with --allow-busy; the load is recorded either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from benchmarks.common import RESULTS_DIR, log, machine_info, other_heavy_processes, write_json
+from benchmarks.profiles import PROFILES
+
+#: name -> module; run in this order (in-process measurements first, simulated device last).
+BENCHMARKS = {
+    "tiling": "benchmarks.bench_tiling",
+    "efficiency": "benchmarks.bench_efficiency",
+    "fairness": "benchmarks.bench_fairness",
+    "memory": "benchmarks.bench_memory",
+    "batching": "benchmarks.bench_batching",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="short windows, fewer levels (default)")
+    mode.add_argument("--full", action="store_true", help="the full method; what RESULTS.md reports")
+    mode.add_argument("--report-only", action="store_true", help="only redraw plots and summary.md")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="where JSON, plots and summary go")
+    parser.add_argument("--allow-busy", action="store_true", help="measure even if training/evaluation runs")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    results = Path(args.results)
+    if not args.report_only:
+        profile = PROFILES["full" if args.full else "quick"]
+        names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
+        unknown = set(names) - set(BENCHMARKS)
+        if unknown:
+            parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS)}")
+        busy = other_heavy_processes()
+        if busy and not args.allow_busy:
+            print("refusing to measure while these run (numbers would be meaningless):\n  " + "\n  ".join(busy)
+                  + "\nwait for them, or pass --allow-busy", file=sys.stderr)
+            return 2
+        info = machine_info()
+        info["profile"] = profile.name
+        started = time.perf_counter()
+        log(f"profile {profile.name}: {', '.join(names)}; load average {info['load_average_at_start']}")
+        write_json(results / "machine.json", info)
+        for name in names:
+            log(f"=== {name} ===")
+            t = time.perf_counter()
+            module = importlib.import_module(BENCHMARKS[name])
+            data = module.run(profile)
+            data["benchmark"] = name
+            data["profile"] = profile.name
+            data["elapsed_s"] = time.perf_counter() - t
+            data["measured_at"] = info["date"]
+            data["machine"] = info
+            write_json(results / f"{name}.json", data)
+            log(f"=== {name} done in {data['elapsed_s']:.0f} s ===")
+        info["elapsed_s"] = time.perf_counter() - started
+        info["load_average_at_end"] = list(__import__("os").getloadavg())
+        info["other_heavy_processes_at_end"] = other_heavy_processes()
+        write_json(results / "machine.json", info)
+
+    from benchmarks import report
+
+    summary = report.build(results)
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The benchmark harness's own logic (benchmarks/), and the simulated device behind the real app.
+
+Nothing here is timed: the benchmarks measure, these tests check that what they compute from
+their measurements is computed right, and that the simulated-device setup really exercises the
+batcher (tiles of different requests share batches, answers are exact).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
+
+from benchmarks.common import metric_delta, parse_prometheus, percentiles  # noqa: E402
+from benchmarks.loadgen import Sample, _stable, parse_server_timing, summarize  # noqa: E402
+from benchmarks.simulated import SimulatedDevice, ceiling_ratio  # noqa: E402
+
+from enhancer import tiling  # noqa: E402
+from enhancer.api import create_app  # noqa: E402
+
+
+def test_server_timing_header_is_parsed_to_seconds():
+    header = "decode;dur=1.5, tile;dur=20.0, queue;dur=0.1, infer;dur=300.0, encode;dur=12.5"
+    assert parse_server_timing(header) == pytest.approx(
+        {"decode": 0.0015, "tile": 0.02, "queue": 0.0001, "infer": 0.3, "encode": 0.0125}
+    )
+    assert parse_server_timing(None) == {}
+    assert parse_server_timing("junk, infer;desc=x;dur=2") == {"infer": 0.002}
+
+
+def test_stability_rule_is_plus_minus_ten_percent_of_the_mean():
+    def w(rps, lat):
+        return {"req_per_s": rps, "latency_mean_s": lat}
+
+    assert _stable([w(10, 1.0), w(10.9, 1.05), w(9.5, 0.95)], 0.10)
+    assert not _stable([w(10, 1.0), w(10, 1.0), w(13, 1.0)], 0.10)  # throughput off by > 10 %
+    assert not _stable([w(10, 1.0), w(10, 1.0), w(10, 1.4)], 0.10)  # latency off by > 10 %
+    assert not _stable([w(0, None), w(0, None), w(0, None)], 0.10)  # nothing completed
+
+
+def test_summary_counts_errors_and_uses_only_successes_for_latency():
+    samples = [Sample(0.0, 1.0, 200, 0.25, {"infer": 0.5}), Sample(0.0, 3.0, 200, 0.25, {"infer": 1.5}),
+               Sample(0.0, 0.1, 503, 0.25), Sample(0.0, 0.2, 0, 0.25, error="ConnectError")]
+    s = summarize(samples, duration=2.0)
+    assert s["ok"] == 2 and s["errors"] == {"503": 1, "ConnectError": 1}
+    assert s["req_per_s"] == 1.0 and s["mp_per_s"] == 0.25
+    assert s["p50_s"] == 2.0 and s["latency_max_s"] == 3.0
+    assert s["server_timing_mean_s"] == {"infer": 1.0}
+    assert percentiles([]) == {"p50": None, "p90": None, "p99": None}
+
+
+def test_prometheus_text_is_parsed_and_differenced():
+    before = parse_prometheus('# HELP x\nenhancer_inference_seconds_sum 1.5\nenhancer_batch_size_tiles_bucket{le="4.0"} 3\n')
+    after = parse_prometheus('enhancer_inference_seconds_sum 4.0\nenhancer_batch_size_tiles_bucket{le="4.0"} 10\n')
+    assert metric_delta(before, after, "enhancer_inference_seconds_sum") == 2.5
+    assert metric_delta(before, after, "enhancer_batch_size_tiles_bucket", le="4.0") == 7
+
+
+def test_simulated_device_sleeps_a_plus_b_n_and_returns_its_input():
+    slept = []
+    device = SimulatedDevice(0.005, 0.00025, sleep=slept.append)
+    batch = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    assert device.forward(batch) is batch
+    assert slept == [pytest.approx(0.005 + 8 * 0.00025)]
+    assert device.batches == [8]
+    assert device.warm_up([(64, 64)], 32) == 0.0
+    # the cost model's own limit for batch 32 vs 1 (the issue's target is 10x of it at most)
+    assert ceiling_ratio(0.005, 0.00025, 32) == pytest.approx(168 / 13)
+
+
+class GatedDevice(SimulatedDevice):
+    """Holds the first batch until the test has queued everything, so later batches must mix."""
+
+    def __init__(self):
+        super().__init__(0.0, 0.0)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def forward(self, batch):
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(timeout=120), "test never opened the gate"
+        return super().forward(batch)
+
+
+@pytest.mark.anyio
+async def test_simulated_device_behind_the_real_app_batches_tiles_across_requests():
+    device = GatedDevice()
+    settings = make_settings(tile_size=64, tile_overlap=8, max_batch_size=32, max_batch_delay_ms=0)
+    app = create_app(settings, model=device)
+    images = [photo_like(120, 136, seed=i) for i in range(8)]
+    bodies = [encode_bgr(img, ".png") for img in images]
+    per_request = tiling.plan_tiles(120, 136, 64, 8).num_tiles
+    async with running_app(app) as client:
+        batcher = app.state.runtime.batcher
+
+        async def send(body):
+            return await client.post("/upscale", files={"image": ("x.png", body, "image/png")})
+
+        tasks = [asyncio.create_task(send(b)) for b in bodies]
+        await asyncio.to_thread(device.entered.wait, 60)
+        # Wait (not a timed assertion) until the other seven requests' tiles are all queued: the
+        # held first batch is one request's tiles (it was alone and max_batch_delay_ms is 0).
+        for _ in range(6000):
+            if batcher.queued_tiles == 7 * per_request:
+                break
+            await asyncio.sleep(0.01)
+        device.gate.set()
+        responses = await asyncio.gather(*tasks)
+    assert [r.status_code for r in responses] == [200] * 8
+    for img, response in zip(images, responses):  # identity device: exact round trip, no cross-talk
+        np.testing.assert_array_equal(decode_bytes(response.content), img)
+    assert sum(device.batches) == 8 * per_request
+    assert max(device.batches[1:]) == 32 > per_request  # later batches hold several requests' tiles
