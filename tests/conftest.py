@@ -10,9 +10,11 @@ import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pytest
+import enhancer  # noqa: F401  (first: it sets OpenCV's decode limits, read when cv2 is loaded)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO_ROOT / "weights" / "dejpeg"

@@ -179,11 +179,17 @@ async def test_400_for_an_empty_file(client):
     assert "empty" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("data", [b"just some text", b"GIF89a\x01\x00\x01\x00\x80\x00\x00"])
-async def test_415_for_unsupported_types(client, data):
+@pytest.mark.parametrize(
+    "data,start",
+    [
+        (b"just some text", "the upload is not a supported image"),
+        (b"GIF89a\x01\x00\x01\x00\x80\x00\x00", "the upload is a GIF file, which is not supported"),
+    ],
+)
+async def test_415_for_unsupported_types(client, data, start):
     r = await client.post("/upscale", files=upload(data, "thing.jpg", "image/jpeg"))
     assert r.status_code == 415
-    assert r.json() == {"detail": "the upload is not a supported image; send JPEG, PNG, WebP, BMP or TIFF"}
+    assert r.json() == {"detail": f"{start}; send JPEG, PNG, WebP, BMP or TIFF"}
 
 
 async def test_413_for_too_many_pixels(saved_model):
@@ -246,9 +252,12 @@ async def test_413_when_the_file_alone_is_over_the_limit(small_upload_client):
 @pytest.mark.parametrize(
     "request_kwargs,fragment",
     [
-        ({"data": {"other": "x"}}, "form field 'image': is required"),
+        ({"data": {"other": "x"}, "files": {"notes": ("n.txt", b"x", "text/plain")}}, "form field 'image': is required"),
         ({"files": {"picture": ("a.png", b"x", "image/png")}}, "form field 'image': is required"),
-        ({"data": {"image": "photo.jpg"}}, "form field 'image': must be a file upload, not a text value"),
+        (
+            {"data": {"image": "photo.jpg"}, "files": {"notes": ("n.txt", b"x", "text/plain")}},
+            "form field 'image': must be a file upload, not a text value",
+        ),
         ({"params": {"format": "gif"}}, "query parameter 'format': Input should be 'png', 'jpeg' or 'webp'"),
         ({"params": {"quality": 0}}, "query parameter 'quality': Input should be greater than or equal to 1"),
         ({"params": {"quality": 101}}, "query parameter 'quality': Input should be less than or equal to 100"),
@@ -257,8 +266,6 @@ async def test_413_when_the_file_alone_is_over_the_limit(small_upload_client):
 )
 async def test_422_for_missing_field_and_bad_parameters(client, request_kwargs, fragment):
     kwargs = {"files": upload(encode_bgr(photo_like(16, 16), ".png"))} | request_kwargs
-    if "data" in request_kwargs:
-        kwargs.pop("files")
     r = await client.post("/upscale", **kwargs)
     assert r.status_code == 422
     assert fragment in r.json()["detail"]

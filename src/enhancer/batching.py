@@ -164,7 +164,10 @@ class MicroBatcher:
         self._live: set[_Request] = set()  # submitted and not yet answered
         self._queued = 0
         self._healthy = True
+        self._consecutive_failures = 0
+        self._last_failure: str | None = None
         self._closing = False
+        self._stopped = False
         self._stop_seen = False
         self._drain = _DrainRate()
         self._worker: asyncio.Task | None = None
@@ -180,6 +183,16 @@ class MicroBatcher:
         """False after the last batch failed (the model cannot run); True again after a success."""
         return self._healthy
 
+    @property
+    def consecutive_failures(self) -> int:
+        """Batches that failed in a row since the last successful one."""
+        return self._consecutive_failures
+
+    @property
+    def last_failure(self) -> str | None:
+        """`ExceptionType: message` of the most recent failed batch, if any."""
+        return self._last_failure
+
     async def start(self) -> None:
         if self._worker is not None:
             raise RuntimeError("the batcher is already started")
@@ -190,17 +203,19 @@ class MicroBatcher:
     async def stop(self, drain: bool = True) -> None:
         """Stop taking work. drain=True finishes everything queued first (wrap in a timeout if the
         model could hang); drain=False fails every unanswered request with BatcherClosedError."""
-        if self._worker is None or self._closing:
+        if self._worker is None or self._stopped:
             return
-        self._closing = True
-        self._intake.put_nowait(_STOP)
+        if not self._closing:
+            self._closing = True
+            self._intake.put_nowait(_STOP)
         if drain:
-            await self._worker
+            await self._worker  # a caller's timeout cancels this; stop(drain=False) then ends it
         else:
             self._worker.cancel()
             for request in list(self._live):
                 self._finish(request, error=BatcherClosedError("the server is shutting down"))
             await asyncio.gather(self._worker, return_exceptions=True)  # its CancelledError is expected
+        self._stopped = True
         self._executor.shutdown(wait=drain, cancel_futures=True)
 
     async def submit(self, tiles: np.ndarray) -> tuple[np.ndarray, BatchTimings]:
@@ -325,6 +340,8 @@ class MicroBatcher:
                 raise ValueError(f"the model returned shape {outputs.shape} for a batch of shape {inputs.shape}")
         except Exception as exc:
             self._healthy = False
+            self._consecutive_failures += 1
+            self._last_failure = f"{type(exc).__name__}: {exc}"
             log.error("model batch of %d tiles from %d requests failed: %r", len(live), len(requests), exc)
             for request in requests:
                 error = BatchFailedError(f"the model raised {type(exc).__name__}: {exc}")
@@ -332,6 +349,7 @@ class MicroBatcher:
                 self._finish(request, error=error)
             return
         self._healthy = True
+        self._consecutive_failures = 0
         self._drain.add(len(live), time.perf_counter() - started)
         self._observer.on_batch(len(live), infer_s)
         for (request, index), output in zip(live, outputs):

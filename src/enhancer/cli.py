@@ -52,14 +52,17 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from enhancer.api import create_app
+    from enhancer.api.server import DrainingServer
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
     )
+    DrainingServer(config, app.state.runtime, settings.shutdown_timeout_s).run()
 
 
 # --- enhance ------------------------------------------------------------------------------------

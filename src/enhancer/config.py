@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from enhancer.limits import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_PIXELS
 from enhancer.tiling import TILE_MULTIPLE
 
 #: Where the model lives when nothing else is configured (relative to the repository root).
@@ -143,10 +144,24 @@ class Settings(BaseSettings):
         "spent on a single request.",
     )
     max_pixels: int = Field(
-        default=50_000_000,
+        default=DEFAULT_MAX_PIXELS,
         ge=1,
         description="Largest accepted image in pixels (413 above it), checked from the header "
-        "before decoding. A 50 MP image needs about 1.5 GB of float32 working memory.",
+        "before decoding. A 50 MP image needs about 1.5 GB of float32 working memory. Also "
+        "OpenCV's decode limit when set in the environment (read at import).",
+    )
+    max_image_side: int = Field(
+        default=DEFAULT_MAX_IMAGE_SIDE,
+        ge=1,
+        description="Longest accepted image side in pixels (413 above it), checked from the "
+        "header; stops 1 x 50,000,000 strips that pass the pixel limit. Also OpenCV's limit.",
+    )
+    request_read_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Longest a client may take to send its whole request body (408 after). "
+        "Stops slow-trickle uploads from holding a connection and memory forever; too short "
+        "fails large uploads on slow links (50 MB at 5 Mbit/s takes 80 s).",
     )
     request_timeout_s: float = Field(
         default=300.0,
@@ -189,7 +204,8 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         default=30.0,
         ge=0,
-        description="On shutdown, how long queued work may finish before it is dropped. Longer "
+        description="On SIGTERM, the one bound on shutdown: in-flight requests may finish and "
+        "queued work drain within it, then the rest is dropped and the process exits. Longer "
         "loses fewer requests on deploys but delays the restart.",
     )
 

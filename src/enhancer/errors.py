@@ -20,10 +20,22 @@ class EnhancerError(Exception):
         self.headers = dict(headers or {})
 
 
+class MalformedRequestError(EnhancerError):
+    """The request itself is broken (e.g. multipart without a usable boundary)."""
+
+    status_code = 400
+
+
 class BadImageError(EnhancerError):
     """The bytes claim to be a supported image but cannot be decoded (truncated, corrupt)."""
 
     status_code = 400
+
+
+class RequestBodyTimeoutError(EnhancerError):
+    """The client did not send its whole request body within `ENHANCER_REQUEST_READ_TIMEOUT_S`."""
+
+    status_code = 408
 
 
 class PayloadTooLargeError(EnhancerError):
@@ -65,7 +77,11 @@ class OverloadedError(ServiceUnavailableError):
 
 
 class NotReadyError(ServiceUnavailableError):
-    """The model is still loading or warming up."""
+    """The model is still loading or warming up, or cannot run (see /readyz)."""
+
+
+class ShuttingDownError(ServiceUnavailableError):
+    """The server got SIGTERM: it finishes what it has and takes nothing new."""
 
 
 class RequestTimeoutError(EnhancerError):

@@ -2,19 +2,37 @@
 
 Decoding is OpenCV (fast, handles 8/16-bit, alpha, grey) with the file's EXIF orientation applied
 ourselves, because OpenCV only honours it when it also throws alpha and 16-bit depth away. The
-pixel limit is checked from the header with Pillow, which reads the size without decoding, so a
-small file that decompresses to gigapixels is refused before it costs any memory.
+header is read first with the Pillow plugin of the sniffed format (size, orientation, frames, ICC
+profile, colour mode) without decoding, so a small file that decompresses to gigapixels is refused
+before it costs any memory; OpenCV's own limits (enhancer.limits) are the backstop.
+
+How pictures as people have them come out (documented in the README's API section):
+
+* EXIF orientation 1-8 is applied; the answer is upright and carries no EXIF.
+* CMYK / YCCK JPEG (and CMYK TIFF) are converted to RGB with the plain inverse formula (as Pillow
+  does); an embedded CMYK ICC profile is not applied and not carried (it cannot describe RGB).
+* An ICC profile is carried to the answer (PNG iCCP, JPEG APP2, WebP ICCP) when it fits the
+  answer's colour channels: an RGB profile for colour answers, a grey one for grey answers.
+* Grey in, grey out; grey+alpha PNG comes back grey+alpha (8-bit) or as RGBA with equal colour
+  channels (16-bit, WebP: they have no grey+alpha layout OpenCV can write).
+* Alpha (RGBA, palette + tRNS, colour-key tRNS) is passed through unchanged; JPEG answers are
+  composited over white.
+* 16-bit PNG/TIFF in, 16-bit PNG out.
+* Animated WebP and APNG are refused with 415; a multi-page TIFF gives its first page.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 from enum import Enum
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
 
 from enhancer.errors import BadImageError, PayloadTooLargeError, UnsupportedMediaTypeError
 
@@ -46,6 +64,7 @@ class DecodedImage:
     grayscale: bool  # the input had one colour channel: answer with one too
     bit_depth: int  # 8 or 16: PNG answers keep 16-bit precision
     source_format: str  # one of SUPPORTED_INPUTS
+    icc_profile: bytes | None = None  # carried to the answer where its colour space fits
 
     @property
     def height(self) -> int:
@@ -62,7 +81,7 @@ class DecodedImage:
         for 48 MP); `rgb` becomes a zero-byte read-only placeholder of the same shape.
         """
         placeholder = np.broadcast_to(np.zeros((), np.float32), self.rgb.shape)
-        return DecodedImage(placeholder, self.alpha, self.grayscale, self.bit_depth, self.source_format)
+        return dataclasses.replace(self, rgb=placeholder)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -80,20 +99,96 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _read_header(data: bytes) -> tuple[tuple[int, int] | None, int]:
-    """(width, height) and EXIF orientation from the header, or (None, 1) if Pillow can't tell."""
+#: Formats we do not decode, recognised so the 415 can name what was sent.
+_UNSUPPORTED_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"GIF87a", 0, "a GIF"),
+    (b"GIF89a", 0, "a GIF"),
+    (b"%PDF-", 0, "a PDF"),
+    (b"ftypavif", 4, "an AVIF"),
+    (b"ftypavis", 4, "an AVIF"),
+    (b"ftypheic", 4, "a HEIC"),
+    (b"ftypheix", 4, "a HEIC"),
+    (b"ftypmif1", 4, "a HEIF"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "a JPEG 2000"),
+    (b"\xff\x4f\xff\x51", 0, "a JPEG 2000"),
+    (b"\xff\x0a", 0, "a JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", 0, "a JPEG XL"),
+    (b"II\x2b\x00", 0, "a BigTIFF"),
+    (b"MM\x00\x2b", 0, "a BigTIFF"),
+    (b"\x00\x00\x01\x00", 0, "an ICO"),
+    (b"8BPS", 0, "a Photoshop"),
+)
+
+
+def _describe_unsupported(data: bytes) -> str:
+    """'a GIF', 'an SVG', ... for the 415 message, or '' when the bytes are not recognised."""
+    for magic, offset, name in _UNSUPPORTED_SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<svg", b"<?xml", b"<!doctype svg")) and b"<svg" in data[:4096].lower():
+        return "an SVG"
+    return ""
+
+
+def _unsupported(data: bytes) -> UnsupportedMediaTypeError:
+    what = _describe_unsupported(data)
+    if what:
+        return UnsupportedMediaTypeError(
+            f"the upload is {what} file, which is not supported; send JPEG, PNG, WebP, BMP or TIFF"
+        )
+    return UnsupportedMediaTypeError("the upload is not a supported image; send JPEG, PNG, WebP, BMP or TIFF")
+
+
+#: The Pillow plugin for each sniffed format. Opening through the plugin class (not Image.open)
+#: reads only that format's header, so a polyglot cannot be parsed as something else, and it skips
+#: Pillow's own decompression-bomb check: our limits are reported with the real dimensions.
+_HEADER_READERS = {
+    "jpeg": JpegImagePlugin.JpegImageFile,
+    "png": PngImagePlugin.PngImageFile,
+    "webp": WebPImagePlugin.WebPImageFile,
+    "bmp": BmpImagePlugin.BmpImageFile,
+    "tiff": TiffImagePlugin.TiffImageFile,
+}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, read without decoding the pixels."""
+
+    width: int
+    height: int
+    orientation: int = 1  # EXIF orientation 1-8
+    mode: str = ""  # Pillow's mode name ("RGB", "LA", "CMYK", "P", ...)
+    animated: bool = False  # more than one frame (animated WebP/PNG, multi-page TIFF)
+    icc_profile: bytes | None = None
+    transparency: object = None  # PNG colour-key tRNS (grey value or RGB tuple), if any
+
+
+def read_header(data: bytes, fmt: str | None = None) -> ImageHeader | None:
+    """The header of `data` (format `fmt`, sniffed if None), or None if Pillow cannot parse it."""
+    fmt = fmt or sniff_format(data)
+    reader = _HEADER_READERS.get(fmt or "")
+    if reader is None:
+        return None
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            size = im.size
+        with reader(io.BytesIO(data)) as im:
             try:
                 orientation = int(im.getexif().get(0x0112, 1))
             except Exception:  # a broken EXIF block must not block an otherwise fine image
                 orientation = 1
-            return size, orientation if 1 <= orientation <= 8 else 1
-    except Image.DecompressionBombError:
-        return (2**31, 2**31), 1  # far beyond any limit: reported as too large by the caller
+            icc = im.info.get("icc_profile")
+            return ImageHeader(
+                width=int(im.size[0]),
+                height=int(im.size[1]),
+                orientation=orientation if 1 <= orientation <= 8 else 1,
+                mode=im.mode,
+                animated=bool(getattr(im, "is_animated", False)),
+                icc_profile=bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None,
+                transparency=im.info.get("transparency") if fmt == "png" else None,
+            )
     except Exception:
-        return None, 1  # OpenCV gets the final word on whether it is decodable
+        return None  # OpenCV gets the final word on whether it is decodable
 
 
 def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -126,36 +221,86 @@ def _to_unit_float(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     return np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0), 16
 
 
-def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+def check_size(width: int, height: int, max_pixels: int | None, max_side: int | None = None) -> None:
+    """Raise PayloadTooLargeError if the image is over the pixel or side limit."""
     if max_pixels is not None and width * height > max_pixels:
         raise PayloadTooLargeError(
             f"the image is {width}x{height} = {width * height:,} pixels, more than the "
             f"{max_pixels:,} pixel limit; downscale or crop it and try again"
         )
+    if max_side is not None and max(width, height) > max_side:
+        raise PayloadTooLargeError(
+            f"the image is {width}x{height}, and {max(width, height):,} px is longer than the "
+            f"{max_side:,} px limit for a side; downscale or crop it and try again"
+        )
 
 
-def decode(data: bytes, *, max_pixels: int | None = None) -> DecodedImage:
+_check_pixels = check_size  # the name used before max_side existed
+
+
+def _icc_colour_space(profile: bytes | None) -> bytes | None:
+    """The profile's data colour space (b'RGB ', b'GRAY', b'CMYK', ...), None if not a profile."""
+    if profile is None or len(profile) < 128 or profile[36:40] != b"acsp":
+        return None
+    return profile[16:20]
+
+
+def _colour_key_alpha(pixels: np.ndarray, key: object) -> np.ndarray | None:
+    """Alpha (0 where a pixel equals the PNG tRNS colour key) for grey/RGB pixels OpenCV left opaque."""
+    top = np.iinfo(pixels.dtype).max
+    if pixels.ndim == 2 and isinstance(key, int):
+        return np.where(pixels == key, 0, top).astype(pixels.dtype)
+    if pixels.ndim == 3 and pixels.shape[2] == 3 and isinstance(key, tuple) and len(key) == 3:
+        bgr = np.array(key[::-1], dtype=pixels.dtype)
+        return np.where((pixels == bgr).all(axis=2), 0, top).astype(pixels.dtype)
+    return None
+
+
+def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None = None) -> DecodedImage:
     """Decode upload bytes to float32 RGB [0, 1], upright, refusing unsupported or huge images."""
     if not data:
         raise BadImageError("the uploaded file is empty; attach an image in the 'image' field")
     fmt = sniff_format(data)
     if fmt is None:
-        raise UnsupportedMediaTypeError(
-            "the upload is not a supported image; send JPEG, PNG, WebP, BMP or TIFF"
-        )
-    size, orientation = _read_header(data)
-    if size is not None:
-        _check_pixels(size[0], size[1], max_pixels)
+        raise _unsupported(data)
+    header = read_header(data, fmt)
+    if header is not None:
+        check_size(header.width, header.height, max_pixels, max_side)
+        if header.animated and fmt in ("webp", "png"):
+            raise UnsupportedMediaTypeError(
+                f"the upload is an animated {'WebP' if fmt == 'webp' else 'PNG (APNG)'}; animated "
+                "images are not supported: send a single still frame as JPEG, PNG, WebP, BMP or TIFF"
+            )
+    orientation = header.orientation if header is not None else 1
 
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's own limits (enhancer.limits) or a decoder assertion
+        if "CV_IO_MAX_IMAGE" in str(exc):
+            raise PayloadTooLargeError(
+                "the image is larger than the decoder's limit (ENHANCER_MAX_PIXELS / "
+                "ENHANCER_MAX_IMAGE_SIDE); downscale or crop it and try again"
+            ) from None
+        pixels = None
     if pixels is None or pixels.size == 0:
         raise BadImageError(
             f"the file looks like {fmt.upper()} but could not be decoded (truncated or corrupt?)"
         )
-    _check_pixels(pixels.shape[1], pixels.shape[0], max_pixels)
+    check_size(pixels.shape[1], pixels.shape[0], max_pixels, max_side)
+
+    mode = header.mode if header is not None else ""
+    extra_alpha = None
+    if header is not None and header.transparency is not None and pixels.ndim in (2, 3):
+        if pixels.ndim == 2 or pixels.shape[2] == 3:  # OpenCV ignored a colour-key tRNS
+            extra_alpha = _colour_key_alpha(pixels, header.transparency)
+    if mode == "CMYK" and pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = pixels[:, :, :3]  # libtiff's CMYK -> RGBA conversion adds an opaque alpha
+    if extra_alpha is not None:
+        pixels = np.dstack([pixels, extra_alpha])
     pixels = _apply_orientation(pixels, orientation)
 
     values, depth = _to_unit_float(pixels)
+    del pixels
     if values.ndim == 2:
         values = values[:, :, None]
     channels = values.shape[2]
@@ -164,17 +309,24 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> DecodedImage:
         alpha = np.ascontiguousarray(values[:, :, -1])
         values = values[:, :, :-1]
         channels -= 1
-    grayscale = channels == 1
-    if grayscale:
+    # OpenCV hands grey+alpha PNG over as BGRA with three equal channels
+    grey_alpha_png = fmt == "png" and len(data) > 25 and data[25] == 4
+    grayscale = channels == 1 or (channels == 3 and (mode in ("LA", "La") or grey_alpha_png))
+    if channels == 1:
         rgb = np.repeat(values, 3, axis=2)
     else:
         rgb = values[:, :, 2::-1]  # OpenCV's BGR -> RGB
+
+    icc = header.icc_profile if header is not None else None
+    if _icc_colour_space(icc) not in (b"RGB ", b"GRAY") or mode == "CMYK":
+        icc = None  # a CMYK (or unreadable) profile does not describe the RGB we hand on
     return DecodedImage(
         rgb=np.ascontiguousarray(rgb, dtype=np.float32),
         alpha=alpha,
         grayscale=grayscale,
         bit_depth=depth,
         source_format=fmt,
+        icc_profile=icc,
     )
 
 
@@ -207,7 +359,8 @@ def encode(
     quality: int = 95,
     like: DecodedImage | None = None,
 ) -> bytes:
-    """Encode float RGB [0, 1] as `fmt`, restoring the input's alpha, greyness and PNG bit depth.
+    """Encode float RGB [0, 1] as `fmt`, restoring the input's alpha, greyness, PNG bit depth and
+    ICC profile (where it fits the answer's colour channels).
 
     JPEG cannot store transparency, so a transparent input is composited over white there.
     `quality` (1-100) applies to JPEG and WebP; PNG is lossless and ignores it.
@@ -220,12 +373,19 @@ def encode(
         values = np.clip(rgb, 0.0, 1.0).astype(np.float32, copy=False)
     else:  # plain RGB: no full-size copy, _quantize clips band by band
         values = np.asarray(rgb, dtype=np.float32)
+    height, width = values.shape[:2]
 
     if grayscale:
         values = values.mean(axis=2, keepdims=True)
     if alpha is not None and fmt is OutputFormat.jpeg:
         values = values * alpha[:, :, None] + (1.0 - alpha[:, :, None])
         alpha = None
+    if grayscale and alpha is not None and fmt is OutputFormat.png and depth == 8:
+        # grey+alpha PNG: OpenCV cannot write it, Pillow can (8-bit only)
+        pixels = _quantize(np.concatenate([values, alpha[:, :, None]], axis=2), 8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+        return _with_icc(buffer.getvalue(), fmt, like.icc_profile, grey=True, size=(width, height), alpha=True)
     if grayscale and alpha is not None:
         values = np.repeat(values, 3, axis=2)  # OpenCV writes alpha only with three colour channels
 
@@ -245,12 +405,74 @@ def encode(
     ok, buffer = cv2.imencode("." + fmt.extension, np.ascontiguousarray(pixels), params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {pixels.shape} image as {fmt.value}")
-    return buffer.tobytes()
+    grey_out = pixels.ndim == 2 and fmt is not OutputFormat.webp  # WebP is always colour
+    icc = like.icc_profile if like is not None else None
+    return _with_icc(buffer.tobytes(), fmt, icc, grey=grey_out, size=(width, height), alpha=alpha is not None)
+
+
+# --- ICC profiles in encoded files --------------------------------------------------------------
+
+#: Largest profile payload of one JPEG APP2 segment (65535 - 2 length bytes - 14 header bytes).
+_JPEG_ICC_CHUNK = 65519
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _riff_chunk(kind: bytes, payload: bytes) -> bytes:
+    return kind + struct.pack("<I", len(payload)) + payload + (b"\x00" if len(payload) % 2 else b"")
+
+
+def _with_icc(
+    data: bytes, fmt: OutputFormat, profile: bytes | None, *, grey: bool, size: tuple[int, int], alpha: bool
+) -> bytes:
+    """`data` with `profile` embedded, if the profile's colour space matches the encoded channels.
+
+    Done on the encoded bytes because OpenCV cannot write profiles: PNG gets an iCCP chunk after
+    IHDR, JPEG APP2 ICC_PROFILE segments after SOI/JFIF, WebP an ICCP chunk (in the extended VP8X
+    layout, which is created when the encoder wrote a simple one).
+    """
+    if _icc_colour_space(profile) != (b"GRAY" if grey else b"RGB "):
+        return data
+    if fmt is OutputFormat.png:
+        if data[12:16] != b"IHDR":
+            return data
+        iccp = _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile))
+        return data[:33] + iccp + data[33:]
+    if fmt is OutputFormat.jpeg:
+        chunks = [profile[i : i + _JPEG_ICC_CHUNK] for i in range(0, len(profile), _JPEG_ICC_CHUNK)]
+        if len(chunks) > 255 or data[:2] != b"\xff\xd8":
+            return data
+        at = 2
+        if data[2:4] == b"\xff\xe0":  # keep JFIF's APP0 first
+            at = 4 + struct.unpack(">H", data[4:6])[0]
+        segments = b"".join(
+            b"\xff\xe2" + struct.pack(">H", 16 + len(chunk)) + b"ICC_PROFILE\x00" + bytes((i + 1, len(chunks))) + chunk
+            for i, chunk in enumerate(chunks)
+        )
+        return data[:at] + segments + data[at:]
+    # WebP: RIFF <size> WEBP, then chunks
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return data
+    body = data[12:]
+    iccp = _riff_chunk(b"ICCP", profile)
+    if body[:4] == b"VP8X":
+        vp8x = bytearray(body[:18])
+        vp8x[8] |= 0x20  # ICC flag
+        body = bytes(vp8x) + iccp + body[18:]
+    else:
+        width, height = size
+        flags = 0x20 | (0x10 if alpha else 0)
+        canvas = struct.pack("<I", width - 1)[:3] + struct.pack("<I", height - 1)[:3]
+        body = _riff_chunk(b"VP8X", bytes((flags, 0, 0, 0)) + canvas) + iccp + body
+    return b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body
 
 
 def read_image_size(data: bytes) -> tuple[int, int] | None:
     """Upright (width, height) from the header without decoding, or None if unreadable."""
-    size, orientation = _read_header(data)
-    if size is None:
+    header = read_header(data)
+    if header is None:
         return None
-    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+    size = (header.width, header.height)
+    return (size[1], size[0]) if header.orientation in (5, 6, 7, 8) else size

@@ -78,7 +78,14 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(
-            "enhancer_ready", "1 once the model is loaded and warmed up, else 0.", registry=r
+            "enhancer_ready",
+            "1 while /readyz is 200 (model warmed up and running, not shutting down), else 0.",
+            registry=r,
+        )
+        self.uploads_in_flight = Gauge(
+            "enhancer_uploads_in_flight",
+            "Upload requests admitted and not yet answered (a shutdown waits for them).",
+            registry=r,
         )
 
     # --- BatchObserver ---------------------------------------------------------------------

@@ -51,11 +51,13 @@ class EnhanceService:
         max_pixels: int | None,
         request_timeout_s: float,
         metrics: Metrics | None = None,
+        max_side: int | None = None,
     ):
         self.batcher = batcher
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.max_pixels = max_pixels
+        self.max_side = max_side
         self.request_timeout_s = request_timeout_s
         self.metrics = metrics
 
@@ -83,7 +85,9 @@ class EnhanceService:
         timings: dict[str, float] = {}
 
         t = clock()
-        image = await asyncio.to_thread(imaging.decode, data, max_pixels=self.max_pixels)
+        image = await asyncio.to_thread(
+            imaging.decode, data, max_pixels=self.max_pixels, max_side=self.max_side
+        )
         timings["decode"] = clock() - t
 
         t = clock()

@@ -14,8 +14,8 @@ from fastapi.staticfiles import StaticFiles
 
 from enhancer import __version__
 from enhancer.api.errors import install_error_handlers
-from enhancer.api.middleware import MetricsMiddleware, UploadLimitMiddleware
-from enhancer.api.routes import router, static_dir
+from enhancer.api.middleware import MetricsMiddleware, UploadGateMiddleware, UploadLimitMiddleware
+from enhancer.api.routes import UPLOAD_PATHS, router, static_dir
 from enhancer.api.runtime import Model, Runtime
 from enhancer.config import Settings
 from enhancer.metrics import Metrics
@@ -57,8 +57,15 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     static = static_dir()
     if static.is_dir():
         app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    # Added last = outermost: metrics also see the 413s the upload limit answers by itself.
-    app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    # Added last = outermost: metrics also see the 413/408/415/503s the middleware answers itself.
+    app.add_middleware(
+        UploadLimitMiddleware,
+        max_upload_bytes=settings.max_upload_bytes,
+        read_timeout_s=settings.request_read_timeout_s,
+    )
+    app.add_middleware(
+        UploadGateMiddleware, paths=UPLOAD_PATHS, refuse=runtime.refuse_upload, tracker=runtime
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -62,7 +62,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        detail = str(exc.detail)
+        if exc.status_code == 400 and request.method == "POST":
+            # the form parser's own words ("Too many fields...", "Invalid multipart data.")
+            detail = f"the multipart/form-data body could not be parsed: {detail}"
+        return error_response(exc.status_code, detail, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

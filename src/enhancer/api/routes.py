@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from enhancer.api.runtime import Runtime
 from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody
-from enhancer.errors import PayloadTooLargeError
+from enhancer.errors import InvalidParameterError, PayloadTooLargeError
 from enhancer.imaging import OutputFormat
 from enhancer.service import STAGES, EnhanceResult
 
@@ -26,13 +26,18 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
+#: Routes taking an image upload: their bodies are checked (type, size, read deadline) before
+#: parsing, and they are what a shutdown refuses and then waits for.
+UPLOAD_PATHS = frozenset({"/upscale"})
+
 _ERRORS = {
-    400: "The file is a supported type but corrupt or truncated.",
+    400: "The file is a supported type but corrupt or truncated, or the multipart body is malformed.",
+    408: "The request body was not received within ENHANCER_REQUEST_READ_TIMEOUT_S.",
     413: "The upload exceeds ENHANCER_MAX_UPLOAD_BYTES or the image exceeds ENHANCER_MAX_PIXELS.",
-    415: "The file is not JPEG, PNG, WebP, BMP or TIFF.",
-    422: "The `image` field is missing or a query parameter is invalid.",
+    415: "The file is not JPEG, PNG, WebP, BMP or TIFF (or is animated), or the body is not multipart/form-data.",
+    422: "The `image` field is missing or holds more than one file, or a query parameter is invalid.",
     500: "The model failed on the batch holding this image.",
-    503: "The queue is full or the model is still warming up; see `Retry-After`.",
+    503: "The queue is full, the model is still warming up, or the server is shutting down; see `Retry-After`.",
     504: "The image was not enhanced within ENHANCER_REQUEST_TIMEOUT_S.",
 }
 
@@ -115,6 +120,10 @@ async def upscale(
             "(ENHANCER_MAX_UPLOAD_BYTES); send a smaller file"
         )
     service = runtime.require_service()
+    if len((await request.form()).getlist("image")) > 1:
+        raise InvalidParameterError(
+            "form field 'image': send exactly one file; this request has several in that field"
+        )
     data = await image.read()
     await image.close()
     result = await _cancel_if_client_leaves(request, service.enhance(data, format, quality))
@@ -142,16 +151,21 @@ async def healthz(request: Request):
 
 @router.get("/readyz", response_model=ReadyBody, responses={503: {"model": ErrorBody}}, tags=["ops"])
 async def readyz(request: Request):
-    """Readiness: 200 only after the model is loaded and warmed up."""
+    """Readiness: 200 once the model is loaded and warmed up; 503 while the model cannot run
+    (several batches failed in a row) and while shutting down."""
     runtime = _runtime(request)
-    runtime.require_service()  # raises the 503 explaining what is still missing
+    error = runtime.readiness_error()  # warming up, model failing, shutting down
+    if error is not None:
+        raise error
     return ReadyBody(status="ready", device=runtime.model.device)
 
 
 @router.get("/metrics", tags=["ops"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in text exposition format."""
-    m = _runtime(request).metrics
+    runtime = _runtime(request)
+    m = runtime.metrics
+    m.ready.set(1 if runtime.is_ready else 0)
     return Response(m.render(), media_type=m.content_type)
 
 

@@ -3,24 +3,40 @@
 Start-up loads the model synchronously (a missing model stops the server at once with a clear
 error), then warms up in the background so `/healthz` answers immediately and `/readyz` turns 200
 only when every tile shape has been run once.
+
+Readiness afterwards:
+
+* `FAILED_BATCHES_UNREADY` model batches failing in a row (e.g. the device is out of memory) turn
+  `/readyz` to 503: the model cannot run, so a load balancer should send work elsewhere. Uploads
+  are still accepted (they fail with 500 or succeed), and while unready a one-tile probe batch runs
+  every `probe_interval_s`; the first successful batch, probe or real, makes the replica ready again.
+* Shutdown (`drain`, called on SIGTERM by `enhancer serve`) turns `/readyz` to 503 and refuses new
+  uploads with 503 at once, lets the uploads in flight finish, then stops the batcher - all within
+  one `shutdown_timeout_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 import numpy as np
 
-from enhancer import tiling
+from enhancer import OPENCV_LIMITS, limits, tiling
 from enhancer.batching import MicroBatcher
 from enhancer.config import Settings
-from enhancer.errors import NotReadyError
+from enhancer.errors import EnhancerError, NotReadyError, ShuttingDownError
 from enhancer.metrics import Metrics
 from enhancer.service import EnhanceService
 
 log = logging.getLogger(__name__)
+
+#: Model batches failing in a row after which /readyz says the model cannot run.
+FAILED_BATCHES_UNREADY = 3
+#: While unready because of failed batches: seconds between one-tile probe batches.
+PROBE_INTERVAL_S = 5.0
 
 
 class Model(Protocol):
@@ -45,7 +61,14 @@ class Runtime:
         self.ready = False
         self.failure: str | None = None
         self._warm_task: asyncio.Task | None = None
+        self._probe_task: asyncio.Task | None = None
         self._batcher_started = False
+        self.probe_interval_s = PROBE_INTERVAL_S
+        # shutdown
+        self.draining = False
+        self.uploads_in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self._shutdown_deadline: float | None = None  # time.monotonic()
 
     async def start(self) -> None:
         """Load the model (unless one was given), then warm up in the background."""
@@ -65,6 +88,9 @@ class Runtime:
         # tile and batch sizes that were not set follow the device TensorFlow chose (GPU or CPU)
         self.settings = s = s.for_device(getattr(self.model, "device_kind", "cpu"))
         log.info("%s", s.describe_inference(self.model.device, getattr(self.model, "precision", None)))
+        warning = limits.mismatch(s.max_pixels, s.max_image_side, OPENCV_LIMITS)
+        if warning:
+            log.warning("%s", warning)
         self.batcher = MicroBatcher(
             self.model.forward,
             max_batch_size=s.max_batch_size,
@@ -77,6 +103,7 @@ class Runtime:
             tile_size=s.tile_size,
             tile_overlap=s.tile_overlap,
             max_pixels=s.max_pixels,
+            max_side=s.max_image_side,
             request_timeout_s=s.request_timeout_s,
             metrics=self.metrics,
         )
@@ -98,7 +125,27 @@ class Runtime:
             return
         self.ready = True
         self.metrics.ready.set(1)
+        self._probe_task = asyncio.create_task(self._probe_while_failing(), name="enhancer-model-probe")
         log.info("ready: serving on %s", self.model.device)
+
+    @property
+    def model_failing(self) -> bool:
+        """The last FAILED_BATCHES_UNREADY batches or more all failed: the model cannot run now."""
+        return self.batcher is not None and self.batcher.consecutive_failures >= FAILED_BATCHES_UNREADY
+
+    async def _probe_while_failing(self) -> None:
+        """While the model is failing, run a one-tile batch now and then to notice its recovery."""
+        shape = min(tiling.bucket_shapes(self.settings.tile_size))
+        probe = np.full((1, *shape, 3), 0.5, np.float32)
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            if not self.model_failing or self.draining:
+                continue
+            try:
+                await self.batcher.submit(probe)
+                log.info("model probe batch succeeded: ready again")
+            except Exception as exc:
+                log.warning("model probe batch failed (%s); staying unready", exc)
 
     async def wait_ready(self) -> None:
         """Wait for warm-up to finish (for tests and the CLI); raises if it failed."""
@@ -106,6 +153,80 @@ class Runtime:
             await asyncio.shield(self._warm_task)
         if not self.ready:
             raise RuntimeError(self.failure or "the runtime was not started")
+
+    def readiness_error(self) -> EnhancerError | None:
+        """Why /readyz is 503 (not started, warming up, model failing, shutting down), or None."""
+        if self.draining:
+            return ShuttingDownError(
+                "the server is shutting down and takes no new work; retry on another replica",
+                retry_after_s=max(1.0, self.shutdown_seconds_left()),
+            )
+        try:
+            self.require_service()
+        except NotReadyError as exc:
+            return exc
+        if self.model_failing:
+            return NotReadyError(
+                f"the model cannot run: its last {self.batcher.consecutive_failures} batches failed "
+                f"({self.batcher.last_failure}); a probe batch retries every "
+                f"{self.probe_interval_s:g} s, see the server log",
+                retry_after_s=self.probe_interval_s,
+            )
+        return None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.readiness_error() is None
+
+    # --- uploads in flight and shutdown -----------------------------------------------------
+
+    def refuse_upload(self) -> EnhancerError | None:
+        """The answer for a new upload while shutting down (None: take it)."""
+        if not self.draining:
+            return None
+        return ShuttingDownError(
+            "the server is shutting down and takes no new uploads; retry in a moment",
+            retry_after_s=max(1.0, self.shutdown_seconds_left()),
+        )
+
+    def upload_started(self) -> None:
+        self.uploads_in_flight += 1
+        self.metrics.uploads_in_flight.set(self.uploads_in_flight)
+
+    def upload_finished(self) -> None:
+        self.uploads_in_flight -= 1
+        self.metrics.uploads_in_flight.set(self.uploads_in_flight)
+        if self.uploads_in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    def shutdown_seconds_left(self) -> float:
+        if self._shutdown_deadline is None:
+            return self.settings.shutdown_timeout_s
+        return max(0.0, self._shutdown_deadline - time.monotonic())
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Begin shutting down: unready, refuse new uploads, wait for those in flight (at most
+        `timeout_s`, default shutdown_timeout_s, which also bounds the `stop` that follows).
+        True if every upload in flight finished."""
+        timeout_s = self.settings.shutdown_timeout_s if timeout_s is None else timeout_s
+        if not self.draining:
+            self.draining = True
+            self._shutdown_deadline = time.monotonic() + timeout_s
+            self.metrics.ready.set(0)
+            log.info(
+                "shutting down: refusing new uploads, %d in flight may finish within %.0f s",
+                self.uploads_in_flight,
+                timeout_s,
+            )
+        self._idle = asyncio.Event()
+        if self.uploads_in_flight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.shutdown_seconds_left())
+            return True
+        except TimeoutError:
+            log.warning("%d upload(s) still in flight at the shutdown deadline", self.uploads_in_flight)
+            return False
 
     def require_service(self) -> EnhanceService:
         """The pipeline, or a 503 that says why it cannot take requests yet."""
@@ -137,23 +258,28 @@ class Runtime:
         return self.batcher is not None and self._batcher_started and not self.batcher.healthy
 
     async def stop(self) -> None:
-        """Stop taking work, let queued tiles finish (up to shutdown_timeout_s), then drop the rest."""
+        """Stop taking work, let queued tiles finish, then drop the rest.
+
+        Queued work gets what is left of the shutdown deadline `drain` set (shutdown_timeout_s
+        from SIGTERM), or shutdown_timeout_s if `drain` was not called: never two timeouts.
+        """
         self.ready = False
         self.metrics.ready.set(0)
-        if self._warm_task is not None and not self._warm_task.done():
-            self._warm_task.cancel()
-            try:
-                await self._warm_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        self.draining = True
+        for task in (self._warm_task, self._probe_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
         if self.batcher is None or not self._batcher_started:
             return
+        left = self.shutdown_seconds_left()
         try:
-            await asyncio.wait_for(
-                self.batcher.stop(drain=True), timeout=self.settings.shutdown_timeout_s
-            )
+            await asyncio.wait_for(self.batcher.stop(drain=True), timeout=left)
         except TimeoutError:
-            log.warning(
-                "queued work did not finish within %.0fs; dropping it", self.settings.shutdown_timeout_s
-            )
+            log.warning("queued work did not finish by the shutdown deadline; dropping it")
             await self.batcher.stop(drain=False)
