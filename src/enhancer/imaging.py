@@ -37,6 +37,7 @@ from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImag
 from enhancer.errors import BadImageError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 SUPPORTED_INPUTS = ("jpeg", "png", "webp", "bmp", "tiff")
+_FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "bmp": "BMP", "tiff": "TIFF"}
 
 
 class OutputFormat(str, Enum):
@@ -174,7 +175,16 @@ def read_header(data: bytes, fmt: str | None = None) -> ImageHeader | None:
     try:
         with reader(io.BytesIO(data)) as im:
             try:
-                orientation = int(im.getexif().get(0x0112, 1))
+                if fmt == "png":
+                    # PngImageFile.getexif() decodes the whole image to look for an eXIf chunk
+                    # after the pixels: a bomb would be decompressed right here. Use only an eXIf
+                    # before IDAT (where the PNG spec puts it), which the header read has seen.
+                    exif = Image.Exif()
+                    if im.info.get("exif"):
+                        exif.load(im.info["exif"])
+                else:
+                    exif = im.getexif()
+                orientation = int(exif.get(0x0112, 1))
             except Exception:  # a broken EXIF block must not block an otherwise fine image
                 orientation = 1
             icc = im.info.get("icc_profile")
@@ -284,7 +294,7 @@ def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None =
         pixels = None
     if pixels is None or pixels.size == 0:
         raise BadImageError(
-            f"the file looks like {fmt.upper()} but could not be decoded (truncated or corrupt?)"
+            f"the file looks like {_FORMAT_NAMES[fmt]} but could not be decoded (truncated or corrupt?)"
         )
     check_size(pixels.shape[1], pixels.shape[0], max_pixels, max_side)
 
