@@ -137,10 +137,15 @@ class Runtime:
         """While the model is failing, run a one-tile batch now and then to notice its recovery."""
         shape = min(tiling.bucket_shapes(self.settings.tile_size))
         probe = np.full((1, *shape, 3), 0.5, np.float32)
+        loop = asyncio.get_running_loop()
+        last_probe = loop.time()
         while True:
-            await asyncio.sleep(self.probe_interval_s)
+            await asyncio.sleep(min(self.probe_interval_s, 0.25))  # a cheap check, not a batch
             if not self.model_failing or self.draining:
                 continue
+            if loop.time() - last_probe < self.probe_interval_s:
+                continue
+            last_probe = loop.time()
             try:
                 await self.batcher.submit(probe)
                 log.info("model probe batch succeeded: ready again")
