@@ -116,8 +116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
     p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "prototype"])
-    p.add_argument("--steps", type=int, default=14000)
-    p.add_argument("--loss", choices=["psnr", "mse"], default="psnr", help="psnr: maximise mean dB (default); mse: the prototype's")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--loss", choices=["mse-then-psnr", "psnr", "mse"], default="mse-then-psnr",
+                   help="mse-then-psnr (default): MSE to learn deblocking, then mean-PSNR; mse: the prototype's")
     p.add_argument("--steps-per-epoch", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=96)
