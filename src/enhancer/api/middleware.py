@@ -17,6 +17,7 @@ from enhancer.errors import (
     MalformedRequestError,
     PayloadTooLargeError,
     RequestBodyTimeoutError,
+    ShuttingDownError,
     UnsupportedMediaTypeError,
 )
 from enhancer.metrics import Metrics
@@ -189,9 +190,34 @@ class UploadGateMiddleware:
         if self.tracker is None:
             await self.app(scope, receive, send)
             return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
         self.tracker.upload_started()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            # The server cancels what is still running at the shutdown deadline; it would answer
+            # a bare 500. Say what happened instead, and end the request task normally: it is
+            # answered, and nothing waits for it any more.
+            if response_started or self.refuse() is None:
+                raise
+            await _answer(
+                ShuttingDownError(
+                    "the server shut down before this upload was finished (it did not arrive or "
+                    "was not processed within ENHANCER_SHUTDOWN_TIMEOUT_S); retry",
+                    retry_after_s=1,
+                ),
+                scope,
+                receive,
+                send,
+                close=True,
+            )
         finally:
             self.tracker.upload_finished()
 

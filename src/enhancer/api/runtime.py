@@ -282,7 +282,8 @@ class Runtime:
                     pass
         if self.batcher is None or not self._batcher_started:
             return
-        left = self.shutdown_seconds_left()
+        # at least a moment: an empty queue stops at once, but wait_for(…, 0) never lets it
+        left = max(self.shutdown_seconds_left(), 0.05)
         try:
             await asyncio.wait_for(self.batcher.stop(drain=True), timeout=left)
         except TimeoutError:
