@@ -60,7 +60,7 @@ EXPOSE 8000
 # start-period covers model load + warm-up of every tile bucket (slowest on CPU).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
-# Exec form: the server is PID 1 and receives SIGTERM itself (uvicorn installs the handler, stops
-# taking requests, drains within ENHANCER_SHUTDOWN_TIMEOUT_S). A shell-form CMD would put /bin/sh
-# in between, which does not forward the signal.
+# Exec form: the server is PID 1 and receives SIGTERM itself (enhancer serve: /readyz and new
+# uploads 503, in-flight requests finish, exit, all within ENHANCER_SHUTDOWN_TIMEOUT_S). A
+# shell-form CMD would put /bin/sh in between, which does not forward the signal.
 CMD ["enhancer", "serve"]
