@@ -235,6 +235,16 @@ def test_opencv_limits_follow_the_settings_in_the_environment_and_warn_when_cv2_
     assert "cv2 was imported before enhancer" in out
 
 
+def test_opencv_limits_read_a_dot_env_like_the_settings_do(tmp_path):
+    (tmp_path / ".env").write_text("# limits\nENHANCER_MAX_PIXELS=2000000\nENHANCER_MAX_IMAGE_SIDE='3000'\n")
+    code = "import os, enhancer; print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'], os.environ['OPENCV_IO_MAX_IMAGE_HEIGHT'])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT / "src")},
+    )
+    assert result.stdout.split() == ["2000000", "3000"], result.stderr
+
+
 def test_the_header_gives_the_real_size_of_a_bomb_and_the_side_limit_applies():
     with pytest.raises(PayloadTooLargeError, match=r"100000x100000 = 10,000,000,000 pixels"):
         imaging.decode(_png_claiming(100_000, 100_000), max_pixels=50_000_000)

@@ -3,7 +3,8 @@
 OpenCV reads `OPENCV_IO_MAX_IMAGE_PIXELS` / `OPENCV_IO_MAX_IMAGE_WIDTH` / `OPENCV_IO_MAX_IMAGE_HEIGHT`
 once, when the `cv2` extension is loaded, and refuses to decode anything larger. `enhancer/__init__.py`
 calls `configure_opencv()` before any module of the package can import cv2, so the limits OpenCV
-enforces are the service's own (`ENHANCER_MAX_PIXELS`, `ENHANCER_MAX_IMAGE_SIDE`, or their defaults)
+enforces are the service's own (`ENHANCER_MAX_PIXELS`, `ENHANCER_MAX_IMAGE_SIDE` from the environment
+or the working directory's `.env`, or their defaults)
 instead of OpenCV's 1 GP / 1 M-pixel-side defaults. This module must not import cv2 itself.
 
 The service checks the limits from the image header before decoding; OpenCV's copy is the backstop
@@ -33,23 +34,41 @@ class OpenCVLimits:
     applied: bool  #: False if cv2 had been imported before enhancer set them
 
 
-def _positive_int(name: str, default: int) -> int:
+def _dotenv(name: str, path: str = ".env") -> str | None:
+    """`name`'s value in the working directory's .env (as pydantic-settings would read it), if any."""
     try:
-        value = int(os.environ.get(name, ""))
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.strip().partition("=")
+                if sep and key.strip().removeprefix("export ").strip() == name:
+                    return value.strip().strip("'\"")
+    except OSError:
+        pass
+    return None
+
+
+def _positive_int(name: str, default: int, *, dotenv: bool = False) -> int:
+    raw = os.environ.get(name)
+    if raw is None and dotenv:
+        raw = _dotenv(name)
+    try:
+        value = int(raw or "")
     except ValueError:
         return default
     return value if value > 0 else default
 
 
 def configure_opencv() -> OpenCVLimits:
-    """Export OpenCV's codec limits from the ENHANCER_* settings (or defaults) if cv2 is not loaded.
+    """Export OpenCV's codec limits from the ENHANCER_* settings (environment, then the working
+    directory's .env, then defaults) if cv2 is not loaded yet.
 
     An operator's explicit OPENCV_IO_MAX_* variable wins (setdefault). Returns what OpenCV will use.
     """
     if "cv2" in sys.modules:
         return OpenCVLimits(None, None, applied=False)
-    pixels = _positive_int("ENHANCER_MAX_PIXELS", DEFAULT_MAX_PIXELS)
-    side = _positive_int("ENHANCER_MAX_IMAGE_SIDE", DEFAULT_MAX_IMAGE_SIDE)
+    # environment first, then .env: the precedence the settings themselves use
+    pixels = _positive_int("ENHANCER_MAX_PIXELS", DEFAULT_MAX_PIXELS, dotenv=True)
+    side = _positive_int("ENHANCER_MAX_IMAGE_SIDE", DEFAULT_MAX_IMAGE_SIDE, dotenv=True)
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(pixels))
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_WIDTH", str(side))
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_HEIGHT", str(side))
@@ -72,8 +91,8 @@ def mismatch(max_pixels: int, max_side: int, limits: OpenCVLimits) -> str | None
     if (limits.max_pixels or 0) < max_pixels or (limits.max_side or 0) < max_side:
         return (
             f"OpenCV decodes at most {limits.max_pixels:,} pixels and {limits.max_side} px a side "
-            f"(read from the environment at import), less than the settings allow ({max_pixels:,}, "
-            f"{max_side}); set ENHANCER_MAX_PIXELS / ENHANCER_MAX_IMAGE_SIDE in the environment, "
-            "not only in .env, so both agree"
+            f"(read from the environment or .env at import), less than the settings allow "
+            f"({max_pixels:,}, {max_side}); set ENHANCER_MAX_PIXELS / ENHANCER_MAX_IMAGE_SIDE in the "
+            "environment or .env, not only in code, so both agree"
         )
     return None
