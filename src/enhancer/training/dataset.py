@@ -42,7 +42,7 @@ def prepare_photos(
     for split in counts:
         (out_dir / split).mkdir(parents=True, exist_ok=True)
     for path in sorted(p for p in Path(src_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = _imread(path)
         if image is None:
             log.warning("skipping %s: OpenCV cannot decode it", path)
             continue
@@ -57,10 +57,20 @@ def prepare_photos(
     return counts
 
 
+def _imread(path: Path) -> np.ndarray | None:
+    """cv2.imread, but None instead of an exception for images over OpenCV's decode limits
+    (ENHANCER_MAX_PIXELS / ENHANCER_MAX_IMAGE_SIDE, set when the package is imported)."""
+    try:
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        log.warning("%s: %s", path, str(exc).strip().splitlines()[-1])
+        return None
+
+
 def load_images(folder: Path) -> list[np.ndarray]:
     """All images of a folder as uint8 BGR arrays, in name order."""
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    images = [_imread(p) for p in paths]
     return [im for im in images if im is not None]
 
 
