@@ -51,7 +51,7 @@ def _train(args) -> None:
     cfg = TrainConfig(
         data_dir=str(args.data), run_dir=str(args.run), architecture=args.architecture, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patch_size=args.patch_size,
-        learning_rate=args.learning_rate, seed=args.seed, loss=args.loss,
+        learning_rate=args.learning_rate, seed=args.seed, loss=args.loss, warmup_steps=args.warmup_steps,
     )  # fmt: skip
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
@@ -91,6 +91,10 @@ def _evaluate(args) -> None:
         models[name] = Path(path)
     out = args.out or args.model / "eval"
     result = evaluate(models, args.data / "val", out, train_dir=args.data / "train")
+    if args.budget_runs:
+        from enhancer.training.evaluate import budget_comparison
+
+        (out / "comparison.md").write_text(budget_comparison([Path(p) for p in args.budget_runs.split(",")]))
     result.update(machine=machine_description(), date=time.strftime("%Y-%m-%d"))
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     if out == args.model / "eval":
@@ -123,6 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=96)
     p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--max-minutes", type=float, help="stop after this long (at an epoch end); rerun to resume")
     p.add_argument("--no-progress", action="store_true")
@@ -139,6 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="append", default=[], metavar="NAME=DIR", help="another SavedModel to put beside it")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, help="default: MODEL/eval (and MODEL/MODEL_CARD.md is regenerated)")
+    p.add_argument("--budget-runs", help="comma-separated run dirs to compare at equal training time (from their log.csv)")
     p.set_defaults(func=_evaluate)
 
     logging.getLogger("enhancer").setLevel(logging.INFO)

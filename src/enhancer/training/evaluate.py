@@ -189,3 +189,31 @@ def save_crops(outputs, model: str, images, path: Path, size: int = 128, zoom: i
     for j, text in enumerate(("JPEG", "enhanced", "original")):
         cv2.putText(label, text, (j * grid.shape[1] // 3 + 10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 0), 2)
     cv2.imwrite(str(path), cv2.cvtColor(np.vstack([label, grid]), cv2.COLOR_RGB2BGR))
+
+
+def budget_comparison(runs: list[Path]) -> str:
+    """Validation gains of several runs at the same training wall time, read from their log.csv.
+
+    The budget is the shortest run's duration; each run is reported at its last epoch within it,
+    and at its end.
+    """
+    import csv
+
+    logs = {run: list(csv.DictReader((run / "log.csv").open())) for run in runs}
+    budget = min(float(rows[-1]["elapsed_s"]) for rows in logs.values())
+    lines = [
+        f"Validation PSNR gain (dB, centre crops of the held-out photos) at an equal budget of "
+        f"{budget / 60:.0f} minutes of training on this machine, and at the end of each run:",
+        "",
+        "| run | architecture | at | step | minutes | q10 | q30 | q90 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run, rows in logs.items():
+        arch = json.loads((run / "config.json").read_text())["architecture"]
+        within = [r for r in rows if float(r["elapsed_s"]) <= budget + 1] or rows[:1]
+        for label, r in (("equal budget", within[-1]), ("end of run", rows[-1])):
+            lines.append(
+                f"| `{run.name}` | {arch} | {label} | {r['step']} | {float(r['elapsed_s']) / 60:.0f} | "
+                f"{float(r['gain_q10']):+.2f} | {float(r['gain_q30']):+.2f} | {float(r['gain_q90']):+.2f} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -77,8 +77,8 @@ def render(model_dir: Path) -> str:
         if evaluation.get("date"):
             lines.append(f"- Measured {evaluation['date']}.")
         lines.append("")
-    if meta.get("comparison"):
-        lines += ["## Against the prototype's network", "", meta["comparison"].strip(), ""]
+    if (eval_dir / "comparison.md").exists():
+        lines += ["## Against the prototype's network, same data and budget", "", (eval_dir / "comparison.md").read_text().strip(), ""]
     lines += [
         "## Limits",
         "- Trained on ~26 photographs; faces, text and screenshots are under-represented.",
