@@ -21,7 +21,7 @@ from benchmarks.common import OUT_DIR, REPO, log, read_json
 from benchmarks.loadgen import LoadGenerator, Payload
 from benchmarks.inputs import group
 from benchmarks.profiles import Profile
-from benchmarks.server import enhancer_server, prototype_server
+from benchmarks.server import child_env, enhancer_server, prototype_server
 
 IMAGES = "crop512"
 #: The server's defaults, spelled out so the raw run and the prototype use the same ones.
@@ -34,25 +34,17 @@ def raw_model(profile: Profile, tag: str) -> dict:
         sys.executable, "-m", "benchmarks.raw_model", "--images", IMAGES,
         "--batch-sizes", ",".join(str(b) for b in sorted({1, 2, MAX_BATCH})),
         "--tile-size", str(TILE_SIZE), "--tile-overlap", str(TILE_OVERLAP),
-        "--min-seconds", str(profile.raw_min_seconds), "--json", str(out),
+        "--min-seconds", str(profile.raw_min_seconds / 2), "--repeats", "2", "--json", str(out),
     ]
     log(f"raw model ({tag})")
-    subprocess.run(cmd, cwd=REPO, check=True, env=_env())
+    subprocess.run(cmd, cwd=REPO, check=True, env=child_env())
     return read_json(out)
 
 
-def _env() -> dict:
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
-
-
 def _raw_at(raw: dict, batch: int) -> dict:
+    """Mean over the repeats (batch sizes alternate: 1, 2, 4, 1, 2, 4) of one batch size."""
     entries = [b for b in raw["batches"] if b["batch_size"] == batch]
-    return entries[-1]
+    return {key: sum(e[key] for e in entries) / len(entries) for key in ("mp_per_s", "batch_s_median", "tiles_per_s")}
 
 
 def run(profile: Profile) -> dict:
@@ -87,6 +79,12 @@ def run(profile: Profile) -> dict:
         lg = LoadGenerator(proto.url + "/upscale", payloads, server_pid=proto.pid)
         result["prototype"] = asyncio.run(lg.sweep([1, 8], **window))
 
+    # The same server with max_batch_size=1: on a CPU a bigger batch need not be faster per tile.
+    with enhancer_server("enhancer-batch1", tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, max_batch_size=1) as server:
+        lg = LoadGenerator(server.url + "/upscale", payloads, metrics_url=server.url + "/metrics", server_pid=server.pid)
+        log("enhancer serve with max_batch_size=1, concurrency 8")
+        result["batch1_c8"] = asyncio.run(lg.closed_loop(8, **window))
+
     result["summary"] = summarize(result)
     return result
 
@@ -109,6 +107,10 @@ def summarize(result: dict) -> dict:
         "raw_mp_per_s_before": raws[0]["mp_per_s"],
         "raw_mp_per_s_after": raws[1]["mp_per_s"],
         "raw_mp_per_s": raw_mp,
+        # the model alone at every batch size, before and after averaged: does batching pay on this device?
+        "raw_mp_per_s_by_batch": {
+            str(b): sum(_raw_at(result[k], b)["mp_per_s"] for k in ("raw_before", "raw_after")) / 2 for b in (1, 2, MAX_BATCH)
+        },
         "efficiency": at8["mp_per_s"] / raw_mp,
         "efficiency_vs_best_raw": at8["mp_per_s"] / max(r["mp_per_s"] for r in raws),
         "model_busy_fraction": sm.get("model_busy_fraction"),
@@ -127,4 +129,11 @@ def summarize(result: dict) -> dict:
         "server_p99_s_c8": at8["p99_s"],
         "speedup_vs_prototype": rps / proto8["req_per_s"] if proto8["req_per_s"] else None,
     }
+    if "batch1_c8" in result:
+        b1 = result["batch1_c8"]
+        raw1 = summary["raw_mp_per_s_by_batch"]["1"]
+        summary.update(
+            batch1_e2e_mp_per_s_c8=b1["mp_per_s"], batch1_req_per_s_c8=b1["req_per_s"], batch1_p99_s_c8=b1["p99_s"],
+            batch1_efficiency=b1["mp_per_s"] / raw1, batch1_model_busy_fraction=b1["server_metrics"].get("model_busy_fraction"),
+        )
     return summary

@@ -73,7 +73,13 @@ async def _measure(server, profile: Profile) -> dict:
 
 
 def run(profile: Profile) -> dict:
+    """Default settings first (what the target is judged on), then max_batch_size=1 for comparison."""
     with enhancer_server("enhancer-fairness") as server:
         result = asyncio.run(_measure(server, profile))
     log(f"fairness: p99 {result['baseline']['p99_s']:.3f} s alone, {result['during_big']['p99_s']:.3f} s during -> ratio {result['p99_ratio']:.2f}")
+    with enhancer_server("enhancer-fairness-batch1", max_batch_size=1) as server:
+        variant = asyncio.run(_measure(server, profile))
+    log(f"fairness (max_batch_size=1): p99 {variant['baseline']['p99_s']:.3f} s alone, {variant['during_big']['p99_s']:.3f} s during -> ratio {variant['p99_ratio']:.2f}")
+    result["settings"] = "server defaults (on this CPU: tile 512, max batch 4)"
+    result["batch1"] = variant
     return result

@@ -88,10 +88,10 @@ def measure(names: list[str], repeats: int) -> dict:
 
 
 def run(profile: Profile) -> dict:
-    out = OUT_DIR / "tiling.json"
-    import os
+    from benchmarks.server import child_env
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]), TF_CPP_MIN_LOG_LEVEL="2")
+    out = OUT_DIR / "tiling.json"
+    env = child_env()
     cmd = [sys.executable, "-m", "benchmarks.bench_tiling", "--images", ",".join(profile.tiling_images),
            "--repeats", str(profile.tiling_repeats), "--json", str(out)]
     subprocess.run(cmd, cwd=REPO, env=env, check=True)

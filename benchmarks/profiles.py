@@ -58,14 +58,14 @@ FULL = Profile(
     max_windows=10,
     levels=(1, 2, 4, 8, 16, 32),
     open_loop_fractions=(0.5, 0.8, 0.95),
-    open_loop_s=40.0,
+    open_loop_s=30.0,
     raw_min_seconds=12.0,
     fairness_baseline_s=40.0,
     fairness_big_images=2,
     memory_images=("mosaic_1mp", "mosaic_2mp", "mosaic_4mp", "mosaic_8mp", "mosaic_12mp", "mosaic_24mp", "mosaic_48mp"),
     tiling_images=("crop512_0", "hd1080", "mosaic_12mp"),
     tiling_repeats=3,
-    batching_delays_ms=(0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0),
+    batching_delays_ms=(0.0, 2.0, 5.0, 20.0, 50.0),
     batching_window_s=4.0,
 )
 

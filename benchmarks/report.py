@@ -222,6 +222,8 @@ def build(results: Path) -> str:
             f"| end-to-end | {s['e2e_mp_per_s_c8']:.3f} MP/s ({s['e2e_req_per_s_c8']:.2f} req/s) |",
             f"| raw SavedModel, same tiles, batch {s['raw_batch_size']} (before / after) | {s['raw_mp_per_s_before']:.3f} / {s['raw_mp_per_s_after']:.3f} MP/s |",
             f"| **efficiency** (target >= 0.9) | **{s['efficiency']:.3f}** {_verdict(s['efficiency'] >= 0.9)} |",
+            "| raw SavedModel by batch size (mean of before/after) | "
+            + ", ".join(f"batch {b}: {v:.3f} MP/s" for b, v in s.get("raw_mp_per_s_by_batch", {}).items()) + " |",
             f"| model busy (share of wall time the model thread ran a batch) | {_f(s['model_busy_fraction'], 3)} |",
             f"| mean batch: server / in-process | {_ms(s['server_batch_s'])} / {_ms(s['raw_batch_s'])} (x{_f(s['batch_slowdown'], 3)}) |",
             f"| server mean batch size | {_f(s['server_mean_batch_size'])} |",
@@ -242,6 +244,10 @@ def build(results: Path) -> str:
             for r in eff["open_loop"]:
                 lines.append(f"| {r['offered_req_per_s']:.2f} ({r['fraction_of_capacity']:.0%}) | {r['req_per_s']:.2f} | "
                              f"{_ms(r['p50_s'])} | {_ms(r['p90_s'])} | {_ms(r['p99_s'])} | {sum(r['errors'].values()) + r['client_skipped']} |")
+        if "batch1_efficiency" in s:
+            lines += ["", f"Same server with `ENHANCER_MAX_BATCH_SIZE=1`, concurrency 8: {s['batch1_e2e_mp_per_s_c8']:.3f} MP/s "
+                      f"({s['batch1_req_per_s_c8']:.2f} req/s, p99 {_ms(s['batch1_p99_s_c8'])}); efficiency against the raw model "
+                      f"at batch 1: {s['batch1_efficiency']:.3f}; model busy {_f(s['batch1_model_busy_fraction'], 3)}."]
         lines += ["", "## 6. Against the prototype's way of serving (same run, 512x512)", "",
                   "| server | concurrency | req/s | p50 | p99 |", "|---|---|---|---|---|"]
         for r in eff["sweep"]:
@@ -283,6 +289,13 @@ def build(results: Path) -> str:
                   f"| during 24 MP | {d['ok']} | {_ms(d['p50_s'])} | {_ms(d['p90_s'])} | {_ms(d['p99_s'])} | {_ms(d['latency_max_s'])} |",
                   "", f"p99 ratio: **x{_f(fair['p99_ratio'])}** (target <= 3) {_verdict(fair['p99_ratio'] <= 3)}; "
                   f"24 MP request(s) took " + ", ".join(_ms(x['latency_s']) for x in fair["big_requests"]) + ".", ""]
+        if fair.get("batch1"):
+            v = fair["batch1"]
+            lines += ["With `ENHANCER_MAX_BATCH_SIZE=1` (same run):", "",
+                      "| | requests | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|",
+                      f"| alone | {v['baseline']['ok']} | {_ms(v['baseline']['p50_s'])} | {_ms(v['baseline']['p90_s'])} | {_ms(v['baseline']['p99_s'])} | {_ms(v['baseline']['latency_max_s'])} |",
+                      f"| during 24 MP | {v['during_big']['ok']} | {_ms(v['during_big']['p50_s'])} | {_ms(v['during_big']['p90_s'])} | {_ms(v['during_big']['p99_s'])} | {_ms(v['during_big']['latency_max_s'])} |",
+                      "", f"p99 ratio x{_f(v['p99_ratio'])}; 24 MP request(s) took " + ", ".join(_ms(x['latency_s']) for x in v["big_requests"]) + ".", ""]
 
     mem = _load(results, "memory")
     if mem:

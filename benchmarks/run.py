@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 
@@ -63,8 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             log(f"=== {name} ===")
             t = time.perf_counter()
+            busy_before = other_heavy_processes()
             module = importlib.import_module(BENCHMARKS[name])
             data = module.run(profile)
+            # a training job started mid-run would make this benchmark's numbers meaningless
+            data["heavy_processes_before_after"] = [busy_before, other_heavy_processes()]
+            data["load_average_after"] = list(os.getloadavg())
+            if any(data["heavy_processes_before_after"]):
+                log(f"WARNING: other heavy processes ran around {name}: {data['heavy_processes_before_after']}")
             data["benchmark"] = name
             data["profile"] = profile.name
             data["elapsed_s"] = time.perf_counter() - t
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(results / f"{name}.json", data)
             log(f"=== {name} done in {data['elapsed_s']:.0f} s ===")
         info["elapsed_s"] = time.perf_counter() - started
-        info["load_average_at_end"] = list(__import__("os").getloadavg())
+        info["load_average_at_end"] = list(os.getloadavg())
         info["other_heavy_processes_at_end"] = other_heavy_processes()
         write_json(results / "machine.json", info)
 

@@ -98,7 +98,8 @@ class ServerProcess:
         self.stop()
 
 
-def _base_env(**extra: object) -> dict[str, str]:
+def child_env(**extra: object) -> dict[str, str]:
+    """This environment minus any ENHANCER_* (each server gets exactly the settings passed), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENHANCER_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -109,7 +110,7 @@ def _base_env(**extra: object) -> dict[str, str]:
 def enhancer_server(name: str = "enhancer", port: int | None = None, **settings: object) -> ServerProcess:
     """`enhancer serve` with ENHANCER_<KEY>=value for each keyword (e.g. max_batch_size=4)."""
     port = port or free_port()
-    env = _base_env(**{f"ENHANCER_{k.upper()}": v for k, v in settings.items()})
+    env = child_env(**{f"ENHANCER_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("ENHANCER_LOG_LEVEL", "warning")
     argv = [sys.executable, "-m", "enhancer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     return ServerProcess(name, argv, env, port)
@@ -121,7 +122,7 @@ def prototype_server(name: str = "prototype", port: int | None = None, **options
     argv = [sys.executable, "-m", "benchmarks.proto_server", "--port", str(port)]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    return ServerProcess(name, argv, _base_env(), port)
+    return ServerProcess(name, argv, child_env(), port)
 
 
 def process_tree_rss(pid: int) -> int:
@@ -186,7 +187,7 @@ def simulated_server(
 ) -> ServerProcess:
     """The real app on benchmarks/simulated.py's device (batch of n tiles = a + b*n seconds)."""
     port = port or free_port()
-    env = _base_env(**{f"ENHANCER_{k.upper()}": v for k, v in settings.items()})
+    env = child_env(**{f"ENHANCER_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("ENHANCER_LOG_LEVEL", "warning")
     argv = [
         sys.executable, "-m", "benchmarks.simulated", "--port", str(port),
