@@ -48,8 +48,10 @@ def nlm(bgr: np.ndarray, strength: float) -> np.ndarray:
     return cv2.fastNlMeansDenoisingColored(bgr, None, strength, strength, 7, 21)
 
 
-def tune_nlm(images: list[np.ndarray], qualities=QUALITIES) -> dict[int, float]:
-    """Best NLM strength per quality on the given (training) photos, so the baseline is fair."""
+def tune_nlm(images: list[np.ndarray], qualities=QUALITIES, crop: int = 256) -> dict[int, float]:
+    """Best NLM strength per quality on centre crops of the given (training) photos, so the
+    baseline is fair without being tuned on the photos it is scored on."""
+    images = [im[(im.shape[0] - crop) // 2 :][:crop, (im.shape[1] - crop) // 2 :][:, :crop] for im in images]
     best: dict[int, float] = {}
     for q in qualities:
         scores = {}
@@ -91,7 +93,7 @@ def evaluate(
     images = load_images(val_dir)
     names = sorted(p.stem for p in Path(val_dir).iterdir() if p.suffix == ".png")
     forwards = {name: load_forward(path) for name, path in models.items()}
-    strengths = tune_nlm(load_images(train_dir)[:3], qualities) if train_dir else dict.fromkeys(qualities, 5.0)
+    strengths = tune_nlm(load_images(train_dir)[:2], qualities) if train_dir else dict.fromkeys(qualities, 5.0)
 
     rows: list[Row] = []
     outputs: dict[tuple[str, int, int], np.ndarray] = {}
