@@ -151,3 +151,13 @@ def test_dejpeg_budget_and_reach():
     # The served net must stay CPU-friendly and its reach must fit the default tile overlap (32).
     assert network.macs_per_pixel(model) < 40_000
     assert 16 <= network.receptive_field_reach(model) <= 32
+
+
+def test_channel_permutation_applies_to_both_halves_of_a_pair():
+    image = _photo(160, 160, 5)
+    recipe = Degradation(quality=90, subsampling_444=True, second_quality=None, grayscale=False,
+                         shift=(0, 0), dihedral=0, channel_order=(2, 0, 1))  # fmt: skip
+    damaged, clean = degrade_patch(image, 16, 16, 64, recipe)
+    expected = _rgb01(np.ascontiguousarray(image[16:80, 16:80][..., [2, 0, 1]]))
+    assert np.array_equal(clean, expected)
+    assert psnr(damaged, clean) > 35

@@ -52,6 +52,7 @@ def _train(args) -> None:
         data_dir=str(args.data), run_dir=str(args.run), architecture=args.architecture, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patch_size=args.patch_size,
         learning_rate=args.learning_rate, seed=args.seed, loss=args.loss, warmup_steps=args.warmup_steps,
+        init_weights=str(args.init_weights) if args.init_weights else None,
     )  # fmt: skip
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
@@ -128,6 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, default=96)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=300)
+    p.add_argument("--init-weights", type=Path, help="fine-tune from these .weights.h5 instead of the identity start")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--max-minutes", type=float, help="stop after this long (at an epoch end); rerun to resume")
     p.add_argument("--no-progress", action="store_true")

@@ -109,6 +109,7 @@ class Degradation:
     grayscale: bool
     shift: tuple[int, int]  # 8x8 grid phase of the crop
     dihedral: int  # 0..7: flips and 90-degree rotations
+    channel_order: tuple[int, int, int] = (0, 1, 2)  # colour channels permuted before the JPEG
 
 
 def sample_degradation(rng: np.random.Generator) -> Degradation:
@@ -120,6 +121,7 @@ def sample_degradation(rng: np.random.Generator) -> Degradation:
         grayscale=bool(rng.random() < 0.1),
         shift=(int(rng.integers(0, 8)), int(rng.integers(0, 8))),
         dihedral=int(rng.integers(0, 8)),
+        channel_order=tuple(int(c) for c in rng.permutation(3)) if rng.random() < 0.5 else (0, 1, 2),
     )
 
 
@@ -139,6 +141,10 @@ def degrade_patch(
     dy, dx = recipe.shift
     y0, x0 = top - dy, left - dx
     region = image_bgr[y0 : top + size, x0 : left + size]
+    if recipe.channel_order != (0, 1, 2):
+        # 26 photos hold few saturated purples and cyans; permuting channels supplies them (a net
+        # trained without this damaged a held-out photo of purple and cyan cups by 9 dB at q90).
+        region = np.ascontiguousarray(region[..., list(recipe.channel_order)])
     if recipe.grayscale:
         region = cv2.cvtColor(cv2.cvtColor(region, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     damaged = jpeg(region, recipe.quality, recipe.subsampling_444)

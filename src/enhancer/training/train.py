@@ -47,6 +47,8 @@ class TrainConfig:
     #: deblocking features with MSE, then switches to the PSNR loss at `psnr_from` of the run.
     loss: str = "mse-then-psnr"
     psnr_from: float = 0.45
+    #: Start from these weights (fine-tuning) instead of the identity initialisation.
+    init_weights: str | None = None
 
 
 #: Floor under a patch's MSE in the psnr loss (a 50 dB cap), so flat patches cannot dominate.
@@ -197,6 +199,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         state = checkpoint.load(model, optimizer)
         log.info("resumed %s at step %d", run_dir, state["step"])
     else:
+        if cfg.init_weights:
+            model.load_weights(cfg.init_weights)
         optimizer.build(model.trainable_variables)
 
     def make_train_step(kind: str):
