@@ -201,21 +201,29 @@ def budget_comparison(runs: list[Path]) -> str:
     """
     import csv
 
+    import tensorflow as tf
+
+    from enhancer.training import network
+
     logs = {run: list(csv.DictReader((run / "log.csv").open())) for run in runs}
     budget = min(float(rows[-1]["elapsed_s"]) for rows in logs.values())
     lines = [
         f"Validation PSNR gain (dB, centre crops of the held-out photos) at an equal budget of "
-        f"{budget / 60:.0f} minutes of training on this machine, and at the end of each run:",
+        f"{budget / 60:.1f} minutes of training on this machine, and at the end of each run; speed of "
+        "the architecture on one 512x512 tile:",
         "",
-        "| run | architecture | at | step | minutes | q10 | q30 | q90 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | architecture | loss | at | step | minutes | q10 | q30 | q90 | MP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run, rows in logs.items():
-        arch = json.loads((run / "config.json").read_text())["architecture"]
+        recipe = json.loads((run / "config.json").read_text())
+        model = network.build(recipe["architecture"])
+        speed = measure_speed(tf.function(lambda x, m=model: m(x, training=False)), repeats=2)
         within = [r for r in rows if float(r["elapsed_s"]) <= budget + 1] or rows[:1]
         for label, r in (("equal budget", within[-1]), ("end of run", rows[-1])):
             lines.append(
-                f"| `{run.name}` | {arch} | {label} | {r['step']} | {float(r['elapsed_s']) / 60:.0f} | "
-                f"{float(r['gain_q10']):+.2f} | {float(r['gain_q30']):+.2f} | {float(r['gain_q90']):+.2f} |"
+                f"| `{run.name}` | {recipe['architecture']} | {recipe.get('loss', 'mse')} | {label} | {r['step']} | "
+                f"{float(r['elapsed_s']) / 60:.1f} | {float(r['gain_q10']):+.2f} | {float(r['gain_q30']):+.2f} | "
+                f"{float(r['gain_q90']):+.2f} | {speed:.2f} |"
             )
     return "\n".join(lines) + "\n"
