@@ -77,6 +77,16 @@ def _export(args) -> None:
         "receptive_field_reach": network.receptive_field_reach(model),
         "exported": time.strftime("%Y-%m-%d"),
     }
+    if recipe.get("init_weights"):
+        # A fine-tune: record the run it started from, so the card tells the whole recipe.
+        base = Path(recipe["init_weights"]).parent
+        base_state = base / "checkpoint" / "state.json"
+        metadata["base_run"] = {
+            "recipe": json.loads((base / "config.json").read_text()),
+            "weights_file": Path(recipe["init_weights"]).name,
+            "log": (base / "log.csv").read_text() if (base / "log.csv").exists() else "",
+            "trained_steps": json.loads(base_state.read_text()).get("step") if base_state.exists() else None,
+        }
     out = export_saved_model(model, args.out, metadata)
     model_card.write(out)
     print(f"exported {weights} -> {out}")
