@@ -116,11 +116,13 @@ class Settings(BaseSettings):
 
     # --- batching --------------------------------------------------------------------------
     max_batch_size: int = Field(
-        default=4,
+        default=1,
         ge=1,
         description="Most tiles run in one forward pass. Larger batches raise GPU throughput but "
-        "add latency and memory; on CPU throughput barely changes past 2-4. Unset, it is 4 on a "
-        "CPU and 8 on a GPU (tile_size likewise: 512 / 1024), chosen when the model loads.",
+        "add latency and memory. On a CPU a batch is no faster per tile (measured: batch 1, 2 and 4 "
+        "within noise) and a batch of big tiles makes small requests wait behind it, so unset it is "
+        "1 on a CPU and 8 on a GPU (tile_size likewise: 512 / 1024), chosen when the model loads "
+        "(benchmarks/RESULTS.md).",
     )
     max_batch_delay_ms: float = Field(
         default=5.0,
