@@ -46,7 +46,7 @@ def other_heavy_processes() -> list[str]:
     """Command lines of training/evaluation jobs that would make the measurements meaningless."""
     try:
         out = subprocess.run(
-            ["pgrep", "-af", "TrainConfig|enhancer train|enhancer evaluate|training.evaluate"],
+            ["pgrep", "-af", "TrainConfig|enhancer train|enhancer evaluate|enhancer export|training.evaluate"],
             capture_output=True, text=True, check=False,
         ).stdout
     except OSError:

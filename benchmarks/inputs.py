@@ -1,7 +1,7 @@
 """Benchmark inputs: real photos as JPEGs of the sizes the issue names, generated at run time.
 
 The source photos are the training set's PNGs in `data/photos/` (at most 1280x960 each; fetch
-them with `enhancer train fetch` if missing). How each size is made:
+them with `enhancer fetch-photos` if missing). How each size is made:
 
 * 256x256 and 512x512: crops of different photos (no resampling), 8 variants each, so a load
   run does not send one image over and over.
@@ -64,7 +64,7 @@ def _photos() -> list[Path]:
     photos = sorted(PHOTO_DIR.glob("train/*.png")) + sorted(PHOTO_DIR.glob("val/*.png"))
     if not photos:
         raise SystemExit(
-            f"no photos in {PHOTO_DIR}; run `enhancer train fetch` (see the README) to download them"
+            f"no photos in {PHOTO_DIR}; run `enhancer fetch-photos` (see the README) to download them"
         )
     return photos
 

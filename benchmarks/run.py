@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where JSON, plots and summary go")
     parser.add_argument("--allow-busy", action="store_true", help="measure even if training/evaluation runs")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="MINUTES",
+                        help="first wait up to MINUTES for training/evaluation to end and the load average "
+                        "to fall below 0.7 (then measure anyway, recording the load)")
     args = parser.parse_args(argv)
 
     from pathlib import Path
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(names) - set(BENCHMARKS)
         if unknown:
             parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS)}")
+        if args.wait_idle > 0:
+            _wait_idle(args.wait_idle)
+            args.allow_busy = True
         busy = other_heavy_processes()
         if busy and not args.allow_busy:
             print("refusing to measure while these run (numbers would be meaningless):\n  " + "\n  ".join(busy)
@@ -89,6 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     summary = report.build(results)
     print(summary)
     return 0
+
+
+def _wait_idle(minutes: float) -> None:
+    deadline = time.monotonic() + minutes * 60
+    while time.monotonic() < deadline:
+        busy, load = other_heavy_processes(), os.getloadavg()[0]
+        if not busy and load < 0.7:
+            log(f"machine idle (load average {load:.2f}); starting")
+            return
+        log(f"waiting for an idle machine: load average {load:.2f}, busy: {busy or 'none'}")
+        time.sleep(60)
+    log("gave up waiting for an idle machine; measuring anyway (the load is recorded)")
 
 
 if __name__ == "__main__":
