@@ -105,13 +105,17 @@ async def test_flood_of_four_times_the_queue_ends_in_200_or_503_with_retry_after
             metrics = await c.get("/metrics")
             assert metrics.status_code == 200
             assert metric(metrics.text, "enhancer_queue_depth_tiles") == queue
+            # The held batch closed at 4 tiles or at its deadline, whichever came first (under load,
+            # fewer than 4 requests may have been decoded by then).
+            held = model.held
+            assert 1 <= held <= 4
         finally:
             model.open()
         answers = await asyncio.wait_for(asyncio.gather(*tasks), 120)  # none hangs
 
         statuses = [r.status_code for r in answers]
         assert set(statuses) <= {200, 503}
-        assert statuses.count(200) == queue + 4  # the queue plus the batch that was in the model
+        assert statuses.count(200) == queue + held  # the queue plus the batch that was in the model
         for r in answers:
             if r.status_code == 503:
                 assert int(r.headers["retry-after"]) >= 1
