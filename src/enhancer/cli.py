@@ -115,16 +115,9 @@ def _enhance(args: argparse.Namespace) -> int:
 
     from enhancer import imaging, tiling
     from enhancer.errors import EnhancerError
-    from enhancer.model import load_model
+    from enhancer.model import load_model_for
 
-    model = load_model(
-        settings.model_dir,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-        memory_growth=settings.gpu_memory_growth,
-        precision=settings.precision,
-        xla=settings.xla,
-    )
+    model = load_model_for(settings)
     settings = settings.for_device(model.device_kind)  # unset tile/batch sizes follow the device
     batch_size = args.batch_size or settings.max_batch_size
 

@@ -203,3 +203,15 @@ def load_model(
         precision=precision,
         xla=xla,
     )
+
+
+def load_model_for(settings) -> SavedModelRunner:
+    """Load the model a `Settings` names, with its device options: the server and the CLI share it."""
+    return load_model(
+        settings.model_dir,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        memory_growth=settings.gpu_memory_growth,
+        precision=settings.precision,
+        xla=settings.xla,
+    )

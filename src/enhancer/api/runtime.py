@@ -74,17 +74,9 @@ class Runtime:
         """Load the model (unless one was given), then warm up in the background."""
         s = self.settings
         if self.model is None:
-            from enhancer.model import load_model  # TensorFlow is imported only here
+            from enhancer.model import load_model_for  # TensorFlow is imported only here
 
-            self.model = await asyncio.to_thread(
-                load_model,
-                s.model_dir,
-                intra_op_threads=s.intra_op_threads,
-                inter_op_threads=s.inter_op_threads,
-                memory_growth=s.gpu_memory_growth,
-                precision=s.precision,
-                xla=s.xla,
-            )
+            self.model = await asyncio.to_thread(load_model_for, s)
         # tile and batch sizes that were not set follow the device TensorFlow chose (GPU or CPU)
         self.settings = s = s.for_device(getattr(self.model, "device_kind", "cpu"))
         log.info("%s", s.describe_inference(self.model.device, getattr(self.model, "precision", None)))
