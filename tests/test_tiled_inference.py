@@ -30,10 +30,15 @@ def jpeg_damaged(height: int, width: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def perturbed_model(tmp_path_factory):
     """The dejpeg architecture with random non-zero corrections, exported as a SavedModel."""
+    import keras
+
     from enhancer.model import load_model
     from enhancer.training.export import export_saved_model
     from enhancer.training.network import build_dejpeg
 
+    # Seeded: the worst-pixel error below depends on the draw (0.50-0.86 of an 8-bit step over
+    # seeds 0-5; an unseeded draw once reached 1.26 and failed CI). Seed 0 gives 0.71.
+    keras.utils.set_random_seed(0)
     net = build_dejpeg()
     rng = np.random.default_rng(0)
     net.set_weights(
