@@ -161,3 +161,61 @@ def test_channel_permutation_applies_to_both_halves_of_a_pair():
     expected = _rgb01(np.ascontiguousarray(image[16:80, 16:80][..., [2, 0, 1]]))
     assert np.array_equal(clean, expected)
     assert psnr(damaged, clean) > 35
+
+
+def test_relative_loss_charges_harm_to_a_good_patch_more_than_to_a_damaged_one():
+    import tensorflow as tf
+
+    from enhancer.training.train import RELATIVE_LOSS_FLOOR, patch_loss
+
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0.2, 0.8, (2, 16, 16, 3)).astype("float32")
+    # Patch 0 is heavily damaged (MSE 1e-3), patch 1 nearly perfect (MSE 1e-5).
+    # Checkerboard signs: the cross term with a constant harm below cancels exactly.
+    signs = (-1.0) ** np.indices(clean.shape[1:]).sum(axis=0)
+    noise = (signs[None] * np.array([0.1**1.5, 0.1**2.5])[:, None, None, None]).astype("float32")
+    damaged = clean + noise
+
+    def loss(restored):
+        return float(patch_loss("relative", tf.constant(restored), tf.constant(clean), tf.constant(damaged)))
+
+    before = np.mean((damaged - clean) ** 2, axis=(1, 2, 3))
+    assert loss(damaged) == pytest.approx(np.mean(before / (before + RELATIVE_LOSS_FLOOR)), rel=1e-4)
+    assert loss(clean) == 0
+    # The same added error (MSE 1e-4) on the good patch costs more than on the damaged one...
+    harm = np.zeros_like(clean)
+    harm[1] = 0.01
+    on_good = loss(damaged + harm) - loss(damaged)
+    harm = harm[::-1].copy()
+    on_bad = loss(damaged + harm) - loss(damaged)
+    assert on_good > 3 * on_bad > 0
+    # ... whereas plain MSE charges both alike.
+    mse = lambda r: float(patch_loss("mse", tf.constant(r), tf.constant(clean), tf.constant(damaged)))  # noqa: E731
+    assert mse(damaged + harm[::-1]) - mse(damaged) == pytest.approx(mse(damaged + harm) - mse(damaged), rel=0.2)
+
+
+def test_saved_weights_are_the_moving_average_not_the_last_step(tiny_dataset, tmp_path):
+    import dataclasses
+
+    import keras
+
+    from enhancer.training.train import train
+
+    plain = train(dataclasses.replace(_tiny_config(tiny_dataset, tmp_path / "plain"), ema_decay=0), progress=False)
+    averaged = train(_tiny_config(tiny_dataset, tmp_path / "averaged"), progress=False)
+    raw_plain, final_plain = network.build("dejpeg"), network.build("dejpeg")
+    raw_plain.load_weights(str(plain / "checkpoint/model.weights.h5"))
+    final_plain.load_weights(str(plain / "final.weights.h5"))
+    raw, final = network.build("dejpeg"), network.build("dejpeg")
+    raw.load_weights(str(averaged / "checkpoint/model.weights.h5"))
+    final.load_weights(str(averaged / "final.weights.h5"))
+    # Without averaging the saved weights are the last step's; with it they are not, and the same
+    # seed gave the same raw weights in both runs.
+    for a, b in zip(raw_plain.get_weights(), final_plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(raw_plain.get_weights(), raw.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    last = final.get_layer("half_out").get_weights()[0]
+    assert not np.allclose(last, raw.get_layer("half_out").get_weights()[0], atol=1e-7)
+    assert np.abs(last).max() > 0
+    keras.backend.clear_session()

@@ -12,6 +12,8 @@ import platform
 import time
 from pathlib import Path
 
+from enhancer.training.train import LOSSES
+
 DEFAULT_DATA = Path("data/photos")
 DEFAULT_RUN = Path("runs/dejpeg")
 DEFAULT_MODEL = Path("weights/dejpeg")
@@ -52,7 +54,7 @@ def _train(args) -> None:
         data_dir=str(args.data), run_dir=str(args.run), architecture=args.architecture, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patch_size=args.patch_size,
         learning_rate=args.learning_rate, seed=args.seed, loss=args.loss, warmup_steps=args.warmup_steps,
-        init_weights=str(args.init_weights) if args.init_weights else None,
+        init_weights=str(args.init_weights) if args.init_weights else None, ema_decay=args.ema_decay,
     )  # fmt: skip
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
@@ -132,8 +134,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
     p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "prototype"])
     p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--loss", choices=["mse-then-psnr", "psnr", "mse"], default="mse-then-psnr",
-                   help="mse-then-psnr (default): MSE to learn deblocking, then mean-PSNR; mse: the prototype's")
+    p.add_argument("--loss", choices=LOSSES, default="relative",
+                   help="relative (default): each patch's squared error over its JPEG input's; mse: the "
+                        "prototype's; see TrainConfig.loss")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="moving average of the weights used for validation and export (0: off)")
     p.add_argument("--steps-per-epoch", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=96)
