@@ -219,3 +219,22 @@ def test_saved_weights_are_the_moving_average_not_the_last_step(tiny_dataset, tm
     assert not np.allclose(last, raw.get_layer("half_out").get_weights()[0], atol=1e-7)
     assert np.abs(last).max() > 0
     keras.backend.clear_session()
+
+
+def test_model_card_reports_the_runs_own_log_and_recipe(tmp_path):
+    from enhancer.training import model_card
+
+    log_csv = (
+        "step,elapsed_s,lr,loss,train_loss,gain_q10,gain_q30,gain_q90\n"
+        "500,240.0,0.0007,relative,0.9,0.41,0.22,-0.05\n"
+        "1000,480.0,0.0006,relative,0.8,0.73,0.35,0.02\n"
+    )
+    meta = {"architecture": "dejpeg", "parameters": 391660, "macs_per_pixel": 30900, "receptive_field_reach": 29,
+            "recipe": {"loss": "relative", "steps": 1000, "ema_decay": 0.999}, "weights": "final",
+            "trained_steps": 1000, "training_minutes": 8.0, "log": log_csv}  # fmt: skip
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    card = model_card.render(tmp_path)
+    assert "- loss: relative" in card and "- ema_decay: 0.999" in card
+    assert "| 500 | 4 | relative | +0.41 | +0.22 | -0.05 |" in card
+    assert "| 1000 | 8 | relative | +0.73 | +0.35 | +0.02 |" in card
+    assert "This is a fine-tune" not in card  # no base run recorded, none described

@@ -78,6 +78,7 @@ def _export(args) -> None:
         "macs_per_pixel": network.macs_per_pixel(model),
         "receptive_field_reach": network.receptive_field_reach(model),
         "exported": time.strftime("%Y-%m-%d"),
+        "log": (args.run / "log.csv").read_text() if (args.run / "log.csv").exists() else "",
     }
     if recipe.get("init_weights"):
         # A fine-tune: record the run it started from, so the card tells the whole recipe.
