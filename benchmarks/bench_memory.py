@@ -52,12 +52,7 @@ def run(profile: Profile) -> dict:
             peak = max(sampler.peak, hwm or 0)
             plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP)
             row = {
-                "image": name,
-                "width": img.width,
-                "height": img.height,
-                "megapixels": img.megapixels,
-                "tiles": plan.num_tiles,
-                "tile_shape": list(plan.tile_shape),
+                **img.row(plan),
                 "idle_rss_bytes": idle,
                 "peak_rss_bytes": peak,
                 "peak_sampled_bytes": sampler.peak,

@@ -60,12 +60,7 @@ def measure(names: list[str], repeats: int) -> dict:
             tiled_times.append(time.perf_counter() - t)
         inner = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
         row = {
-            "image": name,
-            "width": img.width,
-            "height": img.height,
-            "megapixels": img.megapixels,
-            "tiles": plan.num_tiles,
-            "tile_shape": list(plan.tile_shape),
+            **img.row(plan),
             "waste_ratio": plan.waste_ratio,
             "whole_s": float(np.median(whole_times)),
             "tiled_s": float(np.median(tiled_times)),

@@ -59,6 +59,11 @@ class InputImage:
     def read(self) -> bytes:
         return self.path.read_bytes()
 
+    def row(self, plan) -> dict:
+        """The fields every per-image result row starts with: the image and how it is tiled."""
+        return {"image": self.name, "width": self.width, "height": self.height, "megapixels": self.megapixels,
+                "tiles": plan.num_tiles, "tile_shape": list(plan.tile_shape)}  # fmt: skip
+
 
 def _photos() -> list[Path]:
     photos = sorted(PHOTO_DIR.glob("train/*.png")) + sorted(PHOTO_DIR.glob("val/*.png"))
