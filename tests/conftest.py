@@ -38,7 +38,9 @@ def saved_model():
 
 
 def make_settings(**overrides):
-    """Settings for tests: the real weights, small tiles, no .env file influence."""
+    """Settings for tests: the real weights, small tiles, no .env file influence, and the model run
+    on every image (test JPEGs are often saved at OpenCV's default quality 95, which the default
+    settings would pass through unchanged; tests of that behaviour set it back)."""
     from enhancer.config import Settings
 
     values = dict(
@@ -50,6 +52,7 @@ def make_settings(**overrides):
         max_queue_tiles=512,
         request_timeout_s=120,
         shutdown_timeout_s=10,
+        pass_through_jpeg_quality=101,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

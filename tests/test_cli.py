@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from conftest import MODEL_DIR, decode_bytes, encode_bgr, photo_like
@@ -90,3 +91,14 @@ def test_serve_refuses_to_start_without_a_model(tmp_path, monkeypatch):
     monkeypatch.setenv("ENHANCER_MODEL_DIR", str(tmp_path / "missing"))
     with pytest.raises(SystemExit, match="no SavedModel"):
         cli.main(["serve", "--port", "8765"])
+
+
+def test_enhance_writes_a_good_jpeg_unchanged_and_says_so(tmp_path, capsys):
+    from enhancer.config import Settings
+
+    default = Settings.model_fields["pass_through_jpeg_quality"].default
+    src = tmp_path / "good.jpg"
+    src.write_bytes(encode_bgr(photo_like(50, 60, seed=8), ".jpg", cv2.IMWRITE_JPEG_QUALITY, default))
+    assert cli.main(["enhance", str(src), "--model-dir", str(MODEL_DIR), "--tile-size", "128"]) == 0
+    assert np.array_equal(decode_bytes((tmp_path / "good_enhanced.png").read_bytes()), decode_bytes(src.read_bytes()))
+    assert f"jpeg-quality={default} >= ENHANCER_PASS_THROUGH_JPEG_QUALITY" in capsys.readouterr().err

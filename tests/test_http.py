@@ -459,6 +459,31 @@ async def test_metrics_after_a_request(fresh_client):
         assert metric_value(text, "enhancer_stage_duration_seconds_count", f'{{stage="{stage}"}}') == 1
 
 
+async def test_good_jpegs_are_passed_through_and_damaged_ones_enhanced(saved_model):
+    from enhancer.config import Settings
+
+    default = Settings.model_fields["pass_through_jpeg_quality"].default
+    app = create_app(make_settings(pass_through_jpeg_quality=default), model=saved_model)
+    pixels = photo_like(90, 120, seed=19)
+    async with running_app(app) as c:
+        good = encode_bgr(pixels, ".jpg", imaging.cv2.IMWRITE_JPEG_QUALITY, default)
+        r = await c.post("/upscale", files=upload(good))
+        assert r.status_code == 200
+        assert r.headers["x-enhancer-passed-through"] == f"jpeg-quality={default}"
+        # Its own decoded pixels, exactly, and no tile went to the model.
+        assert np.array_equal(decode_bytes(r.content), decode_bytes(encode_bgr(decode_bytes(good), ".png")))
+        assert "infer;dur=0.0" in r.headers["server-timing"]
+
+        damaged = encode_bgr(pixels, ".jpg", imaging.cv2.IMWRITE_JPEG_QUALITY, default - 1)
+        r = await c.post("/upscale", files=upload(damaged))
+        assert r.status_code == 200 and "x-enhancer-passed-through" not in r.headers
+        assert_close_pixels(decode_bytes(r.content), expected_output(saved_model, damaged, OutputFormat.png))
+
+        text = (await c.get("/metrics")).text
+        assert metric_value(text, "enhancer_images_passed_through_total") == 1
+        assert metric_value(text, "enhancer_tiles_processed_total") == tiling.plan_tiles(90, 120, 128, 32).num_tiles
+
+
 async def test_separate_apps_have_separate_metrics(saved_model):
     one, two = (create_app(make_settings(), model=saved_model) for _ in range(2))
     async with running_app(one) as c1, running_app(two) as c2:

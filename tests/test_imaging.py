@@ -365,3 +365,26 @@ def test_extreme_shapes_decode_and_encode(shape):
     image = imaging.decode(encode_bgr(pixels, ".png"))
     assert image.rgb.shape == (*shape, 3)
     np.testing.assert_array_equal(decode_bytes(imaging.encode(image.rgb, OutputFormat.png, like=image)), pixels)
+
+
+@pytest.mark.parametrize("encoder", ["opencv", "pillow"])
+def test_jpeg_quality_is_read_from_the_quantisation_table(encoder):
+    pixels = photo_like(40, 48, seed=3)
+    for quality in (1, 5, 10, 30, 50, 70, 85, 90, 95, 100):
+        if encoder == "opencv":
+            data = encode_bgr(pixels, ".jpg", cv2.IMWRITE_JPEG_QUALITY, quality)
+        else:
+            buf = io.BytesIO()
+            Image.fromarray(pixels[:, :, ::-1]).save(buf, "JPEG", quality=quality)
+            data = buf.getvalue()
+        assert imaging.decode(data).jpeg_quality == quality, (encoder, quality)
+    assert imaging.decode(encode_bgr(pixels, ".png")).jpeg_quality is None
+    assert imaging.decode(encode_bgr(pixels, ".webp")).jpeg_quality is None
+
+
+def test_a_non_libjpeg_table_gets_the_nearest_quality():
+    # An encoder with its own table: libjpeg's q80 table with every step one larger.
+    buf = io.BytesIO()
+    table = [int(v) + 1 for v in imaging._ijg_table(80)]
+    Image.fromarray(photo_like(32, 32)).save(buf, "JPEG", qtables=[table, table])
+    assert imaging.decode(buf.getvalue()).jpeg_quality in (78, 79)

@@ -116,6 +116,7 @@ def _enhance(args: argparse.Namespace) -> int:
     from enhancer import imaging, tiling
     from enhancer.errors import EnhancerError
     from enhancer.model import load_model_for
+    from enhancer.service import pass_through_reason
 
     model = load_model_for(settings)
     settings = settings.for_device(model.device_kind)  # unset tile/batch sizes follow the device
@@ -143,9 +144,16 @@ def _enhance(args: argparse.Namespace) -> int:
             if expected != plan.num_tiles:  # header unreadable by Pillow: fix the bar's total
                 bar.total += plan.num_tiles - expected
                 bar.refresh()
-            rgb = tiling.enhance_tiled(
-                image.rgb, model.forward, settings.tile_size, settings.tile_overlap, batch_size, progress=bar.update
-            )
+            reason = pass_through_reason(image, settings.pass_through_jpeg_quality)
+            if reason is not None:
+                rgb = image.rgb
+                bar.update(plan.num_tiles)
+                if not args.quiet:
+                    tqdm.write(f"{src}: {reason} >= ENHANCER_PASS_THROUGH_JPEG_QUALITY, written unchanged", file=sys.stderr)
+            else:
+                rgb = tiling.enhance_tiled(
+                    image.rgb, model.forward, settings.tile_size, settings.tile_overlap, batch_size, progress=bar.update
+                )
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(imaging.encode(rgb, out_fmt, quality=args.quality, like=image))
     done = len(jobs) - failures

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
         "`enhanced`). Relative paths are looked up in the working directory, then in the source "
         "checkout.",
     )
+    pass_through_jpeg_quality: int = Field(
+        default=90,
+        ge=1,
+        le=101,
+        description="JPEG uploads whose quality (estimated from their quantisation table) is at "
+        "least this are answered with their own pixels, without running the model: the blind "
+        "model's measured gain turns negative on high-quality JPEGs (weights/dejpeg/MODEL_CARD.md), "
+        "and skipping them also saves the compute. 101 = always run the model.",
+    )
     intra_op_threads: int = Field(
         default=0,
         ge=0,

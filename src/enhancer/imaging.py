@@ -66,6 +66,7 @@ class DecodedImage:
     bit_depth: int  # 8 or 16: PNG answers keep 16-bit precision
     source_format: str  # one of SUPPORTED_INPUTS
     icc_profile: bytes | None = None  # carried to the answer where its colour space fits
+    jpeg_quality: int | None = None  # a JPEG input's estimated quality (1-100), else None
 
     @property
     def height(self) -> int:
@@ -164,6 +165,7 @@ class ImageHeader:
     animated: bool = False  # more than one frame (animated WebP/PNG, multi-page TIFF)
     icc_profile: bytes | None = None
     transparency: object = None  # PNG colour-key tRNS (grey value or RGB tuple), if any
+    jpeg_quality: int | None = None  # estimated from a JPEG's luminance quantisation table
 
 
 def read_header(data: bytes, fmt: str | None = None) -> ImageHeader | None:
@@ -196,9 +198,41 @@ def read_header(data: bytes, fmt: str | None = None) -> ImageHeader | None:
                 animated=bool(getattr(im, "is_animated", False)),
                 icc_profile=bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None,
                 transparency=im.info.get("transparency") if fmt == "png" else None,
+                jpeg_quality=estimate_jpeg_quality(getattr(im, "quantization", None) or {}),
             )
     except Exception:
         return None  # OpenCV gets the final word on whether it is decodable
+
+
+#: The JPEG standard's example luminance table (Annex K), which libjpeg scales by its quality.
+_IJG_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+])  # fmt: skip
+
+
+def _ijg_table(quality: int) -> np.ndarray:
+    """libjpeg's luminance table at `quality` (jpeg_quality_scaling + baseline clamp)."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return np.clip((_IJG_LUMINANCE * scale + 50) // 100, 1, 255)
+
+
+_IJG_TABLES = np.stack([np.sort(_ijg_table(q)) for q in range(1, 101)])
+
+
+def estimate_jpeg_quality(quantization: dict) -> int | None:
+    """The libjpeg quality (1-100) whose luminance table is closest to the file's, or None.
+
+    Exact for libjpeg/OpenCV/Pillow files; for other encoders (cameras, editors) the nearest IJG
+    quality, which is what the number means to a user. Tables are compared sorted, so the
+    coefficient order a decoder reports them in does not matter.
+    """
+    table = quantization.get(0)
+    if table is None or len(table) != 64:
+        return None
+    errors = np.abs(np.log(_IJG_TABLES) - np.log(np.sort(np.asarray(table, dtype=np.float64)))).sum(axis=1)
+    return int(np.argmin(errors)) + 1
 
 
 def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -337,6 +371,7 @@ def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None =
         bit_depth=depth,
         source_format=fmt,
         icc_profile=icc,
+        jpeg_quality=header.jpeg_quality if header is not None else None,
     )
 
 

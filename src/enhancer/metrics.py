@@ -72,6 +72,11 @@ class Metrics:
         self.tiles_processed = Counter(
             "enhancer_tiles_processed", "Tiles that went through the model.", registry=r
         )
+        self.passed_through = Counter(
+            "enhancer_images_passed_through",
+            "Images answered without the model (JPEG quality at or above ENHANCER_PASS_THROUGH_JPEG_QUALITY).",
+            registry=r,
+        )
         self.tiles_dropped = Counter(
             "enhancer_tiles_dropped",
             "Queued tiles discarded because their request went away (client gone, timeout).",

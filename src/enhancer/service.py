@@ -28,6 +28,17 @@ from enhancer.metrics import Metrics
 STAGES = ("decode", "tile", "queue", "infer", "encode")
 
 
+def pass_through_reason(image: imaging.DecodedImage, min_jpeg_quality: int) -> str | None:
+    """Why `image` should skip the model (e.g. "jpeg-quality=95"), or None to enhance it.
+
+    A JPEG saved at a high quality has little damage to remove, and there the blind model's
+    measured gain is negative: such an image is better answered with its own pixels.
+    """
+    if image.jpeg_quality is not None and image.jpeg_quality >= min_jpeg_quality:
+        return f"jpeg-quality={image.jpeg_quality}"
+    return None
+
+
 @dataclass(frozen=True)
 class EnhanceResult:
     """An encoded answer plus the seconds each stage took."""
@@ -37,6 +48,8 @@ class EnhanceResult:
     width: int
     height: int
     timings: dict[str, float] = field(default_factory=dict)
+    #: Why the model did not run (the image was passed through), or None when it did.
+    passed_through: str | None = None
 
 
 class EnhanceService:
@@ -52,8 +65,10 @@ class EnhanceService:
         request_timeout_s: float,
         metrics: Metrics | None = None,
         max_side: int | None = None,
+        pass_through_jpeg_quality: int = 101,
     ):
         self.batcher = batcher
+        self.pass_through_jpeg_quality = pass_through_jpeg_quality
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.max_pixels = max_pixels
@@ -89,6 +104,18 @@ class EnhanceService:
             imaging.decode, data, max_pixels=self.max_pixels, max_side=self.max_side
         )
         timings["decode"] = clock() - t
+
+        reason = pass_through_reason(image, self.pass_through_jpeg_quality)
+        if reason is not None:
+            timings.update(tile=0.0, queue=0.0, infer=0.0)
+            t = clock()
+            body = await asyncio.to_thread(imaging.encode, image.rgb, fmt, quality=quality, like=image)
+            timings["encode"] = clock() - t
+            if self.metrics is not None:
+                self.metrics.observe_stages(timings)
+                self.metrics.passed_through.inc()
+            return EnhanceResult(body=body, format=fmt, width=image.width, height=image.height,
+                                 timings=timings, passed_through=reason)  # fmt: skip
 
         t = clock()
         plan, tiles = await asyncio.to_thread(self._split, image.rgb)

@@ -129,14 +129,13 @@ async def upscale(
     result = await _cancel_if_client_leaves(request, service.enhance(data, format, quality))
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
         return Response(status_code=499)
-    return Response(
-        content=result.body,
-        media_type=format.media_type,
-        headers={
-            "Content-Disposition": f'inline; filename="{_download_name(image.filename, format)}"',
-            "Server-Timing": _server_timing(result),
-        },
-    )
+    headers = {
+        "Content-Disposition": f'inline; filename="{_download_name(image.filename, format)}"',
+        "Server-Timing": _server_timing(result),
+    }
+    if result.passed_through:
+        headers["X-Enhancer-Passed-Through"] = result.passed_through
+    return Response(content=result.body, media_type=format.media_type, headers=headers)
 
 
 @router.get("/healthz", response_model=HealthBody, responses={503: {"model": ErrorBody}}, tags=["ops"])

@@ -96,6 +96,7 @@ class Runtime:
             tile_overlap=s.tile_overlap,
             max_pixels=s.max_pixels,
             max_side=s.max_image_side,
+            pass_through_jpeg_quality=s.pass_through_jpeg_quality,
             request_timeout_s=s.request_timeout_s,
             metrics=self.metrics,
         )

@@ -12,7 +12,10 @@ import platform
 import time
 from pathlib import Path
 
-from enhancer.training.train import LOSSES
+from enhancer.training.train import LOSSES, TrainConfig
+
+#: `enhancer train` defaults are the recipe's, so the plain command reproduces the shipped run.
+TRAIN_DEFAULTS = TrainConfig()
 
 DEFAULT_DATA = Path("data/photos")
 DEFAULT_RUN = Path("runs/dejpeg")
@@ -134,19 +137,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
     p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "prototype"])
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--loss", choices=LOSSES, default="relative",
+    p.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)
+    p.add_argument("--loss", choices=LOSSES, default=TRAIN_DEFAULTS.loss,
                    help="relative (default): each patch's squared error over its JPEG input's; mse: the "
                         "prototype's; see TrainConfig.loss")
-    p.add_argument("--ema-decay", type=float, default=0.999,
+    p.add_argument("--ema-decay", type=float, default=TRAIN_DEFAULTS.ema_decay,
                    help="moving average of the weights used for validation and export (0: off)")
-    p.add_argument("--steps-per-epoch", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--patch-size", type=int, default=96)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=300)
+    p.add_argument("--steps-per-epoch", type=int, default=TRAIN_DEFAULTS.steps_per_epoch)
+    p.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
+    p.add_argument("--patch-size", type=int, default=TRAIN_DEFAULTS.patch_size)
+    p.add_argument("--learning-rate", type=float, default=TRAIN_DEFAULTS.learning_rate)
+    p.add_argument("--warmup-steps", type=int, default=TRAIN_DEFAULTS.warmup_steps)
     p.add_argument("--init-weights", type=Path, help="fine-tune from these .weights.h5 instead of the identity start")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     p.add_argument("--max-minutes", type=float, help="stop after this long (at an epoch end); rerun to resume")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)

@@ -32,11 +32,11 @@ class TrainConfig:
     data_dir: str = "data/photos"
     run_dir: str = "runs/dejpeg"
     architecture: str = "dejpeg"
-    steps: int = 6000
+    steps: int = 16000
     steps_per_epoch: int = 500
     batch_size: int = 16
     patch_size: int = 96
-    learning_rate: float = 1e-3
+    learning_rate: float = 7e-4
     final_learning_rate: float = 1e-5
     warmup_steps: int = 300
     seed: int = 1234
