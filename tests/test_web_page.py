@@ -340,6 +340,31 @@ def test_non_image_shows_api_detail(server, browser, artifacts, tmp_path):
         ctx.close()
 
 
+def test_a_good_jpeg_is_said_to_be_returned_unchanged(server, browser, photo, tmp_path):
+    path, w, h = photo
+    good = tmp_path / "good.jpg"
+    assert cv2.imwrite(str(good), cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 97])
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        _enhance(page, good)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        summary = page.locator("#result-summary").inner_text()
+        assert summary.startswith(f"{w} × {h} px · PNG")
+        assert "already a good JPEG (quality 97): returned unchanged" in summary
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+    # and a damaged one (the fixture photo, quality 15) carries no such note
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        _enhance(page, path)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        assert "returned unchanged" not in page.locator("#result-summary").inner_text()
+    finally:
+        ctx.close()
+
+
 def test_network_failure_and_busy_messages(server, browser, photo):
     """Failures that a healthy test server never produces, injected at the browser's network layer."""
     path, _, _ = photo

@@ -402,6 +402,9 @@
 
       var bits = [w + " × " + h + " px", (FORMAT_LABEL[fmt] || fmt) + " " + formatBytes(blob.size),
         "done in " + formatSeconds(elapsedMs)];
+      /* the server skips the model for JPEGs saved at a high quality (X-Enhancer-Passed-Through) */
+      var passed = /jpeg-quality=(\d+)/.exec(xhr.getResponseHeader("X-Enhancer-Passed-Through") || "");
+      if (passed) bits.push("already a good JPEG (quality " + passed[1] + "): returned unchanged");
       els.resultSummary.textContent = bits.join(" · ") + (beforeOk ? "" : " · original can't be shown in this browser");
 
       els.result.hidden = false;
