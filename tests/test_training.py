@@ -238,3 +238,12 @@ def test_model_card_reports_the_runs_own_log_and_recipe(tmp_path):
     assert "| 500 | 4 | relative | +0.41 | +0.22 | -0.05 |" in card
     assert "| 1000 | 8 | relative | +0.73 | +0.35 | +0.02 |" in card
     assert "This is a fine-tune" not in card  # no base run recorded, none described
+
+
+def test_pass_through_threshold_is_where_the_gain_stays_negative():
+    from enhancer.training.evaluate import suggested_pass_through
+
+    gains = {70: 0.2, 75: 0.1, 80: -0.01, 85: 0.02, 88: -0.1, 90: -0.2, 95: -0.4}
+    assert suggested_pass_through(gains) == 88  # 80 is negative, but 85 is not: start above it
+    assert suggested_pass_through({70: 0.2, 95: 0.1}) == 101  # never negative: never skip
+    assert suggested_pass_through({70: -0.1, 95: -0.2}) == 70

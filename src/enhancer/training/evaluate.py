@@ -21,6 +21,8 @@ from enhancer.training.dataset import jpeg, load_images, psnr
 log = logging.getLogger(__name__)
 
 QUALITIES = (5, 10, 20, 30, 50, 70, 90)
+#: Qualities where a blind model's gain can turn negative: they set the server's pass-through.
+HIGH_QUALITIES = (70, 75, 80, 85, 88, 90, 92, 95)
 #: Non-local-means strength per JPEG quality, chosen on training photos (see `tune_nlm`).
 NLM_STRENGTHS = (1, 2, 3, 5, 7, 10, 14)
 
@@ -120,6 +122,8 @@ def evaluate(
         log.info("q%d: jpeg %.2f dB, %s", q, row.psnr_jpeg,
                  ", ".join(f"{k} {v - row.psnr_jpeg:+.2f} dB" for k, v in row.psnr.items()))  # fmt: skip
 
+    first = next(iter(forwards))
+    high = high_quality_gains(forwards[first], images)
     speeds = {name: measure_speed(f, speed_tile) for name, f in forwards.items()}
     result = {
         "val_images": names,
@@ -127,13 +131,38 @@ def evaluate(
         "speed_mp_per_s": speeds,
         "speed_tile": speed_tile,
         "rows": [row.__dict__ for row in rows],
+        "high_quality_gains": {str(q): g for q, g in high.items()},
+        "suggested_pass_through_quality": suggested_pass_through(high),
     }
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "evaluation.md").write_text(markdown_table(rows, list(forwards)))
     plot_gains(rows, list(forwards), out_dir / "gain_vs_quality.png")
-    first = next(iter(forwards))
     save_crops(outputs, first, images, out_dir / "crops.png")
     return result
+
+
+def high_quality_gains(forward, images: list[np.ndarray], qualities=HIGH_QUALITIES) -> dict[int, float]:
+    """Mean PSNR gain (dB) of the model over the JPEG on whole held-out photos at high qualities."""
+    gains = {}
+    for q in qualities:
+        per_image = []
+        for image in images:
+            clean, damaged = _rgb01(image), _rgb01(jpeg(image, q))
+            restored = np.clip(forward(damaged[None])[0], 0, 1)
+            per_image.append(psnr(restored, clean) - psnr(damaged, clean))
+        gains[q] = float(np.mean(per_image))
+    return gains
+
+
+def suggested_pass_through(gains: dict[int, float]) -> int:
+    """The lowest quality from which the model's gain is negative at every measured quality up:
+    JPEGs at or above it are better answered unchanged (ENHANCER_PASS_THROUGH_JPEG_QUALITY)."""
+    threshold = 101
+    for q in sorted(gains, reverse=True):
+        if gains[q] >= 0:
+            break
+        threshold = q
+    return threshold
 
 
 def markdown_table(rows: list[Row], models: list[str]) -> str:

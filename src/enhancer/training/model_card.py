@@ -23,6 +23,28 @@ def _log_table(log_csv: str) -> list[str]:
     return out
 
 
+def _pass_through_section(evaluation: dict) -> list[str]:
+    """Gains at high JPEG qualities and the server's pass-through threshold they justify."""
+    gains = evaluation.get("high_quality_gains")
+    if not gains:
+        return []
+    return [
+        "## Good JPEGs: where the server skips the model",
+        "",
+        "Gain of this model over the JPEG on the same held-out photos at high qualities (dB):",
+        "",
+        "| quality | " + " | ".join(gains) + " |",
+        "|---" * (len(gains) + 1) + "|",
+        "| gain | " + " | ".join(f"{g:+.2f}" for g in gains.values()) + " |",
+        "",
+        f"From quality {evaluation['suggested_pass_through_quality']} up the gain is negative at every measured "
+        "quality, so the server answers such JPEGs with their own pixels (`ENHANCER_PASS_THROUGH_JPEG_QUALITY`, "
+        "quality estimated from the file's quantisation table; exact for libjpeg-encoded files): there the "
+        "served gain is 0.00 dB instead of the model's loss. Images that are not JPEG files always go through the model.",
+        "",
+    ]
+
+
 def render(model_dir: Path) -> str:
     meta = json.loads((model_dir / "metadata.json").read_text())
     eval_dir = model_dir / "eval"
@@ -110,6 +132,7 @@ def render(model_dir: Path) -> str:
             "",
             "![crops](eval/crops.png)",
             "",
+            *_pass_through_section(evaluation),
             "## Speed",
             "",
         ]
