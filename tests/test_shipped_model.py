@@ -30,15 +30,28 @@ def _gain(forward, path: Path, quality: int) -> float:
     return psnr(forward(damaged[None])[0], clean) - psnr(damaged, clean)
 
 
+# Measured 2026-11-25 on the weights of run dejpeg-rel (dB over the JPEG):
+#   cups:        q10 +1.54, q30 +1.19, q90 +0.11, q95 -0.21
+#   forest path: q10 +0.50, q30 +0.24, q90 +0.24, q95 -0.01
+
+
 @pytest.mark.parametrize("quality", [10, 30])
 @pytest.mark.parametrize("path", CROPS, ids=[p.stem for p in CROPS])
 def test_shipped_model_improves_a_damaged_jpeg(forward, path, quality):
-    # Measured 2026-11-25: +0.54 / +0.27 dB at q10, +0.62 / +0.26 at q30 (cups / forest path).
     assert _gain(forward, path, quality) > 0.2
 
 
+def test_shipped_model_gains_a_decibel_at_quality_10_on_average(forward):
+    assert np.mean([_gain(forward, path, 10) for path in CROPS]) > 0.8
+
+
 @pytest.mark.parametrize("path", CROPS, ids=[p.stem for p in CROPS])
-def test_shipped_model_harm_to_a_quality_95_jpeg_stays_bounded(forward, path):
-    # A known limit of the shipped weights (model card): they slightly damage near-perfect JPEGs
-    # (measured -0.33 / -0.61 dB at q95). This guards against it getting worse.
-    assert _gain(forward, path, 95) > -1.0
+def test_shipped_model_does_not_damage_a_quality_90_jpeg(forward, path):
+    assert _gain(forward, path, 90) > 0
+
+
+@pytest.mark.parametrize("path", CROPS, ids=[p.stem for p in CROPS])
+def test_shipped_model_harm_to_a_quality_95_jpeg_stays_small(forward, path):
+    # Above quality 92 the model's gain turns negative (model card); the server passes such JPEGs
+    # through unchanged, and this guards the model itself against getting worse there.
+    assert _gain(forward, path, 95) > -0.5

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         "checkout.",
     )
     pass_through_jpeg_quality: int = Field(
-        default=90,
+        default=92,
         ge=1,
         le=101,
         description="JPEG uploads whose quality (estimated from their quantisation table) is at "
