@@ -43,7 +43,7 @@ def test_env_example_lists_every_setting_with_its_default(monkeypatch):
 
 def test_documented_defaults():
     s = Settings(_env_file=None)
-    assert (s.tile_size, s.tile_overlap) == (512, 32)
+    assert (s.tile_size, s.tile_overlap) == (576, 32)
     assert s.max_upload_bytes == 50 * 1024 * 1024 and s.max_pixels == 50_000_000
     assert s.port == 8000
 

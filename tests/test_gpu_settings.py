@@ -49,8 +49,8 @@ def test_for_device_fills_only_what_the_environment_left_unset(monkeypatch):
     on_gpu = settings.for_device("gpu")
     assert (on_gpu.tile_size, on_gpu.max_batch_size) == (GPU_DEFAULTS["tile_size"], 2)
     on_cpu = settings.for_device("cpu")
-    assert (on_cpu.tile_size, on_cpu.max_batch_size) == (512, 2)
-    assert (settings.tile_size, settings.max_batch_size) == (512, 2)  # the original is unchanged
+    assert (on_cpu.tile_size, on_cpu.max_batch_size) == (576, 2)
+    assert (settings.tile_size, settings.max_batch_size) == (576, 2)  # the original is unchanged
 
 
 def test_for_device_keeps_everything_explicit():

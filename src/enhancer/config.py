@@ -25,7 +25,7 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 
 #: Tile and batch size on a GPU when ENHANCER_TILE_SIZE / ENHANCER_MAX_BATCH_SIZE are not set (on a
 #: CPU the field defaults apply). Reasoned, not measured (no GPU in CI; measure with the benchmarks):
-#: a 1024 tile recomputes 6 % of its pixels as overlap instead of 12 % for 512, and a batch of 8 is
+#: a 1024 tile recomputes 6 % of its pixels as overlap instead of 11 % for 576, and a batch of 8 is
 #: ~8.4 MP, ~0.26 TMAC for this net: enough work per pass to keep a GPU busy. Activations are about
 #: 150 MB per 1024 tile in float32 (~1.2 GB per batch); warm-up runs the full batch, so a GPU too
 #: small for it fails at start-up, not on a request.
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
 
     # --- tiling ----------------------------------------------------------------------------
     tile_size: int = Field(
-        default=512,
+        default=576,
         ge=16,
         le=4096,
         description="Largest tile edge fed to the model (a multiple of 4). Bigger tiles waste less compute on "
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         description="Most tiles run in one forward pass. Larger batches raise GPU throughput but "
         "add latency and memory. On a CPU a batch is no faster per tile (measured: batch 1, 2 and 4 "
         "within noise) and a batch of big tiles makes small requests wait behind it, so unset it is "
-        "1 on a CPU and 8 on a GPU (tile_size likewise: 512 / 1024), chosen when the model loads "
+        "1 on a CPU and 8 on a GPU (tile_size likewise: 576 / 1024), chosen when the model loads "
         "(benchmarks/RESULTS.md).",
     )
     max_batch_delay_ms: float = Field(
@@ -143,8 +143,8 @@ class Settings(BaseSettings):
         default=512,
         ge=1,
         description="Tiles allowed to wait for the model before requests are refused with 503. "
-        "Higher absorbs bursts but lets latency grow: 512 tiles of 512 px take ~2-3 minutes on a "
-        "2-core CPU, inside the request timeout, and hold two 50 MP images.",
+        "Higher absorbs bursts but lets latency grow: 512 tiles of 576 px take ~1.5 minutes on an "
+        "idle 2-core CPU, inside the request timeout, and hold two 50 MP images.",
     )
 
     # --- request limits --------------------------------------------------------------------

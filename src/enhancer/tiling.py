@@ -26,9 +26,9 @@ How an axis is planned (`plan_axis`):
   randomly initialised dejpeg net (400x520 JPEG, tile 128, overlap 32), tiled vs one whole tile:
   68.5 dB PSNR with a cross-fade over the whole overlap, 73 dB with the guard.
 
-Padding waste (tile pixels run / image pixels) with the defaults (tile 512, overlap 32) is at most
-2.9 for any image whose sides are both >= 64 px, i.e. the padding is at most 1.9x the image's own
-pixels; for sides >= 512 it is at most 2.4 and for a 4000x3000 photo 1.2. `tests/test_tiling.py`
+Padding waste (tile pixels run / image pixels) with the CPU defaults (tile 576, overlap 32) is at
+most 2.8 for any image whose sides are both >= 64 px, i.e. the padding is at most 1.8x the image's
+own pixels; for sides >= 512 it is at most 2.4 and for a 4000x3000 photo 1.33. `tests/test_tiling.py`
 checks the bound `MAX_WASTE_RATIO` over a sweep of sizes.
 """
 
