@@ -218,7 +218,8 @@ def _ijg_table(quality: int) -> np.ndarray:
     return np.clip((_IJG_LUMINANCE * scale + 50) // 100, 1, 255)
 
 
-_IJG_TABLES = np.stack([np.sort(_ijg_table(q)) for q in range(1, 101)])
+#: Sorted log-tables of qualities 1-100, built once: every JPEG upload is compared with them.
+_IJG_LOG_TABLES = np.log(np.stack([np.sort(_ijg_table(q)) for q in range(1, 101)]))
 
 
 def estimate_jpeg_quality(quantization: dict) -> int | None:
@@ -231,7 +232,7 @@ def estimate_jpeg_quality(quantization: dict) -> int | None:
     table = quantization.get(0)
     if table is None or len(table) != 64:
         return None
-    errors = np.abs(np.log(_IJG_TABLES) - np.log(np.sort(np.asarray(table, dtype=np.float64)))).sum(axis=1)
+    errors = np.abs(_IJG_LOG_TABLES - np.log(np.sort(np.asarray(table, dtype=np.float64)))).sum(axis=1)
     return int(np.argmin(errors)) + 1
 
 

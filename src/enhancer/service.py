@@ -108,14 +108,7 @@ class EnhanceService:
         reason = pass_through_reason(image, self.pass_through_jpeg_quality)
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)
-            t = clock()
-            body = await asyncio.to_thread(imaging.encode, image.rgb, fmt, quality=quality, like=image)
-            timings["encode"] = clock() - t
-            if self.metrics is not None:
-                self.metrics.observe_stages(timings)
-                self.metrics.passed_through.inc()
-            return EnhanceResult(body=body, format=fmt, width=image.width, height=image.height,
-                                 timings=timings, passed_through=reason)  # fmt: skip
+            return await self._answer(image.rgb, image, fmt, quality, timings, passed_through=reason)
 
         t = clock()
         plan, tiles = await asyncio.to_thread(self._split, image.rgb)
@@ -153,13 +146,24 @@ class EnhanceService:
         del out_tiles
         timings["tile"] += clock() - t
 
-        t = clock()
-        body = await asyncio.to_thread(imaging.encode, rgb, fmt, quality=quality, like=image)
-        del rgb
-        timings["encode"] = clock() - t
+        return await self._answer(rgb, image, fmt, quality, timings)
 
+    async def _answer(
+        self,
+        rgb: np.ndarray,
+        like: imaging.DecodedImage,
+        fmt: OutputFormat,
+        quality: int,
+        timings: dict[str, float],
+        passed_through: str | None = None,
+    ) -> EnhanceResult:
+        """Encode `rgb` like the input, record the stage timings, and build the result."""
+        t = time.perf_counter()
+        body = await asyncio.to_thread(imaging.encode, rgb, fmt, quality=quality, like=like)
+        timings["encode"] = time.perf_counter() - t
         if self.metrics is not None:
             self.metrics.observe_stages(timings)
-        return EnhanceResult(
-            body=body, format=fmt, width=image.width, height=image.height, timings=timings
-        )
+            if passed_through is not None:
+                self.metrics.passed_through.inc()
+        return EnhanceResult(body=body, format=fmt, width=like.width, height=like.height,
+                             timings=timings, passed_through=passed_through)  # fmt: skip
