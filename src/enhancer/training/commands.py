@@ -86,12 +86,14 @@ def _export(args) -> None:
     if recipe.get("init_weights"):
         # A fine-tune: record the run it started from, so the card tells the whole recipe.
         base = Path(recipe["init_weights"]).parent
-        base_state = base / "checkpoint" / "state.json"
+        base_state_path = base / "checkpoint" / "state.json"
+        base_state = json.loads(base_state_path.read_text()) if base_state_path.exists() else {}
         metadata["base_run"] = {
             "recipe": json.loads((base / "config.json").read_text()),
             "weights_file": Path(recipe["init_weights"]).name,
             "log": (base / "log.csv").read_text() if (base / "log.csv").exists() else "",
-            "trained_steps": json.loads(base_state.read_text()).get("step") if base_state.exists() else None,
+            "trained_steps": base_state.get("step"),
+            "training_minutes": base_state.get("elapsed_s", 0) / 60,
         }
     out = export_saved_model(model, args.out, metadata)
     model_card.write(out)

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from enhancer.config import Settings
 from enhancer.training.dataset import jpeg, load_images, psnr
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 QUALITIES = (5, 10, 20, 30, 50, 70, 90)
 #: Qualities where a blind model's gain can turn negative: they set the server's pass-through.
 HIGH_QUALITIES = (70, 75, 80, 85, 88, 90, 92, 95)
+#: Speed is measured at the tile the server feeds the model on a CPU (the issue's "served tile size").
+SERVED_CPU_TILE: int = Settings.model_fields["tile_size"].default
 #: Non-local-means strength per JPEG quality, chosen on training photos (see `tune_nlm`).
 NLM_STRENGTHS = (1, 2, 3, 5, 7, 10, 14)
 
@@ -72,7 +75,7 @@ class Row:
     ssim: dict[str, float] = field(default_factory=dict)
 
 
-def measure_speed(forward, tile: int = 512, batch: int = 1, repeats: int = 5) -> float:
+def measure_speed(forward, tile: int = SERVED_CPU_TILE, batch: int = 1, repeats: int = 5) -> float:
     """Megapixels per second of `forward` on [batch, tile, tile, 3] (after one warm-up call)."""
     x = np.random.default_rng(0).uniform(0, 1, (batch, tile, tile, 3)).astype(np.float32)
     forward(x)
@@ -88,7 +91,7 @@ def evaluate(
     out_dir: Path,
     train_dir: Path | None = None,
     qualities=QUALITIES,
-    speed_tile: int = 512,
+    speed_tile: int = SERVED_CPU_TILE,
 ) -> dict:
     """Evaluate each SavedModel in `models` (name -> dir) and the NLM baseline; write artifacts."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +242,7 @@ def budget_comparison(runs: list[Path]) -> str:
     lines = [
         f"Validation PSNR gain (dB, centre crops of the held-out photos) at an equal budget of "
         f"{budget / 60:.1f} minutes of training on this machine, and at the end of each run; speed of "
-        "the architecture on one 512x512 tile:",
+        f"the architecture on one {SERVED_CPU_TILE}x{SERVED_CPU_TILE} tile:",
         "",
         "| run | architecture | loss | at | step | minutes | q10 | q30 | q90 | MP/s |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -91,7 +91,10 @@ def render(model_dir: Path) -> str:
         if key in recipe:
             lines.append(f"- {key}: {recipe[key]}")
     if "training_minutes" in meta:
-        lines.append(f"- Wall time: {meta['training_minutes']:.0f} minutes on {meta.get('training_machine', 'a 2-core CPU')}")
+        minutes = meta["training_minutes"]
+        base_minutes = meta.get("base_run", {}).get("training_minutes")
+        total = f" ({minutes + base_minutes:.0f} minutes with the run it fine-tunes, below)" if base_minutes else ""
+        lines.append(f"- Wall time: {minutes:.0f} minutes{total} on {meta.get('training_machine', 'a 2-core CPU')}")
     lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
     if meta.get("log"):
         lines += ["- Validation gains (dB) per epoch, the log the run wrote (weights averaged where ema_decay > 0):", "",
