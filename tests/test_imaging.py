@@ -327,10 +327,12 @@ def test_a_profile_that_does_not_fit_the_answer_is_dropped():
     assert image.icc_profile is None  # a CMYK profile cannot describe the RGB answer
 
 
-def test_grey_alpha_png_round_trips_as_grey_alpha():
+@pytest.mark.parametrize(("fmt", "options"), [("PNG", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"})])
+def test_grey_alpha_round_trips_as_grey_alpha(fmt, options):
+    # OpenCV decodes a grey+alpha TIFF as plain grey: the alpha must not be lost on the way.
     la = np.dstack([photo_like(12, 14, channels=1)[:, :, 0], np.arange(12 * 14, dtype=np.uint8).reshape(12, 14)])
     buf = io.BytesIO()
-    Image.fromarray(la).save(buf, "PNG")
+    Image.fromarray(la).save(buf, fmt, **options)
     image = imaging.decode(buf.getvalue())
     assert image.grayscale and image.alpha is not None
     answer = Image.open(io.BytesIO(imaging.encode(image.rgb, OutputFormat.png, like=image)))

@@ -13,8 +13,9 @@ How pictures as people have them come out (documented in the README's API sectio
   does); an embedded CMYK ICC profile is not applied and not carried (it cannot describe RGB).
 * An ICC profile is carried to the answer (PNG iCCP, JPEG APP2, WebP ICCP) when it fits the
   answer's colour channels: an RGB profile for colour answers, a grey one for grey answers.
-* Grey in, grey out; grey+alpha PNG comes back grey+alpha (8-bit) or as RGBA with equal colour
-  channels (16-bit, WebP: they have no grey+alpha layout OpenCV can write).
+* Grey in, grey out; grey+alpha PNG (and TIFF, whose alpha OpenCV drops, so Pillow reads it) comes
+  back grey+alpha (8-bit PNG) or as RGBA with equal colour channels (16-bit, WebP: they have no
+  grey+alpha layout OpenCV can write).
 * Alpha (RGBA, palette + tRNS, colour-key tRNS) is passed through unchanged; JPEG answers are
   composited over white.
 * 16-bit PNG/TIFF in, 16-bit PNG out.
@@ -301,6 +302,18 @@ def _colour_key_alpha(pixels: np.ndarray, key: object) -> np.ndarray | None:
     return None
 
 
+def _tiff_alpha(data: bytes, grey: np.ndarray) -> np.ndarray | None:
+    """The alpha of a grey+alpha TIFF (first page), which OpenCV decodes as plain grey; via Pillow."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            alpha = np.asarray(image.getchannel("A"))
+    except (OSError, ValueError):
+        return None
+    if alpha.shape != grey.shape or alpha.dtype != grey.dtype:
+        return None  # not the plain 8-bit layout Pillow reads; keep the grey without alpha
+    return alpha
+
+
 def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None = None) -> DecodedImage:
     """Decode upload bytes to float32 RGB [0, 1], upright, refusing unsupported or huge images."""
     if not data:
@@ -338,6 +351,8 @@ def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None =
     if header is not None and header.transparency is not None and pixels.ndim in (2, 3):
         if pixels.ndim == 2 or pixels.shape[2] == 3:  # OpenCV ignored a colour-key tRNS
             extra_alpha = _colour_key_alpha(pixels, header.transparency)
+    if fmt == "tiff" and mode == "LA" and pixels.ndim == 2:  # OpenCV dropped the alpha
+        extra_alpha = _tiff_alpha(data, pixels)
     if mode == "CMYK" and pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = pixels[:, :, :3]  # libtiff's CMYK -> RGBA conversion adds an opaque alpha
     if extra_alpha is not None:
