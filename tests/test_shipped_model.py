@@ -30,9 +30,10 @@ def _gain(forward, path: Path, quality: int) -> float:
     return psnr(forward(damaged[None])[0], clean) - psnr(damaged, clean)
 
 
-# Measured 2026-11-25 on the weights of run dejpeg-rel (dB over the JPEG):
-#   cups:        q10 +1.54, q30 +1.19, q90 +0.11, q95 -0.21
-#   forest path: q10 +0.50, q30 +0.24, q90 +0.24, q95 -0.01
+# Measured 2026-11-25 on the weights of run dejpeg-ft144 (dB over the JPEG):
+#   cups:        q10 +1.86, q30 +1.48, q90 +0.14, q95 -0.20
+#   forest path: q10 +0.59, q30 +0.29, q90 +0.25, q95 -0.09
+# (the weights before them, run dejpeg-rel: q10 +1.54 / +0.50, mean 1.02)
 
 
 @pytest.mark.parametrize("quality", [10, 30])
@@ -42,7 +43,7 @@ def test_shipped_model_improves_a_damaged_jpeg(forward, path, quality):
 
 
 def test_shipped_model_gains_a_decibel_at_quality_10_on_average(forward):
-    assert np.mean([_gain(forward, path, 10) for path in CROPS]) > 0.8
+    assert np.mean([_gain(forward, path, 10) for path in CROPS]) > 1.0
 
 
 @pytest.mark.parametrize("path", CROPS, ids=[p.stem for p in CROPS])
