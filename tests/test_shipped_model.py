@@ -30,9 +30,9 @@ def _gain(forward, path: Path, quality: int) -> float:
     return psnr(forward(damaged[None])[0], clean) - psnr(damaged, clean)
 
 
-# Measured 2026-11-25 on the weights of run dejpeg-ft144 (dB over the JPEG):
-#   cups:        q10 +1.86, q30 +1.48, q90 +0.14, q95 -0.20
-#   forest path: q10 +0.59, q30 +0.29, q90 +0.25, q95 -0.09
+# Measured 2026-11-25 on the weights of run dejpeg-ft144b (dB over the JPEG):
+#   cups:        q10 +1.87, q30 +1.50, q90 +0.17, q95 -0.17
+#   forest path: q10 +0.60, q30 +0.30, q90 +0.25, q95 -0.12
 # (the weights before them, run dejpeg-rel: q10 +1.54 / +0.50, mean 1.02)
 
 

@@ -237,19 +237,25 @@ def test_model_card_reports_the_runs_own_log_and_recipe(tmp_path):
     assert "- loss: relative" in card and "- ema_decay: 0.999" in card
     assert "| 500 | 4 | relative | +0.41 | +0.22 | -0.05 |" in card
     assert "| 1000 | 8 | relative | +0.73 | +0.35 | +0.02 |" in card
-    assert "This is a fine-tune" not in card  # no base run recorded, none described
+    assert "It fine-tunes" not in card  # no base run recorded, none described
     assert "- Wall time: 8 minutes on" in card
 
-    base_log = "step,elapsed_s,lr,loss,train_loss,gain_q10,gain_q30,gain_q90\n16000,4920.0,1e-05,relative,0.5,1.22,0.77,-0.01\n"
-    meta["base_run"] = {"recipe": {"run_dir": "runs/base", "architecture": "dejpeg", "loss": "relative", "steps": 16000,
-                                   "batch_size": 16, "patch_size": 96, "learning_rate": 7e-4, "seed": 1234},
-                        "weights_file": "final.weights.h5", "log": base_log, "trained_steps": 16000,
-                        "training_minutes": 82.0}  # fmt: skip
+    def run(name, steps, minutes, gain, base=None):
+        log = f"step,elapsed_s,lr,loss,train_loss,gain_q10,gain_q30,gain_q90\n{steps},{minutes * 60},1e-05,relative,0.5,{gain},0.77,-0.01\n"
+        record = {"recipe": {"run_dir": f"runs/{name}", "architecture": "dejpeg", "loss": "relative", "steps": steps,
+                             "batch_size": 16, "patch_size": 96, "learning_rate": 7e-4, "seed": 1234},
+                  "weights_file": "final.weights.h5", "log": log, "trained_steps": steps, "training_minutes": minutes}  # fmt: skip
+        return {**record, "base_run": base} if base else record
+
+    meta["base_run"] = run("second", 3000, 20.0, 1.42, base=run("first", 16000, 82.0, 1.22))
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
     card = model_card.render(tmp_path)
-    # A fine-tune's card gives both stages: the base run's recipe and log, and the total time.
-    assert "- Wall time: 8 minutes (90 minutes with the run it fine-tunes, below) on" in card
-    assert "This is a fine-tune of `final.weights.h5` from the run `runs/base`" in card
+    # A fine-tune of a fine-tune: the card gives every stage's recipe and log, and the total time.
+    assert "- Wall time: 8 minutes (110 minutes with the runs it fine-tunes, below) on" in card
+    assert "It fine-tunes `final.weights.h5` from the run `runs/second`" in card
+    assert "It fine-tunes `final.weights.h5` from the run `runs/first`" in card
+    assert card.index("runs/second") < card.index("runs/first")
+    assert "| 3000 | 20 | relative | +1.42 | +0.77 | -0.01 |" in card
     assert "| 16000 | 82 | relative | +1.22 | +0.77 | -0.01 |" in card
 
 

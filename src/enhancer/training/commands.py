@@ -62,6 +62,25 @@ def _train(args) -> None:
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
 
+def _base_run(init_weights: Path) -> dict:
+    """The run a fine-tune started from (and, nested, the run that one started from), so the card
+    tells the whole recipe."""
+    base = init_weights.parent
+    recipe = json.loads((base / "config.json").read_text())
+    state_path = base / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    record = {
+        "recipe": recipe,
+        "weights_file": init_weights.name,
+        "log": (base / "log.csv").read_text() if (base / "log.csv").exists() else "",
+        "trained_steps": state.get("step"),
+        "training_minutes": state.get("elapsed_s", 0) / 60,
+    }
+    if recipe.get("init_weights"):
+        record["base_run"] = _base_run(Path(recipe["init_weights"]))
+    return record
+
+
 def _export(args) -> None:
     from enhancer.training import model_card, network
     from enhancer.training.export import export_saved_model
@@ -84,17 +103,7 @@ def _export(args) -> None:
         "log": (args.run / "log.csv").read_text() if (args.run / "log.csv").exists() else "",
     }
     if recipe.get("init_weights"):
-        # A fine-tune: record the run it started from, so the card tells the whole recipe.
-        base = Path(recipe["init_weights"]).parent
-        base_state_path = base / "checkpoint" / "state.json"
-        base_state = json.loads(base_state_path.read_text()) if base_state_path.exists() else {}
-        metadata["base_run"] = {
-            "recipe": json.loads((base / "config.json").read_text()),
-            "weights_file": Path(recipe["init_weights"]).name,
-            "log": (base / "log.csv").read_text() if (base / "log.csv").exists() else "",
-            "trained_steps": base_state.get("step"),
-            "training_minutes": base_state.get("elapsed_s", 0) / 60,
-        }
+        metadata["base_run"] = _base_run(Path(recipe["init_weights"]))
     out = export_saved_model(model, args.out, metadata)
     model_card.write(out)
     print(f"exported {weights} -> {out}")

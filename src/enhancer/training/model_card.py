@@ -23,6 +23,15 @@ def _log_table(log_csv: str) -> list[str]:
     return out
 
 
+def _base_runs(meta: dict) -> list[dict]:
+    """The chain of runs a fine-tune started from, nearest first."""
+    chain, base = [], meta.get("base_run")
+    while base:
+        chain.append(base)
+        base = base.get("base_run")
+    return chain
+
+
 def _pass_through_section(evaluation: dict) -> list[str]:
     """Gains at high JPEG qualities and the server's pass-through threshold they justify."""
     gains = evaluation.get("high_quality_gains")
@@ -92,18 +101,17 @@ def render(model_dir: Path) -> str:
             lines.append(f"- {key}: {recipe[key]}")
     if "training_minutes" in meta:
         minutes = meta["training_minutes"]
-        base_minutes = meta.get("base_run", {}).get("training_minutes")
-        total = f" ({minutes + base_minutes:.0f} minutes with the run it fine-tunes, below)" if base_minutes else ""
+        base_minutes = sum(base.get("training_minutes") or 0 for base in _base_runs(meta))
+        total = f" ({minutes + base_minutes:.0f} minutes with the runs it fine-tunes, below)" if base_minutes else ""
         lines.append(f"- Wall time: {minutes:.0f} minutes{total} on {meta.get('training_machine', 'a 2-core CPU')}")
     lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
     if meta.get("log"):
         lines += ["- Validation gains (dB) per epoch, the log the run wrote (weights averaged where ema_decay > 0):", "",
                   *_log_table(meta["log"]), ""]  # fmt: skip
-    if meta.get("base_run"):
-        base = meta["base_run"]
+    for base in _base_runs(meta):
         b = base["recipe"]
         lines += [
-            f"- This is a fine-tune of `{base['weights_file']}` from the run `{b['run_dir']}`: {b['architecture']}, "
+            f"- It fine-tunes `{base['weights_file']}` from the run `{b['run_dir']}`: {b['architecture']}, "
             f"loss `{b.get('loss')}`, {b['steps']} planned steps (stopped at {base.get('trained_steps')}), "
             f"batch {b['batch_size']} x {b['patch_size']}^2, lr {b['learning_rate']}, seed {b['seed']}. Its log:",
             "",
@@ -125,6 +133,8 @@ def render(model_dir: Path) -> str:
         "  16 % of a 96^2 patch's pixels see no zero padding, 35 % of a 144^2 one; the server's tiles almost always",
         "  give real context. Validation rose from +1.23 to +1.42 dB at q10 and from -0.01 to +0.06 at q90;",
         "  more steps at the old patch size were not tried separately, so the split between the two causes is unknown.",
+        "  On the held-out photos: +1.49 dB at q10, +0.97 at q30, +0.07 at q90: 0.01 dB short of the q10 target.",
+        "- A second, short fine-tune at lr 1e-4 (3500 steps, 22 minutes, new seed): validation +1.42 -> +1.44 at q10.",
         "",
     ]
     if evaluation:
