@@ -266,3 +266,28 @@ def test_pass_through_threshold_is_where_the_gain_stays_negative():
     assert suggested_pass_through(gains) == 88  # 80 is negative, but 85 is not: start above it
     assert suggested_pass_through({70: 0.2, 95: 0.1}) == 101  # never negative: never skip
     assert suggested_pass_through({70: -0.1, 95: -0.2}) == 70
+
+
+def test_export_records_the_chain_of_runs_a_fine_tune_started_from(tmp_path):
+    from enhancer.training.commands import _run_record
+
+    def make_run(name, step, elapsed_s, init_weights=None):
+        run = tmp_path / name
+        (run / "checkpoint").mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"run_dir": str(run), "init_weights": init_weights}))
+        (run / "checkpoint" / "state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed_s}))
+        (run / "log.csv").write_text(f"step,elapsed_s\n{step},{elapsed_s}\n")
+        return run
+
+    first = make_run("first", 16000, 4920.0)
+    second = make_run("second", 14000, 5400.0, init_weights=str(first / "final.weights.h5"))
+    third = make_run("third", 3500, 1320.0, init_weights=str(second / "best.weights.h5"))
+
+    record = _run_record(third)
+    assert (record["trained_steps"], record["training_minutes"]) == (3500, 22.0)
+    assert record["log"] == "step,elapsed_s\n3500,1320.0\n"
+    middle = record["base_run"]
+    assert (middle["recipe"]["run_dir"], middle["weights_file"], middle["trained_steps"]) == (str(second), "best.weights.h5", 14000)
+    oldest = middle["base_run"]
+    assert (oldest["recipe"]["run_dir"], oldest["weights_file"], oldest["training_minutes"]) == (str(first), "final.weights.h5", 82.0)
+    assert "base_run" not in oldest

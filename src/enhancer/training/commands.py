@@ -62,22 +62,21 @@ def _train(args) -> None:
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
 
-def _base_run(init_weights: Path) -> dict:
-    """The run a fine-tune started from (and, nested, the run that one started from), so the card
-    tells the whole recipe."""
-    base = init_weights.parent
-    recipe = json.loads((base / "config.json").read_text())
-    state_path = base / "checkpoint" / "state.json"
+def _run_record(run_dir: Path) -> dict:
+    """What a run directory says about its training: recipe, log, steps and minutes reached, and
+    (for a fine-tune, nested) the run it started from, so the model card tells the whole recipe."""
+    recipe = json.loads((run_dir / "config.json").read_text())
+    state_path = run_dir / "checkpoint" / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     record = {
         "recipe": recipe,
-        "weights_file": init_weights.name,
-        "log": (base / "log.csv").read_text() if (base / "log.csv").exists() else "",
+        "log": (run_dir / "log.csv").read_text() if (run_dir / "log.csv").exists() else "",
         "trained_steps": state.get("step"),
         "training_minutes": state.get("elapsed_s", 0) / 60,
     }
     if recipe.get("init_weights"):
-        record["base_run"] = _base_run(Path(recipe["init_weights"]))
+        init_weights = Path(recipe["init_weights"])
+        record["base_run"] = {**_run_record(init_weights.parent), "weights_file": init_weights.name}
     return record
 
 
@@ -85,25 +84,18 @@ def _export(args) -> None:
     from enhancer.training import model_card, network
     from enhancer.training.export import export_saved_model
 
-    recipe = json.loads((args.run / "config.json").read_text())
-    state_path = args.run / "checkpoint" / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    model = network.build(recipe["architecture"])
+    record = _run_record(args.run)
+    model = network.build(record["recipe"]["architecture"])
     weights = args.run / f"{args.weights}.weights.h5" if args.weights != "latest" else args.run / "checkpoint" / "model.weights.h5"
     model.load_weights(str(weights))
     metadata = {
-        "recipe": recipe,
+        **record,
         "weights": args.weights,
-        "trained_steps": state.get("step"),
-        "training_minutes": state.get("elapsed_s", 0) / 60,
         "training_machine": machine_description(),
         "macs_per_pixel": network.macs_per_pixel(model),
         "receptive_field_reach": network.receptive_field_reach(model),
         "exported": time.strftime("%Y-%m-%d"),
-        "log": (args.run / "log.csv").read_text() if (args.run / "log.csv").exists() else "",
     }
-    if recipe.get("init_weights"):
-        metadata["base_run"] = _base_run(Path(recipe["init_weights"]))
     out = export_saved_model(model, args.out, metadata)
     model_card.write(out)
     print(f"exported {weights} -> {out}")
