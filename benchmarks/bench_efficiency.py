@@ -2,10 +2,13 @@
 
 1. Raw limit: the SavedModel in-process on the server's own tiles and batch shapes
    (benchmarks/raw_model.py, in a fresh process), before and after the HTTP runs.
-2. `enhancer serve` with its default settings: closed-loop windows at each concurrency level,
-   then open-loop Poisson load at fractions of the concurrency-8 throughput.
+2. `enhancer serve` at tile 512 and max batch 4 (the settings the targets were set against; the
+   raw run and the prototype use the same): closed-loop windows at each concurrency level, then
+   open-loop Poisson load at fractions of the concurrency-8 throughput.
 3. The prototype-style synchronous Flask server (benchmarks/proto_server.py), same model and
    tiling, at concurrency 8 (and 1), in the same run.
+4. The same server at max batch 1, and with no settings at all (its own defaults for the device it
+   finds: on a CPU a 576 tile, so a 512x512 upload is one tile, and batch 1), at concurrency 1 and 8.
 
 Efficiency = end-to-end MP/s at concurrency 8 / raw MP/s at the batch size the server used.
 """
@@ -24,7 +27,8 @@ from benchmarks.profiles import Profile
 from benchmarks.server import child_env, enhancer_server, prototype_server
 
 IMAGES = "crop512"
-#: The server's defaults, spelled out so the raw run and the prototype use the same ones.
+#: Pinned settings (the CPU defaults until the tile became 576 and the batch 1), so the raw run,
+#: the prototype and the server all cut the same tiles and batches.
 TILE_SIZE, TILE_OVERLAP, MAX_BATCH = 512, 32, 4
 
 
@@ -85,6 +89,12 @@ def run(profile: Profile) -> dict:
         log("enhancer serve with max_batch_size=1, concurrency 8")
         result["batch1_c8"] = asyncio.run(lg.closed_loop(8, **window))
 
+    # The server as a user starts it: every setting left to the defaults for this device.
+    with enhancer_server("enhancer-defaults") as server:
+        lg = LoadGenerator(server.url + "/upscale", payloads, metrics_url=server.url + "/metrics", server_pid=server.pid)
+        log("enhancer serve with its own defaults, concurrency 1 and 8")
+        result["defaults"] = asyncio.run(lg.sweep([1, 8], **window))
+
     result["summary"] = summarize(result)
     return result
 
@@ -135,5 +145,15 @@ def summarize(result: dict) -> dict:
         summary.update(
             batch1_e2e_mp_per_s_c8=b1["mp_per_s"], batch1_req_per_s_c8=b1["req_per_s"], batch1_p99_s_c8=b1["p99_s"],
             batch1_efficiency=b1["mp_per_s"] / raw1, batch1_model_busy_fraction=b1["server_metrics"].get("model_busy_fraction"),
+        )
+    if "defaults" in result:
+        d1, d8 = (next(r for r in result["defaults"] if r["concurrency"] == c) for c in (1, 8))
+        pinned1 = next((r for r in result["sweep"] if r["concurrency"] == 1), None)
+        summary.update(
+            defaults_req_per_s_c1=d1["req_per_s"], defaults_p50_s_c1=d1["p50_s"],
+            defaults_req_per_s_c8=d8["req_per_s"], defaults_mp_per_s_c8=d8["mp_per_s"], defaults_p99_s_c8=d8["p99_s"],
+            defaults_mean_batch_size_c8=d8["server_metrics"].get("mean_batch_size"),
+            defaults_speedup_c8=d8["req_per_s"] / rps if rps else None,
+            defaults_p50_ratio_c1=(d1["p50_s"] / pinned1["p50_s"]) if pinned1 and pinned1["p50_s"] else None,
         )
     return summary

@@ -236,7 +236,7 @@ def build(results: Path) -> str:
         plot_concurrency(eff, results)
         s = eff["summary"]
         lines += [
-            "## 1. Server efficiency (512x512 JPEG -> PNG, concurrency 8)", "",
+            "## 1. Server efficiency (512x512 JPEG -> PNG, concurrency 8, tile 512, max batch 4)", "",
             "| figure | value |", "|---|---|",
             f"| end-to-end | {s['e2e_mp_per_s_c8']:.3f} MP/s ({s['e2e_req_per_s_c8']:.2f} req/s) |",
             f"| raw SavedModel, same tiles, batch {s['raw_batch_size']} (before / after) | {s['raw_mp_per_s_before']:.3f} / {s['raw_mp_per_s_after']:.3f} MP/s |",
@@ -269,11 +269,18 @@ def build(results: Path) -> str:
             lines += ["", f"Same server with `ENHANCER_MAX_BATCH_SIZE=1`, concurrency 8: {s['batch1_e2e_mp_per_s_c8']:.3f} MP/s "
                       f"({s['batch1_req_per_s_c8']:.2f} req/s, p99 {_ms(s['batch1_p99_s_c8'])}); efficiency against the raw model "
                       f"at batch 1: {s['batch1_efficiency']:.3f}; model busy {_f(s['batch1_model_busy_fraction'], 3)}."]
+        if "defaults_req_per_s_c8" in s:
+            lines += ["", f"Same server with no settings (its own defaults on this device; mean batch "
+                      f"{_f(s['defaults_mean_batch_size_c8'])}): concurrency 1 p50 {_ms(s['defaults_p50_s_c1'])} "
+                      f"(x{_f(s['defaults_p50_ratio_c1'])} the pinned server's); concurrency 8 {s['defaults_req_per_s_c8']:.2f} req/s "
+                      f"(x{_f(s['defaults_speedup_c8'])}), {s['defaults_mp_per_s_c8']:.3f} MP/s, p99 {_ms(s['defaults_p99_s_c8'])}."]
         lines += ["", "## 6. Against the prototype's way of serving (same run, 512x512)", "",
                   "| server | concurrency | req/s | p50 | p99 |", "|---|---|---|---|---|"]
         for r in eff["sweep"]:
             if r["concurrency"] in (1, 8):
-                lines.append(f"| enhancer serve | {r['concurrency']} | {r['req_per_s']:.2f} | {_ms(r['p50_s'])} | {_ms(r['p99_s'])} |")
+                lines.append(f"| enhancer serve, tile 512, batch 4 | {r['concurrency']} | {r['req_per_s']:.2f} | {_ms(r['p50_s'])} | {_ms(r['p99_s'])} |")
+        for r in eff.get("defaults", []):
+            lines.append(f"| enhancer serve, own defaults | {r['concurrency']} | {r['req_per_s']:.2f} | {_ms(r['p50_s'])} | {_ms(r['p99_s'])} |")
         for r in eff.get("prototype", []):
             lines.append(f"| sync Flask, one request at a time | {r['concurrency']} | {r['req_per_s']:.2f} | {_ms(r['p50_s'])} | {_ms(r['p99_s'])} |")
         lines += [f"", f"Throughput at concurrency 8: x{_f(s['speedup_vs_prototype'])} the prototype's.", ""]

@@ -18,6 +18,7 @@ from conftest import decode_bytes, encode_bgr, make_settings, photo_like, runnin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
 
+from benchmarks import bench_efficiency  # noqa: E402
 from benchmarks.common import metric_delta, parse_prometheus, percentiles  # noqa: E402
 from benchmarks.loadgen import Sample, _stable, parse_server_timing, summarize  # noqa: E402
 from benchmarks.simulated import SimulatedDevice, ceiling_ratio  # noqa: E402
@@ -54,6 +55,30 @@ def test_summary_counts_errors_and_uses_only_successes_for_latency():
     assert s["p50_s"] == 2.0 and s["latency_max_s"] == 3.0
     assert s["server_timing_mean_s"] == {"infer": 1.0}
     assert percentiles([]) == {"p50": None, "p90": None, "p99": None}
+
+
+def test_efficiency_summary_compares_the_pinned_server_the_raw_model_and_the_default_server():
+    def level(concurrency, req_per_s, p50_s, batch):
+        return {"concurrency": concurrency, "req_per_s": req_per_s, "mp_per_s": req_per_s * 0.262, "p50_s": p50_s,
+                "p99_s": 2 * p50_s, "server_timing_mean_s": {},
+                "server_metrics": {"mean_batch_size": batch, "model_busy_fraction": 0.99, "mean_batch_infer_s": 0.3}}  # fmt: skip
+
+    def raw(mp_per_s):
+        return {"batches": [{"batch_size": b, "mp_per_s": mp_per_s, "batch_s_median": 0.3, "tiles_per_s": 12.0} for b in (1, 2, 4)]}
+
+    result = {
+        "sweep": [level(1, 2.0, 0.4, 4.0), level(8, 3.0, 2.6, 4.0)],
+        "raw_before": raw(0.7), "raw_after": raw(0.9),
+        "prototype": [level(1, 2.5, 0.35, 1.0), level(8, 2.0, 3.0, 1.0)],
+        "defaults": [level(1, 4.5, 0.2, 1.0), level(8, 4.8, 1.5, 1.0)],
+    }  # fmt: skip
+    s = bench_efficiency.summarize(result)
+    assert s["raw_batch_size"] == 4 and s["raw_mp_per_s"] == pytest.approx(0.8)
+    assert s["efficiency"] == pytest.approx(3.0 * 0.262 / 0.8)
+    assert s["speedup_vs_prototype"] == pytest.approx(1.5)
+    assert s["defaults_speedup_c8"] == pytest.approx(1.6)  # 4.8 / 3.0 req/s at concurrency 8
+    assert s["defaults_p50_ratio_c1"] == pytest.approx(0.5)  # 0.2 / 0.4 s alone
+    assert s["defaults_mean_batch_size_c8"] == 1.0
 
 
 def test_prometheus_text_is_parsed_and_differenced():
