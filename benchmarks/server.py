@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 from benchmarks.common import OUT_DIR, REPO, log
 
@@ -127,6 +126,8 @@ def prototype_server(name: str = "prototype", port: int | None = None, **options
 
 def process_tree_rss(pid: int) -> int:
     """Resident set size of a process and its children, in bytes (0 if it is gone)."""
+    import psutil  # the bench extra; imported here so the tests can import this module without it
+
     try:
         proc = psutil.Process(pid)
         total = proc.memory_info().rss
