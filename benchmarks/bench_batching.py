@@ -42,12 +42,13 @@ WORKLOADS = {
 }
 
 
-def _measure(workload: str, concurrency: int, max_batch: int, delay_ms: float, profile: Profile) -> dict:
+def _measure(workload: str, concurrency: int, max_batch: int, delay_ms: float, profile: Profile,
+             in_flight: int = 1) -> dict:
     spec = WORKLOADS[workload]
     payloads = [Payload.from_image(img) for img in group(spec["images"])]
-    name = f"sim-{workload}-b{max_batch}-d{delay_ms:g}"
+    name = f"sim-{workload}-b{max_batch}-d{delay_ms:g}-f{in_flight}"
     with simulated_server(name, batch_cost_ms=A_MS, per_tile_ms=B_MS, max_batch_size=max_batch,
-                          max_batch_delay_ms=delay_ms, **spec["settings"]) as server:
+                          max_batch_delay_ms=delay_ms, batches_in_flight=in_flight, **spec["settings"]) as server:
         lg = LoadGenerator(server.url + "/upscale", payloads, params=spec["params"],
                            metrics_url=server.url + "/metrics", server_pid=server.pid)
         log(f"{name}: concurrency {concurrency}")
@@ -55,7 +56,7 @@ def _measure(workload: str, concurrency: int, max_batch: int, delay_ms: float, p
                                             min_requests=max(profile.min_requests, concurrency),
                                             max_windows=profile.max_windows))
     sm = result["server_metrics"]
-    result.update(workload=workload, max_batch_size=max_batch, max_batch_delay_ms=delay_ms,
+    result.update(workload=workload, max_batch_size=max_batch, max_batch_delay_ms=delay_ms, batches_in_flight=in_flight,
                   tiles_per_s=(sm.get("tiles") or 0) / sm["wall_s"] if sm else None)
     return result
 
@@ -69,6 +70,7 @@ def run(profile: Profile) -> dict:
         ratio = b32["req_per_s"] / b1["req_per_s"] if b1["req_per_s"] else None
         result["target"][workload] = {"batch1": b1, "batch32": b32, "ratio": ratio}
         log(f"batching {workload}: {b1['req_per_s']:.1f} -> {b32['req_per_s']:.1f} req/s = x{ratio:.2f}")
+    result["in_flight"] = batches_in_flight(profile)
     sweeps = [("device_bound", 32), ("few_tiles", 4), ("one_tile", 32)]
     for workload, concurrency in sweeps:
         for delay in profile.batching_delays_ms:
@@ -76,3 +78,25 @@ def run(profile: Profile) -> dict:
             entry["concurrency"] = concurrency
             result["sweep"].append(entry)
     return result
+
+
+def batches_in_flight(profile: Profile, pairs: int = 2) -> dict:
+    """device_bound at max batch 32 with one and with two batches in flight, alternating `pairs`
+    times (drift hits both alike): does stacking the next batch while the device runs pay?"""
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(pairs):
+        for in_flight in (1, 2):
+            runs[in_flight].append(_measure("device_bound", 32, 32, 5.0, profile, in_flight=in_flight))
+
+    def mean(in_flight: int, key: str) -> float:
+        return sum(r[key] for r in runs[in_flight]) / len(runs[in_flight])
+
+    def busy(in_flight: int) -> float:
+        return sum(r["server_metrics"].get("model_busy_fraction") or 0 for r in runs[in_flight]) / len(runs[in_flight])
+
+    summary = {str(f): {"req_per_s": mean(f, "req_per_s"), "p99_s": mean(f, "p99_s"), "model_busy_fraction": busy(f)}
+               for f in (1, 2)}  # fmt: skip
+    summary["ratio"] = summary["2"]["req_per_s"] / summary["1"]["req_per_s"]
+    log(f"batches in flight 1 -> 2: {summary['1']['req_per_s']:.1f} -> {summary['2']['req_per_s']:.1f} req/s "
+        f"= x{summary['ratio']:.2f}; model busy {summary['1']['model_busy_fraction']:.2f} -> {summary['2']['model_busy_fraction']:.2f}")
+    return {"runs": {str(f): r for f, r in runs.items()}, "summary": summary}

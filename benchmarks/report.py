@@ -300,6 +300,13 @@ def build(results: Path) -> str:
                 f"**x{_f(t['ratio'])}** {_verdict(t['ratio'] >= 10) if workload == 'device_bound' else ''} | "
                 f"{_f(b32['server_metrics'].get('mean_batch_size'), 1)} | {_ms(b1['p99_s'])} / {_ms(b32['p99_s'])} |"
             )
+        if bat.get("in_flight"):
+            f = bat["in_flight"]["summary"]
+            lines += ["", f"Batches in flight (device_bound, max batch 32, {len(bat['in_flight']['runs']['1'])} alternating runs each"
+                      f"{', measured ' + bat['in_flight']['measured_at'] if bat['in_flight'].get('measured_at') else ''}): "
+                      f"1: {f['1']['req_per_s']:.2f} req/s, model busy {f['1']['model_busy_fraction']:.2f}, p99 {_ms(f['1']['p99_s'])}; "
+                      f"2: {f['2']['req_per_s']:.2f} req/s, model busy {f['2']['model_busy_fraction']:.2f}, p99 {_ms(f['2']['p99_s'])}; "
+                      f"**x{f['ratio']:.2f}**."]
         lines += ["", "Delay sweep (max batch 32):", "",
                   "| workload | concurrency | max_batch_delay_ms | req/s | tiles/s | mean batch | p50 | p99 |", "|---|---|---|---|---|---|---|---|"]
         for e in bat["sweep"]:

@@ -101,8 +101,11 @@ async def hold_model(batcher: MicroBatcher, model: FakeModel, count: int) -> asy
     return task
 
 
-def make(model, *, batch=4, delay=5.0, queue=1000, observer=None) -> MicroBatcher:
-    return MicroBatcher(model, max_batch_size=batch, max_batch_delay_s=delay, max_queue_tiles=queue, observer=observer)
+def make(model, *, batch=4, delay=5.0, queue=1000, observer=None, in_flight=1) -> MicroBatcher:
+    return MicroBatcher(
+        model, max_batch_size=batch, max_batch_delay_s=delay, max_queue_tiles=queue, batches_in_flight=in_flight,
+        observer=observer,
+    )  # fmt: skip
 
 
 def test_concurrent_requests_share_batches_round_robin_and_get_their_own_tiles_back():
@@ -497,5 +500,87 @@ def test_submit_checks_its_input_and_that_the_batcher_runs():
         with pytest.raises(ValueError):
             await batcher.submit(np.zeros((2, 2, 1), np.float32))
         await batcher.stop()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_with_two_batches_in_flight_the_next_one_is_formed_while_the_model_is_busy(in_flight):
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=0.0, in_flight=in_flight)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 2)
+        queued = asyncio.create_task(batcher.submit(tiles(A, 3)))
+        if in_flight == 2:  # A's first two tiles are taken into the next batch while the model is held
+            await until(lambda: batcher.queued_tiles == 1)
+        else:
+            await until(lambda: batcher.queued_tiles == 3)
+            await asyncio.sleep(0.1)
+            assert batcher.queued_tiles == 3  # nothing is taken while the model is busy
+        late = asyncio.create_task(batcher.submit(tiles(B, 1)))
+        await until(lambda: batcher.queued_tiles == (2 if in_flight == 2 else 4))
+        model.gate.set()
+        results = await asyncio.gather(blocker, queued, late)
+        await batcher.stop()
+        return results
+
+    results = run(scenario)
+    # With one batch in flight the newcomer B joins the very next batch; with two it waits one more.
+    expected = {1: [[(A, 0), (B, 0)], [(A, 1), (A, 2)]], 2: [[(A, 0), (A, 1)], [(A, 2), (B, 0)]]}
+    assert model.batches[1:] == expected[in_flight]
+    for (outputs, _), rid, count in zip(results, (Z, A, B), (2, 3, 1), strict=True):
+        assert np.array_equal(outputs, tiles(rid, count) + 0.5)
+
+
+def test_two_batches_in_flight_answer_every_request_and_fail_only_the_poisoned_ones():
+    model = FakeModel(seconds=0.002)
+    observer = Recorder()
+
+    async def scenario():
+        batcher = make(model, batch=3, delay=0.001, in_flight=2, observer=observer)
+        await batcher.start()
+        inputs = {rid: tiles(rid, 2 + rid % 4, SMALL if rid % 2 else LARGE) for rid in range(1, 25)}
+        inputs[7] = tiles(7, 4, SMALL, poison=(2,))
+        tasks = {rid: asyncio.create_task(batcher.submit(x)) for rid, x in inputs.items()}
+        results = {}
+        for rid, task in tasks.items():
+            try:
+                results[rid] = (await task)[0]
+            except BatchFailedError as error:
+                results[rid] = error
+        await batcher.stop()
+        return inputs, results
+
+    inputs, results = run(scenario)
+    failed = {rid for rid, r in results.items() if isinstance(r, BatchFailedError)}
+    poisoned_batch = next(b for b in model.batches if (7, 2) in b)
+    assert failed == {rid for rid, _ in poisoned_batch}  # the poisoned batch's requests, nobody else
+    for rid, result in results.items():
+        if rid not in failed:
+            assert np.array_equal(result, inputs[rid] + 0.5)
+    # every tile either ran in a successful batch, ran in the failed one, or was dropped with its request
+    assert sum(observer.batch_sizes) + len(poisoned_batch) + observer.dropped == sum(len(x) for x in inputs.values())
+    assert len(model.threads) == 1
+
+
+def test_stop_without_drain_with_two_batches_in_flight_answers_everyone():
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=0.0, in_flight=2)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 2)
+        second = asyncio.create_task(batcher.submit(tiles(A, 2)))  # formed, waiting for the model thread
+        waiting = asyncio.create_task(batcher.submit(tiles(B, 2)))  # still queued
+        await until(lambda: batcher.queued_tiles == 2)
+        try:
+            await batcher.stop(drain=False)
+        finally:
+            model.gate.set()
+        for task in (blocker, second, waiting):
+            with pytest.raises(BatcherClosedError):
+                await task
 
     run(scenario)

@@ -24,6 +24,7 @@ def test_cpu_defaults_are_the_settings_defaults():
     assert device_defaults("cpu") == {
         "tile_size": Settings.model_fields["tile_size"].default,
         "max_batch_size": Settings.model_fields["max_batch_size"].default,
+        "batches_in_flight": Settings.model_fields["batches_in_flight"].default,
     }
 
 
@@ -31,11 +32,12 @@ def test_gpu_defaults_are_larger_tiles_and_batches():
     gpu, cpu = device_defaults("gpu"), device_defaults("cpu")
     assert gpu == GPU_DEFAULTS
     assert gpu["tile_size"] > cpu["tile_size"] and gpu["max_batch_size"] > cpu["max_batch_size"]
+    assert (cpu["batches_in_flight"], gpu["batches_in_flight"]) == (1, 2)
 
 
 def test_explicit_settings_are_not_defaulted():
-    assert device_defaults("gpu", {"tile_size"}) == {"max_batch_size": GPU_DEFAULTS["max_batch_size"]}
-    assert device_defaults("gpu", {"tile_size", "max_batch_size", "xla"}) == {}
+    assert device_defaults("gpu", {"tile_size", "batches_in_flight"}) == {"max_batch_size": GPU_DEFAULTS["max_batch_size"]}
+    assert device_defaults("gpu", {"tile_size", "max_batch_size", "batches_in_flight", "xla"}) == {}
 
 
 def test_unknown_device_kind_is_an_error():
@@ -54,7 +56,7 @@ def test_for_device_fills_only_what_the_environment_left_unset(monkeypatch):
 
 
 def test_for_device_keeps_everything_explicit():
-    settings = Settings(_env_file=None, tile_size=256, max_batch_size=3)
+    settings = Settings(_env_file=None, tile_size=256, max_batch_size=3, batches_in_flight=1)
     assert settings.for_device("gpu") is settings
 
 
@@ -71,6 +73,7 @@ def test_start_up_line_names_device_precision_and_batch_settings():
     assert "GPU (/physical_device:GPU:0)" in line
     assert "precision mixed_float16 (float16 convolutions)" in line
     assert f"max_batch_size {GPU_DEFAULTS['max_batch_size']} (GPU default)" in line
+    assert "batches_in_flight 2 (GPU default)" in line
     assert "tile_size 256 (set)" in line
     assert "XLA off" in line
 

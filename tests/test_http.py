@@ -550,3 +550,21 @@ async def test_40_concurrent_requests_each_get_their_own_result(fresh_client):
         assert_close_pixels(decode_bytes(r.content), alone[i])
     # Same-sized images differ, so an answer carrying another request's tiles could not pass.
     assert np.abs(alone[0].astype(int) - alone[8].astype(int)).mean() > 5
+
+
+async def test_two_batches_in_flight_give_every_request_its_own_result(client, saved_model):
+    """The GPU default (the next batch stacked while the model runs one) on the real SavedModel."""
+    sizes = [(60, 200), (150, 210), (33, 47), (200, 300)]
+    uploads = [encode_bgr(photo_like(*sizes[i % len(sizes)], seed=300 + i), ".png") for i in range(12)]
+    alone = []
+    for data in uploads:  # the shared app: one batch in flight
+        r = await client.post("/upscale", files=upload(data))
+        assert r.status_code == 200
+        alone.append(decode_bytes(r.content))
+    app = create_app(make_settings(batches_in_flight=2, max_batch_size=2), model=saved_model)
+    async with running_app(app) as pipelined:
+        assert app.state.runtime.batcher.batches_in_flight == 2
+        together = await asyncio.gather(*(pipelined.post("/upscale", files=upload(d)) for d in uploads))
+    for i, r in enumerate(together):
+        assert r.status_code == 200, r.text
+        assert_close_pixels(decode_bytes(r.content), alone[i])

@@ -29,11 +29,14 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 #: ~8.4 MP, ~0.26 TMAC for this net: enough work per pass to keep a GPU busy. Activations are about
 #: 150 MB per 1024 tile in float32 (~1.2 GB per batch); warm-up runs the full batch, so a GPU too
 #: small for it fails at start-up, not on a request.
-GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8}
+#: Two batches in flight let the model thread start the next batch the moment one returns (measured
+#: on the simulated device, benchmarks/RESULTS.md); on a CPU that would make small requests wait for
+#: one more batch and buys nothing, since host work takes the same cores as the model.
+GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8, "batches_in_flight": 2}
 
 
 def device_defaults(device_kind: str, explicit: Iterable[str] = ()) -> dict[str, int]:
-    """Tile/batch size for the device the model runs on ("cpu" or "gpu"), minus explicit fields.
+    """Tile/batch settings for the device the model runs on ("cpu" or "gpu"), minus explicit fields.
 
     Pure: `Settings.for_device` applies the result at start-up, once TensorFlow has said which
     device it uses; a field named in `explicit` (set by environment, .env or argument) is left out.
@@ -132,6 +135,14 @@ class Settings(BaseSettings):
         "within noise) and a batch of big tiles makes small requests wait behind it, so unset it is "
         "1 on a CPU and 8 on a GPU (tile_size likewise: 576 / 1024), chosen when the model loads "
         "(benchmarks/RESULTS.md).",
+    )
+    batches_in_flight: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Batches formed and not yet finished. With 2 the next batch is picked and stacked "
+        "while the model runs the current one, so the model never waits for the event loop; a request "
+        "arriving meanwhile then waits one batch longer. Unset it is 1 on a CPU and 2 on a GPU.",
     )
     max_batch_delay_ms: float = Field(
         default=5.0,
@@ -275,7 +286,8 @@ class Settings(BaseSettings):
         return (
             f"inference on {device}; precision {precision or self.precision}; XLA {'on' if self.xla else 'off'}; "
             f"GPU memory growth {'on' if self.gpu_memory_growth else 'off'}; "
-            f"max_batch_size {self.max_batch_size} ({origin('max_batch_size')}); "
+            f"max_batch_size {self.max_batch_size} ({origin('max_batch_size')}), "
+            f"batches_in_flight {self.batches_in_flight} ({origin('batches_in_flight')}); "
             f"tile_size {self.tile_size} ({origin('tile_size')}), overlap {self.tile_overlap}; "
             f"max_batch_delay_ms {self.max_batch_delay_ms:g}"
         )

@@ -88,6 +88,7 @@ class Runtime:
             max_batch_size=s.max_batch_size,
             max_batch_delay_s=s.max_batch_delay_s,
             max_queue_tiles=s.max_queue_tiles,
+            batches_in_flight=s.batches_in_flight,
             observer=self.metrics,
         )
         self.service = EnhanceService(
