@@ -178,7 +178,7 @@ def plot_memory(mem: dict, out: Path) -> list[Path]:
 
 
 def plot_fairness(fair: dict, out: Path) -> Path:
-    variants = [("server defaults", fair)] + ([("max_batch_size=1", fair["batch1"])] if fair.get("batch1") else [])
+    variants = [("server defaults", fair)] + ([(fair["variant"]["label"], fair["variant"])] if fair.get("variant") else [])
     fig, axes = plt.subplots(len(variants), 1, figsize=(7.5, 3.4 * len(variants)), squeeze=False, sharey=True)
     for ax, (title, v) in zip(axes[:, 0], variants):
         for key, color, label in (("series_baseline", "tab:blue", "alone"), ("series_loaded", "tab:orange", "with 24 MP running")):
@@ -324,9 +324,9 @@ def build(results: Path) -> str:
                   f"| during 24 MP | {d['ok']} | {_ms(d['p50_s'])} | {_ms(d['p90_s'])} | {_ms(d['p99_s'])} | {_ms(d['latency_max_s'])} |",
                   "", f"p99 ratio: **x{_f(fair['p99_ratio'])}** (target <= 3) {_verdict(fair['p99_ratio'] <= 3)}; "
                   f"24 MP request(s) took " + ", ".join(_ms(x['latency_s']) for x in fair["big_requests"]) + ".", ""]
-        if fair.get("batch1"):
-            v = fair["batch1"]
-            lines += ["With `ENHANCER_MAX_BATCH_SIZE=1` (same run):", "",
+        if fair.get("variant"):
+            v = fair["variant"]
+            lines += [f"With `{v['label']}` (same run):", "",
                       "| | requests | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|",
                       f"| alone | {v['baseline']['ok']} | {_ms(v['baseline']['p50_s'])} | {_ms(v['baseline']['p90_s'])} | {_ms(v['baseline']['p99_s'])} | {_ms(v['baseline']['latency_max_s'])} |",
                       f"| during 24 MP | {v['during_big']['ok']} | {_ms(v['during_big']['p50_s'])} | {_ms(v['during_big']['p90_s'])} | {_ms(v['during_big']['p99_s'])} | {_ms(v['during_big']['latency_max_s'])} |",
