@@ -141,7 +141,7 @@ class Settings(BaseSettings):
         ge=1,
         le=8,
         description="Batches formed and not yet finished. With 2 the next batch is picked and stacked "
-        "while the model runs the current one, so the model never waits for the event loop; a request "
+        "while the model runs the current one, so the model need not wait for the event loop; a request "
         "arriving meanwhile then waits one batch longer. Unset it is 1 on a CPU and 2 on a GPU.",
     )
     max_batch_delay_ms: float = Field(
