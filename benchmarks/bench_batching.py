@@ -88,13 +88,11 @@ def batches_in_flight(profile: Profile, pairs: int = 2) -> dict:
         for in_flight in (1, 2):
             runs[in_flight].append(_measure("device_bound", 32, 32, 5.0, profile, in_flight=in_flight))
 
-    def mean(in_flight: int, key: str) -> float:
-        return sum(r[key] for r in runs[in_flight]) / len(runs[in_flight])
+    def mean(in_flight: int, value) -> float:
+        return sum(value(r) for r in runs[in_flight]) / len(runs[in_flight])
 
-    def busy(in_flight: int) -> float:
-        return sum(r["server_metrics"].get("model_busy_fraction") or 0 for r in runs[in_flight]) / len(runs[in_flight])
-
-    summary = {str(f): {"req_per_s": mean(f, "req_per_s"), "p99_s": mean(f, "p99_s"), "model_busy_fraction": busy(f)}
+    summary = {str(f): {"req_per_s": mean(f, lambda r: r["req_per_s"]), "p99_s": mean(f, lambda r: r["p99_s"]),
+                        "model_busy_fraction": mean(f, lambda r: r["server_metrics"].get("model_busy_fraction") or 0)}
                for f in (1, 2)}  # fmt: skip
     summary["ratio"] = summary["2"]["req_per_s"] / summary["1"]["req_per_s"]
     log(f"batches in flight 1 -> 2: {summary['1']['req_per_s']:.1f} -> {summary['2']['req_per_s']:.1f} req/s "
