@@ -43,6 +43,12 @@ def _fetch_photos(args) -> None:
     fetch_photos(args.out)
 
 
+def _fetch_fonts(args) -> None:
+    from enhancer.training.synthetic import fetch_fonts
+
+    print(f"{len(fetch_fonts(args.out))} fonts in {args.out}")
+
+
 def _dataset(args) -> None:
     from enhancer.training.dataset import DEFAULT_VALIDATION, prepare_photos
 
@@ -58,6 +64,7 @@ def _train(args) -> None:
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patch_size=args.patch_size,
         learning_rate=args.learning_rate, seed=args.seed, loss=args.loss, warmup_steps=args.warmup_steps,
         init_weights=str(args.init_weights) if args.init_weights else None, ema_decay=args.ema_decay,
+        fonts_dir=str(args.fonts), relative_floor=args.relative_floor,
     )  # fmt: skip
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
@@ -128,6 +135,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("data/raw"))
     p.set_defaults(func=_fetch_photos)
 
+    p = subparsers.add_parser("fetch-fonts", help="download the training fonts (Debian font packages, unpacked, not installed)")
+    p.add_argument("--out", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
+    p.set_defaults(func=_fetch_fonts)
+
     p = subparsers.add_parser("dataset", help="prepare a folder of photos for training (downscale, hold out validation)")
     p.add_argument("source", type=Path, help="folder of photographs (e.g. data/raw, or DIV2K)")
     p.add_argument("--out", type=Path, default=DEFAULT_DATA)
@@ -139,7 +150,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train (or resume) a restoration network")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
-    p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "prototype"])
+    p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "dejpeg_q", "prototype"],
+                   help="dejpeg_q is told the file's quantisation tables (its training mixes in rendered content)")
+    p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir), help="training fonts (enhancer fetch-fonts)")
+    p.add_argument("--relative-floor", type=float, default=TRAIN_DEFAULTS.relative_floor,
+                   help="floor under the input's MSE in the relative loss")
     p.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)
     p.add_argument("--loss", choices=LOSSES, default=TRAIN_DEFAULTS.loss,
                    help="relative (default): each patch's squared error over its JPEG input's; mse: the "
@@ -151,7 +166,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, default=TRAIN_DEFAULTS.patch_size)
     p.add_argument("--learning-rate", type=float, default=TRAIN_DEFAULTS.learning_rate)
     p.add_argument("--warmup-steps", type=int, default=TRAIN_DEFAULTS.warmup_steps)
-    p.add_argument("--init-weights", type=Path, help="fine-tune from these .weights.h5 instead of the identity start")
+    p.add_argument("--init-weights", type=Path,
+                   help="fine-tune from these .weights.h5, or from a served dejpeg SavedModel folder's convolutions")
     p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     p.add_argument("--max-minutes", type=float, help="stop after this long (at an epoch end); rerun to resume")
     p.add_argument("--no-progress", action="store_true")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from enhancer.training.jpeg_damage import QUANTIZATION_LENGTH
+
 #: Height and width of the net's input must be multiples of this (two space-to-depth steps).
 SIZE_MULTIPLE = 4
 
@@ -99,7 +101,127 @@ def build_prototype(name: str = "prototype") -> keras.Model:
     return keras.Model(image, out, name=name)
 
 
-ARCHITECTURES = {"dejpeg": build_dejpeg, "prototype": build_prototype}
+class QuantizationFeatures(layers.Layer):
+    """The file's tables as features: log2 of each step (0 where unknown), which halves are
+    known, and the chroma subsampling. Logs because a step's effect on the damage is multiplicative."""
+
+    def call(self, quantization):
+        import tensorflow as tf
+
+        steps = quantization[:, :128]
+        logs = tf.where(steps > 0, tf.math.log(tf.maximum(steps, 1.0)) / tf.math.log(2.0) / 8.0, 0.0)
+        known = tf.cast(tf.stack([steps[:, 0] > 0, steps[:, 64] > 0], axis=1), tf.float32)
+        return tf.concat([logs, known, quantization[:, 128:130] - 1.0], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 132)
+
+
+class FiLM(layers.Layer):
+    """Feature-wise scale and shift from the condition: x * (1 + gamma) + beta, per channel."""
+
+    def call(self, inputs):
+        x, params = inputs
+        gamma, beta = params[:, None, None, : x.shape[-1]], params[:, None, None, x.shape[-1] :]
+        return x * (1.0 + gamma) + beta
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
+class JpegProjection(layers.Layer):
+    """Clip the restoration to the file's quantisation intervals (see `training.projection`)."""
+
+    def call(self, inputs):
+        from enhancer.training.projection import project
+
+        restored, damaged, quantization = inputs
+        return project(restored, damaged, quantization)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
+def build_dejpeg_q(
+    half_channels: int = 32,
+    quarter_channels: int = 96,
+    quarter_blocks: int = 4,
+    condition_units: int = 64,
+    name: str = "dejpeg_q",
+) -> keras.Model:
+    """`dejpeg` told the file's quantisation tables, then projected onto them.
+
+    The convolutions keep `dejpeg`'s names and shapes, so its trained weights load into them
+    (`load_body_weights`); the condition enters as FiLM on the half- and quarter-resolution
+    features through zero-initialised heads, so a fresh model starts exactly as the base net.
+    Input H and W must be multiples of 16 and start on the file's block grid (4:2:0 chroma).
+    """
+    conv = lambda ch, k=3, **kw: layers.Conv2D(ch, k, padding="same", **kw)  # noqa: E731
+    image = keras.Input(shape=(None, None, 3), name="image")
+    quantization = keras.Input(shape=(QUANTIZATION_LENGTH,), name="quantization")
+    hidden = QuantizationFeatures(name="q_features")(quantization)
+    hidden = layers.Dense(condition_units, activation="relu", name="q_dense1")(hidden)
+    hidden = layers.Dense(condition_units, activation="relu", name="q_dense2")(hidden)
+
+    def film(x, channels: int, label: str):
+        params = layers.Dense(2 * channels, kernel_initializer="zeros", name=f"film_{label}")(hidden)
+        return FiLM(name=f"film_apply_{label}")([x, params])
+
+    half = SpaceToDepth(2, name="to_half")(image)
+    half = conv(half_channels, activation="relu", name="half_in")(half)
+    half = conv(half_channels, activation="relu", name="half_enc1")(half)
+    skip = conv(half_channels, activation="relu", name="half_enc2")(half)
+    skip = film(skip, half_channels, "skip")
+
+    quarter = SpaceToDepth(2, name="to_quarter")(skip)
+    quarter = conv(quarter_channels, 1, activation="relu", name="quarter_in")(quarter)
+    quarter = film(quarter, quarter_channels, "quarter_in")
+    for i in range(quarter_blocks):
+        quarter = conv(quarter_channels, activation="relu", name=f"quarter_{i}")(quarter)
+        if i % 2 == 1:
+            quarter = film(quarter, quarter_channels, f"quarter_{i}")
+    up = conv(half_channels * 4, 1, name="quarter_out")(quarter)
+    up = DepthToSpace(2, name="to_half_again")(up)
+
+    half = layers.Add(name="skip")([up, skip])
+    half = layers.ReLU(name="skip_relu")(half)
+    half = conv(half_channels, activation="relu", name="half_dec")(half)
+    half = film(half, half_channels, "half_dec")
+    correction = conv(12, kernel_initializer="zeros", bias_initializer="zeros", name="half_out")(half)
+    correction = DepthToSpace(2, name="to_full")(correction)
+    restored = layers.Add(name="residual")([image, correction])
+    projected = JpegProjection(name="projection")([restored, image, quantization])
+    return keras.Model([image, quantization], projected, name=name)
+
+
+def load_body_weights(model: keras.Model, saved_model_dir: str) -> list[str]:
+    """Copy a `dejpeg` SavedModel's convolution weights into the same-named layers of `model`.
+
+    Keras 3 stores a functional model's layers by position (`model/_operations/<i>/...`); the
+    positions are those of `build_dejpeg()`. Returns the names of the layers filled.
+    """
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(saved_model_dir) + "/variables/variables")
+    base = build_dejpeg()
+    filled = []
+    for i, layer in enumerate(base.layers):
+        if isinstance(layer, layers.Conv2D):
+            prefix = f"model/_operations/{i}"
+            kernel = reader.get_tensor(f"{prefix}/_kernel/.ATTRIBUTES/VARIABLE_VALUE")
+            bias = reader.get_tensor(f"{prefix}/bias/.ATTRIBUTES/VARIABLE_VALUE")
+            model.get_layer(layer.name).set_weights([kernel, bias])
+            filled.append(layer.name)
+    return filled
+
+
+ARCHITECTURES = {"dejpeg": build_dejpeg, "dejpeg_q": build_dejpeg_q, "prototype": build_prototype}
+
+#: Architectures told the file's quantisation tables (a second input, `quantization`).
+CONDITIONED = frozenset({"dejpeg_q"})
+
+#: Height/width multiple each architecture needs (what export declares).
+SIZE_MULTIPLES = {"dejpeg": SIZE_MULTIPLE, "dejpeg_q": 16, "prototype": 1}
 
 
 def build(architecture: str) -> keras.Model:

@@ -1,5 +1,6 @@
 """Fetch free training photographs onto a fresh machine: Debian wallpaper packages and the
-sample photos inside scikit-image and scikit-learn.
+sample photos inside scikit-learn. scikit-image's sample photos are the test set's
+(`training.testset`), so they are never fetched for training.
 
 Why these: they are public, licensed for redistribution, reachable from a machine that sees only
 PyPI and Debian, and the same bytes come back every time (pinned by package). Packages are
@@ -21,9 +22,6 @@ PLASMA_PHOTOS = (
     "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
     "Grey", "Kite", "OneStandsOut", "Path", "summer_1am",
 )  # fmt: skip
-
-#: Colour photographs shipped inside scikit-image (`skimage/data/`).
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
 
 
 def _unpack(package: str, workdir: Path) -> Path:
@@ -74,13 +72,6 @@ def fetch_photos(out_dir: Path) -> list[Path]:
         # gnome-backgrounds (43.x) is unpacked for completeness, but every picture in it is
         # a render or vector art, not a photograph, so none is kept.
         _unpack("gnome-backgrounds", work)
-
-    import skimage
-
-    data = Path(skimage.__file__).parent / "data"
-    for name in SKIMAGE_PHOTOS:
-        if (data / name).exists():
-            keep(data / name, f"skimage-{name}")
 
     import sklearn.datasets
 

@@ -18,11 +18,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 VALIDATION_QUALITIES = (10, 30, 90)
+#: Validation of a conditioned model: photo and screen-content qualities, and the blind path.
+CONDITIONED_VALIDATION_QUALITIES = (10, 30, 75, 90)
 
 
 @dataclass
@@ -58,6 +61,10 @@ class TrainConfig:
     #: final.weights.h5 (0 disables). The raw weights' validation swung by 0.3-0.5 dB between
     #: epochs; the average smooths that step-to-step noise away.
     ema_decay: float = 0.999
+    #: Folder of training fonts for the rendered content of conditioned models (`enhancer fetch-fonts`).
+    fonts_dir: str = "data/fonts"
+    #: Floor under the input's MSE in the relative loss (see RELATIVE_LOSS_FLOOR).
+    relative_floor: float = 1e-4
 
 
 #: Floor under a patch's MSE in the psnr loss (a 50 dB cap), so flat patches cannot dominate.
@@ -81,7 +88,7 @@ def loss_kind(cfg: TrainConfig, step: int) -> str:
     return cfg.loss
 
 
-def patch_loss(kind: str, restored, clean, damaged):
+def patch_loss(kind: str, restored, clean, damaged, floor: float = RELATIVE_LOSS_FLOOR):
     """Training loss over a batch: mean squared error, minus the mean PSNR of the patches (scaled),
     or the mean of each patch's squared error relative to its JPEG input's."""
     import tensorflow as tf
@@ -93,7 +100,7 @@ def patch_loss(kind: str, restored, clean, damaged):
         return PSNR_LOSS_SCALE * tf.reduce_mean(tf.math.log(per_patch + PSNR_LOSS_EPS))
     if kind == "relative":
         before = tf.reduce_mean(tf.square(damaged - clean), axis=[1, 2, 3])
-        return tf.reduce_mean(per_patch / (before + RELATIVE_LOSS_FLOOR))
+        return tf.reduce_mean(per_patch / (before + floor))
     raise ValueError(f"unknown loss {kind!r}; use one of {LOSSES}")
 
 
@@ -209,29 +216,66 @@ class _WeightAverage:
                 w.assign(value)
 
 
-def evaluate_gain(predict, pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, float]:
-    """Mean PSNR of input and output per quality over the validation pairs, and the mean |correction|."""
+def evaluate_gain(predict, pairs: dict[str, list[tuple[tuple, np.ndarray]]]) -> dict[str, float]:
+    """Mean PSNR of input and output per validation label, their gain, and the mean |correction|.
+
+    Each item is (model inputs, clean); the first input is the damaged image. Labels whose inputs
+    are already clean (the blind path on undamaged images) report only the output's PSNR.
+    """
     from enhancer.training.dataset import psnr
 
     row: dict[str, float] = {}
     corrections = []
-    for q, items in pairs.items():
+    for label, items in pairs.items():
         before, after = [], []
-        for damaged, clean in items:
-            restored = np.clip(predict(damaged[None])[0], 0, 1)
-            before.append(psnr(damaged, clean))
+        for inputs, clean in items:
+            restored = np.clip(predict(*(a[None] for a in inputs))[0], 0, 1)
+            before.append(psnr(inputs[0], clean))
             after.append(psnr(restored, clean))
-            corrections.append(float(np.mean(np.abs(restored - damaged))))
-        row[f"psnr_in_q{q}"] = float(np.mean(before))
-        row[f"psnr_out_q{q}"] = float(np.mean(after))
-        row[f"gain_q{q}"] = row[f"psnr_out_q{q}"] - row[f"psnr_in_q{q}"]
+            corrections.append(float(np.mean(np.abs(restored - inputs[0]))))
+        row[f"psnr_out_{label}"] = float(np.mean(after))
+        if np.all(np.isfinite(before)):
+            row[f"psnr_in_{label}"] = float(np.mean(before))
+            row[f"gain_{label}"] = row[f"psnr_out_{label}"] - row[f"psnr_in_{label}"]
     row["mean_abs_correction"] = float(np.mean(corrections))
     return row
 
 
 def _score(row: dict[str, float]) -> float:
-    """Best = highest worst-case-aware gain: mean of q10/q30 gains, penalised if q90 goes negative."""
-    return (row["gain_q10"] + row["gain_q30"]) / 2 + min(0.0, row["gain_q90"]) * 4
+    """Best = highest worst-case-aware gain: mean of the low-quality gains, penalised for any
+    harm at high quality and for changing a clean image by more than 45 dB's worth."""
+    gains = [row[k] for k in ("gain_q10", "gain_q30", "gain_screen_q10", "gain_screen_q30") if k in row]
+    harm = sum(min(0.0, row[k]) for k in ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q90") if k in row)
+    clean = min(0.0, row.get("psnr_out_clean", 99.0) - 45.0) * 0.1
+    return float(np.mean(gains)) + 4 * harm + clean
+
+
+def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512) -> dict[str, list]:
+    """Fixed validation pairs for a conditioned model: held-out photos and rendered screen content
+    saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and on
+    clean images. Screen content is rendered with seeds the training stream never draws."""
+    from enhancer.training import jpeg_damage, synthetic
+
+    def rgb(bgr):
+        return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+    def centre(image):
+        h, w = image.shape[:2]
+        ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
+        return image[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw]
+
+    rng = np.random.default_rng(987_654_321)
+    screens = [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen) * 2]
+    photos = [centre(p) for p in photos]
+    blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
+    pairs: dict[str, list] = {}
+    for q in CONDITIONED_VALIDATION_QUALITIES:
+        recipe = jpeg_damage.ijg_recipe(q)
+        for label, images in ((f"q{q}", photos), (f"screen_q{q}", screens)):
+            pairs[label] = [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
+    pairs["blind_q30"] = [((rgb(jpeg_damage.jpeg_round_trip(im, jpeg_damage.ijg_recipe(30))), blind), rgb(im)) for im in photos]
+    pairs["clean"] = [((rgb(im), blind), rgb(im)) for im in photos + screens]
+    return pairs
 
 
 def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = True) -> Path:
@@ -245,6 +289,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
 
     from enhancer.training import network
     from enhancer.training.dataset import PatchSampler, fingerprint, load_images, validation_pairs
+    from enhancer.training.mixture import MixtureSampler
+    from enhancer.training.synthetic import list_fonts
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -258,8 +304,15 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     keras.utils.set_random_seed(cfg.seed)
     train_images = load_images(Path(cfg.data_dir) / "train")
     val_images = load_images(Path(cfg.data_dir) / "val")
-    sampler = PatchSampler(train_images, cfg.patch_size, cfg.batch_size, cfg.seed)
-    val = validation_pairs(val_images, VALIDATION_QUALITIES, cfg.val_crop)
+    conditioned = cfg.architecture in network.CONDITIONED
+    if conditioned:
+        fonts = list_fonts(Path(cfg.fonts_dir))
+        sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed)
+        val = conditioned_validation(val_images, fonts, cfg.val_crop)
+    else:
+        sampler = PatchSampler(train_images, cfg.patch_size, cfg.batch_size, cfg.seed)
+        val = {f"q{q}": [((d,), c) for d, c in items]
+               for q, items in validation_pairs(val_images, VALIDATION_QUALITIES, cfg.val_crop).items()}  # fmt: skip
     if not config_path.exists():
         record = {**asdict(cfg), "train_images": len(train_images), "val_images": len(val_images),
                   "data_fingerprint": fingerprint(train_images)}  # fmt: skip
@@ -275,17 +328,20 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         state = checkpoint.load(model, optimizer, average)
         log.info("resumed %s at step %d", run_dir, state["step"])
     else:
-        if cfg.init_weights:
+        if cfg.init_weights and Path(cfg.init_weights).is_dir():  # a served SavedModel's body
+            network.load_body_weights(model, cfg.init_weights)
+        elif cfg.init_weights:
             model.load_weights(cfg.init_weights)
         optimizer.build(model.trainable_variables)
         average = _WeightAverage(model, cfg.ema_decay)
 
     def make_train_step(kind: str):
         @tf.function(jit_compile=False, reduce_retracing=True)
-        def train_step(x, y, lr, step):
+        def train_step(x, y, q, lr, step):
             optimizer.learning_rate.assign(lr)
             with tf.GradientTape() as tape:
-                loss = patch_loss(kind, model(x, training=True), y, x)
+                restored = model([x, q], training=True) if conditioned else model(x, training=True)
+                loss = patch_loss(kind, restored, y, x, cfg.relative_floor)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             average.update(step)
@@ -295,22 +351,25 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
 
     train_steps = {kind: make_train_step(kind) for kind in ("mse", "psnr", "relative")}
 
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    predict = tf.function(lambda *inputs: model(list(inputs) if conditioned else inputs[0], training=False),
+                          reduce_retracing=True)  # fmt: skip
     log_path = run_dir / "log.csv"
     start_step = state["step"]
     started = time.monotonic() - state["elapsed_s"]
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     losses: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True)
-    for step, (x, y) in _Prefetcher(sampler, start_step, cfg.steps):
+    for step, batch in _Prefetcher(sampler, start_step, cfg.steps):
+        x, y = batch[0], batch[1]
+        q = batch[2] if conditioned else np.zeros((len(x), 1), np.float32)
         lr = learning_rate(cfg, step)
         kind = loss_kind(cfg, step)
-        losses.append(float(train_steps[kind](tf.constant(x), tf.constant(y), tf.constant(lr, tf.float32), tf.constant(step))))
+        losses.append(float(train_steps[kind](tf.constant(x), tf.constant(y), tf.constant(q), tf.constant(lr, tf.float32), tf.constant(step))))
         bar.update(1)
         done = step + 1
         if done % cfg.steps_per_epoch == 0 or done == cfg.steps:
             with average.swapped_in():  # validate (and keep as best) the averaged weights
-                gains = evaluate_gain(lambda a: predict(a).numpy(), val)
+                gains = evaluate_gain(lambda *a: predict(*a).numpy(), val)
                 row = {"step": done, "elapsed_s": round(time.monotonic() - started, 1), "lr": lr, "loss": kind,
                        "train_loss": float(np.mean(losses)), **gains}  # fmt: skip
                 score = _score(row)

@@ -1,0 +1,139 @@
+"""What the conditioned model trains on: a weighted mix of content, each patch damaged the way a
+real file would be, with the tables the model is told (or nothing, on the blind path).
+
+Content (weights in `CONTENT_WEIGHTS`): photographs dominate; some are re-photographed (rotated by
+a small angle and rescaled) for edge orientations 26 photos lack; dead leaves, rendered text and
+interface layouts supply hard edges, glyphs and flat colour (see `training.synthetic`).
+
+Damage: a conditioned patch is the top-left of a JPEG file (block grid at phase 0, as the server's
+tiles are aligned to it), sometimes already compressed once before at another grid phase (a
+re-saved crop); the model is told the last save's tables. A blind patch (not a JPEG file: PNG
+made from a JPEG, screenshot) is told nothing: some are clean, which teaches it to leave clean
+images alone, the rest carry JPEG damage at a random grid phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from enhancer.training import jpeg_damage, synthetic
+
+CONTENT_WEIGHTS = {"photo": 0.55, "rephoto": 0.1, "dead_leaves": 0.12, "text": 0.11, "screen": 0.12}
+#: Share of patches on the blind path, and of those, the share left clean.
+BLIND_SHARE = 0.22
+BLIND_CLEAN_SHARE = 0.35
+#: Share of conditioned patches saved twice (first at a random grid phase).
+DOUBLE_SHARE = 0.12
+GREY_SHARE = 0.08
+
+
+@dataclass(frozen=True)
+class Sample:
+    damaged: np.ndarray  # H x W x 3 float32 RGB in [0, 1]
+    clean: np.ndarray
+    quantization: np.ndarray  # the model's condition input (zeros on the blind path)
+    kind: str
+
+
+def _dihedral(image: np.ndarray, k: int) -> np.ndarray:
+    image = np.rot90(image, k % 4)
+    return np.ascontiguousarray(image[:, ::-1] if k >= 4 else image)
+
+
+def _rgb01(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+class MixtureSampler:
+    """Deterministic stream of batches: batch `step` depends only on (seed, step), so a resumed
+    run sees the data an uninterrupted run would have seen."""
+
+    def __init__(self, photos: list[np.ndarray], fonts: list[Path], patch_size: int, batch_size: int, seed: int):
+        if patch_size % 16:
+            raise ValueError(f"patch size must be a multiple of 16 (the 4:2:0 block grid), got {patch_size}")
+        need = 3 * (patch_size + 16)  # a re-photographed crop at half scale, rotated, needs this much
+        self.photos = [im for im in photos if min(im.shape[:2]) >= need]
+        if not self.photos:
+            raise ValueError(f"no training photo is at least {need} px on its short side")
+        if not fonts:
+            raise ValueError("no fonts for the rendered-text content (run `enhancer fetch-fonts`)")
+        areas = np.array([im.shape[0] * im.shape[1] for im in self.photos], dtype=np.float64)
+        self.photo_weights = areas / areas.sum()
+        self.fonts = list(fonts)
+        self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+        self.kinds = list(CONTENT_WEIGHTS)
+        self.kind_weights = np.array([CONTENT_WEIGHTS[k] for k in self.kinds])
+
+    def content(self, rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
+        """A clean BGR region of `size` x `size` pixels of the given kind."""
+        if kind in ("photo", "rephoto"):
+            image = self.photos[rng.choice(len(self.photos), p=self.photo_weights)]
+            h, w = image.shape[:2]
+            if kind == "photo":
+                top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+                return image[top : top + size, left : left + size]
+            scale = rng.uniform(0.5, 1.0)
+            angle = rng.uniform(-30, 30)
+            span = int(np.ceil(size / scale * 1.5))
+            top, left = int(rng.integers(0, h - span + 1)), int(rng.integers(0, w - span + 1))
+            centre = (left + span / 2, top + span / 2)
+            matrix = cv2.getRotationMatrix2D(centre, angle, scale)
+            matrix[:, 2] += (size / 2 - centre[0], size / 2 - centre[1])
+            return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+        if kind == "dead_leaves":
+            return synthetic.dead_leaves(rng, size)
+        if kind == "text":
+            return synthetic.text_page(rng, size, self.fonts)
+        return synthetic.screen(rng, size, self.fonts)
+
+    def sample(self, rng: np.random.Generator) -> Sample:
+        size = self.patch_size
+        kind = self.kinds[rng.choice(len(self.kinds), p=self.kind_weights)]
+        # Flips and rotations come before the JPEG save, so the file's block grid stays at phase 0.
+        region = _dihedral(self.content(rng, kind, size + 16), int(rng.integers(0, 8)))
+        if rng.random() < 0.5:  # colours our few photos lack (saturated purples, cyans)
+            region = np.ascontiguousarray(region[..., list(rng.permutation(3))])
+        grey = rng.random() < GREY_SHARE
+        if grey:
+            region = cv2.cvtColor(cv2.cvtColor(region, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        if rng.random() < BLIND_SHARE:
+            condition = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
+            dy, dx = (int(v) for v in rng.integers(0, 16, 2))
+            clean = region[dy : dy + size, dx : dx + size]
+            if rng.random() < BLIND_CLEAN_SHARE:
+                damaged = clean
+            else:
+                damaged = jpeg_damage.jpeg_round_trip(region, jpeg_damage.sample_recipe(rng, grey))[dy : dy + size, dx : dx + size]
+            label = f"{kind}/blind"
+        else:
+            if rng.random() < DOUBLE_SHARE:
+                first = jpeg_damage.sample_recipe(rng, grey)
+                dy, dx = (int(v) for v in rng.integers(1, 16, 2))
+                saved_once = jpeg_damage.jpeg_round_trip(region, first)
+                region_in = saved_once[dy : dy + size, dx : dx + size]
+                clean = region[dy : dy + size, dx : dx + size]
+            else:
+                region_in = clean = region[:size, :size]
+            recipe = jpeg_damage.sample_recipe(rng, grey)
+            damaged = jpeg_damage.jpeg_round_trip(np.ascontiguousarray(region_in), recipe)
+            condition = recipe.condition()
+            label = kind
+        return Sample(
+            damaged=_rgb01(damaged),
+            clean=_rgb01(clean),
+            quantization=condition,
+            kind=label,
+        )
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, step])
+        samples = [self.sample(rng) for _ in range(self.batch_size)]
+        return (
+            np.stack([s.damaged for s in samples]),
+            np.stack([s.clean for s in samples]),
+            np.stack([s.quantization for s in samples]),
+        )
