@@ -20,6 +20,7 @@ TRAIN_DEFAULTS = TrainConfig()
 DEFAULT_DATA = Path("data/photos")
 DEFAULT_RUN = Path("runs/dejpeg")
 DEFAULT_MODEL = Path("weights/dejpeg")
+DEFAULT_TESTSET = Path("data/testset")
 
 
 def machine_description() -> str:
@@ -47,6 +48,13 @@ def _fetch_fonts(args) -> None:
     from enhancer.training.synthetic import fetch_fonts
 
     print(f"{len(fetch_fonts(args.out))} fonts in {args.out}")
+
+
+def _testset(args) -> None:
+    from enhancer.training.testset import build_testset
+
+    kinds = build_testset(args.out)
+    print(f"{len(kinds)} test images in {args.out}")
 
 
 def _dataset(args) -> None:
@@ -117,7 +125,7 @@ def _evaluate(args) -> None:
         name, _, path = spec.partition("=")
         models[name] = Path(path)
     out = args.out or args.model / "eval"
-    result = evaluate(models, args.data / "val", out, train_dir=args.data / "train")
+    result = evaluate(models, args.testset, out, train_dir=args.data / "train")
     if args.budget_runs:
         from enhancer.training.evaluate import budget_comparison
 
@@ -138,6 +146,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("fetch-fonts", help="download the training fonts (Debian font packages, unpacked, not installed)")
     p.add_argument("--out", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
     p.set_defaults(func=_fetch_fonts)
+
+    p = subparsers.add_parser("testset", help="build the test set (kinds training lacks, from sources it never uses)")
+    p.add_argument("--out", type=Path, default=DEFAULT_TESTSET)
+    p.set_defaults(func=_testset)
 
     p = subparsers.add_parser("dataset", help="prepare a folder of photos for training (downscale, hold out validation)")
     p.add_argument("source", type=Path, help="folder of photographs (e.g. data/raw, or DIV2K)")
@@ -182,7 +194,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="PSNR/SSIM on held-out photos per JPEG quality; table, plot, crops")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--compare", action="append", default=[], metavar="NAME=DIR", help="another SavedModel to put beside it")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training photos (NLM's strength is tuned on them)")
+    p.add_argument("--testset", type=Path, default=DEFAULT_TESTSET, help="the test set (enhancer testset)")
     p.add_argument("--out", type=Path, help="default: MODEL/eval (and MODEL/MODEL_CARD.md is regenerated)")
     p.add_argument("--budget-runs", help="comma-separated run dirs to compare at equal training time (from their log.csv)")
     p.set_defaults(func=_evaluate)

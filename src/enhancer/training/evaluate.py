@@ -1,8 +1,11 @@
-"""Measure a SavedModel on held-out photos: PSNR/SSIM gain over the JPEG per quality, against a
-classical baseline, plus speed; writes a Markdown table, a gain plot and side-by-side crops.
+"""Measure SavedModels on the test set: PSNR/SSIM gain over the JPEG per quality, per image and
+per kind of image, mean and worst, against tuned NLM and the previous model, plus speed; writes a
+Markdown report, a gain plot and crops of the best and the worst case.
 
-Why whole held-out photos: crops of training images would flatter the model, and the gain on a
-whole photo (sky, edges, texture together) is what a user sees.
+Why whole test images of other kinds: crops of training-like photos flatter a model, and the gain
+on a whole image (sky, edges, text together) is what a user sees; the worst image is what a user
+complains about. A conditioned model is also measured blind (a PNG made from the same JPEG) and on
+clean images (which must come back unchanged).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,21 +24,34 @@ from enhancer.training.dataset import jpeg, load_images, psnr
 
 log = logging.getLogger(__name__)
 
-QUALITIES = (5, 10, 20, 30, 50, 70, 90)
-#: Qualities where a blind model's gain can turn negative: they set the server's pass-through.
-HIGH_QUALITIES = (70, 75, 80, 85, 88, 90, 92, 95)
+QUALITIES = (5, 10, 20, 30, 50, 70, 75, 80, 85, 90, 95)
 #: Speed is measured at the tile the server feeds the model on a CPU (the issue's "served tile size").
 SERVED_CPU_TILE: int = Settings.model_fields["tile_size"].default
 #: Non-local-means strength per JPEG quality, chosen on training photos (see `tune_nlm`).
 NLM_STRENGTHS = (1, 2, 3, 5, 7, 10, 14)
 
 
-def load_forward(model_dir: Path):
-    """The SavedModel's serving signature as a numpy function [N,H,W,3] -> [N,H,W,3]."""
-    import tensorflow as tf
+class load_forward:  # noqa: N801 (used like a function)
+    """A SavedModel's serving signature on one RGB image [H, W, 3], told the file's tables when
+    the model takes them (`conditioned`); `images_only` runs a batch with blind tables (speed)."""
 
-    signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    return lambda x: signature(images=tf.constant(x, tf.float32))["enhanced"].numpy()
+    def __init__(self, model_dir: Path):
+        import tensorflow as tf
+
+        self._tf = tf
+        self.signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+        self.conditioned = "quantization" in self.signature.structured_input_signature[1]
+
+    def __call__(self, image: np.ndarray, quantization: np.ndarray | None) -> np.ndarray:
+        return np.clip(self.images_only(image[None], None if quantization is None else quantization[None])[0], 0, 1)
+
+    def images_only(self, images: np.ndarray, quantization: np.ndarray | None = None) -> np.ndarray:
+        tf = self._tf
+        inputs = {"images": tf.constant(images, tf.float32)}
+        if self.conditioned:
+            q = np.zeros((len(images), 130), np.float32) if quantization is None else quantization
+            inputs["quantization"] = tf.constant(q, tf.float32)
+        return self.signature(**inputs)["enhanced"].numpy()
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,15 +82,6 @@ def tune_nlm(images: list[np.ndarray], qualities=QUALITIES, crop: int = 256) -> 
     return best
 
 
-@dataclass
-class Row:
-    quality: int
-    psnr_jpeg: float
-    ssim_jpeg: float
-    psnr: dict[str, float] = field(default_factory=dict)
-    ssim: dict[str, float] = field(default_factory=dict)
-
-
 def measure_speed(forward, tile: int = SERVED_CPU_TILE, batch: int = 1, repeats: int = 5) -> float:
     """Megapixels per second of `forward` on [batch, tile, tile, 3] (after one warm-up call)."""
     x = np.random.default_rng(0).uniform(0, 1, (batch, tile, tile, 3)).astype(np.float32)
@@ -85,145 +92,225 @@ def measure_speed(forward, tile: int = SERVED_CPU_TILE, batch: int = 1, repeats:
     return batch * tile * tile * repeats / (time.perf_counter() - start) / 1e6
 
 
+def save_jpeg_opencv(image_bgr: np.ndarray, quality: int) -> bytes:
+    """The test's JPEG: OpenCV at `quality` with its default 4:2:0, as a user's photo is saved."""
+    ok, buffer = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a JPEG")
+    return buffer.tobytes()
+
+
+def file_quantization(data: bytes) -> np.ndarray:
+    """The model's `quantization` input for a JPEG file, read from its own header, as served."""
+    import io
+
+    from PIL import Image
+
+    from enhancer.training.jpeg_damage import QUANTIZATION_LENGTH
+
+    picture = Image.open(io.BytesIO(data))
+    tables = picture.quantization
+    vector = np.zeros(QUANTIZATION_LENGTH, np.float32)
+    components = picture.layer  # (id, h, v, table) per component
+    vector[:64] = tables[components[0][3]]
+    if len(components) > 1:
+        vector[64:128] = tables[components[1][3]]
+        vector[128:] = (components[0][1] // components[1][1], components[0][2] // components[1][2])
+    else:
+        vector[128:] = (1, 1)
+    return vector
+
+
+@dataclass
+class Result:
+    """One method's answer on one image at one quality (quality 0: the clean image, blind)."""
+
+    image: str
+    kind: str
+    quality: int
+    method: str
+    psnr: float
+    ssim: float
+    psnr_input: float
+    ssim_input: float
+
+    @property
+    def gain(self) -> float:
+        return self.psnr - self.psnr_input
+
+
+def _run_methods(forwards, strengths, image_bgr, quality):
+    """Each method's RGB answer for one image at one quality (the JPEG, its tables, the clean)."""
+    clean = _rgb01(image_bgr)
+    data = save_jpeg_opencv(image_bgr, quality)
+    damaged_bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    damaged = _rgb01(damaged_bgr)
+    answers = {"nlm": _rgb01(nlm(damaged_bgr, strengths[quality]))}
+    blind = np.zeros_like(file_quantization(data))
+    for name, forward in forwards.items():
+        if forward.conditioned:
+            answers[name] = forward(damaged, file_quantization(data))
+            answers[f"{name} (blind)"] = forward(damaged, blind)
+        else:
+            answers[name] = forward(damaged, None)
+    return clean, damaged, answers
+
+
 def evaluate(
     models: dict[str, Path],
-    val_dir: Path,
+    testset_dir: Path,
     out_dir: Path,
     train_dir: Path | None = None,
     qualities=QUALITIES,
     speed_tile: int = SERVED_CPU_TILE,
 ) -> dict:
-    """Evaluate each SavedModel in `models` (name -> dir) and the NLM baseline; write artifacts."""
+    """Evaluate each SavedModel (name -> dir; the first is the one reported) on the test set
+    against the JPEG and tuned NLM; write evaluation.json/.md, a gain plot and crops."""
+    from enhancer.training.testset import load_testset
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = load_images(val_dir)
-    names = sorted(p.stem for p in Path(val_dir).iterdir() if p.suffix == ".png")
+    tests = load_testset(testset_dir)
     forwards = {name: load_forward(path) for name, path in models.items()}
     strengths = tune_nlm(load_images(train_dir)[:2], qualities) if train_dir else dict.fromkeys(qualities, 5.0)
-
-    rows: list[Row] = []
-    outputs: dict[tuple[str, int, int], np.ndarray] = {}
-    for q in qualities:
-        acc: dict[str, list[tuple[float, float]]] = {"jpeg": [], "nlm": [], **{m: [] for m in forwards}}
-        for i, image in enumerate(images):
-            clean = _rgb01(image)
-            damaged_bgr = jpeg(image, q)
-            damaged = _rgb01(damaged_bgr)
-            acc["jpeg"].append((psnr(damaged, clean), ssim(damaged, clean)))
-            baseline = _rgb01(nlm(damaged_bgr, strengths[q]))
-            acc["nlm"].append((psnr(baseline, clean), ssim(baseline, clean)))
-            for name, forward in forwards.items():
-                restored = np.clip(forward(damaged[None])[0], 0, 1)
-                acc[name].append((psnr(restored, clean), ssim(restored, clean)))
-                outputs[(name, q, i)] = restored
-            outputs[("jpeg", q, i)] = damaged
-            outputs[("original", q, i)] = clean
-        mean = {k: tuple(np.mean(v, axis=0)) for k, v in acc.items()}
-        row = Row(q, *mean["jpeg"])
-        for k in ["nlm", *forwards]:
-            row.psnr[k], row.ssim[k] = mean[k]
-        rows.append(row)
-        log.info("q%d: jpeg %.2f dB, %s", q, row.psnr_jpeg,
-                 ", ".join(f"{k} {v - row.psnr_jpeg:+.2f} dB" for k, v in row.psnr.items()))  # fmt: skip
-
+    results: list[Result] = []
+    keep: dict[tuple[str, int, str], np.ndarray] = {}
+    for name, kind, image in tests:
+        for q in qualities:
+            clean, damaged, answers = _run_methods(forwards, strengths, image, q)
+            p_in, s_in = psnr(damaged, clean), ssim(damaged, clean)
+            for method, answer in answers.items():
+                results.append(Result(name, kind, q, method, psnr(answer, clean), ssim(answer, clean), p_in, s_in))
+            if q in CROP_QUALITIES:
+                keep.update({(name, q, m): a for m, a in answers.items()})
+                keep[(name, q, "jpeg")], keep[(name, q, "original")] = damaged, clean
+        clean = _rgb01(image)
+        for method, forward in forwards.items():  # a clean, non-JPEG image: the blind path
+            answer = forward(clean, np.zeros(130, np.float32) if forward.conditioned else None)
+            results.append(Result(name, kind, 0, method, psnr(answer, clean), ssim(answer, clean), float("inf"), 1.0))
+        log.info("evaluated %s", name)
     first = next(iter(forwards))
-    high = high_quality_gains(forwards[first], images)
-    speeds = {name: measure_speed(f, speed_tile) for name, f in forwards.items()}
+    summary = summarise(results, [first, *[m for m in {r.method for r in results} if m != first]])
     result = {
-        "val_images": names,
+        "test_images": {name: kind for name, kind, _ in tests},
         "nlm_strength": {str(q): s for q, s in strengths.items()},
-        "speed_mp_per_s": speeds,
+        "speed_mp_per_s": {name: measure_speed(f.images_only, speed_tile) for name, f in forwards.items()},
         "speed_tile": speed_tile,
-        "rows": [row.__dict__ for row in rows],
-        "high_quality_gains": {str(q): g for q, g in high.items()},
-        "suggested_pass_through_quality": suggested_pass_through(high),
+        "summary": summary,
+        "results": [{**r.__dict__, "gain": r.gain} for r in results if r.quality],
+        "clean": {r.image: r.psnr for r in results if not r.quality and r.method == first},
     }
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "evaluation.md").write_text(markdown_table(rows, list(forwards)))
-    plot_gains(rows, list(forwards), out_dir / "gain_vs_quality.png")
-    save_crops(outputs, first, images, out_dir / "crops.png")
+    (out_dir / "evaluation.md").write_text(markdown_report(result, first))
+    plot_gains(summary, out_dir / "gain_vs_quality.png")
+    save_crops(keep, results, first, out_dir / "crops.png")
     return result
 
 
-def high_quality_gains(forward, images: list[np.ndarray], qualities=HIGH_QUALITIES) -> dict[int, float]:
-    """Mean PSNR gain (dB) of the model over the JPEG on whole held-out photos at high qualities."""
-    gains = {}
-    for q in qualities:
-        per_image = []
-        for image in images:
-            clean, damaged = _rgb01(image), _rgb01(jpeg(image, q))
-            restored = np.clip(forward(damaged[None])[0], 0, 1)
-            per_image.append(psnr(restored, clean) - psnr(damaged, clean))
-        gains[q] = float(np.mean(per_image))
-    return gains
+#: Qualities whose answers are kept for the crops figure.
+CROP_QUALITIES = (10, 90)
 
 
-def suggested_pass_through(gains: dict[int, float]) -> int:
-    """The lowest quality from which the model's gain is negative at every measured quality up:
-    JPEGs at or above it are better answered unchanged (ENHANCER_PASS_THROUGH_JPEG_QUALITY)."""
-    threshold = 101
-    for q in sorted(gains, reverse=True):
-        if gains[q] >= 0:
-            break
-        threshold = q
-    return threshold
+def summarise(results: list[Result], methods: list[str]) -> dict:
+    """Per method and quality: mean gain, the worst image and its gain, mean SSIM, per-kind means."""
+    summary: dict = {}
+    for method in methods:
+        per_q = {}
+        for q in sorted({r.quality for r in results if r.quality}):
+            rows = [r for r in results if r.method == method and r.quality == q]
+            if not rows:
+                continue
+            worst = min(rows, key=lambda r: r.gain)
+            kinds = sorted({r.kind for r in rows})
+            per_q[str(q)] = {
+                "mean_gain": float(np.mean([r.gain for r in rows])),
+                "worst_gain": worst.gain,
+                "worst_image": worst.image,
+                "ssim_input": float(np.mean([r.ssim_input for r in rows])),
+                "ssim": float(np.mean([r.ssim for r in rows])),
+                "kinds": {k: float(np.mean([r.gain for r in rows if r.kind == k])) for k in kinds},
+            }
+        clean = [r.psnr for r in results if r.method == method and not r.quality]
+        summary[method] = {"qualities": per_q, "clean_min_psnr": float(min(clean)) if clean else None}
+    return summary
 
 
-def markdown_table(rows: list[Row], models: list[str]) -> str:
-    """PSNR (dB) / SSIM per quality: JPEG input, NLM baseline, each model, with gains."""
-    cols = ["nlm", *models]
-    head = "| JPEG quality | JPEG input | " + " | ".join(f"{c} | gain" for c in cols) + " |"
-    sep = "|---" * (2 + 2 * len(cols)) + "|"
-    lines = [head, sep]
-    for r in rows:
-        cells = [f"{r.quality}", f"{r.psnr_jpeg:.2f} / {r.ssim_jpeg:.4f}"]
-        for c in cols:
-            cells += [f"{r.psnr[c]:.2f} / {r.ssim[c]:.4f}", f"{r.psnr[c] - r.psnr_jpeg:+.2f} dB"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "PSNR (dB, RGB, whole image) / SSIM\n\n" + "\n".join(lines) + "\n"
+def markdown_report(result: dict, model: str) -> str:
+    """Mean and worst gain per quality for every method, the reported model per kind, per image."""
+    summary = result["summary"]
+    qualities = list(summary[model]["qualities"])
+    lines = ["Gain in PSNR (dB, RGB, whole image) over the JPEG input, mean over the test images / worst image:", "",
+             "| method | " + " | ".join(f"q{q}" for q in qualities) + " |", "|---" * (len(qualities) + 1) + "|"]  # fmt: skip
+    for method, data in summary.items():
+        cells = [f"{data['qualities'][q]['mean_gain']:+.2f} / {data['qualities'][q]['worst_gain']:+.2f}" for q in qualities]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", f"Worst image per quality for `{model}`: " + ", ".join(
+        f"q{q} {summary[model]['qualities'][q]['worst_image']} ({summary[model]['qualities'][q]['worst_gain']:+.2f})" for q in qualities) + ".",  # fmt: skip
+        "", f"SSIM, JPEG input -> `{model}`: " + ", ".join(
+        f"q{q} {summary[model]['qualities'][q]['ssim_input']:.3f} -> {summary[model]['qualities'][q]['ssim']:.3f}" for q in qualities) + ".",  # fmt: skip
+        "", f"`{model}` per kind of image (mean gain, dB):", ""]  # fmt: skip
+    kinds = sorted(summary[model]["qualities"][qualities[0]]["kinds"])
+    lines += ["| kind | " + " | ".join(f"q{q}" for q in qualities) + " |", "|---" * (len(qualities) + 1) + "|"]
+    for kind in kinds:
+        lines.append(f"| {kind} | " + " | ".join(f"{summary[model]['qualities'][q]['kinds'][kind]:+.2f}" for q in qualities) + " |")
+    lines += ["", f"`{model}` per image (gain, dB):", "",
+              "| image | kind | " + " | ".join(f"q{q}" for q in qualities) + " |", "|---" * (len(qualities) + 2) + "|"]  # fmt: skip
+    by_image: dict[str, dict[int, float]] = {}
+    for r in result["results"]:
+        if r["method"] == model:
+            by_image.setdefault(r["image"], {})[r["quality"]] = r["gain"]
+    for image, gains in sorted(by_image.items()):
+        kind = result["test_images"][image]
+        lines.append(f"| {image} | {kind} | " + " | ".join(f"{gains[int(q)]:+.2f}" for q in qualities) + " |")
+    clean = result["clean"]
+    lines += ["", f"Clean images (no JPEG, the blind path) through `{model}`: PSNR against themselves "
+              f"min {min(clean.values()):.1f} dB, mean {np.mean(list(clean.values())):.1f} dB.", ""]  # fmt: skip
+    return "\n".join(lines)
 
 
-def plot_gains(rows: list[Row], models: list[str], path: Path) -> None:
+def plot_gains(summary: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    qs = [r.quality for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name in ["nlm", *models]:
-        ax.plot(qs, [r.psnr[name] - r.psnr_jpeg for r in rows], marker="o", label=name)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for method, data in summary.items():
+        qs = [int(q) for q in data["qualities"]]
+        line = ax.plot(qs, [d["mean_gain"] for d in data["qualities"].values()], marker="o", label=f"{method} mean")
+        ax.plot(qs, [d["worst_gain"] for d in data["qualities"].values()], ls=":", color=line[0].get_color(), label=f"{method} worst")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xlabel("JPEG quality")
     ax.set_ylabel("PSNR gain over the JPEG (dB)")
-    ax.set_title("Held-out photos, RGB PSNR")
-    ax.legend()
+    ax.set_title("Test set: mean and worst image")
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def save_crops(outputs, model: str, images, path: Path, size: int = 128, zoom: int = 3) -> None:
-    """Rows of JPEG | enhanced | original crops (nearest-neighbour zoom) at q10 and q30."""
+def save_crops(keep, results: list[Result], model: str, path: Path, size: int = 128, zoom: int = 2) -> None:
+    """JPEG | model | original crops of the best and the worst image at quality 10 and 90."""
     rows = []
-    for q in (10, 30):
-        for i in range(min(2, len(images))):
-            clean = outputs[("original", q, i)]
+    for q in CROP_QUALITIES:
+        ranked = sorted((r for r in results if r.method == model and r.quality == q), key=lambda r: r.gain)
+        for r in (ranked[-1], ranked[0]):
+            clean = keep[(r.image, q, "original")]
             h, w = clean.shape[:2]
-            # The most detailed window: highest gradient energy on a coarse grid.
+            s = min(size, h, w)
             gray = cv2.cvtColor(clean, cv2.COLOR_RGB2GRAY)
-            energy = cv2.boxFilter(np.abs(cv2.Laplacian(gray, cv2.CV_32F)), -1, (size, size))
-            y, x = np.unravel_index(np.argmax(energy[size // 2 : h - size // 2, size // 2 : w - size // 2]), (h - size, w - size))
-            window = (slice(y, y + size), slice(x, x + size))
-            tiles = [outputs[(k, q, i)][window] for k in ("jpeg", model, "original")]
+            energy = cv2.boxFilter(np.abs(cv2.Laplacian(gray, cv2.CV_32F)), -1, (s, s))
+            y, x = np.unravel_index(np.argmax(energy[s // 2 : h - s // 2 + 1, s // 2 : w - s // 2 + 1]), (h - s + 1, w - s + 1))
+            tiles = [cv2.resize(keep[(r.image, q, k)][y : y + s, x : x + s], (size, size), interpolation=cv2.INTER_NEAREST)
+                     for k in ("jpeg", model, "original")]  # fmt: skip
             row = np.hstack([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=1) for t in tiles])
-            rows.append(cv2.resize(row, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST))
+            row = cv2.resize(row, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+            label = np.full((24, row.shape[1], 3), 1.0, np.float32)
+            cv2.putText(label, f"q{q} {'best' if r is ranked[-1] else 'worst'}: {r.image} {r.gain:+.2f} dB", (6, 17),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)  # fmt: skip
+            rows += [label, row]
     grid = (np.clip(np.vstack(rows), 0, 1) * 255).round().astype(np.uint8)
-    label = np.full((40, grid.shape[1], 3), 255, np.uint8)
-    for j, text in enumerate(("JPEG", "enhanced", "original")):
-        cv2.putText(label, text, (j * grid.shape[1] // 3 + 10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 0), 2)
-    cv2.imwrite(str(path), cv2.cvtColor(np.vstack([label, grid]), cv2.COLOR_RGB2BGR))
-
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
 
 def budget_comparison(runs: list[Path]) -> str:
     """Validation gains of several runs at the same training wall time, read from their log.csv.

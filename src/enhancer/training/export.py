@@ -15,10 +15,13 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from enhancer.training.network import SIZE_MULTIPLE
+from enhancer.training.jpeg_damage import QUANTIZATION_LENGTH
+from enhancer.training.network import CONDITIONED, SIZE_MULTIPLES
 
 SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "images"
+#: A conditioned model's second input: the JPEG file's quantisation tables (see jpeg_damage).
+QUANTIZATION_KEY = "quantization"
 OUTPUT_KEY = "enhanced"
 
 
@@ -32,15 +35,31 @@ def _pad_to_multiple(images: tf.Tensor, multiple: int) -> tf.Tensor:
 
 
 class _Servable(tf.Module):
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, multiple: int):
         super().__init__()
         self.model = model
+        self.multiple = multiple
 
+    def _run(self, images, *extra):
+        h, w = tf.shape(images)[1], tf.shape(images)[2]
+        padded = _pad_to_multiple(images, self.multiple)
+        restored = self.model([padded, *extra] if extra else padded, training=False)
+        return {OUTPUT_KEY: tf.clip_by_value(restored[:, :h, :w, :], 0.0, 1.0)}
+
+
+class _ImagesServable(_Servable):
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_KEY)])
     def serve(self, images):
-        h, w = tf.shape(images)[1], tf.shape(images)[2]
-        restored = self.model(_pad_to_multiple(images, SIZE_MULTIPLE), training=False)
-        return {OUTPUT_KEY: tf.clip_by_value(restored[:, :h, :w, :], 0.0, 1.0)}
+        return self._run(images)
+
+
+class _ConditionedServable(_Servable):
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_KEY),
+        tf.TensorSpec([None, QUANTIZATION_LENGTH], tf.float32, name=QUANTIZATION_KEY),
+    ])  # fmt: skip
+    def serve(self, images, quantization):
+        return self._run(images, quantization)
 
 
 def export_saved_model(model: keras.Model, out_dir: Path, metadata: dict | None = None) -> Path:
@@ -49,7 +68,8 @@ def export_saved_model(model: keras.Model, out_dir: Path, metadata: dict | None 
     Written to a sibling directory first and swapped in, so a server never sees half a model.
     """
     out_dir = Path(out_dir)
-    servable = _Servable(model)
+    kind = _ConditionedServable if model.name in CONDITIONED else _ImagesServable
+    servable = kind(model, SIZE_MULTIPLES[model.name])
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

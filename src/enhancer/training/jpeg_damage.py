@@ -41,8 +41,8 @@ SAMPLING = {0: (1, 1), 1: (2, 1), 2: (2, 2)}
 def ijg_scale(table: np.ndarray, quality: int) -> np.ndarray:
     """libjpeg's `jpeg_quality_scaling` applied to a base table, clamped to baseline steps."""
     quality = int(np.clip(quality, 1, 100))
-    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    return np.clip(np.floor((table * scale + 50) / 100), 1, 255)
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality  # integer, as libjpeg computes it
+    return np.clip((table.astype(np.int64) * scale + 50) // 100, 1, 255).astype(np.float64)
 
 
 @dataclass(frozen=True)

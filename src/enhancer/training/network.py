@@ -232,6 +232,16 @@ def build(architecture: str) -> keras.Model:
         raise ValueError(f"unknown architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}") from None
 
 
+def _probe_inputs(model: keras.Model, size: int, make):
+    """Inputs for `model` at `size` x `size`: `make(shape)` for the image, IJG quality-50 4:2:0
+    tables for a conditioned model's second input (so its projection is active)."""
+    if len(model.inputs) == 1:
+        return make((1, size, size, 3))
+    from enhancer.training.jpeg_damage import ijg_recipe
+
+    return [make((1, size, size, 3)), ijg_recipe(50).condition()[None]]
+
+
 def macs_per_pixel(model: keras.Model) -> float:
     """Multiply-accumulates per full-resolution pixel, counted from the conv layers' shapes."""
     probe_size = 64
@@ -239,9 +249,10 @@ def macs_per_pixel(model: keras.Model) -> float:
     for layer in model.layers:
         if isinstance(layer, layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
-            spec = keras.Model(model.input, layer.output).compute_output_spec(
-                keras.KerasTensor((1, probe_size, probe_size, 3))
-            )
+            inputs = _probe_inputs(model, probe_size, keras.KerasTensor)
+            if isinstance(inputs, list):
+                inputs[1] = keras.KerasTensor(inputs[1].shape)
+            spec = keras.Model(model.inputs if len(model.inputs) > 1 else model.input, layer.output).compute_output_spec(inputs)
             total += kh * kw * cin * cout * (spec.shape[1] * spec.shape[2]) / probe_size**2
     return total
 
@@ -251,7 +262,8 @@ def receptive_field_reach(model: keras.Model, size: int = 192) -> int:
 
     The tiler's overlap must be at least this, or tile borders would be computed without the
     context the net would have seen on the whole image. Weights are randomised on a copy first
-    (a zero-initialised last layer would hide every path).
+    (a zero-initialised last layer would hide every path). A conditioned model is measured with
+    its projection active, whose 8x8 and (4:2:0 chroma) 16x16 blocks widen the reach.
     """
     import numpy as np
     import tensorflow as tf
@@ -259,14 +271,17 @@ def receptive_field_reach(model: keras.Model, size: int = 192) -> int:
     rng = np.random.default_rng(0)
     probe = keras.models.clone_model(model)
     probe.set_weights([rng.normal(0, 0.1, w.shape).astype("float32") for w in probe.get_weights()])
-    x = tf.Variable(rng.uniform(0.2, 0.8, (1, size, size, 3)).astype("float32"))
-    c = size // 2
-    with tf.GradientTape() as tape:
-        y = probe(x, training=False)
-        target = tf.reduce_sum(y[0, c, c, :])
-    grad = tape.gradient(target, x).numpy()[0]
-    touched = np.argwhere(np.abs(grad).sum(-1) > 0)
-    return int(np.abs(touched - c).max())
+    inputs = _probe_inputs(model, size, lambda shape: rng.uniform(0.2, 0.8, shape).astype("float32"))
+    x = tf.Variable(inputs[0] if isinstance(inputs, list) else inputs)
+    reach = 0
+    for c in size // 2 + np.arange(16):  # every phase of the block grid
+        with tf.GradientTape() as tape:
+            y = probe([x, tf.constant(inputs[1])] if isinstance(inputs, list) else x, training=False)
+            target = tf.reduce_sum(y[0, c, c, :])
+        grad = tape.gradient(target, x).numpy()[0]
+        touched = np.argwhere(np.abs(grad).sum(-1) > 0)
+        reach = max(reach, int(np.abs(touched - c).max()))
+    return reach
 
 
 __all__ = [
