@@ -305,10 +305,10 @@ def save_crops(keep, results: list[Result], model: str, path: Path, size: int = 
                      for k in ("jpeg", model, "original")]  # fmt: skip
             row = np.hstack([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=1) for t in tiles])
             row = cv2.resize(row, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
-            label = np.full((24, row.shape[1], 3), 1.0, np.float32)
+            label = np.full((24, row.shape[1], 3), 255, np.uint8)
             cv2.putText(label, f"q{q} {'best' if r is ranked[-1] else 'worst'}: {r.image} {r.gain:+.2f} dB", (6, 17),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)  # fmt: skip
-            rows += [label, row]
+            rows += [label.astype(np.float32) / 255, row]
     grid = (np.clip(np.vstack(rows), 0, 1) * 255).round().astype(np.uint8)
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
 
