@@ -30,12 +30,12 @@ SERVED_CPU_TILE: int = Settings.model_fields["tile_size"].default
 NLM_STRENGTHS = (1, 2, 3, 5, 7, 10, 14)
 
 
-def load_forward(model_dir: Path):
-    """The SavedModel's serving signature as a numpy function [N,H,W,3] -> [N,H,W,3]."""
-    import tensorflow as tf
+def load_forward(model_dir: Path, settings: Settings | None = None):
+    """The model folder's `forward` [N,H,W,3] -> [N,H,W,3], through the server's own runner (the
+    model contract), on the device the settings (default: the environment's) configure."""
+    from enhancer.models.saved_model import SavedModelRunner, configure_device
 
-    signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    return lambda x: signature(images=tf.constant(x, tf.float32))["enhanced"].numpy()
+    return SavedModelRunner(model_dir, device=configure_device(settings or Settings())).forward
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
