@@ -118,14 +118,15 @@ def _enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from enhancer.errors import EnhancerError
+    from enhancer.models.contract import ModelLoadError
     from enhancer.models.registry import ModelRegistry
     from enhancer.pipeline import DirectTiles, Pipeline
 
-    models = ModelRegistry.load(settings)
-    settings = settings.for_device(models.device_kind)  # unset tile/batch sizes follow the device
     try:
+        models = ModelRegistry.load(settings)
+        settings = settings.for_device(models.device_kind)  # unset tile/batch sizes follow the device
         models.check_tiling(settings.tile_size, settings.tile_overlap)
-    except ValueError as exc:
+    except (ModelLoadError, ValueError) as exc:  # a model that breaks the contract, tiles it cannot take
         raise SystemExit(f"enhancer: {exc}") from None
     spec = models.select(None).spec
     pipeline = Pipeline.from_settings(settings)
