@@ -32,7 +32,10 @@ def _reset_peak(pid: int) -> bool:
 
 def run(profile: Profile) -> dict:
     from enhancer import tiling
+    from enhancer.config import Settings
+    from enhancer.models.contract import read_spec
 
+    multiple = read_spec(Settings().model_dir).size_multiple  # the served model's, from its metadata
     images = ensure_inputs(list(profile.memory_images))
     rows = []
     with enhancer_server("enhancer-memory") as server:
@@ -50,7 +53,7 @@ def run(profile: Profile) -> dict:
                 raise RuntimeError(f"{name}: HTTP {sample.status} {sample.error}")
             hwm = kernel_peak_rss(server.pid) if reset else None
             peak = max(sampler.peak, hwm or 0)
-            plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP)
+            plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP, multiple=multiple)
             row = {
                 **img.row(plan),
                 "idle_rss_bytes": idle,

@@ -27,12 +27,13 @@ OVERLAP, BATCH = 32, 1
 
 def measure(repeats: int) -> dict:
     from enhancer import tiling
-    from enhancer.config import Settings
-    from enhancer.model import load_model
 
-    runner = load_model(Settings().model_dir)
+    from benchmarks.common import load_default_model
+
+    runner = load_default_model()
+    multiple = runner.spec.size_multiple
     for tile in TILE_SIZES:
-        runner.warm_up(tiling.bucket_shapes(tile), BATCH)
+        runner.warm_up(tiling.bucket_shapes(tile, multiple), BATCH)
     rng = np.random.default_rng(0)
     rows = []
     for h, w in SIZES:
@@ -41,11 +42,11 @@ def measure(repeats: int) -> dict:
         for _ in range(repeats if h * w < 2e6 else 1):
             for tile in TILE_SIZES:
                 start = time.perf_counter()
-                tiling.enhance_tiled(image, runner.forward, tile, OVERLAP, BATCH)
+                tiling.enhance_tiled(image, runner.forward, tile, OVERLAP, BATCH, multiple=multiple)
                 times[tile].append(time.perf_counter() - start)
         row = {"width": w, "height": h, "megapixels": w * h / 1e6}
         for tile in TILE_SIZES:
-            plan = tiling.plan_tiles(h, w, tile, OVERLAP)
+            plan = tiling.plan_tiles(h, w, tile, OVERLAP, multiple=multiple)
             row[str(tile)] = {"median_s": float(np.median(times[tile])), "all_s": times[tile],
                               "tiles": plan.num_tiles, "waste_ratio": plan.waste_ratio}  # fmt: skip
         rows.append(row)

@@ -35,18 +35,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure(names: list[str], repeats: int) -> dict:
     from enhancer import imaging, tiling
-    from enhancer.config import Settings
-    from enhancer.model import load_model
 
+    from benchmarks.common import load_default_model
     from benchmarks.inputs import ensure_inputs
 
     images = ensure_inputs(names)
-    runner = load_model(Settings().model_dir)
+    runner = load_default_model()
+    multiple = runner.spec.size_multiple
     rows = []
     for name in names:
         img = images[name]
         rgb = imaging.decode(img.read()).rgb
-        plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP)
+        plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP, multiple=multiple)
         runner.warm_up([plan.tile_shape], BATCH)
         runner.forward(rgb[None])  # warm the whole-image shape too
 
@@ -56,7 +56,7 @@ def measure(names: list[str], repeats: int) -> dict:
             whole = np.clip(runner.forward(rgb[None])[0], 0, 1)
             whole_times.append(time.perf_counter() - t)
             t = time.perf_counter()
-            tiled = np.clip(tiling.enhance_tiled(rgb, runner.forward, TILE_SIZE, TILE_OVERLAP, BATCH), 0, 1)
+            tiled = np.clip(tiling.enhance_tiled(rgb, runner.forward, TILE_SIZE, TILE_OVERLAP, BATCH, multiple=multiple), 0, 1)
             tiled_times.append(time.perf_counter() - t)
         inner = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
         row = {

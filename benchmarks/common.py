@@ -119,8 +119,19 @@ def parse_prometheus(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 
 def metric(samples: dict, name: str, **labels: str) -> float:
-    """One sample's value (0.0 when absent)."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of `name`'s samples whose labels include `labels` (e.g. over every model's series;
+    0.0 when there is none)."""
+    wanted = set(labels.items())
+    return sum(value for (key, have), value in samples.items() if key == name and wanted <= set(have))
+
+
+def load_default_model():
+    """The model `enhancer serve` would answer a request that names none with, loaded in-process
+    (settings from the environment); TensorFlow is imported here, not when this module is."""
+    from enhancer.config import Settings
+    from enhancer.models.registry import ModelRegistry
+
+    return ModelRegistry.load(Settings()).select(None)
 
 
 def metric_delta(before: dict, after: dict, name: str, **labels: str) -> float:

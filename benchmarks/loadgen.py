@@ -360,9 +360,9 @@ def server_window_metrics(before: dict, after: dict, wall_s: float) -> dict:
     tiles = metric_delta(before, after, "enhancer_batch_size_tiles_sum")
     buckets = {}
     for (name, labels), value in after.items():
-        if name == "enhancer_batch_size_tiles_bucket":
+        if name == "enhancer_batch_size_tiles_bucket":  # summed over the models' series
             le = dict(labels)["le"]
-            buckets[le] = value - before.get((name, labels), 0.0)
+            buckets[le] = buckets.get(le, 0.0) + value - before.get((name, labels), 0.0)
     stage_sums = {
         stage: metric_delta(before, after, "enhancer_stage_duration_seconds_sum", stage=stage) for stage in STAGES
     }

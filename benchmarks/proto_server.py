@@ -1,10 +1,11 @@
 """The prototype's way of serving, for comparison: a synchronous Flask app, one request at a time.
 
-Same model (the SavedModel through `enhancer.model`), same decode, tiling and encode code as the
-real server, so the comparison isolates the serving design: here each request is decoded,
-run tile batch by tile batch, stitched and encoded before the next request is even read
+Same model and the same pipeline as the real server (`enhancer.pipeline`: decode, tiling, stitch,
+encode), so the comparison isolates the serving design: here each request goes through the whole
+pipeline, its tiles run directly tile batch by tile batch, before the next request is even read
 (Werkzeug's server with threaded=False, processes=1); nothing overlaps and tiles of different
-requests never share a batch.
+requests never share a batch. Unlike the server it runs the model on every image (no
+pass-through), as the prototype did.
 
     python -m benchmarks.proto_server --port 8001
 """
@@ -13,22 +14,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
-import numpy as np
 from flask import Flask, Response, jsonify, request
 
-from enhancer import imaging, tiling
-from enhancer.config import Settings
+from enhancer import tiling
 from enhancer.imaging import OutputFormat
 
 
 def create_app(tile_size: int, tile_overlap: int, batch_size: int) -> Flask:
-    from enhancer.model import load_model
+    from enhancer.config import Settings
+    from enhancer.models.registry import ModelRegistry
+    from enhancer.pipeline import STAGES, DirectTiles, Pipeline
 
     settings = Settings()
-    runner = load_model(settings.model_dir)
-    runner.warm_up(tiling.bucket_shapes(tile_size), batch_size)
+    models = ModelRegistry.load(settings)
+    runner = models.select(None)
+    runner.warm_up(tiling.bucket_shapes(tile_size, runner.spec.size_multiple), batch_size)
+    pipeline = Pipeline(tile_size=tile_size, tile_overlap=tile_overlap)  # no limits, no pass-through
+    run_tiles = DirectTiles(models, batch_size)
     app = Flask("prototype")
 
     @app.get("/readyz")
@@ -42,16 +45,9 @@ def create_app(tile_size: int, tile_overlap: int, batch_size: int) -> Flask:
             return jsonify(detail="missing field 'image'"), 422
         fmt = OutputFormat(request.args.get("format", "png"))
         quality = int(request.args.get("quality", 95))
-        t0 = time.perf_counter()
-        image = imaging.decode(upload.read())
-        t1 = time.perf_counter()
-        rgb = tiling.enhance_tiled(image.rgb, runner.forward, tile_size, tile_overlap, batch_size)
-        np.clip(rgb, 0.0, 1.0, out=rgb)
-        t2 = time.perf_counter()
-        body = imaging.encode(rgb, fmt, quality=quality, like=image)
-        t3 = time.perf_counter()
-        timing = f"decode;dur={(t1 - t0) * 1000:.1f}, infer;dur={(t2 - t1) * 1000:.1f}, encode;dur={(t3 - t2) * 1000:.1f}"
-        return Response(body, mimetype=fmt.media_type, headers={"Server-Timing": timing})
+        result = pipeline.run(upload.read(), runner.spec, fmt, quality, run_tiles)
+        timing = ", ".join(f"{stage};dur={result.timings[stage] * 1000:.1f}" for stage in STAGES)
+        return Response(result.body, mimetype=fmt.media_type, headers={"Server-Timing": timing})
 
     return app
 

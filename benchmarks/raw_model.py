@@ -1,10 +1,11 @@
 """The practical limit: the SavedModel called in-process on the very tiles the server would run.
 
 Decodes the inputs with the server's own code, cuts them with the server's tiling plan, and
-times `SavedModelRunner.forward` on batches of those tiles (no HTTP, no queue, no threads but
+times the model runner's `forward` on batches of those tiles (no HTTP, no queue, no threads but
 TensorFlow's). Megapixels/s count *image* pixels, as the end-to-end figure does, so padding and
 overlap are charged to both sides alike. Also times the per-image host work the server adds
-around the model (decode, split, stitch + clip, encode), single-threaded, for the breakdown.
+around the model (decode, split, stitch + clip, encode: the server's own pipeline with the model
+left out), single-threaded, for the breakdown.
 
     python -m benchmarks.raw_model --images crop512 --batch-sizes 1,4 --json out.json
 """
@@ -46,14 +47,15 @@ def _time_batches(forward, tiles: np.ndarray, batch: int, min_seconds: float, mi
 def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: int, min_seconds: float,
             min_batches: int = 5, stages: bool = True, repeats: int = 1) -> dict:
     from enhancer import imaging, tiling
-    from enhancer.config import Settings
     from enhancer.imaging import OutputFormat
-    from enhancer.model import load_model
+    from enhancer.pipeline import Pipeline
+
+    from benchmarks.common import load_default_model
 
     images = group(image_group)
-    runner = load_model(Settings().model_dir)
+    runner = load_default_model()
     decoded = [imaging.decode(img.read()) for img in images]
-    plans = [tiling.plan_tiles(d.height, d.width, tile_size, overlap) for d in decoded]
+    plans = [tiling.plan_tiles(d.height, d.width, tile_size, overlap, multiple=runner.spec.size_multiple) for d in decoded]
     shapes = {p.tile_shape for p in plans}
     if len(shapes) != 1:
         raise SystemExit(f"images of {image_group} give several tile shapes {shapes}; use one size per run")
@@ -91,24 +93,23 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
             log(f"raw model batch {batch}: {mp_per_s:.3f} MP/s ({done / elapsed:.2f} tiles/s, {entry['batch_s_median'] * 1000:.0f} ms/batch)")
 
     if stages:
-        # The host work the server does per image besides the model, one thread, mean of runs.
+        # The host work the server does per image besides the model, one thread, mean of runs:
+        # the server's pipeline with the tiles handed straight back instead of run.
+        pipeline = Pipeline(tile_size=tile_size, tile_overlap=overlap)
         data = [img.read() for img in images]
         timings = {"decode": [], "split": [], "stitch_clip": [], "encode_png": [], "encode_jpeg": []}
         for _ in range(3):
-            for blob, plan in zip(data, plans):
-                t0 = time.perf_counter()
-                d = imaging.decode(blob)
-                t1 = time.perf_counter()
-                tl = tiling.split(d.rgb, plan)
-                t2 = time.perf_counter()
-                out = np.clip(tiling.stitch(tl, plan), 0.0, 1.0)
-                t3 = time.perf_counter()
-                imaging.encode(out, OutputFormat.png, like=d)
-                t4 = time.perf_counter()
-                imaging.encode(out, OutputFormat.jpeg, quality=95, like=d)
-                t5 = time.perf_counter()
-                for key, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                    timings[key].append(seconds)
+            for blob in data:
+                for fmt in (OutputFormat.png, OutputFormat.jpeg):
+                    prepared = pipeline.prepare(blob, runner.spec)
+                    split_s = prepared.timings["tile"]
+                    prepared.outputs = prepared.take_job().tiles
+                    done = pipeline.finish(prepared, fmt, 95).timings
+                    if fmt is OutputFormat.png:
+                        timings["decode"].append(done["decode"])
+                        timings["split"].append(split_s)
+                        timings["stitch_clip"].append(done["tile"] - split_s)
+                    timings[f"encode_{fmt.value}"].append(done["encode"])
         result["host_stage_s_per_image"] = {k: float(np.mean(v)) for k, v in timings.items()}
         log("host work per image: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in result["host_stage_s_per_image"].items()))
     return result

@@ -3,7 +3,7 @@
 It stands in for a GPU so the batcher can be measured where batching pays off: the model thread
 sleeps (`time.sleep`, no CPU burnt, like waiting on a device) for the cost of the batch and
 returns its input unchanged. Everything else is the production path: `create_app` (through its
-`model=` hook), the micro-batcher, tiling, decode/encode, uvicorn, HTTP.
+`models=` hook), the micro-batcher, tiling, decode/encode, uvicorn, HTTP.
 
     python -m benchmarks.simulated --port 8002 --batch-cost-ms 5 --per-tile-ms 0.25
     # every other setting from ENHANCER_* as for `enhancer serve` (e.g. ENHANCER_MAX_BATCH_SIZE=32)
@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from enhancer.models.contract import ModelSpec
+
 
 class SimulatedDevice:
-    """Implements the runtime's Model protocol (device, forward, warm_up) with a cost model."""
+    """Keeps the model contract (enhancer.models.contract.Model) with a cost model: an identity
+    model named "simulated" (reach 0, so any tile overlap is accepted)."""
+
+    spec = ModelSpec(name="simulated", reach=0)
+    device_kind = "cpu"  # the field defaults for tile and batch size apply unless set (the benchmarks set them)
+    precision = "float32"
 
     def __init__(self, batch_cost_s: float = 0.005, per_tile_s: float = 0.00025, sleep=time.sleep):
         if batch_cost_s < 0 or per_tile_s < 0:
@@ -33,7 +40,7 @@ class SimulatedDevice:
     def cost_s(self, n: int) -> float:
         return self.batch_cost_s + self.per_tile_s * n
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         if batch.ndim != 4:
             raise ValueError(f"expected a [N, H, W, C] batch, got shape {batch.shape}")
         self._sleep(self.cost_s(len(batch)))
@@ -61,11 +68,12 @@ def main() -> None:
 
     from enhancer.api import create_app
     from enhancer.config import Settings
+    from enhancer.models.registry import ModelRegistry
 
     settings = Settings(host=args.host, port=args.port)
     device = SimulatedDevice(args.batch_cost_ms / 1000, args.per_tile_ms / 1000)
     uvicorn.run(
-        create_app(settings, model=device),
+        create_app(settings, models=ModelRegistry([device])),
         host=args.host,
         port=args.port,
         log_level=settings.log_level,

@@ -7,6 +7,7 @@ on the committed SavedModel in weights/dejpeg, with small tiles so everything fi
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -32,9 +33,44 @@ def anyio_backend():
 @pytest.fixture(scope="session")
 def saved_model():
     """The real SavedModel runner, loaded once for the whole session."""
-    from enhancer.model import load_model
+    from enhancer.config import Settings
+    from enhancer.models.saved_model import SavedModelRunner, configure_device
 
-    return load_model(MODEL_DIR)
+    return SavedModelRunner(MODEL_DIR, device=configure_device(Settings(_env_file=None)))
+
+
+class WrappedModel:
+    """Keeps the model contract by delegating to a real model; tests override `forward` or
+    `warm_up` to hold, slow or fail it while every answered tile still goes through the model."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.spec = inner.spec
+        self.device = inner.device
+        self.device_kind = inner.device_kind
+        self.precision = inner.precision
+
+    def forward(self, batch, inputs=None):
+        return self.inner.forward(batch, inputs)
+
+    def warm_up(self, shapes, max_batch_size):
+        return self.inner.warm_up(shapes, max_batch_size)
+
+
+def serving(*models, default=None):
+    """A ModelRegistry of already loaded models, for `create_app(..., models=...)`."""
+    from enhancer.models.registry import ModelRegistry
+
+    return ModelRegistry(models, default)
+
+
+async def until(condition, timeout: float = 60.0, interval: float = 0.005) -> None:
+    """Poll `condition` until it is true; one that never holds fails the test instead of hanging it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout:g} s")
+        await asyncio.sleep(interval)
 
 
 def make_settings(**overrides):

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app
+from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
 from PIL import Image
 
 from enhancer.api import create_app
@@ -29,7 +29,7 @@ UPLOAD_LIMIT = 3_000_000
 
 @pytest.fixture(scope="module")
 async def client(saved_model):
-    app = create_app(make_settings(max_upload_bytes=UPLOAD_LIMIT), model=saved_model)
+    app = create_app(make_settings(max_upload_bytes=UPLOAD_LIMIT), models=serving(saved_model))
     async with running_app(app) as c:
         yield c
 

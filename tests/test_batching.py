@@ -1,4 +1,4 @@
-"""Micro-batcher behaviour with a fake model that records which tiles each batch held.
+"""Micro-batcher behaviour with fake models that record which tiles each batch held.
 
 Each tile is filled with request_id * 1000 + tile_index, so a batch's content tells exactly where
 its tiles came from. The first batch can be held on a gate so that later submissions queue up
@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import until
 
 from enhancer.batching import (
     BatcherClosedError,
@@ -21,6 +22,7 @@ from enhancer.batching import (
     MicroBatcher,
     QueueFullError,
 )
+from enhancer.models.contract import ModelSpec
 
 A, B, C, D, E, F, H, S, Z = 1, 2, 3, 4, 5, 6, 7, 8, 9  # request ids
 SMALL, LARGE = (2, 2, 1), (4, 4, 1)  # tile shapes (h, w, c)
@@ -38,21 +40,29 @@ def origin(tile: np.ndarray) -> tuple[int, int]:
     return value // 1000, value % 1000
 
 
-class FakeModel:
-    """Records each batch's tile origins; can hold its first batch until `gate` is set."""
+M = "fake"  # the fake model's name, as requests name it
 
-    def __init__(self, *, gated: bool = False, seconds: float = 0.0):
+
+class FakeModel:
+    """Keeps the model contract; records each batch's tile origins (and extra inputs); can hold
+    its first batch until `gate` is set."""
+
+    def __init__(self, *, gated: bool = False, seconds: float = 0.0, name: str = M, inputs=None, gate=None):
+        self.spec = ModelSpec(name=name, reach=0, inputs=inputs or {})
+        self.device, self.device_kind, self.precision = "fake", "cpu", "float32"
         self.batches: list[list[tuple[int, int]]] = []
+        self.inputs: list[dict[str, np.ndarray]] = []
         self.shapes: list[tuple[int, ...]] = []
         self.threads: set[int] = set()
-        self.gate = threading.Event()
+        self.gate = gate or threading.Event()
         if not gated:
             self.gate.set()
         self.seconds = seconds
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray, inputs=None) -> np.ndarray:
         self.threads.add(threading.get_ident())
         self.batches.append([origin(t) for t in batch])
+        self.inputs.append({k: np.array(v) for k, v in (inputs or {}).items()})
         self.shapes.append(batch.shape[1:])
         if len(self.batches) == 1:
             assert self.gate.wait(10), "test never opened the gate"
@@ -61,21 +71,31 @@ class FakeModel:
         time.sleep(self.seconds)
         return batch + 0.5
 
+    def warm_up(self, shapes, max_batch_size):
+        return 0.0
+
 
 class Recorder(BatchObserver):
     def __init__(self):
         self.batch_sizes: list[int] = []
+        self.outcomes: list[tuple[str, str, int]] = []  # (model, "ok" | "failed", size)
+        self.errors: list[BaseException] = []
         self.dropped = 0
         self.waits: list[float] = []
         self.depths: list[int] = []
 
-    def on_batch(self, size: int, infer_s: float) -> None:
+    def on_batch(self, model: str, size: int, infer_s: float) -> None:
         self.batch_sizes.append(size)
+        self.outcomes.append((model, "ok", size))
 
-    def on_queue_wait(self, seconds: float) -> None:
+    def on_batch_failed(self, model: str, size: int, error: BaseException) -> None:
+        self.outcomes.append((model, "failed", size))
+        self.errors.append(error)
+
+    def on_queue_wait(self, model: str, seconds: float) -> None:
         self.waits.append(seconds)
 
-    def on_tiles_dropped(self, count: int) -> None:
+    def on_tiles_dropped(self, model: str, count: int) -> None:
         self.dropped += count
 
     def on_queue_depth(self, tiles: int) -> None:
@@ -87,24 +107,17 @@ def run(scenario, timeout: float = 20.0):
     return asyncio.run(asyncio.wait_for(scenario(), timeout))
 
 
-async def until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.002)
-
-
 async def hold_model(batcher: MicroBatcher, model: FakeModel, count: int) -> asyncio.Task:
     """Submit a full batch of blocker tiles and wait until the model is stuck on it."""
-    task = asyncio.create_task(batcher.submit(tiles(Z, count)))
+    task = asyncio.create_task(batcher.submit(model.spec.name, tiles(Z, count)))
     await until(lambda: len(model.batches) == 1)
     return task
 
 
-def make(model, *, batch=4, delay=5.0, queue=1000, observer=None, in_flight=1) -> MicroBatcher:
+def make(*models, batch=4, delay=5.0, queue=1000, observer=None, in_flight=1) -> MicroBatcher:
     return MicroBatcher(
-        model, max_batch_size=batch, max_batch_delay_s=delay, max_queue_tiles=queue, batches_in_flight=in_flight,
-        observer=observer,
+        {model.spec.name: model for model in models}, max_batch_size=batch, max_batch_delay_s=delay,
+        max_queue_tiles=queue, batches_in_flight=in_flight, observer=observer,
     )  # fmt: skip
 
 
@@ -116,7 +129,7 @@ def test_concurrent_requests_share_batches_round_robin_and_get_their_own_tiles_b
         await batcher.start()
         blocker = await hold_model(batcher, model, 4)
         inputs = {A: tiles(A, 3), B: tiles(B, 2), C: tiles(C, 3)}
-        tasks = {rid: asyncio.create_task(batcher.submit(x)) for rid, x in inputs.items()}
+        tasks = {rid: asyncio.create_task(batcher.submit(M, x)) for rid, x in inputs.items()}
         await until(lambda: batcher.queued_tiles == 8)
         model.gate.set()
         results = {rid: await task for rid, task in tasks.items()}
@@ -142,9 +155,9 @@ def test_small_request_is_not_starved_by_a_huge_one():
     async def scenario():
         batcher = make(model, batch=4, delay=0.05)
         await batcher.start()
-        huge = asyncio.create_task(batcher.submit(tiles(H, 40)))
+        huge = asyncio.create_task(batcher.submit(M, tiles(H, 40)))
         await until(lambda: len(model.batches) == 1)  # the huge image's first batch is running
-        small = asyncio.create_task(batcher.submit(tiles(S, 2)))
+        small = asyncio.create_task(batcher.submit(M, tiles(S, 2)))
         await until(lambda: batcher.queued_tiles == 36 + 2)
         model.gate.set()
         await small
@@ -165,9 +178,9 @@ def test_a_batch_holds_one_shape_and_shapes_take_turns():
         batcher = make(model, batch=4, delay=0.02)
         await batcher.start()
         blocker = await hold_model(batcher, model, 4)
-        small_a = asyncio.create_task(batcher.submit(tiles(A, 3, SMALL)))
-        large_b = asyncio.create_task(batcher.submit(tiles(B, 3, LARGE)))
-        small_c = asyncio.create_task(batcher.submit(tiles(C, 2, SMALL)))
+        small_a = asyncio.create_task(batcher.submit(M, tiles(A, 3, SMALL)))
+        large_b = asyncio.create_task(batcher.submit(M, tiles(B, 3, LARGE)))
+        small_c = asyncio.create_task(batcher.submit(M, tiles(C, 2, SMALL)))
         await until(lambda: batcher.queued_tiles == 8)
         model.gate.set()
         await asyncio.gather(blocker, small_a, large_b, small_c)
@@ -190,7 +203,7 @@ def test_lone_tile_waits_for_the_deadline_then_runs():
         batcher = make(model, batch=8, delay=delay)
         await batcher.start()
         started = time.perf_counter()
-        await batcher.submit(tiles(A, 1))
+        await batcher.submit(M, tiles(A, 1))
         elapsed = time.perf_counter() - started
         await batcher.stop()
         return elapsed
@@ -206,7 +219,7 @@ def test_full_batch_does_not_wait_for_the_deadline():
     async def scenario():
         batcher = make(model, batch=4, delay=60.0)
         await batcher.start()
-        outputs, _ = await asyncio.wait_for(batcher.submit(tiles(A, 4)), 10.0)
+        outputs, _ = await asyncio.wait_for(batcher.submit(M, tiles(A, 4)), 10.0)
         await batcher.stop()
         return outputs
 
@@ -224,7 +237,7 @@ def test_one_deadline_per_batch_not_one_window_per_wait():
         await batcher.start()
         tasks = []
         for i in range(8):  # one single-tile request every 0.4 windows
-            tasks.append(asyncio.create_task(batcher.submit(tiles(10 + i, 1))))
+            tasks.append(asyncio.create_task(batcher.submit(M, tiles(10 + i, 1))))
             await asyncio.sleep(delay * 0.4)
         await asyncio.gather(*tasks)
         await batcher.stop()
@@ -243,8 +256,8 @@ def test_cancelled_request_tiles_are_dropped_before_the_model_sees_them():
         batcher = make(model, batch=4, delay=0.02, observer=observer)
         await batcher.start()
         blocker = await hold_model(batcher, model, 4)
-        gone = asyncio.create_task(batcher.submit(tiles(A, 5)))
-        kept = asyncio.create_task(batcher.submit(tiles(B, 1)))
+        gone = asyncio.create_task(batcher.submit(M, tiles(A, 5)))
+        kept = asyncio.create_task(batcher.submit(M, tiles(B, 1)))
         await until(lambda: batcher.queued_tiles == 6)
         gone.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -270,8 +283,8 @@ def test_timed_out_request_picked_for_a_filling_batch_is_filtered_out():
         batcher = make(model, batch=8, delay=0.3, observer=observer)
         await batcher.start()
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(batcher.submit(tiles(A, 2)), 0.05)
-        outputs, _ = await batcher.submit(tiles(B, 1))
+            await asyncio.wait_for(batcher.submit(M, tiles(A, 2)), 0.05)
+        outputs, _ = await batcher.submit(M, tiles(B, 1))
         await batcher.stop()
         return outputs
 
@@ -288,9 +301,9 @@ def test_failed_batch_fails_only_its_requests_and_the_worker_goes_on():
         batcher = make(model, batch=2, delay=0.02, observer=observer)
         await batcher.start()
         blocker = await hold_model(batcher, model, 2)
-        poisoned = asyncio.create_task(batcher.submit(tiles(D, 3, poison=(0,))))
-        neighbour = asyncio.create_task(batcher.submit(tiles(E, 1)))  # shares D's batch
-        bystander = asyncio.create_task(batcher.submit(tiles(F, 1)))  # does not
+        poisoned = asyncio.create_task(batcher.submit(M, tiles(D, 3, poison=(0,))))
+        neighbour = asyncio.create_task(batcher.submit(M, tiles(E, 1)))  # shares D's batch
+        bystander = asyncio.create_task(batcher.submit(M, tiles(F, 1)))  # does not
         await until(lambda: batcher.queued_tiles == 5)
         model.gate.set()
         await blocker
@@ -300,44 +313,51 @@ def test_failed_batch_fails_only_its_requests_and_the_worker_goes_on():
                 await task
             errors.append(info.value)
         outputs, _ = await bystander
-        healthy = batcher.healthy
         await batcher.stop()
-        return errors, outputs, healthy
+        return errors, outputs
 
-    errors, outputs, healthy = run(scenario)
+    errors, outputs = run(scenario)
     assert model.batches[1:] == [[(D, 0), (E, 0)], [(F, 0)]]  # D's other tiles never ran
     for error in errors:
         assert isinstance(error.__cause__, ValueError) and "poisoned tile" in str(error)
     assert np.array_equal(outputs, tiles(F, 1) + 0.5)
-    assert healthy
+    assert observer.outcomes == [(M, "ok", 2), (M, "failed", 2), (M, "ok", 1)]  # the last batch succeeded
     assert observer.dropped == 2
-    assert observer.batch_sizes == [2, 1]  # only successful batches are reported
+    assert observer.batch_sizes == [2, 1]  # only successful batches count as run
 
 
-def test_health_follows_the_last_batch():
+def test_every_batch_outcome_is_reported_to_the_observer():
     model = FakeModel()
+    observer = Recorder()
 
     async def scenario():
-        batcher = make(model, batch=1, delay=0.0)
+        batcher = make(model, batch=1, delay=0.0, observer=observer)
         await batcher.start()
-        states = [batcher.healthy]
         with pytest.raises(BatchFailedError):
-            await batcher.submit(tiles(A, 1, poison=(0,)))
-        states.append(batcher.healthy)
-        await batcher.submit(tiles(B, 1))
-        states.append(batcher.healthy)
+            await batcher.submit(M, tiles(A, 1, poison=(0,)))
+        outcomes = list(observer.outcomes)
+        await batcher.submit(M, tiles(B, 1))
         await batcher.stop()
-        return states
+        return outcomes
 
-    assert run(scenario) == [True, False, True]
+    assert run(scenario) == [(M, "failed", 1)]
+    assert observer.outcomes == [(M, "failed", 1), (M, "ok", 1)]
+    assert isinstance(observer.errors[0], ValueError) and "poisoned tile" in str(observer.errors[0])
+
+
+class Shrinking(FakeModel):
+    """Returns tiles one row short: not what the contract promises."""
+
+    def forward(self, batch, inputs=None):
+        return batch[:, :1]
 
 
 def test_model_returning_the_wrong_shape_fails_the_batch_clearly():
     async def scenario():
-        batcher = make(lambda x: x[:, :1], batch=1, delay=0.0)
+        batcher = make(Shrinking(), batch=1, delay=0.0)
         await batcher.start()
         with pytest.raises(BatchFailedError, match="shape"):
-            await batcher.submit(tiles(A, 1))
+            await batcher.submit(M, tiles(A, 1))
         await batcher.stop()
 
     run(scenario)
@@ -350,10 +370,10 @@ def test_full_queue_rejects_at_once_with_retry_information():
         batcher = make(model, batch=2, delay=0.01, queue=4)
         await batcher.start()
         blocker = await hold_model(batcher, model, 2)  # in the model, no longer queued
-        waiting = asyncio.create_task(batcher.submit(tiles(A, 3)))
+        waiting = asyncio.create_task(batcher.submit(M, tiles(A, 3)))
         await until(lambda: batcher.queued_tiles == 3)
         with pytest.raises(QueueFullError) as info:
-            await asyncio.wait_for(batcher.submit(tiles(B, 2)), 1.0)
+            await asyncio.wait_for(batcher.submit(M, tiles(B, 2)), 1.0)
         first = info.value
         model.gate.set()
         await asyncio.gather(blocker, waiting)
@@ -374,14 +394,14 @@ def test_retry_after_uses_the_measured_drain_rate():
         batcher = make(model, batch=2, delay=0.0, queue=4)
         await batcher.start()
         model.gate.set()
-        await batcher.submit(tiles(A, 4))  # two batches of 2 tiles, ~0.01 s each
+        await batcher.submit(M, tiles(A, 4))  # two batches of 2 tiles, ~0.01 s each
         model.gate.clear()
         model.batches.clear()  # gate the next batch again
         blocker = await hold_model(batcher, model, 2)
-        waiting = asyncio.create_task(batcher.submit(tiles(B, 4)))
+        waiting = asyncio.create_task(batcher.submit(M, tiles(B, 4)))
         await until(lambda: batcher.queued_tiles == 4)
         with pytest.raises(QueueFullError) as info:
-            await batcher.submit(tiles(C, 3))
+            await batcher.submit(M, tiles(C, 3))
         model.gate.set()
         await asyncio.gather(blocker, waiting)
         await batcher.stop()
@@ -398,11 +418,11 @@ def test_request_larger_than_the_queue_runs_when_the_queue_is_empty():
     async def scenario():
         batcher = make(model, batch=4, delay=0.01, queue=4)
         await batcher.start()
-        huge = asyncio.create_task(batcher.submit(tiles(H, 10)))
+        huge = asyncio.create_task(batcher.submit(M, tiles(H, 10)))
         await until(lambda: len(model.batches) == 1)
         assert batcher.queued_tiles == 6
         with pytest.raises(QueueFullError):  # everyone else waits while it drains
-            await batcher.submit(tiles(S, 1))
+            await batcher.submit(M, tiles(S, 1))
         model.gate.set()
         outputs, _ = await huge
         await batcher.stop()
@@ -418,12 +438,12 @@ def test_stop_with_drain_finishes_queued_work_then_refuses_more():
         batcher = make(model, batch=4, delay=30.0)
         await batcher.start()
         blocker = await hold_model(batcher, model, 4)
-        queued = [asyncio.create_task(batcher.submit(tiles(rid, 3))) for rid in (A, B)]
+        queued = [asyncio.create_task(batcher.submit(M, tiles(rid, 3))) for rid in (A, B)]
         await until(lambda: batcher.queued_tiles == 6)
         stopping = asyncio.create_task(batcher.stop(drain=True))
         await asyncio.sleep(0.01)
         with pytest.raises(BatcherClosedError):
-            await batcher.submit(tiles(C, 1))
+            await batcher.submit(M, tiles(C, 1))
         model.gate.set()
         # The last, half-full batch runs at once instead of waiting 30 s for company that
         # cannot come any more.
@@ -442,7 +462,7 @@ def test_stop_without_drain_fails_waiting_requests():
         batcher = make(model, batch=2, delay=5.0)
         await batcher.start()
         blocker = await hold_model(batcher, model, 2)
-        queued = asyncio.create_task(batcher.submit(tiles(A, 3)))
+        queued = asyncio.create_task(batcher.submit(M, tiles(A, 3)))
         await until(lambda: batcher.queued_tiles == 3)
         try:
             await batcher.stop(drain=False)
@@ -462,7 +482,7 @@ def test_model_runs_on_one_thread_off_the_event_loop():
     async def scenario():
         batcher = make(model, batch=2, delay=0.0)
         await batcher.start()
-        await asyncio.gather(*(batcher.submit(tiles(rid, 3)) for rid in (A, B, C)))
+        await asyncio.gather(*(batcher.submit(M, tiles(rid, 3)) for rid in (A, B, C)))
         await batcher.stop()
         return threading.get_ident()
 
@@ -477,7 +497,7 @@ def test_timings_and_observer_account_for_every_tile():
     async def scenario():
         batcher = make(model, batch=2, delay=0.0, observer=observer)
         await batcher.start()
-        result = await batcher.submit(tiles(A, 3))  # two batches
+        result = await batcher.submit(M, tiles(A, 3))  # two batches
         await batcher.stop()
         return result
 
@@ -493,12 +513,12 @@ def test_submit_checks_its_input_and_that_the_batcher_runs():
     async def scenario():
         batcher = make(FakeModel())
         with pytest.raises(BatcherClosedError):
-            await batcher.submit(tiles(A, 1))
+            await batcher.submit(M, tiles(A, 1))
         await batcher.start()
         with pytest.raises(ValueError):
-            await batcher.submit(np.zeros((0, 2, 2, 1), np.float32))
+            await batcher.submit(M, np.zeros((0, 2, 2, 1), np.float32))
         with pytest.raises(ValueError):
-            await batcher.submit(np.zeros((2, 2, 1), np.float32))
+            await batcher.submit(M, np.zeros((2, 2, 1), np.float32))
         await batcher.stop()
 
     run(scenario)
@@ -512,14 +532,14 @@ def test_with_two_batches_in_flight_the_next_one_is_formed_while_the_model_is_bu
         batcher = make(model, batch=2, delay=0.0, in_flight=in_flight)
         await batcher.start()
         blocker = await hold_model(batcher, model, 2)
-        queued = asyncio.create_task(batcher.submit(tiles(A, 3)))
+        queued = asyncio.create_task(batcher.submit(M, tiles(A, 3)))
         if in_flight == 2:  # A's first two tiles are taken into the next batch while the model is held
             await until(lambda: batcher.queued_tiles == 1)
         else:
             await until(lambda: batcher.queued_tiles == 3)
             await asyncio.sleep(0.1)
             assert batcher.queued_tiles == 3  # nothing is taken while the model is busy
-        late = asyncio.create_task(batcher.submit(tiles(B, 1)))
+        late = asyncio.create_task(batcher.submit(M, tiles(B, 1)))
         await until(lambda: batcher.queued_tiles == (2 if in_flight == 2 else 4))
         model.gate.set()
         results = await asyncio.gather(blocker, queued, late)
@@ -543,7 +563,7 @@ def test_two_batches_in_flight_answer_every_request_and_fail_only_the_poisoned_o
         await batcher.start()
         inputs = {rid: tiles(rid, 2 + rid % 4, SMALL if rid % 2 else LARGE) for rid in range(1, 25)}
         inputs[7] = tiles(7, 4, SMALL, poison=(2,))
-        tasks = {rid: asyncio.create_task(batcher.submit(x)) for rid, x in inputs.items()}
+        tasks = {rid: asyncio.create_task(batcher.submit(M, x)) for rid, x in inputs.items()}
         results = {}
         for rid, task in tasks.items():
             try:
@@ -572,8 +592,8 @@ def test_stop_without_drain_with_two_batches_in_flight_answers_everyone():
         batcher = make(model, batch=2, delay=0.0, in_flight=2)
         await batcher.start()
         blocker = await hold_model(batcher, model, 2)
-        second = asyncio.create_task(batcher.submit(tiles(A, 2)))  # formed, waiting for the model thread
-        waiting = asyncio.create_task(batcher.submit(tiles(B, 2)))  # still queued
+        second = asyncio.create_task(batcher.submit(M, tiles(A, 2)))  # formed, waiting for the model thread
+        waiting = asyncio.create_task(batcher.submit(M, tiles(B, 2)))  # still queued
         await until(lambda: batcher.queued_tiles == 2)
         try:
             await batcher.stop(drain=False)
@@ -584,3 +604,86 @@ def test_stop_without_drain_with_two_batches_in_flight_answers_everyone():
                 await task
 
     run(scenario)
+
+
+# --- several models, extra inputs ----------------------------------------------------------------
+
+
+def test_batches_never_mix_models_and_a_huge_request_on_one_does_not_starve_the_other():
+    gate = threading.Event()
+    order: list[str] = []  # the model of every batch, in the order they ran (one model thread)
+
+    class Logged(FakeModel):
+        def forward(self, batch, inputs=None):
+            order.append(self.spec.name)
+            return super().forward(batch, inputs)
+
+    big_model, small_model = Logged(gated=True, name="big", gate=gate), Logged(gated=True, name="small", gate=gate)
+
+    async def scenario():
+        batcher = make(big_model, small_model, batch=4, delay=0.05)
+        await batcher.start()
+        blocker = await hold_model(batcher, big_model, 4)
+        huge = asyncio.create_task(batcher.submit("big", tiles(H, 40)))
+        # same tile shape as the huge request's: only the model tells their tiles apart
+        small = asyncio.create_task(batcher.submit("small", tiles(S, 2)))
+        other = asyncio.create_task(batcher.submit("small", tiles(A, 1)))
+        await until(lambda: batcher.queued_tiles == 43)
+        gate.set()
+        await asyncio.gather(small, other)
+        big_batches_before_small_done = order.count("big")
+        await asyncio.gather(blocker, huge)
+        await batcher.stop()
+        return big_batches_before_small_done, (await small)[0], (await huge)[0]
+
+    big_before, small_out, huge_out = run(scenario)
+    assert all(rid in (Z, H) for batch in big_model.batches for rid, _ in batch)
+    assert all(rid in (S, A) for batch in small_model.batches for rid, _ in batch)
+    assert small_model.batches == [[(S, 0), (A, 0), (S, 1)]]  # the small requests shared one batch
+    assert big_before <= 2  # the blocker and at most one batch of the huge request ran first
+    assert order.count("big") == 1 + 10  # the huge request's 40 tiles in batches of 4
+    assert np.array_equal(small_out, tiles(S, 2) + 0.5) and np.array_equal(huge_out, tiles(H, 40) + 0.5)
+
+
+def test_extra_inputs_reach_the_model_row_by_row_in_a_mixed_batch():
+    model = FakeModel(gated=True, inputs={"quantization": 3})
+    vectors = {rid: np.array([rid, rid * 10, -rid], np.float32) for rid in (Z, A, B, C)}
+
+    async def scenario():
+        batcher = make(model, batch=4)
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit(M, tiles(Z, 4), {"quantization": vectors[Z]}))
+        await until(lambda: len(model.batches) == 1)
+        counts = {A: 3, B: 2, C: 3}
+        tasks = [asyncio.create_task(batcher.submit(M, tiles(rid, n), {"quantization": vectors[rid]})) for rid, n in counts.items()]
+        await until(lambda: batcher.queued_tiles == 8)
+        model.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        await batcher.stop()
+
+    run(scenario)
+    assert len(model.batches) == 3 and any(len({rid for rid, _ in b}) > 1 for b in model.batches)  # mixed batches
+    for batch, inputs in zip(model.batches, model.inputs, strict=True):
+        rows = inputs["quantization"]
+        assert rows.shape == (len(batch), 3) and rows.dtype == np.float32
+        for k, (rid, _) in enumerate(batch):
+            assert np.array_equal(rows[k], vectors[rid])  # row k belongs to tile k's request
+
+
+def test_submit_checks_the_model_name_and_its_extra_inputs():
+    model = FakeModel(inputs={"quantization": 3})
+
+    async def scenario():
+        batcher = make(model)
+        await batcher.start()
+        with pytest.raises(ValueError, match="unknown model 'other'; the batcher serves fake"):
+            await batcher.submit("other", tiles(A, 1), {"quantization": np.zeros(3)})
+        with pytest.raises(ValueError, match=r"takes the extra inputs \['quantization'\], got \[\]"):
+            await batcher.submit(M, tiles(A, 1))
+        with pytest.raises(ValueError, match="length 3"):
+            await batcher.submit(M, tiles(A, 1), {"quantization": np.zeros(4)})
+        assert batcher.queued_tiles == 0
+        await batcher.stop()
+
+    run(scenario)
+    assert model.batches == []

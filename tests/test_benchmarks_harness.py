@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app
+from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
 
@@ -107,22 +107,24 @@ class GatedDevice(SimulatedDevice):
         super().__init__(0.0, 0.0)
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self.held = 0  # tiles in the batch held at the gate
 
-    def forward(self, batch):
+    def forward(self, batch, inputs=None):
         if not self.entered.is_set():
+            self.held = len(batch)
             self.entered.set()
             assert self.gate.wait(timeout=120), "test never opened the gate"
-        return super().forward(batch)
+        return super().forward(batch, inputs)
 
 
 @pytest.mark.anyio
 async def test_simulated_device_behind_the_real_app_batches_tiles_across_requests():
     device = GatedDevice()
     settings = make_settings(tile_size=64, tile_overlap=8, max_batch_size=32, max_batch_delay_ms=0)
-    app = create_app(settings, model=device)
+    app = create_app(settings, models=serving(device))
     images = [photo_like(120, 136, seed=i) for i in range(8)]
     bodies = [encode_bgr(img, ".png") for img in images]
-    per_request = tiling.plan_tiles(120, 136, 64, 8).num_tiles
+    per_request = tiling.plan_tiles(120, 136, 64, 8, multiple=device.spec.size_multiple).num_tiles
     async with running_app(app) as client:
         batcher = app.state.runtime.batcher
 
@@ -131,12 +133,9 @@ async def test_simulated_device_behind_the_real_app_batches_tiles_across_request
 
         tasks = [asyncio.create_task(send(b)) for b in bodies]
         await asyncio.to_thread(device.entered.wait, 60)
-        # Wait (not a timed assertion) until the other seven requests' tiles are all queued: the
-        # held first batch is one request's tiles (it was alone and max_batch_delay_ms is 0).
-        for _ in range(6000):
-            if batcher.queued_tiles == 7 * per_request:
-                break
-            await asyncio.sleep(0.01)
+        # Wait until every request's tiles are either in the held first batch or queued (the first
+        # batch holds whatever had arrived when it formed: max_batch_delay_ms is 0).
+        await until(lambda: batcher.queued_tiles + device.held == 8 * per_request)
         device.gate.set()
         responses = await asyncio.gather(*tasks)
     assert [r.status_code for r in responses] == [200] * 8

@@ -62,7 +62,8 @@ def test_enhance_matches_the_model_run_directly(tmp_path, saved_model):
     src.write_bytes(encode_bgr(photo_like(150, 170, seed=7), ".png"))
     assert _run(str(src)) == 0
     image = imaging.decode(src.read_bytes())
-    expected = imaging.encode(tiling.enhance_tiled(image.rgb, saved_model.forward, 128, 32, 4), imaging.OutputFormat.png, like=image)
+    rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, 128, 32, 4, multiple=saved_model.spec.size_multiple)
+    expected = imaging.encode(rgb, imaging.OutputFormat.png, like=image)
     np.testing.assert_array_equal(decode_bytes((tmp_path / "x_enhanced.png").read_bytes()), decode_bytes(expected))
 
 
@@ -102,3 +103,11 @@ def test_enhance_writes_a_good_jpeg_unchanged_and_says_so(tmp_path, capsys):
     assert cli.main(["enhance", str(src), "--model-dir", str(MODEL_DIR), "--tile-size", "128"]) == 0
     assert np.array_equal(decode_bytes((tmp_path / "good_enhanced.png").read_bytes()), decode_bytes(src.read_bytes()))
     assert f"jpeg-quality={default} >= ENHANCER_PASS_THROUGH_JPEG_QUALITY" in capsys.readouterr().err
+
+
+def test_enhance_refuses_an_overlap_below_the_model_s_reach(tmp_path):
+    src = tmp_path / "in.png"
+    src.write_bytes(encode_bgr(photo_like(20, 20), ".png"))
+    with pytest.raises(SystemExit, match=r"ENHANCER_TILE_OVERLAP \(16\) is below the receptive-field reach of model 'dejpeg' \(29 px\)"):
+        cli.main(["enhance", str(src), "--model-dir", str(MODEL_DIR), "--tile-size", "128", "--tile-overlap", "16", "-q"])
+    assert not (tmp_path / "in_enhanced.png").exists()

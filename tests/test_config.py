@@ -82,7 +82,6 @@ def test_missing_relative_model_dir_points_at_the_working_directory(tmp_path, mo
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"tile_size": 130}, "multiple of 4"),
         ({"tile_size": 64, "tile_overlap": 40}, "at most half"),
         ({"max_batch_size": 0}, "greater than or equal to 1"),
         ({"batches_in_flight": 0}, "batches_in_flight\n.*greater than or equal to 1"),

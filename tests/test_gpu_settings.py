@@ -17,6 +17,7 @@ from conftest import MODEL_DIR
 from pydantic import ValidationError
 
 from enhancer.config import GPU_DEFAULTS, Settings, device_defaults
+from enhancer.models.contract import ModelSpec
 
 
 # ---------------------------------------------------------------------------- device defaults
@@ -60,15 +61,16 @@ def test_for_device_keeps_everything_explicit():
     assert settings.for_device("gpu") is settings
 
 
-def test_batch_histogram_bound_covers_the_gpu_batch_unless_set():
-    assert Settings(_env_file=None).max_batch_size_bound == GPU_DEFAULTS["max_batch_size"]
-    assert Settings(_env_file=None, max_batch_size=2).max_batch_size_bound == 2
-    assert Settings(_env_file=None, max_batch_size=32).max_batch_size_bound == 32
+def test_device_defaults_do_not_count_as_set():
+    resolved = Settings(_env_file=None, tile_size=256).for_device("gpu")
+    assert resolved.max_batch_size == GPU_DEFAULTS["max_batch_size"]
+    assert resolved.model_fields_set == {"tile_size"}  # the device chose the rest
+    assert resolved.for_device("cpu").max_batch_size == 1  # so a later resolution may choose again
 
 
 def test_start_up_line_names_device_precision_and_batch_settings():
     line = Settings(_env_file=None, tile_size=256).for_device("gpu").describe_inference(
-        "GPU (/physical_device:GPU:0)", "mixed_float16 (float16 convolutions)"
+        "gpu", "GPU (/physical_device:GPU:0)", "mixed_float16 (float16 convolutions)"
     )
     assert "GPU (/physical_device:GPU:0)" in line
     assert "precision mixed_float16 (float16 convolutions)" in line
@@ -110,18 +112,20 @@ def perturbed_model_dir(tmp_path_factory):
     return export_saved_model(net, tmp_path_factory.mktemp("perturbed") / "model")
 
 
+def _runner(model_dir, *, xla: bool = False, **settings):
+    from enhancer.models.saved_model import SavedModelRunner, configure_device
+
+    return SavedModelRunner(model_dir, device=configure_device(Settings(_env_file=None, **settings)), xla=xla)
+
+
 @pytest.fixture(scope="module")
 def plain_runner(perturbed_model_dir):
-    from enhancer.model import load_model
-
-    return load_model(perturbed_model_dir)
+    return _runner(perturbed_model_dir)
 
 
 @pytest.fixture(scope="module")
 def xla_runner(perturbed_model_dir):
-    from enhancer.model import load_model
-
-    return load_model(perturbed_model_dir, xla=True)
+    return _runner(perturbed_model_dir, xla=True)
 
 
 def _batch(shape, seed=1):
@@ -150,7 +154,7 @@ def test_xla_pads_batches_to_the_warmed_up_sizes(plain_runner, xla_runner, monke
     xla_runner.warm_up([(32, 32)], max_batch_size=4)
     seen = []
     run = xla_runner._run
-    monkeypatch.setattr(xla_runner, "_run", lambda images: seen.append(images.shape[0]) or run(images))
+    monkeypatch.setattr(xla_runner, "_run", lambda images, **extra: seen.append(images.shape[0]) or run(images, **extra))
     x = _batch((3, 32, 32, 3), seed=2)
     out = xla_runner.forward(x)
     assert seen == [4]  # 3 tiles ran as a compiled batch of 4, not a fresh compile for 3
@@ -164,13 +168,13 @@ def test_plain_runner_never_pads(plain_runner, monkeypatch):
     plain_runner.warm_up([(16, 16)], max_batch_size=4)
     seen = []
     run = plain_runner._run
-    monkeypatch.setattr(plain_runner, "_run", lambda images: seen.append(images.shape[0]) or run(images))
+    monkeypatch.setattr(plain_runner, "_run", lambda images, **extra: seen.append(images.shape[0]) or run(images, **extra))
     plain_runner.forward(_batch((3, 16, 16, 3)))
     assert seen == [3]
 
 
 def test_mixed_float16_reports_what_the_devices_allow(perturbed_model_dir, plain_runner):
-    from enhancer import model as model_module
+    from enhancer.models import saved_model as model_module
 
     tensor_core_gpus = [
         gpu
@@ -178,7 +182,7 @@ def test_mixed_float16_reports_what_the_devices_allow(perturbed_model_dir, plain
         if tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)) >= (7, 0)
     ]
     try:
-        runner = model_module.load_model(perturbed_model_dir, precision="mixed_float16")
+        runner = _runner(perturbed_model_dir, precision="mixed_float16")
         assert tf.config.optimizer.get_experimental_options().get("auto_mixed_precision") is True
         x = _batch((2, 32, 32, 3), seed=3)
         out = runner.forward(x)
@@ -194,11 +198,12 @@ def test_mixed_float16_reports_what_the_devices_allow(perturbed_model_dir, plain
     assert tf.config.optimizer.get_experimental_options().get("auto_mixed_precision") is False
 
 
-def test_unknown_precision_is_refused(perturbed_model_dir):
-    from enhancer.model import load_model
+def test_unknown_precision_is_refused():
+    from enhancer.models.saved_model import configure_device
 
+    unchecked = Settings.model_construct(**{**Settings(_env_file=None).model_dump(), "precision": "bfloat8"})
     with pytest.raises(ValueError, match="precision"):
-        load_model(perturbed_model_dir, precision="bfloat8")
+        configure_device(unchecked)
 
 
 def test_memory_growth_is_on_for_every_gpu(plain_runner):
@@ -212,12 +217,14 @@ def test_memory_growth_is_on_for_every_gpu(plain_runner):
 class _FakeModel:
     """Stands in for the runner: reports a device kind, runs nothing."""
 
+    spec = ModelSpec(name="fake", reach=29)
+
     def __init__(self, device_kind: str):
         self.device_kind = device_kind
         self.device = f"{device_kind.upper()} (fake)"
         self.precision = "float32"
 
-    def forward(self, batch):
+    def forward(self, batch, inputs=None):
         return batch
 
     def warm_up(self, shapes, max_batch_size):
@@ -228,24 +235,25 @@ class _FakeModel:
 def test_server_start_up_picks_the_device_defaults_and_logs_them(device_kind, caplog):
     import asyncio
 
-    from enhancer.api.runtime import Runtime
     from enhancer.metrics import Metrics
+    from enhancer.models.registry import ModelRegistry
+    from enhancer.runtime import Runtime
 
     settings = Settings(_env_file=None, model_dir=MODEL_DIR, max_batch_delay_ms=1)
-    runtime = Runtime(settings, Metrics(max_batch_size=settings.max_batch_size_bound), model=_FakeModel(device_kind))
+    runtime = Runtime(settings, Metrics(), models=ModelRegistry([_FakeModel(device_kind)]))
 
     async def start_and_stop():
         await runtime.start()
         await runtime.wait_ready()
         await runtime.stop()
 
-    with caplog.at_level(logging.INFO, logger="enhancer.api.runtime"):
+    with caplog.at_level(logging.INFO, logger="enhancer.runtime"):
         asyncio.run(start_and_stop())
     expected = device_defaults(device_kind)
     assert runtime.settings.tile_size == expected["tile_size"]
     assert runtime.settings.max_batch_size == expected["max_batch_size"]
     assert runtime.batcher._max_batch == expected["max_batch_size"]
-    assert runtime.service.tile_size == expected["tile_size"]
+    assert runtime.service.pipeline.tile_size == expected["tile_size"]
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inference on ")]
     assert f"inference on {device_kind.upper()} (fake)" in line
     assert f"max_batch_size {expected['max_batch_size']} ({device_kind.upper()} default)" in line

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app
+from conftest import WrappedModel, decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
 
 from enhancer import imaging, tiling
 from enhancer.api import create_app
@@ -22,24 +22,25 @@ from enhancer.imaging import OutputFormat
 pytestmark = pytest.mark.anyio
 
 TIMING_STAGES = ("decode", "queue", "infer", "encode")
+MULTIPLE = 4  # the shipped model's size multiple (its spec)
+DEJPEG = '{model="dejpeg"}'  # the label of the shipped model's inference metrics
 
 
-class GatedModel:
+class GatedModel(WrappedModel):
     """The real model, but `forward` (once armed) and/or warm-up wait until the test opens the gate."""
 
     def __init__(self, inner, *, gate_forward: bool = False, gate_warm_up: bool = False):
-        self.inner = inner
-        self.device = inner.device
+        super().__init__(inner)
         self.gate_forward = gate_forward
         self.gate_warm_up = gate_warm_up
         self.gate = threading.Event()
         self.entered = threading.Event()  # a batch is inside forward, waiting at the gate
 
-    def forward(self, batch):
+    def forward(self, batch, inputs=None):
         if self.gate_forward and not self.gate.is_set():
             self.entered.set()
             assert self.gate.wait(timeout=120), "test never opened the gate"
-        return self.inner.forward(batch)
+        return self.inner.forward(batch, inputs)
 
     def warm_up(self, shapes, max_batch_size):
         if self.gate_warm_up:
@@ -50,22 +51,18 @@ class GatedModel:
         assert await asyncio.to_thread(self.entered.wait, 60), "no batch reached the model"
 
 
-class FailingModel:
+class FailingModel(WrappedModel):
     """The real model, except that the next `fail_next` batches raise like a device fault would."""
 
     def __init__(self, inner):
-        self.inner = inner
-        self.device = inner.device
+        super().__init__(inner)
         self.fail_next = 0
 
-    def forward(self, batch):
+    def forward(self, batch, inputs=None):
         if self.fail_next:
             self.fail_next -= 1
             raise RuntimeError("simulated device fault")
-        return self.inner.forward(batch)
-
-    def warm_up(self, shapes, max_batch_size):
-        return self.inner.warm_up(shapes, max_batch_size)
+        return self.inner.forward(batch, inputs)
 
 
 def upload(data: bytes, name: str = "photo.jpg", content_type: str = "application/octet-stream"):
@@ -75,7 +72,7 @@ def upload(data: bytes, name: str = "photo.jpg", content_type: str = "applicatio
 def expected_output(saved_model, data: bytes, fmt: OutputFormat, quality: int = 95, tile_size: int = 128):
     """What the service must answer: the same decode -> tiles -> model -> stitch -> encode path."""
     image = imaging.decode(data)
-    rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, tile_size, 32, batch_size=4)
+    rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, tile_size, 32, batch_size=4, multiple=MULTIPLE)
     return decode_bytes(imaging.encode(rgb, fmt, quality=quality, like=image))
 
 
@@ -95,14 +92,14 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 @pytest.fixture(scope="module")
 async def client(saved_model):
     """One app shared by the tests that neither count metrics nor need special settings."""
-    async with running_app(create_app(make_settings(), model=saved_model)) as c:
+    async with running_app(create_app(make_settings(), models=serving(saved_model))) as c:
         yield c
 
 
 @pytest.fixture
 async def fresh_client(saved_model):
     """An app of its own, for tests that read counters."""
-    async with running_app(create_app(make_settings(), model=saved_model)) as c:
+    async with running_app(create_app(make_settings(), models=serving(saved_model))) as c:
         yield c
 
 
@@ -128,6 +125,7 @@ async def test_formats_in_and_out(client, saved_model, ext, in_fmt, out_fmt):
     assert r.headers["content-type"] == f"image/{out_fmt.value}"
     assert imaging.sniff_format(r.content) == out_fmt.value
     assert r.headers["content-disposition"] == f'inline; filename="holiday_photo_enhanced.{out_fmt.extension}"'
+    assert r.headers["x-enhancer-model"] == "dejpeg"  # the default model, as none was named
     timing = dict(re.findall(r"(\w+);dur=([\d.]+)", r.headers["server-timing"]))
     assert set(TIMING_STAGES) <= set(timing)
     out = decode_bytes(r.content)
@@ -193,7 +191,7 @@ async def test_415_for_unsupported_types(client, data, start):
 
 
 async def test_413_for_too_many_pixels(saved_model):
-    app = create_app(make_settings(max_pixels=10_000), model=saved_model)
+    app = create_app(make_settings(max_pixels=10_000), models=serving(saved_model))
     async with running_app(app) as c:
         r = await c.post("/upscale", files=upload(encode_bgr(photo_like(100, 101), ".png")))
         assert r.status_code == 413
@@ -204,7 +202,7 @@ async def test_413_for_too_many_pixels(saved_model):
 
 @pytest.fixture
 async def small_upload_client(saved_model):
-    app = create_app(make_settings(max_upload_bytes=100_000), model=saved_model)
+    app = create_app(make_settings(max_upload_bytes=100_000), models=serving(saved_model))
     async with running_app(app) as c:
         yield c
 
@@ -262,6 +260,7 @@ async def test_413_when_the_file_alone_is_over_the_limit(small_upload_client):
         ({"params": {"quality": 0}}, "query parameter 'quality': Input should be greater than or equal to 1"),
         ({"params": {"quality": 101}}, "query parameter 'quality': Input should be less than or equal to 100"),
         ({"params": {"quality": "high"}}, "query parameter 'quality': Input should be a valid integer"),
+        ({"params": {"model": "nope"}}, "query parameter 'model': unknown model 'nope'; this server serves: dejpeg"),
     ],
 )
 async def test_422_for_missing_field_and_bad_parameters(client, request_kwargs, fragment):
@@ -274,7 +273,7 @@ async def test_422_for_missing_field_and_bad_parameters(client, request_kwargs, 
 
 async def test_500_when_a_batch_fails_and_the_next_request_still_works(saved_model):
     model = FailingModel(saved_model)
-    async with running_app(create_app(make_settings(), model=model)) as c:
+    async with running_app(create_app(make_settings(), models=serving(model))) as c:
         data = encode_bgr(photo_like(60, 60, seed=15), ".png")
         model.fail_next = 1
         r = await c.post("/upscale", files=upload(data))
@@ -295,8 +294,8 @@ async def test_503_with_retry_after_when_the_queue_is_full(saved_model):
     settings = make_settings(max_queue_tiles=2)
     one_tile = encode_bgr(photo_like(60, 60, seed=16), ".png")
     two_tiles = encode_bgr(photo_like(60, 150, seed=17), ".png")
-    assert tiling.plan_tiles(60, 150, settings.tile_size, settings.tile_overlap).num_tiles == 2
-    app = create_app(settings, model=model)
+    assert tiling.plan_tiles(60, 150, settings.tile_size, settings.tile_overlap, multiple=MULTIPLE).num_tiles == 2
+    app = create_app(settings, models=serving(model))
     async with running_app(app) as c:
         batcher = app.state.runtime.batcher
         model.gate_forward = True
@@ -304,8 +303,7 @@ async def test_503_with_retry_after_when_the_queue_is_full(saved_model):
             first = asyncio.create_task(c.post("/upscale", files=upload(one_tile)))
             await model.wait_entered()  # its tile is inside the model, the queue is empty
             second = asyncio.create_task(c.post("/upscale", files=upload(two_tiles)))
-            while batcher.queued_tiles < 2:  # the second request fills the queue
-                await asyncio.sleep(0.01)
+            await until(lambda: batcher.queued_tiles >= 2)  # the second request fills the queue
             r = await c.post("/upscale", files=upload(one_tile))
             assert r.status_code == 503
             assert int(r.headers["retry-after"]) >= 1
@@ -318,7 +316,7 @@ async def test_503_with_retry_after_when_the_queue_is_full(saved_model):
 
 async def test_504_when_the_request_waits_too_long(saved_model):
     model = GatedModel(saved_model)
-    app = create_app(make_settings(request_timeout_s=0.5), model=model)
+    app = create_app(make_settings(request_timeout_s=0.5), models=serving(model))
     async with running_app(app) as c:
         model.gate_forward = True
         try:
@@ -333,7 +331,7 @@ async def test_504_when_the_request_waits_too_long(saved_model):
 
 async def test_a_timed_out_request_has_its_queued_tiles_dropped(saved_model):
     model = GatedModel(saved_model)
-    app = create_app(make_settings(request_timeout_s=1.0), model=model)
+    app = create_app(make_settings(request_timeout_s=1.0), models=serving(model))
     async with running_app(app) as c:
         model.gate_forward = True
         try:
@@ -346,13 +344,13 @@ async def test_a_timed_out_request_has_its_queued_tiles_dropped(saved_model):
             model.gate.set()
         assert (await blocker).status_code == 504
         metrics = (await c.get("/metrics")).text
-        assert metric_value(metrics, "enhancer_tiles_dropped_total") == 12
+        assert metric_value(metrics, "enhancer_tiles_dropped_total", DEJPEG) == 12
 
 
 async def test_client_disconnect_drops_its_queued_tiles(saved_model):
     """Driven at the ASGI level: the client sends its upload, then goes away while queued."""
     model = GatedModel(saved_model)
-    app = create_app(make_settings(), model=model)
+    app = create_app(make_settings(), models=serving(model))
     async with running_app(app) as c:
         model.gate_forward = True
         try:
@@ -387,8 +385,7 @@ async def test_client_disconnect_drops_its_queued_tiles(saved_model):
             }
             call = asyncio.create_task(app(scope, receive, send))
             batcher = app.state.runtime.batcher
-            while batcher.queued_tiles < 12:
-                await asyncio.sleep(0.01)
+            await until(lambda: batcher.queued_tiles >= 12)
             gone.set()
             await asyncio.wait_for(call, 30)
             assert batcher.queued_tiles == 0
@@ -396,8 +393,8 @@ async def test_client_disconnect_drops_its_queued_tiles(saved_model):
             model.gate.set()
         assert (await blocker).status_code == 200
         metrics = (await c.get("/metrics")).text
-        assert metric_value(metrics, "enhancer_tiles_dropped_total") == 12
-        assert metric_value(metrics, "enhancer_tiles_processed_total") == 1  # only the blocker's tile ran
+        assert metric_value(metrics, "enhancer_tiles_dropped_total", DEJPEG) == 12
+        assert metric_value(metrics, "enhancer_tiles_processed_total", DEJPEG) == 1  # only the blocker's tile ran
 
 
 # --- readiness, health, metrics, docs --------------------------------------------------------------
@@ -405,7 +402,7 @@ async def test_client_disconnect_drops_its_queued_tiles(saved_model):
 
 async def test_readyz_is_503_until_warm_up_finishes(saved_model):
     model = GatedModel(saved_model, gate_warm_up=True)
-    app = create_app(make_settings(), model=model)
+    app = create_app(make_settings(), models=serving(model))
     async with running_app(app, wait_ready=False) as c:
         try:
             r = await c.get("/readyz")
@@ -420,7 +417,11 @@ async def test_readyz_is_503_until_warm_up_finishes(saved_model):
         await asyncio.wait_for(app.state.runtime.wait_ready(), 120)
         r = await c.get("/readyz")
         assert r.status_code == 200
-        assert r.json() == {"status": "ready", "device": saved_model.device}
+        assert r.json() == {
+            "status": "ready",
+            "device": saved_model.device,
+            "models": [{"name": "dejpeg", "scale": 1, "default": True}],
+        }
         assert metric_value((await c.get("/metrics")).text, "enhancer_ready") == 1
 
 
@@ -429,7 +430,7 @@ async def test_failed_warm_up_keeps_the_service_unready_and_unhealthy(saved_mode
         def warm_up(self, shapes, max_batch_size):
             raise MemoryError("batch does not fit")
 
-    app = create_app(make_settings(), model=BrokenWarmUp(saved_model))
+    app = create_app(make_settings(), models=serving(BrokenWarmUp(saved_model)))
     async with running_app(app, wait_ready=False) as c:
         with pytest.raises(RuntimeError, match="warm-up failed"):
             await asyncio.wait_for(app.state.runtime.wait_ready(), 60)
@@ -441,7 +442,7 @@ async def test_failed_warm_up_keeps_the_service_unready_and_unhealthy(saved_mode
 async def test_metrics_after_a_request(fresh_client):
     client = fresh_client
     data = encode_bgr(photo_like(200, 300, seed=18), ".png")
-    tiles = tiling.plan_tiles(200, 300, 128, 32).num_tiles
+    tiles = tiling.plan_tiles(200, 300, 128, 32, multiple=MULTIPLE).num_tiles
     assert (await client.post("/upscale", files=upload(data))).status_code == 200
     assert (await client.post("/upscale", files=upload(b"nope"))).status_code == 415
     r = await client.get("/metrics")
@@ -449,11 +450,11 @@ async def test_metrics_after_a_request(fresh_client):
     text = r.text
     assert metric_value(text, "enhancer_http_requests_total", '{method="POST",route="/upscale",status="200"}') == 1
     assert metric_value(text, "enhancer_http_requests_total", '{method="POST",route="/upscale",status="415"}') == 1
-    assert metric_value(text, "enhancer_tiles_processed_total") == tiles
-    assert metric_value(text, "enhancer_batch_size_tiles_sum") == tiles
-    assert metric_value(text, "enhancer_batch_size_tiles_count") == -(-tiles // 4)  # batches of 4
-    assert metric_value(text, "enhancer_queue_wait_seconds_count") == 1
-    assert metric_value(text, "enhancer_inference_seconds_count") == -(-tiles // 4)
+    assert metric_value(text, "enhancer_tiles_processed_total", DEJPEG) == tiles
+    assert metric_value(text, "enhancer_batch_size_tiles_sum", DEJPEG) == tiles
+    assert metric_value(text, "enhancer_batch_size_tiles_count", DEJPEG) == -(-tiles // 4)  # batches of 4
+    assert metric_value(text, "enhancer_queue_wait_seconds_count", DEJPEG) == 1
+    assert metric_value(text, "enhancer_inference_seconds_count", DEJPEG) == -(-tiles // 4)
     assert metric_value(text, "enhancer_queue_depth_tiles") == 0
     for stage in TIMING_STAGES:
         assert metric_value(text, "enhancer_stage_duration_seconds_count", f'{{stage="{stage}"}}') == 1
@@ -463,7 +464,7 @@ async def test_good_jpegs_are_passed_through_and_damaged_ones_enhanced(saved_mod
     from enhancer.config import Settings
 
     default = Settings.model_fields["pass_through_jpeg_quality"].default
-    app = create_app(make_settings(pass_through_jpeg_quality=default), model=saved_model)
+    app = create_app(make_settings(pass_through_jpeg_quality=default), models=serving(saved_model))
     pixels = photo_like(90, 120, seed=19)
     async with running_app(app) as c:
         good = encode_bgr(pixels, ".jpg", imaging.cv2.IMWRITE_JPEG_QUALITY, default)
@@ -481,11 +482,13 @@ async def test_good_jpegs_are_passed_through_and_damaged_ones_enhanced(saved_mod
 
         text = (await c.get("/metrics")).text
         assert metric_value(text, "enhancer_images_passed_through_total") == 1
-        assert metric_value(text, "enhancer_tiles_processed_total") == tiling.plan_tiles(90, 120, 128, 32).num_tiles
+        assert metric_value(text, "enhancer_tiles_processed_total", DEJPEG) == tiling.plan_tiles(
+            90, 120, 128, 32, multiple=MULTIPLE
+        ).num_tiles
 
 
 async def test_separate_apps_have_separate_metrics(saved_model):
-    one, two = (create_app(make_settings(), model=saved_model) for _ in range(2))
+    one, two = (create_app(make_settings(), models=serving(saved_model)) for _ in range(2))
     async with running_app(one) as c1, running_app(two) as c2:
         await c1.get("/healthz")
         assert 'route="/healthz"' in (await c1.get("/metrics")).text
@@ -500,7 +503,7 @@ async def test_openapi_declares_a_file_upload_and_docs_are_served(client):
     image = schema["properties"]["image"]
     assert image.get("format") == "binary" or image.get("contentMediaType") == "application/octet-stream"
     assert schema["required"] == ["image"]
-    assert {p["name"] for p in op["parameters"]} == {"format", "quality"}
+    assert {p["name"] for p in op["parameters"]} == {"format", "quality", "model"}
     assert {"200", "400", "413", "415", "422", "500", "503", "504"} <= set(op["responses"])
     assert set(op["responses"]["200"]["content"]) == {"image/png", "image/jpeg", "image/webp"}
     docs = await client.get("/docs")
@@ -540,10 +543,12 @@ async def test_40_concurrent_requests_each_get_their_own_result(fresh_client):
         alone.append(decode_bytes(r.content))
 
     client = fresh_client
-    before = metric_value((await client.get("/metrics")).text, "enhancer_batch_size_tiles_count")
+    before = metric_value((await client.get("/metrics")).text, "enhancer_batch_size_tiles_count", DEJPEG)
     together = await asyncio.gather(*(client.post("/upscale", files=upload(d)) for d in uploads))
-    batches = metric_value((await client.get("/metrics")).text, "enhancer_batch_size_tiles_count") - before
-    own_batches = sum(-(-tiling.plan_tiles(*sizes[i % len(sizes)], 128, 32).num_tiles // 4) for i in range(40))
+    batches = metric_value((await client.get("/metrics")).text, "enhancer_batch_size_tiles_count", DEJPEG) - before
+    own_batches = sum(
+        -(-tiling.plan_tiles(*sizes[i % len(sizes)], 128, 32, multiple=MULTIPLE).num_tiles // 4) for i in range(40)
+    )
     assert batches < own_batches  # requests really shared batches
     for i, r in enumerate(together):
         assert r.status_code == 200, r.text
@@ -561,7 +566,7 @@ async def test_two_batches_in_flight_give_every_request_its_own_result(client, s
         r = await client.post("/upscale", files=upload(data))
         assert r.status_code == 200
         alone.append(decode_bytes(r.content))
-    app = create_app(make_settings(batches_in_flight=2, max_batch_size=2), model=saved_model)
+    app = create_app(make_settings(batches_in_flight=2, max_batch_size=2), models=serving(saved_model))
     async with running_app(app) as pipelined:
         assert app.state.runtime.batcher.batches_in_flight == 2
         together = await asyncio.gather(*(pipelined.post("/upscale", files=upload(d)) for d in uploads))

@@ -12,6 +12,7 @@ import numpy as np
 from enhancer import imaging
 from enhancer.batching import MicroBatcher
 from enhancer.imaging import OutputFormat
+from enhancer.models.contract import ModelSpec
 
 
 def _reference_quantize(values: np.ndarray, depth: int) -> np.ndarray:
@@ -54,13 +55,19 @@ def test_without_pixels_keeps_what_encode_needs_and_no_pixel_memory():
 def test_batcher_releases_a_finished_requests_tiles_while_idle():
     """The worker must not keep the last batch (and with it the request's tiles) until new work."""
 
+    class Copying:
+        spec = ModelSpec(name="copy", reach=0)
+
+        def forward(self, batch, inputs=None):
+            return batch + 0
+
     async def scenario():
-        batcher = MicroBatcher(lambda batch: batch + 0, max_batch_size=4, max_batch_delay_s=0.0, max_queue_tiles=100)
+        batcher = MicroBatcher({"copy": Copying()}, max_batch_size=4, max_batch_delay_s=0.0, max_queue_tiles=100)
         await batcher.start()
         try:
             tiles = np.zeros((6, 8, 8, 3), np.float32)
             alive = weakref.ref(tiles)
-            outputs, _ = await batcher.submit(tiles)
+            outputs, _ = await batcher.submit("copy", tiles)
             del tiles
             await asyncio.sleep(0)  # the worker is back to waiting for the next request
             gc.collect()

@@ -7,7 +7,8 @@ import pytest
 from conftest import photo_like
 
 from enhancer import tiling
-from enhancer.model import ModelLoadError, load_model
+from enhancer.models.contract import ModelLoadError
+from enhancer.models.saved_model import Device, SavedModelRunner
 
 
 def test_forward_keeps_shape_dtype_and_range(saved_model):
@@ -32,8 +33,10 @@ def test_forward_rejects_a_wrong_layout(saved_model):
 def test_warm_up_runs_every_bucket_shape_at_both_batch_sizes(saved_model, monkeypatch):
     seen = []
     real_forward = saved_model.forward
-    monkeypatch.setattr(saved_model, "forward", lambda batch: seen.append(batch.shape) or real_forward(batch))
-    shapes = tiling.bucket_shapes(96)
+    monkeypatch.setattr(
+        saved_model, "forward", lambda batch, inputs=None: seen.append(batch.shape) or real_forward(batch, inputs)
+    )
+    shapes = tiling.bucket_shapes(96, saved_model.spec.size_multiple)
     saved_model.warm_up(shapes, max_batch_size=3)
     assert sorted(seen) == sorted((n, h, w, 3) for h, w in shapes for n in (1, 3))
 
@@ -44,4 +47,10 @@ def test_device_is_reported(saved_model):
 
 def test_missing_model_dir_names_the_fix(tmp_path):
     with pytest.raises(ModelLoadError, match="ENHANCER_MODEL_DIR"):
-        load_model(tmp_path / "nope")
+        SavedModelRunner(tmp_path / "nope", device=Device("cpu", "CPU", "float32"))
+
+
+def test_the_shipped_model_keeps_the_contract(saved_model):
+    spec = saved_model.spec
+    # its metadata predates the contract's key names: the legacy ones are read
+    assert (spec.name, spec.scale, spec.reach, spec.size_multiple, dict(spec.inputs)) == ("dejpeg", 1, 29, 4, {})

@@ -2,7 +2,7 @@
 
 The real model is wrapped where a test must hold a batch inside it (`Gate`) or make it fail
 (`Faulty`); every answered tile still went through the SavedModel. No assertion depends on timing:
-waits poll a condition, each bounded by a generous `asyncio.wait_for` so a hang fails the test.
+waits poll a condition with the bounded `until`, so a hang fails the test.
 """
 
 from __future__ import annotations
@@ -12,68 +12,51 @@ import re
 import threading
 
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app
+from conftest import WrappedModel, decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
 
+from enhancer import runtime as runtime_module
 from enhancer.api import create_app
-from enhancer.api import runtime as runtime_module
+from enhancer.runtime import ServingState
 
 pytestmark = pytest.mark.anyio
 
 
-class Gate:
+class Gate(WrappedModel):
     """The real model; while `closed`, a batch waits inside forward until the test opens it."""
 
     def __init__(self, inner):
-        self.inner = inner
-        self.device = inner.device
+        super().__init__(inner)
         self.closed = False
         self.opened = threading.Event()
         self.held = 0  # tiles of the batch waiting at the gate
 
-    def forward(self, batch):
+    def forward(self, batch, inputs=None):
         if self.closed:
             self.held = len(batch)
             assert self.opened.wait(timeout=120), "the test never opened the gate"
             self.held = 0
-        return self.inner.forward(batch)
-
-    def warm_up(self, shapes, max_batch_size):
-        return self.inner.warm_up(shapes, max_batch_size)
+        return self.inner.forward(batch, inputs)
 
     def open(self):
         self.closed = False
         self.opened.set()
 
 
-class Faulty:
+class Faulty(WrappedModel):
     """The real model, except while `broken`: then every batch raises like a device fault."""
 
     def __init__(self, inner):
-        self.inner = inner
-        self.device = inner.device
+        super().__init__(inner)
         self.broken = False
 
-    def forward(self, batch):
+    def forward(self, batch, inputs=None):
         if self.broken:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return self.inner.forward(batch)
-
-    def warm_up(self, shapes, max_batch_size):
-        return self.inner.warm_up(shapes, max_batch_size)
+        return self.inner.forward(batch, inputs)
 
 
 def upload(data: bytes):
     return {"files": {"image": ("photo.png", data, "image/png")}}
-
-
-async def until(condition, timeout=60.0):
-    """Poll `condition` until true; a condition that never holds fails the test instead of hanging."""
-
-    async def poll():
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def metric(text: str, name: str) -> float:
@@ -88,7 +71,7 @@ def metric(text: str, name: str) -> float:
 async def test_flood_of_four_times_the_queue_ends_in_200_or_503_with_retry_after(saved_model):
     queue = 8
     model = Gate(saved_model)
-    app = create_app(make_settings(max_queue_tiles=queue, max_batch_size=4), model=model)
+    app = create_app(make_settings(max_queue_tiles=queue, max_batch_size=4), models=serving(model))
     one_tile = encode_bgr(photo_like(60, 60, seed=40), ".png")  # one 64 px tile at tile size 128
     async with running_app(app) as c:
         batcher = app.state.runtime.batcher
@@ -137,7 +120,7 @@ async def test_flood_of_four_times_the_queue_ends_in_200_or_503_with_retry_after
 
 async def test_failed_batches_fail_only_their_requests_then_readyz_reflects_the_model(saved_model, monkeypatch):
     model = Faulty(saved_model)
-    app = create_app(make_settings(), model=model)
+    app = create_app(make_settings(), models=serving(model))
     one_tile = encode_bgr(photo_like(40, 40, seed=41), ".png")
     async with running_app(app) as c:
         runtime = app.state.runtime
@@ -167,7 +150,7 @@ async def test_failed_batches_fail_only_their_requests_then_readyz_reflects_the_
 
 async def test_the_probe_batch_makes_an_idle_replica_ready_again(saved_model):
     model = Faulty(saved_model)
-    app = create_app(make_settings(), model=model)
+    app = create_app(make_settings(), models=serving(model))
     async with running_app(app) as c:
         runtime = app.state.runtime
         runtime.probe_interval_s = 0.05
@@ -175,10 +158,10 @@ async def test_the_probe_batch_makes_an_idle_replica_ready_again(saved_model):
         one_tile = encode_bgr(photo_like(40, 40, seed=42), ".png")
         for _ in range(runtime_module.FAILED_BATCHES_UNREADY):
             assert (await c.post("/upscale", **upload(one_tile))).status_code == 500
-        assert runtime.model_failing
+        assert runtime.state is ServingState.DEGRADED and runtime.lifecycle.models_failing
         assert (await c.get("/readyz")).status_code == 503
         model.broken = False  # no traffic comes (the load balancer took us out): the probe notices
-        await until(lambda: not runtime.model_failing)
+        await until(lambda: runtime.state is ServingState.READY)
         assert (await c.get("/readyz")).status_code == 200
 
 
@@ -187,7 +170,7 @@ async def test_the_probe_batch_makes_an_idle_replica_ready_again(saved_model):
 
 async def test_drain_refuses_new_uploads_and_lets_those_in_flight_finish(saved_model):
     model = Gate(saved_model)
-    app = create_app(make_settings(shutdown_timeout_s=120), model=model)
+    app = create_app(make_settings(shutdown_timeout_s=120), models=serving(model))
     async with running_app(app) as c:
         runtime = app.state.runtime
         model.closed = True
@@ -198,7 +181,7 @@ async def test_drain_refuses_new_uploads_and_lets_those_in_flight_finish(saved_m
             ]
             await until(lambda: runtime.uploads_in_flight == 3 and model.held > 0)
             drain = asyncio.create_task(runtime.drain())
-            await until(lambda: runtime.draining)
+            await until(lambda: runtime.state is ServingState.DRAINING)
 
             r = await c.get("/readyz")
             assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1

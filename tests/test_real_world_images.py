@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app
+from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
 from PIL import Image, ImageCms, ImageOps
 
 from enhancer.api import create_app
@@ -19,7 +19,7 @@ SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 @pytest.fixture(scope="module")
 async def client(saved_model):
-    async with running_app(create_app(make_settings(), model=saved_model)) as c:
+    async with running_app(create_app(make_settings(), models=serving(saved_model))) as c:
         yield c
 
 

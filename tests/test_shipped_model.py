@@ -17,7 +17,7 @@ CROPS = sorted((ROOT / "tests/data").glob("held_out_*.png"))
 
 @pytest.fixture(scope="module")
 def forward():
-    return load_forward(ROOT / "weights/dejpeg")
+    return load_forward(ROOT / "weights/dejpeg").forward
 
 
 def _rgb01(bgr):

@@ -32,7 +32,7 @@ def perturbed_model(tmp_path_factory):
     """The dejpeg architecture with random non-zero corrections, exported as a SavedModel."""
     import keras
 
-    from enhancer.model import load_model
+    from enhancer.models.saved_model import SavedModelRunner, configure_device
     from enhancer.training.export import export_saved_model
     from enhancer.training.network import build_dejpeg
 
@@ -44,15 +44,16 @@ def perturbed_model(tmp_path_factory):
     net.set_weights(
         [(w + rng.normal(0, 0.02, w.shape) * (w.ndim > 1)).astype("float32") for w in net.get_weights()]
     )
-    return load_model(export_saved_model(net, tmp_path_factory.mktemp("perturbed") / "model"))
+    model_dir = export_saved_model(net, tmp_path_factory.mktemp("perturbed") / "model")
+    return SavedModelRunner(model_dir, device=configure_device(Settings(_env_file=None)))
 
 
 @pytest.mark.parametrize("tile_size,overlap", [(128, 32), (Settings.model_fields["tile_size"].default, 32)])
 def test_real_savedmodel_tiled_and_untiled_agree_to_50_db(saved_model, tile_size, overlap):
     image = jpeg_damaged(300, 1100, seed=1)
-    plan = tiling.plan_tiles(300, 1100, tile_size, overlap)
+    plan = tiling.plan_tiles(300, 1100, tile_size, overlap, multiple=saved_model.spec.size_multiple)
     assert plan.num_tiles >= 3  # really tiled
-    tiled = tiling.enhance_tiled(image, saved_model.forward, tile_size, overlap, batch_size=4)
+    tiled = tiling.enhance_tiled(image, saved_model.forward, tile_size, overlap, batch_size=4, multiple=saved_model.spec.size_multiple)
     untiled = saved_model.forward(image[None])[0]
     assert tiled.shape == untiled.shape == image.shape
     assert psnr(tiled, untiled) >= 50
@@ -69,8 +70,8 @@ def test_no_seams_with_a_model_that_changes_every_pixel(perturbed_model):
     mirrored = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     reference = perturbed_model.forward(mirrored[None])[0][pad:-pad, pad:-pad]
 
-    tiled = tiling.enhance_tiled(image, perturbed_model.forward, 128, 32, batch_size=4)
-    assert tiling.plan_tiles(300, 420, 128, 32).num_tiles >= 12
+    tiled = tiling.enhance_tiled(image, perturbed_model.forward, 128, 32, batch_size=4, multiple=perturbed_model.spec.size_multiple)
+    assert tiling.plan_tiles(300, 420, 128, 32, multiple=perturbed_model.spec.size_multiple).num_tiles >= 12
     assert psnr(tiled, reference) >= 50
     assert np.abs(tiled - reference).max() < 1 / 255  # not even one 8-bit step anywhere
 
@@ -80,5 +81,5 @@ def test_no_seams_with_a_model_that_changes_every_pixel(perturbed_model):
     assert psnr(tiled[inner], untiled[inner]) >= 50
 
     # Control: without overlap the same comparison does see seams, so the check has teeth.
-    seamed = tiling.enhance_tiled(image, perturbed_model.forward, 128, 0, batch_size=4)
+    seamed = tiling.enhance_tiled(image, perturbed_model.forward, 128, 0, batch_size=4, multiple=perturbed_model.spec.size_multiple)
     assert np.abs(seamed - reference).max() > 4 / 255

@@ -1,18 +1,22 @@
 """The asyncio micro-batcher: tiles from many requests in, model batches out.
 
-Knows nothing of HTTP or TensorFlow: the model is any synchronous `forward(batch) -> batch` on
-numpy arrays [N, h, w, C] that returns the same shape, outputs in the order of the inputs.
+Knows nothing of HTTP or TensorFlow: it serves any objects keeping the model contract
+(enhancer.models.contract.Model), by name: a synchronous `forward(batch, inputs)` on numpy arrays
+[N, h, w, C] returning [N, h * scale, w * scale, C] in the order of the inputs.
 
 How it works:
 
 * `submit` checks the tile budget (`QueueFullError` at once when full), puts the request on an
   `asyncio.Queue` and awaits the request's future.
 * One worker coroutine admits queued requests into a round-robin ring. It takes the first tile,
-  then fills the batch with tiles of that tile's shape until `max_batch_size` tiles or until
-  `max_batch_delay_s` after that first tile - one deadline per batch, each wait is given only the
-  time left. Tiles are dealt one per request per round, so a small request submitted behind a
-  50 MP one shares the very next batch instead of waiting for the big one to finish; requests
-  served in a batch move behind those that were not, so other shapes get their turn too.
+  then fills the batch with tiles of the same model and shape (the batch key) until
+  `max_batch_size` tiles or until `max_batch_delay_s` after that first tile - one deadline per
+  batch, each wait is given only the time left. Tiles are dealt one per request per round, so a
+  small request submitted behind a 50 MP one shares the very next batch instead of waiting for the
+  big one to finish; requests served in a batch move behind those that were not, so other models
+  and shapes get their turn too: a batch never mixes models, and no model starves another.
+* Extra model inputs (one float32 vector per image and input name) travel with their request's
+  tiles and are stacked per batch: row i of each [batch, length] block belongs to tile i.
 * The model runs on one dedicated thread (the event loop never blocks, and a model that is not
   thread-safe is only ever called from one thread). Each tile's output is stored in its request;
   the request's future resolves, with its tiles in order, when its last tile is back.
@@ -20,13 +24,14 @@ How it works:
   next batch is formed only once the model is free, so a small request that arrives meanwhile
   gets into the very next batch. With 2 (the GPU default) the worker picks and stacks batch k+1
   while batch k runs, and the model thread starts it the moment k returns instead of waiting on
-  the event loop (simulated device at batch 32, benchmarks/RESULTS.md: model idle 25 % of the
-  time with 1, 14 % with 2, +10 % throughput); the price is that a newcomer may wait one batch longer.
+  the event loop (measured in benchmarks/RESULTS.md); the price is that a newcomer may wait one
+  batch longer.
 * A request whose awaiting task is cancelled (client gone, timeout) loses its queued tiles at
   once; tiles already picked for a batch are filtered out when the batch is stacked (with two in
   flight that can be while the batch before it still runs; its tiles then run, unanswered).
 * An exception in `forward` fails only the requests with tiles in that batch (`BatchFailedError`,
-  caused by the original) and drops their remaining tiles; the worker goes on serving.
+  caused by the original) and drops their remaining tiles; the worker goes on serving. Every
+  batch's outcome goes to the observer (readiness and metrics live there, not here).
 
 Requests larger than the whole budget: a request is admitted when it fits under
 `max_queue_tiles` *or when nothing is queued*, so any single image the service accepted can be
@@ -39,15 +44,19 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from enhancer.models.contract import Model
 
-Forward = Callable[[np.ndarray], np.ndarray]
+if TYPE_CHECKING:
+    from enhancer.config import Settings
+
+log = logging.getLogger(__name__)
 
 #: Retry-After estimate used before any batch has finished (no drain rate measured yet).
 DEFAULT_RETRY_AFTER_S = 1.0
@@ -87,32 +96,59 @@ class BatchTimings:
     infer_s: float  #: model time of every batch that held its tiles, summed
 
 
-class BatchObserver(Protocol):
-    """Metrics hook. Subclass it and override what you need; the defaults do nothing.
-
-    Called on the event loop thread; keep the calls cheap and do not raise.
+class BatchObserver:
+    """What the batcher reports (metrics, readiness). Subclass it and override what you need; the
+    defaults do nothing. Called on the event loop thread; keep the calls cheap and do not raise.
     """
 
-    def on_batch(self, size: int, infer_s: float) -> None:
-        """A batch of `size` tiles ran successfully in `infer_s` seconds of model time."""
+    def on_batch(self, model: str, size: int, infer_s: float) -> None:
+        """A batch of `size` tiles of `model` ran successfully in `infer_s` seconds of model time."""
 
-    def on_queue_wait(self, seconds: float) -> None:
+    def on_batch_failed(self, model: str, size: int, error: BaseException) -> None:
+        """A batch of `size` tiles of `model` failed with `error` (its requests got BatchFailedError)."""
+
+    def on_queue_wait(self, model: str, seconds: float) -> None:
         """A request's first tile entered a batch `seconds` after it was submitted."""
 
-    def on_tiles_dropped(self, count: int) -> None:
+    def on_tiles_dropped(self, model: str, count: int) -> None:
         """`count` tiles will never run: their request was cancelled or failed in another batch."""
 
     def on_queue_depth(self, tiles: int) -> None:
-        """The number of queued tiles (admitted, not yet in a batch) changed to `tiles`."""
+        """The number of queued tiles (admitted, not yet in a batch, all models) changed to `tiles`."""
 
 
-class _NoObserver(BatchObserver):
-    pass
+class BatchObservers(BatchObserver):
+    """Reports every event to each of several observers, in order."""
+
+    def __init__(self, *observers: BatchObserver):
+        self.observers = observers
+
+    def on_batch(self, model: str, size: int, infer_s: float) -> None:
+        for observer in self.observers:
+            observer.on_batch(model, size, infer_s)
+
+    def on_batch_failed(self, model: str, size: int, error: BaseException) -> None:
+        for observer in self.observers:
+            observer.on_batch_failed(model, size, error)
+
+    def on_queue_wait(self, model: str, seconds: float) -> None:
+        for observer in self.observers:
+            observer.on_queue_wait(model, seconds)
+
+    def on_tiles_dropped(self, model: str, count: int) -> None:
+        for observer in self.observers:
+            observer.on_tiles_dropped(model, count)
+
+    def on_queue_depth(self, tiles: int) -> None:
+        for observer in self.observers:
+            observer.on_queue_depth(tiles)
 
 
 @dataclass(eq=False)
 class _Request:
+    model: str
     tiles: np.ndarray
+    inputs: dict[str, np.ndarray]  # extra model inputs: one vector per name, for every tile
     future: asyncio.Future
     submitted_at: float
     next_tile: int = 0  # tiles before this index have been taken into batches
@@ -122,8 +158,9 @@ class _Request:
     infer_s: float = 0.0
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return self.tiles.shape[1:]
+    def key(self) -> tuple[str, tuple[int, ...]]:
+        """Tiles batch together only with tiles of the same key: one model, one shape."""
+        return (self.model, self.tiles.shape[1:])
 
     @property
     def remaining(self) -> int:
@@ -152,7 +189,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        forward: Forward,
+        models: Mapping[str, Model],
         *,
         max_batch_size: int,
         max_batch_delay_s: float,
@@ -164,25 +201,38 @@ class MicroBatcher:
             raise ValueError(
                 "max_batch_size, max_queue_tiles and batches_in_flight must be >= 1 and max_batch_delay_s >= 0"
             )
-        self._forward = forward
+        if not models:
+            raise ValueError("the batcher needs at least one model")
+        self._models = models
         self._in_flight_limit = batches_in_flight
         self._max_batch = max_batch_size
         self._max_delay = max_batch_delay_s
         self._max_queue = max_queue_tiles
-        self._observer = observer or _NoObserver()
+        self._observer = observer or BatchObserver()
         self._intake: asyncio.Queue | None = None
         self._ring: deque[_Request] = deque()  # admitted requests with tiles left, in turn order
         self._live: set[_Request] = set()  # submitted and not yet answered
         self._queued = 0
-        self._healthy = True
-        self._consecutive_failures = 0
-        self._last_failure: str | None = None
         self._closing = False
         self._stopped = False
         self._stop_seen = False
         self._drain = _DrainRate()
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_settings(
+        cls, models: Mapping[str, Model], settings: Settings, observer: BatchObserver | None = None
+    ) -> MicroBatcher:
+        """The batcher the settings describe (resolved for the device, see Settings.for_device)."""
+        return cls(
+            models,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_s=settings.max_batch_delay_s,
+            max_queue_tiles=settings.max_queue_tiles,
+            batches_in_flight=settings.batches_in_flight,
+            observer=observer,
+        )
 
     @property
     def queued_tiles(self) -> int:
@@ -193,21 +243,6 @@ class MicroBatcher:
     def batches_in_flight(self) -> int:
         """How many batches may be formed and not yet finished (see the module docstring)."""
         return self._in_flight_limit
-
-    @property
-    def healthy(self) -> bool:
-        """False after the last batch failed (the model cannot run); True again after a success."""
-        return self._healthy
-
-    @property
-    def consecutive_failures(self) -> int:
-        """Batches that failed in a row since the last successful one."""
-        return self._consecutive_failures
-
-    @property
-    def last_failure(self) -> str | None:
-        """`ExceptionType: message` of the most recent failed batch, if any."""
-        return self._last_failure
 
     async def start(self) -> None:
         if self._worker is not None:
@@ -234,9 +269,13 @@ class MicroBatcher:
         self._stopped = True
         self._executor.shutdown(wait=drain, cancel_futures=True)
 
-    async def submit(self, tiles: np.ndarray) -> tuple[np.ndarray, BatchTimings]:
-        """Run every tile of one request ([T, h, w, C]) through the model; outputs in tile order.
+    async def submit(
+        self, model: str, tiles: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, BatchTimings]:
+        """Run every tile of one request ([T, h, w, C]) through `model`; outputs in tile order.
 
+        `inputs` are the request's extra model inputs, one float32 vector per name the model's
+        spec declares (the same for every tile of the request).
         Raises QueueFullError at once when the queue has no room, BatchFailedError when the model
         failed on one of its batches, BatcherClosedError when not running. Cancelling the caller
         drops the request's queued tiles.
@@ -245,11 +284,12 @@ class MicroBatcher:
             raise BatcherClosedError("the model queue is not running")
         if tiles.ndim != 4 or len(tiles) == 0:
             raise ValueError(f"expected tiles shaped [T>=1, h, w, C], got an array of shape {tiles.shape}")
+        vectors = self._check_inputs(model, inputs or {})
         count = len(tiles)
         if self._queued > 0 and self._queued + count > self._max_queue:
             raise QueueFullError(self._queued, count, self._max_queue, self._drain.rate())
         loop = asyncio.get_running_loop()
-        request = _Request(tiles=tiles, future=loop.create_future(), submitted_at=loop.time())
+        request = _Request(model=model, tiles=tiles, inputs=vectors, future=loop.create_future(), submitted_at=loop.time())
         self._live.add(request)
         self._set_queued(self._queued + count)
         self._intake.put_nowait(request)
@@ -260,6 +300,19 @@ class MicroBatcher:
             raise
         finally:
             self._live.discard(request)
+
+    def _check_inputs(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The request's extra inputs as float32 vectors, checked against the model's spec."""
+        if model not in self._models:
+            raise ValueError(f"unknown model {model!r}; the batcher serves {', '.join(self._models)}")
+        declared = self._models[model].spec.inputs
+        if set(inputs) != set(declared):
+            raise ValueError(f"model {model!r} takes the extra inputs {sorted(declared)}, got {sorted(inputs)}")
+        vectors = {name: np.asarray(inputs[name], dtype=np.float32) for name in declared}
+        for name, vector in vectors.items():
+            if vector.shape != (declared[name],):
+                raise ValueError(f"extra input {name!r} must be a vector of length {declared[name]}, got shape {vector.shape}")
+        return vectors
 
     # -- the worker -----------------------------------------------------------------------------
 
@@ -312,14 +365,14 @@ class MicroBatcher:
             self._admit(self._intake.get_nowait())
 
     async def _fill_batch(self) -> list[tuple[_Request, int]]:
-        """Tiles of the shape whose turn it is, until full or the batch's one deadline passes."""
+        """Tiles of the model and shape whose turn it is, until full or the batch's one deadline passes."""
         loop = asyncio.get_running_loop()
-        shape = self._ring[0].shape
+        key = self._ring[0].key
         deadline = loop.time() + self._max_delay
         batch: list[tuple[_Request, int]] = []
         last_taken: dict[_Request, int] = {}
         while True:
-            self._take_round_robin(shape, batch, last_taken)
+            self._take_round_robin(key, batch, last_taken)
             if len(batch) >= self._max_batch or self._stop_seen:
                 break
             left = deadline - loop.time()
@@ -335,9 +388,9 @@ class MicroBatcher:
         self._ring = deque([r for r in self._ring if r not in last_taken] + served)
         return batch
 
-    def _take_round_robin(self, shape: tuple, batch: list, last_taken: dict) -> None:
+    def _take_round_robin(self, key: tuple, batch: list, last_taken: dict) -> None:
         now = asyncio.get_running_loop().time()
-        turn = [r for r in self._ring if r.shape == shape and r.remaining > 0]
+        turn = [r for r in self._ring if r.key == key and r.remaining > 0]
         taken = 0
         while turn and len(batch) < self._max_batch:
             for request in list(turn):
@@ -349,40 +402,46 @@ class MicroBatcher:
                 last_taken[request] = len(batch)
                 if request.queue_s is None:
                     request.queue_s = now - request.submitted_at
-                    self._observer.on_queue_wait(request.queue_s)
+                    self._observer.on_queue_wait(request.model, request.queue_s)
                 if request.remaining == 0:
                     turn.remove(request)
         if taken:
             self._set_queued(self._queued - taken)
 
     async def _run_batch(self, batch: list[tuple[_Request, int]]) -> None:
+        if not batch:
+            return
+        name = batch[0][0].model  # one model per batch (the batch key)
         live = [(r, i) for r, i in batch if not r.future.done()]
         if len(live) < len(batch):
-            self._observer.on_tiles_dropped(len(batch) - len(live))
+            self._observer.on_tiles_dropped(name, len(batch) - len(live))
         if not live:
             return
-        inputs = np.stack([r.tiles[i] for r, i in live])
+        model = self._models[name]
+        tiles = np.stack([r.tiles[i] for r, i in live])
+        # row k of each extra input belongs to tile k (each request's vector, once per tile of it)
+        extra = {key: np.stack([r.inputs[key] for r, _ in live]) for key in model.spec.inputs}
         requests = list(dict.fromkeys(r for r, _ in live))
         try:
             loop = asyncio.get_running_loop()
-            outputs, infer_s = await loop.run_in_executor(self._executor, _timed, self._forward, inputs)
+            outputs, infer_s = await loop.run_in_executor(self._executor, _timed, model.forward, tiles, extra)
             outputs = np.asarray(outputs)
-            if outputs.shape != inputs.shape:
-                raise ValueError(f"the model returned shape {outputs.shape} for a batch of shape {inputs.shape}")
+            n, h, w, c = tiles.shape
+            scale = model.spec.scale
+            if outputs.shape != (n, h * scale, w * scale, c):
+                raise ValueError(
+                    f"model {name!r} returned shape {outputs.shape} for a batch of shape {tiles.shape} (scale {scale})"
+                )
         except Exception as exc:
-            self._healthy = False
-            self._consecutive_failures += 1
-            self._last_failure = f"{type(exc).__name__}: {exc}"
-            log.error("model batch of %d tiles from %d requests failed: %r", len(live), len(requests), exc)
+            log.error("model %s: batch of %d tiles from %d requests failed: %r", name, len(live), len(requests), exc)
+            self._observer.on_batch_failed(name, len(live), exc)
             for request in requests:
                 error = BatchFailedError(f"the model raised {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
                 self._finish(request, error=error)
             return
-        self._healthy = True
-        self._consecutive_failures = 0
         self._drain.add(len(live), infer_s)  # model-thread time: a batch queued behind another is not slower
-        self._observer.on_batch(len(live), infer_s)
+        self._observer.on_batch(name, len(live), infer_s)
         for (request, index), output in zip(live, outputs):
             if request.outputs is None:
                 request.outputs = np.empty((len(request.tiles), *output.shape), dtype=outputs.dtype)
@@ -414,15 +473,15 @@ class MicroBatcher:
         if request in self._ring:
             self._ring.remove(request)
         self._set_queued(self._queued - dropped)
-        self._observer.on_tiles_dropped(dropped)
+        self._observer.on_tiles_dropped(request.model, dropped)
 
     def _set_queued(self, tiles: int) -> None:
         self._queued = tiles
         self._observer.on_queue_depth(tiles)
 
 
-def _timed(forward: Forward, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+def _timed(forward, tiles: np.ndarray, extra: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
     """Runs on the model thread, so the time excludes waiting for the thread."""
     started = time.perf_counter()
-    outputs = forward(inputs)
+    outputs = forward(tiles, extra)
     return outputs, time.perf_counter() - started

@@ -1,7 +1,8 @@
 """The `enhancer` command: `serve` the HTTP API, `enhance` files locally, and the training commands.
 
-`enhance` runs in-process through the same decoding, tiling and model code as the server (without
-the HTTP layer or the cross-request batcher), so a file enhanced here matches what the API returns.
+`enhance` runs in-process through the same pipeline as the server (enhancer.pipeline), with the
+tiles run directly instead of through the cross-request batcher, so a file enhanced here matches
+what the API returns.
 Heavy imports (TensorFlow, uvicorn) happen inside the commands so `enhancer --help` is instant.
 """
 
@@ -35,19 +36,22 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _check_model_dir(model_dir: Path) -> None:
-    if not (Path(model_dir) / "saved_model.pb").is_file():
-        raise SystemExit(
-            f"enhancer: no SavedModel at {model_dir}. Run from the repository root (weights/dejpeg) "
-            "or set ENHANCER_MODEL_DIR to a SavedModel directory."
-        )
+def _check_model_dirs(settings: Settings) -> None:
+    """Stop with the reason when the settings name no model folder (before any heavy import)."""
+    from enhancer.models.contract import ModelLoadError
+    from enhancer.models.registry import model_dirs
+
+    try:
+        model_dirs(settings)
+    except ModelLoadError as exc:
+        raise SystemExit(f"enhancer: {exc}") from None
 
 
 # --- serve --------------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> None:
     settings = _settings(host=args.host, port=args.port, log_level=args.log_level)
     _setup_logging(settings.log_level)
-    _check_model_dir(settings.model_dir)
+    _check_model_dirs(settings)
 
     import uvicorn
 
@@ -109,53 +113,53 @@ def _enhance(args: argparse.Namespace) -> int:
     _setup_logging("warning" if args.quiet else settings.log_level)
     fmt = OutputFormat(args.format) if args.format else None
     jobs = plan_outputs(Path(args.input), Path(args.output) if args.output else None, fmt)
-    _check_model_dir(settings.model_dir)
+    _check_model_dirs(settings)
 
     from tqdm import tqdm
 
-    from enhancer import imaging, tiling
     from enhancer.errors import EnhancerError
-    from enhancer.model import load_model_for
-    from enhancer.service import pass_through_reason
+    from enhancer.models.contract import ModelLoadError
+    from enhancer.models.registry import ModelRegistry
+    from enhancer.pipeline import DirectTiles, Pipeline
 
-    model = load_model_for(settings)
-    settings = settings.for_device(model.device_kind)  # unset tile/batch sizes follow the device
-    batch_size = args.batch_size or settings.max_batch_size
-
-    def tiles_for(path: Path) -> int:
-        with path.open("rb") as f:
-            size = imaging.read_image_size(f.read(1 << 20))  # the header is near the start
-        if size is None:
-            return 0
-        return tiling.plan_tiles(size[1], size[0], settings.tile_size, settings.tile_overlap).num_tiles
+    try:
+        models = ModelRegistry.load(settings)
+        settings = settings.for_device(models.device_kind)  # unset tile/batch sizes follow the device
+        models.check_tiling(settings.tile_size, settings.tile_overlap)
+    except (ModelLoadError, ValueError) as exc:  # a model that breaks the contract, tiles it cannot take
+        raise SystemExit(f"enhancer: {exc}") from None
+    spec = models.select(None).spec
+    pipeline = Pipeline.from_settings(settings)
 
     failures = 0
-    with tqdm(total=sum(tiles_for(src) for src, _, _ in jobs), unit="tile", disable=args.quiet) as bar:
+    # Two bars, so each file is read once: images done, and the tiles of the image being enhanced
+    # (its tile count is known once it is decoded).
+    with (
+        tqdm(total=len(jobs), unit="image", disable=args.quiet) as images_bar,
+        tqdm(unit="tile", leave=False, disable=args.quiet) as tiles_bar,
+    ):
+        direct = DirectTiles(models, args.batch_size or settings.max_batch_size, progress=tiles_bar.update)
+
+        def run_tiles(job):
+            tiles_bar.reset(total=len(job.tiles))
+            return direct(job)
+
         for src, dst, out_fmt in jobs:
-            bar.set_postfix_str(src.name)
+            images_bar.set_postfix_str(src.name)
             try:
-                image = imaging.decode(src.read_bytes())
+                result = pipeline.run(src.read_bytes(), spec, out_fmt, args.quality, run_tiles)
             except EnhancerError as exc:
                 failures += 1
                 tqdm.write(f"skipped {src}: {exc.detail}", file=sys.stderr)
-                continue
-            plan = tiling.plan_tiles(image.height, image.width, settings.tile_size, settings.tile_overlap)
-            expected = tiles_for(src)
-            if expected != plan.num_tiles:  # header unreadable by Pillow: fix the bar's total
-                bar.total += plan.num_tiles - expected
-                bar.refresh()
-            reason = pass_through_reason(image, settings.pass_through_jpeg_quality)
-            if reason is not None:
-                rgb = image.rgb
-                bar.update(plan.num_tiles)
-                if not args.quiet:
-                    tqdm.write(f"{src}: {reason} >= ENHANCER_PASS_THROUGH_JPEG_QUALITY, written unchanged", file=sys.stderr)
             else:
-                rgb = tiling.enhance_tiled(
-                    image.rgb, model.forward, settings.tile_size, settings.tile_overlap, batch_size, progress=bar.update
-                )
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(imaging.encode(rgb, out_fmt, quality=args.quality, like=image))
+                if result.passed_through is not None and not args.quiet:
+                    tqdm.write(
+                        f"{src}: {result.passed_through} >= ENHANCER_PASS_THROUGH_JPEG_QUALITY, written unchanged",
+                        file=sys.stderr,
+                    )
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(result.body)
+            images_bar.update(1)
     done = len(jobs) - failures
     print(f"enhanced {done} of {len(jobs)} image(s) -> {jobs[0][1].parent if len(jobs) > 1 else jobs[0][1]}")
     return 1 if failures else 0
@@ -181,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", nargs="?", help="output file or folder (default: <name>_enhanced next to the input)")
     p.add_argument("--format", choices=[f.value for f in OutputFormat], help="output format (default png, or OUTPUT's extension)")
     p.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1-100", help="JPEG/WebP quality (default 95)")
-    p.add_argument("--model-dir", type=Path, help="SavedModel directory (default ENHANCER_MODEL_DIR or weights/dejpeg)")
-    p.add_argument("--tile-size", type=int, help="tile edge (default ENHANCER_TILE_SIZE or 512)")
+    p.add_argument("--model-dir", type=Path, help="model folder (default ENHANCER_MODEL_DIR or weights/dejpeg)")
+    p.add_argument("--tile-size", type=int, help="tile edge (default ENHANCER_TILE_SIZE, or 576 on a CPU and 1024 on a GPU)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap (default ENHANCER_TILE_OVERLAP or 32)")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default ENHANCER_MAX_BATCH_SIZE)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -11,11 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from enhancer.limits import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_PIXELS
-from enhancer.tiling import TILE_MULTIPLE
 
 #: Where the model lives when nothing else is configured (relative to the repository root).
 DEFAULT_MODEL_DIR = Path("weights") / "dejpeg"
@@ -38,8 +37,8 @@ GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8, "batches
 def device_defaults(device_kind: str, explicit: Iterable[str] = ()) -> dict[str, int]:
     """Tile/batch settings for the device the model runs on ("cpu" or "gpu"), minus explicit fields.
 
-    Pure: `Settings.for_device` applies the result at start-up, once TensorFlow has said which
-    device it uses; a field named in `explicit` (set by environment, .env or argument) is left out.
+    Pure: `Settings.for_device` applies the result at start-up, once the device is resolved; a
+    field named in `explicit` (set by environment, .env or argument) is left out.
     """
     if device_kind == "gpu":
         chosen = GPU_DEFAULTS
@@ -77,17 +76,26 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         protected_namespaces=(),
+        env_ignore_empty=True,  # `ENHANCER_MODELS_DIR=` (as in .env.example) means unset
     )
-
-    #: fields `for_device` filled in, and for which device (only for the start-up log)
-    _device_defaulted: tuple[str, frozenset[str]] = PrivateAttr(default=("", frozenset()))
 
     # --- model -----------------------------------------------------------------------------
     model_dir: Path = Field(
         default=DEFAULT_MODEL_DIR,
-        description="TensorFlow SavedModel directory (signature `serving_default`: `images` -> "
-        "`enhanced`). Relative paths are looked up in the working directory, then in the source "
-        "checkout.",
+        description="The model folder to serve: a TensorFlow SavedModel (signature `serving_default`: "
+        "`images` -> `enhanced`) with its metadata.json. Relative paths are looked up in the working "
+        "directory, then in the source checkout. Ignored when models_dir is set.",
+    )
+    models_dir: Path | None = Field(
+        default=None,
+        description="Serve every model folder under this directory instead of model_dir, each named by "
+        "its folder (requests choose one with `?model=`). Adding a model is adding a folder; every "
+        "model costs its memory and warm-up time. Unset: serve model_dir alone.",
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="Name of the model a request that names none gets. Unset: the only model served, "
+        "or the only one with scale 1; with several candidates start-up stops and asks for it.",
     )
     pass_through_jpeg_quality: int = Field(
         default=92,
@@ -116,14 +124,16 @@ class Settings(BaseSettings):
         default=576,
         ge=16,
         le=4096,
-        description="Largest tile edge fed to the model (a multiple of 4). Bigger tiles waste less compute on "
-        "overlap but need more memory per batch and make small images wait for big batches.",
+        description="Largest tile edge fed to the model (a multiple of every served model's size multiple, "
+        "4 for dejpeg; checked at start-up). Bigger tiles waste less compute on overlap but need more "
+        "memory per batch and make small images wait for big batches.",
     )
     tile_overlap: int = Field(
         default=32,
         ge=0,
-        description="Pixels neighbouring tiles share. Must be at least the net's reach (29 px) or "
-        "seams appear; every extra pixel is recomputed work.",
+        description="Pixels neighbouring tiles share. Must be at least every served model's "
+        "receptive-field reach (29 px for dejpeg; checked at start-up) or seams appear; every extra "
+        "pixel is recomputed work.",
     )
 
     # --- batching --------------------------------------------------------------------------
@@ -236,18 +246,15 @@ class Settings(BaseSettings):
     def _lowercase_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("model_dir", mode="after")
+    @field_validator("model_dir", "models_dir", mode="after")
     @classmethod
-    def _resolve_model_dir(cls, value: Path) -> Path:
-        return resolve_model_dir(value)
+    def _resolve_model_dir(cls, value: Path | None) -> Path | None:
+        return None if value is None else resolve_model_dir(value)
 
     @model_validator(mode="after")
     def _check_tiling(self) -> Settings:
-        if self.tile_size % TILE_MULTIPLE:
-            raise ValueError(
-                f"tile_size ({self.tile_size}) must be a multiple of {TILE_MULTIPLE}: the net "
-                "works at 1/4 resolution"
-            )
+        # The tile size's multiple and the overlap's minimum come from the served models' specs and
+        # are checked against them at start-up (enhancer.models.contract.ModelSpec.check_tiling).
         if 2 * self.tile_overlap > self.tile_size:
             raise ValueError(
                 f"tile_overlap ({self.tile_overlap}) must be at most half of tile_size "
@@ -256,32 +263,26 @@ class Settings(BaseSettings):
         return self
 
     def for_device(self, device_kind: str) -> Settings:
-        """These settings with tile/batch sizes for `device_kind` where none was set explicitly."""
+        """These settings with tile/batch sizes for `device_kind` where none was set explicitly.
+
+        The filled-in fields stay defaults (not in `model_fields_set`): the device chose them.
+        """
         update = device_defaults(device_kind, self.model_fields_set)
         if not update:
             return self
-        resolved = self.model_copy(update=update)._check_tiling()
-        resolved._device_defaulted = (device_kind.upper(), frozenset(update))
-        return resolved
+        values = {**self.model_dump(), **update}
+        return type(self).model_construct(_fields_set=set(self.model_fields_set), **values)._check_tiling()
 
-    @property
-    def max_batch_size_bound(self) -> int:
-        """The largest batch this server may run on any device (sizes the batch histogram)."""
-        if "max_batch_size" in self.model_fields_set:
-            return self.max_batch_size
-        return max(self.max_batch_size, GPU_DEFAULTS["max_batch_size"])
-
-    def describe_inference(self, device: str, precision: str | None = None) -> str:
-        """One log line: where and how the model runs, and the batch and tile settings in use.
+    def describe_inference(self, device_kind: str, device: str, precision: str | None = None) -> str:
+        """One log line: where and how the models run, and the batch and tile settings in use.
 
         `precision` is what the runner reports it actually does (default: the setting).
         """
-        kind, defaulted = self._device_defaulted
 
         def origin(name: str) -> str:
-            if name in defaulted:
-                return f"{kind} default"
-            return "set" if name in self.model_fields_set else "default"
+            if name in self.model_fields_set:
+                return "set"
+            return f"{device_kind.upper()} default" if name in GPU_DEFAULTS else "default"
 
         return (
             f"inference on {device}; precision {precision or self.precision}; XLA {'on' if self.xla else 'off'}; "

@@ -1,10 +1,13 @@
 """Prometheus metrics of one app, on its own registry so several apps can live in one process.
 
-`Metrics` is also the batcher's `BatchObserver`: the batcher reports batch sizes, waits, drops and
-queue depth through it without knowing Prometheus exists.
+`Metrics` is also the batcher's `BatchObserver` and the service's `ServiceObserver`: they report
+batch sizes, waits, drops, queue depth and stage timings through it without knowing Prometheus
+exists. Metrics about inference carry a `model` label (the model's name).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +20,8 @@ from prometheus_client import (
 
 #: Latency buckets from 1 ms (a tiny tile) to 5 minutes (a 50 MP image behind a full queue).
 _SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: Batch-size buckets: powers of two cover any batch size setting without knowing it in advance.
+_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
@@ -24,7 +29,7 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, max_batch_size: int = 64):
+    def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -50,27 +55,29 @@ class Metrics:
         self.queue_depth = Gauge(
             "enhancer_queue_depth_tiles", "Tiles waiting for the model right now.", registry=r
         )
-        size_buckets = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
         self.batch_size = Histogram(
             "enhancer_batch_size_tiles",
-            "Tiles per forward pass of the model.",
-            buckets=[b for b in size_buckets if b <= max_batch_size],
+            "Tiles per forward pass of the model, by model.",
+            ["model"],
+            buckets=_BATCH_SIZES,
             registry=r,
         )
         self.queue_wait_seconds = Histogram(
             "enhancer_queue_wait_seconds",
-            "Time a tile waited in the queue before its batch started.",
+            "Time a request's first tile waited in the queue before its batch started, by model.",
+            ["model"],
             buckets=_SECONDS,
             registry=r,
         )
         self.inference_seconds = Histogram(
             "enhancer_inference_seconds",
-            "Wall time of one forward pass (one batch).",
+            "Wall time of one forward pass (one batch), by model.",
+            ["model"],
             buckets=_SECONDS,
             registry=r,
         )
         self.tiles_processed = Counter(
-            "enhancer_tiles_processed", "Tiles that went through the model.", registry=r
+            "enhancer_tiles_processed", "Tiles that went through the model, by model.", ["model"], registry=r
         )
         self.passed_through = Counter(
             "enhancer_images_passed_through",
@@ -79,12 +86,13 @@ class Metrics:
         )
         self.tiles_dropped = Counter(
             "enhancer_tiles_dropped",
-            "Queued tiles discarded because their request went away (client gone, timeout).",
+            "Queued tiles discarded because their request went away (client gone, timeout), by model.",
+            ["model"],
             registry=r,
         )
         self.ready = Gauge(
             "enhancer_ready",
-            "1 while /readyz is 200 (model warmed up and running, not shutting down), else 0.",
+            "1 while /readyz is 200 (every model warmed up and running, not shutting down), else 0.",
             registry=r,
         )
         self.uploads_in_flight = Gauge(
@@ -94,28 +102,34 @@ class Metrics:
         )
 
     # --- BatchObserver ---------------------------------------------------------------------
-    def on_batch(self, size: int, infer_s: float) -> None:
-        self.batch_size.observe(size)
-        self.inference_seconds.observe(infer_s)
-        self.tiles_processed.inc(size)
+    def on_batch(self, model: str, size: int, infer_s: float) -> None:
+        self.batch_size.labels(model=model).observe(size)
+        self.inference_seconds.labels(model=model).observe(infer_s)
+        self.tiles_processed.labels(model=model).inc(size)
 
-    def on_queue_wait(self, seconds: float) -> None:
-        self.queue_wait_seconds.observe(seconds)
+    def on_batch_failed(self, model: str, size: int, error: BaseException) -> None:
+        pass  # the failed requests show in enhancer_http_requests_total{status="500"}
 
-    def on_tiles_dropped(self, count: int) -> None:
-        self.tiles_dropped.inc(count)
+    def on_queue_wait(self, model: str, seconds: float) -> None:
+        self.queue_wait_seconds.labels(model=model).observe(seconds)
+
+    def on_tiles_dropped(self, model: str, count: int) -> None:
+        self.tiles_dropped.labels(model=model).inc(count)
 
     def on_queue_depth(self, tiles: int) -> None:
         self.queue_depth.set(tiles)
+
+    # --- ServiceObserver -------------------------------------------------------------------
+    def on_enhanced(self, model: str, timings: Mapping[str, float], passed_through: str | None) -> None:
+        for stage, seconds in timings.items():
+            self.stage_seconds.labels(stage=stage).observe(seconds)
+        if passed_through is not None:
+            self.passed_through.inc()
 
     # --- HTTP ------------------------------------------------------------------------------
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()
         self.request_seconds.labels(route=route).observe(seconds)
-
-    def observe_stages(self, durations: dict[str, float]) -> None:
-        for stage, seconds in durations.items():
-            self.stage_seconds.labels(stage=stage).observe(seconds)
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""

@@ -1,55 +1,58 @@
-"""The enhancement pipeline: decode -> tile -> micro-batched model -> stitch -> encode.
+"""The serving pipeline: the synchronous steps of enhancer.pipeline, with the tiles run by the
+shared micro-batcher.
 
 It knows nothing of HTTP: it takes bytes and returns bytes plus stage timings, and fails with the
-`enhancer.errors` types. CPU-heavy steps (decode, split, stitch, encode) run in worker threads so
-the event loop keeps accepting requests and feeding the batcher while an image is being decoded.
+`enhancer.errors` types (the batcher's exceptions are translated in one place, `batcher_error`).
+The CPU-heavy steps run in worker threads so the event loop keeps accepting requests and feeding
+the batcher while an image is decoded or encoded. What happened is reported to a
+`ServiceObserver` (the metrics), never written to metrics objects here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
-from enhancer import imaging, tiling
 from enhancer.batching import BatcherClosedError, BatchFailedError, MicroBatcher, QueueFullError
 from enhancer.errors import (
+    EnhancerError,
     InferenceFailedError,
     OverloadedError,
     RequestTimeoutError,
     ServiceUnavailableError,
 )
 from enhancer.imaging import OutputFormat
-from enhancer.metrics import Metrics
+from enhancer.models.contract import ModelSpec
+from enhancer.pipeline import EnhanceResult, Pipeline, Prepared
 
-#: Server-Timing / metrics stage names, in pipeline order.
-STAGES = ("decode", "tile", "queue", "infer", "encode")
+if TYPE_CHECKING:
+    from enhancer.config import Settings
 
-
-def pass_through_reason(image: imaging.DecodedImage, min_jpeg_quality: int) -> str | None:
-    """Why `image` should skip the model (e.g. "jpeg-quality=95"), or None to enhance it.
-
-    A JPEG saved at a high quality has little damage to remove, and there the blind model's
-    measured gain is negative: such an image is better answered with its own pixels.
-    """
-    if image.jpeg_quality is not None and image.jpeg_quality >= min_jpeg_quality:
-        return f"jpeg-quality={image.jpeg_quality}"
-    return None
+#: What the batcher raises for a request; `batcher_error` says what each means to the client.
+BATCHER_ERRORS = (QueueFullError, BatchFailedError, BatcherClosedError)
 
 
-@dataclass(frozen=True)
-class EnhanceResult:
-    """An encoded answer plus the seconds each stage took."""
+def batcher_error(exc: Exception) -> EnhancerError:
+    """The client-facing error (with its HTTP status) for one of BATCHER_ERRORS."""
+    if isinstance(exc, QueueFullError):
+        return OverloadedError(str(exc), retry_after_s=exc.retry_after_s)
+    if isinstance(exc, BatchFailedError):
+        cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "error"
+        return InferenceFailedError(
+            f"the model failed while processing this image ({cause}); the server is still "
+            "running, so retrying may succeed; details are in the server log"
+        )
+    if isinstance(exc, BatcherClosedError):
+        return ServiceUnavailableError("the server is shutting down; retry in a moment", retry_after_s=2)
+    raise TypeError(f"not a batcher error: {exc!r}") from exc
 
-    body: bytes
-    format: OutputFormat
-    width: int
-    height: int
-    timings: dict[str, float] = field(default_factory=dict)
-    #: Why the model did not run (the image was passed through), or None when it did.
-    passed_through: str | None = None
+
+class ServiceObserver(Protocol):
+    """Told about every enhanced image (metrics). Called on the event loop; must not raise."""
+
+    def on_enhanced(self, model: str, timings: Mapping[str, float], passed_through: str | None) -> None: ...
 
 
 class EnhanceService:
@@ -57,33 +60,25 @@ class EnhanceService:
 
     def __init__(
         self,
+        pipeline: Pipeline,
         batcher: MicroBatcher,
         *,
-        tile_size: int,
-        tile_overlap: int,
-        max_pixels: int | None,
         request_timeout_s: float,
-        metrics: Metrics | None = None,
-        max_side: int | None = None,
-        pass_through_jpeg_quality: int = 101,
+        observer: ServiceObserver | None = None,
     ):
+        self.pipeline = pipeline
         self.batcher = batcher
-        self.pass_through_jpeg_quality = pass_through_jpeg_quality
-        self.tile_size = tile_size
-        self.tile_overlap = tile_overlap
-        self.max_pixels = max_pixels
-        self.max_side = max_side
         self.request_timeout_s = request_timeout_s
-        self.metrics = metrics
+        self.observer = observer
 
-    def _split(self, rgb: np.ndarray) -> tuple[tiling.TilePlan, np.ndarray]:
-        plan = tiling.plan_tiles(rgb.shape[0], rgb.shape[1], self.tile_size, self.tile_overlap)
-        return plan, tiling.split(rgb, plan)
-
-    @staticmethod
-    def _stitch(tiles: np.ndarray, plan: tiling.TilePlan) -> np.ndarray:
-        image = tiling.stitch(tiles, plan)
-        return np.clip(image, 0.0, 1.0, out=image)  # in place: no second full-size copy
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, batcher: MicroBatcher, observer: ServiceObserver | None = None
+    ) -> EnhanceService:
+        """The service the settings describe (resolved for the device, see Settings.for_device)."""
+        return cls(
+            Pipeline.from_settings(settings), batcher, request_timeout_s=settings.request_timeout_s, observer=observer
+        )
 
     def _timeout_error(self) -> RequestTimeoutError:
         return RequestTimeoutError(
@@ -92,78 +87,30 @@ class EnhanceService:
             "retry later or send a smaller image"
         )
 
-    async def enhance(self, data: bytes, fmt: OutputFormat, quality: int = 95) -> EnhanceResult:
-        """Enhance encoded image bytes and encode the result as `fmt`."""
-        clock = time.perf_counter
-        started = clock()
-        deadline = started + self.request_timeout_s
-        timings: dict[str, float] = {}
+    async def enhance(self, data: bytes, spec: ModelSpec, fmt: OutputFormat, quality: int = 95) -> EnhanceResult:
+        """Enhance encoded image bytes with the model `spec` describes and encode the result as `fmt`."""
+        deadline = time.perf_counter() + self.request_timeout_s
+        prepared = await asyncio.to_thread(self.pipeline.prepare, data, spec)
+        if prepared.job is not None:
+            await self._run_tiles(prepared, deadline)
+        result = await asyncio.to_thread(self.pipeline.finish, prepared, fmt, quality)
+        if self.observer is not None:
+            self.observer.on_enhanced(spec.name, result.timings, result.passed_through)
+        return result
 
-        t = clock()
-        image = await asyncio.to_thread(
-            imaging.decode, data, max_pixels=self.max_pixels, max_side=self.max_side
-        )
-        timings["decode"] = clock() - t
-
-        reason = pass_through_reason(image, self.pass_through_jpeg_quality)
-        if reason is not None:
-            timings.update(tile=0.0, queue=0.0, infer=0.0)
-            return await self._answer(image.rgb, image, fmt, quality, timings, passed_through=reason)
-
-        t = clock()
-        plan, tiles = await asyncio.to_thread(self._split, image.rgb)
-        timings["tile"] = clock() - t
-        # From here on every full-size array is dropped as soon as the next stage has its own, so
-        # peak memory is about two copies of the image (tiles in + tiles out), not five or six.
-        image = image.without_pixels()
-
-        remaining = deadline - clock()
+    async def _run_tiles(self, prepared: Prepared, deadline: float) -> None:
+        """The one step that differs from enhancer.pipeline.Pipeline.run: the batcher runs the tiles."""
+        remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise self._timeout_error()
+        job = prepared.take_job()
         try:
             async with asyncio.timeout(remaining):
-                out_tiles, batch_timings = await self.batcher.submit(tiles)
+                outputs, timings = await self.batcher.submit(job.model, job.tiles, job.inputs)
         except TimeoutError:
             raise self._timeout_error() from None
-        except QueueFullError as exc:
-            raise OverloadedError(str(exc), retry_after_s=exc.retry_after_s) from None
-        except BatchFailedError as exc:
-            cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "error"
-            raise InferenceFailedError(
-                f"the model failed while processing this image ({cause}); the server is still "
-                "running, so retrying may succeed; details are in the server log"
-            ) from exc
-        except BatcherClosedError:
-            raise ServiceUnavailableError(
-                "the server is shutting down; retry in a moment", retry_after_s=2
-            ) from None
-        del tiles
-        timings["queue"] = batch_timings.queue_s
-        timings["infer"] = batch_timings.infer_s
-
-        t = clock()
-        rgb = await asyncio.to_thread(self._stitch, out_tiles, plan)
-        del out_tiles
-        timings["tile"] += clock() - t
-
-        return await self._answer(rgb, image, fmt, quality, timings)
-
-    async def _answer(
-        self,
-        rgb: np.ndarray,
-        like: imaging.DecodedImage,
-        fmt: OutputFormat,
-        quality: int,
-        timings: dict[str, float],
-        passed_through: str | None = None,
-    ) -> EnhanceResult:
-        """Encode `rgb` like the input, record the stage timings, and build the result."""
-        t = time.perf_counter()
-        body = await asyncio.to_thread(imaging.encode, rgb, fmt, quality=quality, like=like)
-        timings["encode"] = time.perf_counter() - t
-        if self.metrics is not None:
-            self.metrics.observe_stages(timings)
-            if passed_through is not None:
-                self.metrics.passed_through.inc()
-        return EnhanceResult(body=body, format=fmt, width=like.width, height=like.height,
-                             timings=timings, passed_through=passed_through)  # fmt: skip
+        except BATCHER_ERRORS as exc:
+            raise batcher_error(exc) from exc
+        del job  # the input tiles are not needed any more: free them before stitching
+        prepared.outputs = outputs
+        prepared.timings.update(queue=timings.queue_s, infer=timings.infer_s)

@@ -2,7 +2,9 @@
 
 Why tiles at all: memory and latency grow with the tile, not the photo, and tiles of one shape
 from many requests can share a batch. Everything here is decided per axis, so a plan is two
-independent `AxisPlan`s and a tile is `rows.tile x cols.tile`.
+independent `AxisPlan`s and a tile is `rows.tile x cols.tile`. Plans are in input pixels; a
+model that enlarges (spec `scale` > 1) returns tiles `scale` times larger, and `stitch` blends them
+at output resolution.
 
 How an axis is planned (`plan_axis`):
 
@@ -15,9 +17,11 @@ How an axis is planned (`plan_axis`):
   fits in a tile, otherwise the fewest segments a full tile would need, each of the smallest
   bucket with which that many still overlap by `overlap`. Small images therefore do not pay for a
   whole tile, and the model runner can warm every shape up front (`bucket_shapes`).
-* Alignment. Tile origins and margins are multiples of `TILE_MULTIPLE` (4): the net works at 1/2
-  and 1/4 resolution (space-to-depth), so it is only shift-equivariant in steps of 4; aligned
-  tiles see the image in the same phase as an untiled run and agree with it.
+* Alignment. Tile sides, tile origins and margins are multiples of the model's `size_multiple`
+  (from its spec; e.g. 4 for a net working at 1/2 and 1/4 resolution by space-to-depth): such a
+  net is only shift-equivariant in those steps, so aligned tiles see the image in the same phase as
+  an untiled run and agree with it. Origins in image coordinates (segment start minus the mirrored
+  pad) are multiples too, so a model that needs the JPEG 8x8/16x16 grid phase keeps it.
 * Blending. Neighbouring segments overlap by at least `overlap`. Inside each overlap the outer
   quarter on each side (`guard`) is given wholly to the tile that is *not* near its own edge, and
   the middle half is a raised-cosine cross-fade. The guard keeps the pixels a tile computed next to
@@ -40,13 +44,11 @@ from typing import Callable
 
 import numpy as np
 
-#: Tile sides and origins are multiples of this (the net downsamples twice by 2).
-TILE_MULTIPLE = 4
 #: Smallest bucket: tiny images are padded up to this rather than multiplying warm-up shapes.
 MIN_BUCKET = 64
 #: Largest ratio between neighbouring buckets; bounds the rounding waste per axis (~1.35x).
 LADDER_RATIO = 1.35
-#: The context margin is at most side / MARGIN_DIVISOR (rounded up to TILE_MULTIPLE).
+#: The context margin is at most side / MARGIN_DIVISOR (rounded up to the size multiple).
 MARGIN_DIVISOR = 8
 #: Each side of an overlap keeps overlap // GUARD_DIVISOR pixels out of the cross-fade (see module doc).
 GUARD_DIVISOR = 4
@@ -54,41 +56,47 @@ GUARD_DIVISOR = 4
 MAX_WASTE_RATIO = 3.0
 
 
-def _ceil_to(value: int, multiple: int = TILE_MULTIPLE) -> int:
+def _ceil_to(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _floor_to(value: int, multiple: int = TILE_MULTIPLE) -> int:
+def _floor_to(value: int, multiple: int) -> int:
     return value // multiple * multiple
 
 
-def _check_settings(tile_size: int, overlap: int) -> None:
-    if tile_size < 16 or tile_size % TILE_MULTIPLE:
-        raise ValueError(f"tile size must be a multiple of {TILE_MULTIPLE} and at least 16, got {tile_size}")
+def _check_multiple(tile_size: int, multiple: int) -> None:
+    if multiple < 1 or tile_size < multiple or tile_size % multiple:
+        raise ValueError(f"tile size must be a positive multiple of {multiple} (the model's size multiple), got {tile_size}")
+
+
+def _check_settings(tile_size: int, overlap: int, multiple: int) -> None:
+    _check_multiple(tile_size, multiple)
+    if tile_size < 16:
+        raise ValueError(f"tile size must be at least 16, got {tile_size}")
     if not 0 <= overlap <= tile_size // 2:
         raise ValueError(f"tile overlap must be between 0 and half the tile size ({tile_size // 2}), got {overlap}")
 
 
-def bucket_sizes(tile_size: int) -> list[int]:
-    """The segment lengths a plan can use, ascending, ending with `tile_size`.
+def bucket_sizes(tile_size: int, multiple: int) -> list[int]:
+    """The segment lengths a plan can use, ascending, ending with `tile_size`; all multiples of
+    `multiple` (the model's size multiple).
 
     A geometric ladder from MIN_BUCKET: short (8 entries for 512) because each pair of sizes is a
     tile shape the model runner warms up, dense enough that rounding up wastes at most ~1.35x.
     """
-    if tile_size % TILE_MULTIPLE or tile_size < TILE_MULTIPLE:
-        raise ValueError(f"tile size must be a positive multiple of {TILE_MULTIPLE}, got {tile_size}")
+    _check_multiple(tile_size, multiple)
     if tile_size <= MIN_BUCKET:
         return [tile_size]
     steps = math.ceil(math.log(tile_size / MIN_BUCKET) / math.log(LADDER_RATIO) - 1e-9)
     ratio = (tile_size / MIN_BUCKET) ** (1 / steps)
-    sizes = {_ceil_to(round(MIN_BUCKET * ratio**i)) for i in range(steps)}
+    sizes = {_ceil_to(round(MIN_BUCKET * ratio**i), multiple) for i in range(steps)}
     sizes.add(tile_size)
     return sorted(sizes)
 
 
-def bucket_shapes(tile_size: int) -> list[tuple[int, int]]:
-    """Every (height, width) tile shape `plan_tiles` can produce for this tile size."""
-    sizes = bucket_sizes(tile_size)
+def bucket_shapes(tile_size: int, multiple: int) -> list[tuple[int, int]]:
+    """Every (height, width) tile shape `plan_tiles` can produce for this tile size and multiple."""
+    sizes = bucket_sizes(tile_size, multiple)
     return [(h, w) for h in sizes for w in sizes]
 
 
@@ -114,6 +122,18 @@ class AxisPlan:
     @property
     def pad_after(self) -> int:
         return self.length - self.pad_before - self.size
+
+    def scaled(self, scale: int) -> AxisPlan:
+        """The same plan in the pixels of a model output `scale` times larger (for blending)."""
+        if scale == 1:
+            return self
+        return AxisPlan(
+            size=self.size * scale,
+            tile=self.tile * scale,
+            starts=tuple(start * scale for start in self.starts),
+            pad_before=self.pad_before * scale,
+            overlap=self.overlap * scale,
+        )
 
     def source_index(self) -> np.ndarray:
         """For each padded position, the image index it copies (mirror without repeating the edge).
@@ -166,29 +186,29 @@ class AxisPlan:
         return factor
 
 
-def plan_axis(size: int, tile_size: int, overlap: int) -> AxisPlan:
+def plan_axis(size: int, tile_size: int, overlap: int, *, multiple: int) -> AxisPlan:
     """Plan one axis: context margin, bucket, number and origins of segments (see module doc)."""
-    _check_settings(tile_size, overlap)
+    _check_settings(tile_size, overlap, multiple)
     if size < 1:
         raise ValueError(f"image side must be at least 1 pixel, got {size}")
-    margin = min(_ceil_to(overlap), _ceil_to(size // MARGIN_DIVISOR))
+    margin = min(_ceil_to(overlap, multiple), _ceil_to(size // MARGIN_DIVISOR, multiple))
     need = size + 2 * margin
-    ladder = bucket_sizes(tile_size)
+    ladder = bucket_sizes(tile_size, multiple)
     if need <= tile_size:
         tile = next(b for b in ladder if b >= need)
         starts: tuple[int, ...] = (0,)
     else:
-        full_step = _floor_to(tile_size - overlap)
+        full_step = _floor_to(tile_size - overlap, multiple)
         count = 1 + -(-(need - tile_size) // full_step)  # fewest segments of a full tile
         # The smallest bucket with which that many segments, stepping by at most (bucket -
         # overlap) rounded down to an aligned step, still reach `need`.
-        tile = next(b for b in ladder if b > overlap and (count - 1) * _floor_to(b - overlap) + b >= need)
+        tile = next(b for b in ladder if b > overlap and (count - 1) * _floor_to(b - overlap, multiple) + b >= need)
         # The smallest aligned step that still covers `need`: spare length widens every overlap
         # (more shared context) instead of piling up as padding at the end.
-        step = _ceil_to(-(-(need - tile) // (count - 1)))
+        step = _ceil_to(-(-(need - tile) // (count - 1)), multiple)
         starts = tuple(i * step for i in range(count))
     length = starts[-1] + tile
-    pad_before = _floor_to((length - size) // 2)  # >= margin because length >= size + 2*margin
+    pad_before = _floor_to((length - size) // 2, multiple)  # >= margin because length >= size + 2*margin
     return AxisPlan(size=size, tile=tile, starts=starts, pad_before=pad_before, overlap=overlap)
 
 
@@ -226,9 +246,13 @@ class TilePlan:
         return self.num_tiles * self.rows.tile * self.cols.tile / (self.height * self.width)
 
 
-def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> TilePlan:
-    """Plan the tiles for a height x width image (all tiles share one shape)."""
-    return TilePlan(rows=plan_axis(height, tile_size, overlap), cols=plan_axis(width, tile_size, overlap))
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int, *, multiple: int) -> TilePlan:
+    """Plan the tiles for a height x width image (all tiles share one shape); `multiple` is the
+    model's size multiple."""
+    return TilePlan(
+        rows=plan_axis(height, tile_size, overlap, multiple=multiple),
+        cols=plan_axis(width, tile_size, overlap, multiple=multiple),
+    )
 
 
 def _check_image(image: np.ndarray, plan: TilePlan) -> None:
@@ -256,29 +280,63 @@ def split(image: np.ndarray, plan: TilePlan) -> np.ndarray:
     return tiles
 
 
-def stitch(tiles: np.ndarray, plan: TilePlan) -> np.ndarray:
-    """Blend [T, th, tw, C] tiles back into an HxWxC float32 image (weights sum to 1 everywhere).
+def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1) -> np.ndarray:
+    """Blend [T, th*scale, tw*scale, C] model outputs into an (H*scale)x(W*scale)xC float32 image
+    (weights sum to 1 everywhere). `scale` is the model's: its tiles are that much larger than the
+    plan's, and the blend windows are laid out at that (output) resolution.
 
     Accumulates into the one output array; the weights are an outer product of per-axis windows,
     so no full-size weight map exists.
     """
-    th, tw = plan.tile_shape
+    if scale < 1:
+        raise ValueError(f"scale must be at least 1, got {scale}")
+    rows, cols = plan.rows.scaled(scale), plan.cols.scaled(scale)
+    th, tw = rows.tile, cols.tile
     if tiles.ndim != 4 or tiles.shape[0] != plan.num_tiles or tiles.shape[1:3] != (th, tw):
         raise ValueError(f"expected {plan.num_tiles} tiles of {th}x{tw}xC, got an array of shape {tiles.shape}")
-    out = np.zeros((plan.height, plan.width, tiles.shape[3]), dtype=np.float32)
-    row_windows, col_windows = plan.rows.windows(), plan.cols.windows()
+    out = np.zeros((rows.size, cols.size, tiles.shape[3]), dtype=np.float32)
+    row_windows, col_windows = rows.windows(), cols.windows()
     k = 0
-    for y, wy in zip(plan.rows.starts, row_windows):
+    for y, wy in zip(rows.starts, row_windows):
         # The part of this tile row that lands on the image, in tile and in image coordinates.
-        y0, y1 = max(y, plan.rows.pad_before), min(y + th, plan.rows.pad_before + plan.height)
-        for x, wx in zip(plan.cols.starts, col_windows):
-            x0, x1 = max(x, plan.cols.pad_before), min(x + tw, plan.cols.pad_before + plan.width)
+        y0, y1 = max(y, rows.pad_before), min(y + th, rows.pad_before + rows.size)
+        for x, wx in zip(cols.starts, col_windows):
+            x0, x1 = max(x, cols.pad_before), min(x + tw, cols.pad_before + cols.size)
             if y0 < y1 and x0 < x1:
                 weight = np.outer(wy[y0 - y : y1 - y], wx[x0 - x : x1 - x]).astype(np.float32)
-                top, left = y0 - plan.rows.pad_before, x0 - plan.cols.pad_before
+                top, left = y0 - rows.pad_before, x0 - cols.pad_before
                 out[top : top + y1 - y0, left : left + x1 - x0] += tiles[k, y0 - y : y1 - y, x0 - x : x1 - x] * weight[..., None]
             k += 1
     return out
+
+
+def run_in_batches(
+    tiles: np.ndarray,
+    forward: Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+    *,
+    scale: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Run `forward` ([N, th, tw, C] -> [N, th*scale, tw*scale, C]) over tiles, `batch_size` at a
+    time, synchronously; outputs in tile order. With scale 1 the outputs are written over `tiles`
+    (no second array of tiles). `progress`, if given, is called with the number of tiles finished
+    in each batch. (The server batches tiles across requests instead.)
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    n, h, w, c = tiles.shape
+    outputs = tiles if scale == 1 else np.empty((n, h * scale, w * scale, c), np.float32)  # in place when it fits
+    for begin in range(0, n, batch_size):
+        chunk = tiles[begin : begin + batch_size]
+        result = np.asarray(forward(chunk))
+        expected = (len(chunk), h * scale, w * scale, c)
+        if result.shape != expected:
+            raise ValueError(f"forward returned shape {result.shape} for a batch of shape {chunk.shape} (expected {expected})")
+        outputs[begin : begin + batch_size] = result
+        if progress is not None:
+            progress(len(chunk))
+    return outputs
 
 
 def enhance_tiled(
@@ -287,23 +345,14 @@ def enhance_tiled(
     tile_size: int,
     overlap: int,
     batch_size: int,
+    *,
+    multiple: int,
+    scale: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Run `forward` ([N, th, tw, C] -> same shape) over an image tile by tile, synchronously.
-
-    For the CLI and tests; the server batches tiles across requests instead. `progress`, if given,
-    is called with the number of tiles finished in each chunk.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    plan = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap)
-    tiles = split(image, plan)
-    for begin in range(0, len(tiles), batch_size):
-        chunk = tiles[begin : begin + batch_size]
-        result = np.asarray(forward(chunk))
-        if result.shape != chunk.shape:
-            raise ValueError(f"forward returned shape {result.shape} for a batch of shape {chunk.shape}")
-        tiles[begin : begin + batch_size] = result
-        if progress is not None:
-            progress(len(chunk))
-    return stitch(tiles, plan)
+    """Split an HxWxC array into tiles, run `forward` over them (see run_in_batches) and stitch:
+    the tiled computation on bare pixels, for tests and benchmarks. Whole images (decode, the
+    pass-through decision, encode) go through enhancer.pipeline."""
+    plan = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap, multiple=multiple)
+    outputs = run_in_batches(split(image, plan), forward, batch_size, scale=scale, progress=progress)
+    return stitch(outputs, plan, scale=scale)

@@ -2,6 +2,8 @@
 
 `create_app(settings)` builds a self-contained app: its own metrics registry, its own runtime,
 no module-level globals, so tests can build several apps with different settings side by side.
+The app holds the runtime only (`app.state.runtime`); the settings in force are the runtime's,
+resolved for the device at start-up.
 `factory()` is the zero-argument form uvicorn needs (`uvicorn --factory enhancer.api:factory`).
 """
 
@@ -16,9 +18,10 @@ from enhancer import __version__
 from enhancer.api.errors import install_error_handlers
 from enhancer.api.middleware import MetricsMiddleware, UploadGateMiddleware, UploadLimitMiddleware
 from enhancer.api.routes import UPLOAD_PATHS, router, static_dir
-from enhancer.api.runtime import Model, Runtime
 from enhancer.config import Settings
 from enhancer.metrics import Metrics
+from enhancer.models.registry import ModelRegistry
+from enhancer.runtime import Runtime
 
 DESCRIPTION = """
 Removes JPEG compression damage from photos with a trained network.
@@ -29,12 +32,12 @@ requests share model batches.
 """
 
 
-def create_app(settings: Settings | None = None, *, model: Model | None = None) -> FastAPI:
-    """Build the app. `model` lets a caller share one already-loaded model between apps."""
+def create_app(settings: Settings | None = None, *, models: ModelRegistry | None = None) -> FastAPI:
+    """Build the app. `models` lets a caller share already-loaded models between apps; without
+    it the app loads the models the settings name when it starts."""
     settings = settings or Settings()
-    # sized for the largest batch any device may use: the batch size is settled when the model loads
-    metrics = Metrics(max_batch_size=settings.max_batch_size_bound)
-    runtime = Runtime(settings, metrics, model=model)
+    metrics = Metrics()
+    runtime = Runtime(settings, metrics, models=models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -51,7 +54,6 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
     static = static_dir()

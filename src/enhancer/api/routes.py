@@ -1,7 +1,7 @@
 """HTTP routes: the enhancement endpoint, health/readiness, metrics and the web page.
 
-Routes only translate between HTTP and `EnhanceService`; failures are raised as
-`enhancer.errors` types and answered by the single handler in `enhancer.api.errors`.
+Routes only translate between HTTP and `EnhanceService` (and the runtime's state); failures are
+raised as `enhancer.errors` types and answered by the single handler in `enhancer.api.errors`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from enhancer.api.runtime import Runtime
-from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody
+from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody, ServedModel
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
 from enhancer.imaging import OutputFormat
-from enhancer.service import STAGES, EnhanceResult
+from enhancer.models.registry import UnknownModelError
+from enhancer.pipeline import STAGES, EnhanceResult
+from enhancer.runtime import Runtime, ServingState
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ _ERRORS = {
     408: "The request body was not received within ENHANCER_REQUEST_READ_TIMEOUT_S.",
     413: "The upload exceeds ENHANCER_MAX_UPLOAD_BYTES or the image exceeds ENHANCER_MAX_PIXELS.",
     415: "The file is not JPEG, PNG, WebP, BMP or TIFF (or is animated), or the body is not multipart/form-data.",
-    422: "The `image` field is missing or holds more than one file, or a query parameter is invalid.",
+    422: "The `image` field is missing or holds more than one file, or a query parameter is invalid (e.g. an unknown `model`).",
     500: "The model failed on the batch holding this image.",
     503: "The queue is full, the model is still warming up, or the server is shutting down; see `Retry-After`.",
     504: "The image was not enhanced within ENHANCER_REQUEST_TIMEOUT_S.",
@@ -110,6 +111,10 @@ async def upscale(
     quality: Annotated[
         int, Query(ge=1, le=100, description="Quality 1-100 for JPEG and WebP answers (PNG ignores it).")
     ] = 95,
+    model: Annotated[
+        str | None,
+        Query(description="The model to run, by name (see /readyz); default: the server's default model."),
+    ] = None,
 ) -> Response:
     """Enhance one uploaded image; the answer is the image itself, with a `Server-Timing` header."""
     runtime = _runtime(request)
@@ -120,18 +125,23 @@ async def upscale(
             "(ENHANCER_MAX_UPLOAD_BYTES); send a smaller file"
         )
     service = runtime.require_service()
+    try:
+        chosen = runtime.models.select(model)
+    except UnknownModelError as exc:
+        raise InvalidParameterError(f"query parameter 'model': {exc}") from None
     if len((await request.form()).getlist("image")) > 1:
         raise InvalidParameterError(
             "form field 'image': send exactly one file; this request has several in that field"
         )
     data = await image.read()
     await image.close()
-    result = await _cancel_if_client_leaves(request, service.enhance(data, format, quality))
+    result = await _cancel_if_client_leaves(request, service.enhance(data, chosen.spec, format, quality))
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
         return Response(status_code=499)
     headers = {
         "Content-Disposition": f'inline; filename="{_download_name(image.filename, format)}"',
         "Server-Timing": _server_timing(result),
+        "X-Enhancer-Model": result.model,
     }
     if result.passed_through:
         headers["X-Enhancer-Passed-Through"] = result.passed_through
@@ -142,29 +152,29 @@ async def upscale(
 async def healthz(request: Request):
     """Liveness: 200 while the process can serve (`degraded` if the last batch failed); 503 if
     start-up failed and only a restart can help."""
-    runtime = _runtime(request)
-    if not runtime.healthy:
-        return JSONResponse({"detail": runtime.failure}, status_code=503)
-    return HealthBody(status="degraded" if runtime.degraded else "ok")
+    lifecycle = _runtime(request).lifecycle
+    if lifecycle.state is ServingState.FAILED:
+        return JSONResponse({"detail": lifecycle.failure}, status_code=503)
+    return HealthBody(status="degraded" if lifecycle.state is ServingState.DEGRADED else "ok")
 
 
 @router.get("/readyz", response_model=ReadyBody, responses={503: {"model": ErrorBody}}, tags=["ops"])
 async def readyz(request: Request):
-    """Readiness: 200 once the model is loaded and warmed up; 503 while the model cannot run
-    (several batches failed in a row) and while shutting down."""
+    """Readiness: 200, listing the models, once every model is loaded and warmed up; 503 while
+    the models cannot run (several batches failed in a row) and while shutting down."""
     runtime = _runtime(request)
-    error = runtime.readiness_error()  # warming up, model failing, shutting down
+    error = runtime.readiness_error()  # warming up, models failing, shutting down
     if error is not None:
         raise error
-    return ReadyBody(status="ready", device=runtime.model.device)
+    models = runtime.models
+    served = [ServedModel(name=name, scale=m.spec.scale, default=name == models.default) for name, m in models.items()]
+    return ReadyBody(status="ready", device=models.device, models=served)
 
 
 @router.get("/metrics", tags=["ops"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in text exposition format."""
-    runtime = _runtime(request)
-    m = runtime.metrics
-    m.ready.set(1 if runtime.is_ready else 0)
+    m = _runtime(request).metrics
     return Response(m.render(), media_type=m.content_type)
 
 

@@ -17,8 +17,17 @@ class HealthBody(BaseModel):
     status: str = Field(examples=["ok", "degraded"])
 
 
+class ServedModel(BaseModel):
+    """One model this server serves."""
+
+    name: str = Field(examples=["dejpeg"], description="What `?model=` takes (the model folder's name).")
+    scale: int = Field(examples=[1], description="Output pixels per input pixel along each side.")
+    default: bool = Field(description="Whether a request that names no model gets this one.")
+
+
 class ReadyBody(BaseModel):
-    """Readiness: the model is loaded and every tile shape has been run once."""
+    """Readiness: every model is loaded and has run every tile shape once."""
 
     status: str = Field(examples=["ready"])
     device: str = Field(examples=["CPU (intra-op threads auto, inter-op threads auto)"])
+    models: list[ServedModel]

@@ -23,7 +23,7 @@ from types import FrameType
 
 import uvicorn
 
-from enhancer.api.runtime import Runtime
+from enhancer.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -108,10 +108,9 @@ def _export(args) -> None:
         "weights": args.weights,
         "training_machine": machine_description(),
         "macs_per_pixel": network.macs_per_pixel(model),
-        "receptive_field_reach": network.receptive_field_reach(model),
         "exported": time.strftime("%Y-%m-%d"),
     }
-    out = export_saved_model(model, args.out, metadata)
+    out = export_saved_model(model, args.out, metadata)  # adds the contract's keys (reach, scale, ...)
     model_card.write(out)
     print(f"exported {weights} -> {out}")
 

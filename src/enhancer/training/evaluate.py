@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from enhancer.config import Settings
+from enhancer.models.contract import QUANTIZATION_KEY, QUANTIZATION_LENGTH
 from enhancer.training.dataset import jpeg, load_images, psnr
 
 log = logging.getLogger(__name__)
@@ -31,27 +32,31 @@ SERVED_CPU_TILE: int = Settings.model_fields["tile_size"].default
 NLM_STRENGTHS = (1, 2, 3, 5, 7, 10, 14)
 
 
-class load_forward:  # noqa: N801 (used like a function)
-    """A SavedModel's serving signature on one RGB image [H, W, 3], told the file's tables when
-    the model takes them (`conditioned`); `images_only` runs a batch with blind tables (speed)."""
+def load_forward(model_dir: Path, settings: Settings | None = None):
+    """The model folder's runner (the server's own, through the model contract), on the device the
+    settings (default: the environment's) configure."""
+    from enhancer.models.saved_model import SavedModelRunner, configure_device
+
+    return SavedModelRunner(model_dir, device=configure_device(settings or Settings()))
+
+
+class ImageForward:
+    """A model on one RGB image [H, W, 3], told the file's tables when it takes them (`conditioned`)."""
 
     def __init__(self, model_dir: Path):
-        import tensorflow as tf
-
-        self._tf = tf
-        self.signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-        self.conditioned = "quantization" in self.signature.structured_input_signature[1]
+        self.runner = load_forward(model_dir)
+        self.conditioned = QUANTIZATION_KEY in self.runner.spec.inputs
 
     def __call__(self, image: np.ndarray, quantization: np.ndarray | None) -> np.ndarray:
         return np.clip(self.images_only(image[None], None if quantization is None else quantization[None])[0], 0, 1)
 
     def images_only(self, images: np.ndarray, quantization: np.ndarray | None = None) -> np.ndarray:
-        tf = self._tf
-        inputs = {"images": tf.constant(images, tf.float32)}
-        if self.conditioned:
-            q = np.zeros((len(images), 130), np.float32) if quantization is None else quantization
-            inputs["quantization"] = tf.constant(q, tf.float32)
-        return self.signature(**inputs)["enhanced"].numpy()
+        """A batch, with blind tables when none are given (the speed measurement)."""
+        if not self.conditioned:
+            return self.runner.forward(images)
+        if quantization is None:
+            quantization = np.zeros((len(images), QUANTIZATION_LENGTH), np.float32)
+        return self.runner.forward(images, {QUANTIZATION_KEY: quantization})
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -105,8 +110,6 @@ def file_quantization(data: bytes) -> np.ndarray:
     import io
 
     from PIL import Image
-
-    from enhancer.training.jpeg_damage import QUANTIZATION_LENGTH
 
     picture = Image.open(io.BytesIO(data))
     tables = picture.quantization
@@ -170,7 +173,7 @@ def evaluate(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tests = load_testset(testset_dir)
-    forwards = {name: load_forward(path) for name, path in models.items()}
+    forwards = {name: ImageForward(path) for name, path in models.items()}
     strengths = tune_nlm(load_images(train_dir)[:2], qualities) if train_dir else dict.fromkeys(qualities, 5.0)
     results: list[Result] = []
     keep: dict[tuple[str, int, str], np.ndarray] = {}
@@ -185,7 +188,7 @@ def evaluate(
                 keep[(name, q, "jpeg")], keep[(name, q, "original")] = damaged, clean
         clean = _rgb01(image)
         for method, forward in forwards.items():  # a clean, non-JPEG image: the blind path
-            answer = forward(clean, np.zeros(130, np.float32) if forward.conditioned else None)
+            answer = forward(clean, np.zeros(QUANTIZATION_LENGTH, np.float32) if forward.conditioned else None)
             results.append(Result(name, kind, 0, method, psnr(answer, clean), ssim(answer, clean), float("inf"), 1.0))
         log.info("evaluated %s", name)
     first = next(iter(forwards))

@@ -1,9 +1,10 @@
-"""Export a trained Keras network as the TensorFlow SavedModel the server (and TF Serving) loads.
+"""Export a trained Keras network as a model folder the server (and TF Serving) loads.
 
-The serving signature is the project's one model contract: `serving_default` takes float32
-`images` [N, H, W, 3] in [0, 1] of any batch, height and width, and returns `enhanced` of the same
-shape, clipped to [0, 1]. Padding to the net's size multiple happens inside the signature, so a
-caller never needs to know the architecture.
+It writes the project's one model contract (enhancer.models.contract): the SavedModel's
+`serving_default` takes float32 `images` [N, H, W, 3] in [0, 1] of any batch, height and width,
+and returns `enhanced` of the same shape, clipped to [0, 1]; metadata.json declares the ModelSpec
+fields (scale, receptive-field reach, size multiple, extra inputs). Padding to the net's size
+multiple happens inside the signature, so a caller never needs to know the architecture.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from enhancer.training.jpeg_damage import QUANTIZATION_LENGTH
-from enhancer.training.network import CONDITIONED, SIZE_MULTIPLES
-
-SIGNATURE_KEY = "serving_default"
-INPUT_KEY = "images"
-#: A conditioned model's second input: the JPEG file's quantisation tables (see jpeg_damage).
-QUANTIZATION_KEY = "quantization"
-OUTPUT_KEY = "enhanced"
+from enhancer.models.contract import (
+    INPUT_KEY,
+    METADATA_FILE,
+    OUTPUT_KEY,
+    QUANTIZATION_KEY,
+    QUANTIZATION_LENGTH,
+    SIGNATURE_KEY,
+    ModelSpec,
+)
+from enhancer.training.network import CONDITIONED, SIZE_MULTIPLES, receptive_field_reach
 
 
 def _pad_to_multiple(images: tf.Tensor, multiple: int) -> tf.Tensor:
@@ -62,20 +65,31 @@ class _ConditionedServable(_Servable):
         return self._run(images, quantization)
 
 
-def export_saved_model(model: keras.Model, out_dir: Path, metadata: dict | None = None) -> Path:
-    """Write `model` as a SavedModel into `out_dir` (replacing what was there) plus metadata.json.
+def export_saved_model(
+    model: keras.Model, out_dir: Path, metadata: dict | None = None, *, reach: int | None = None
+) -> Path:
+    """Write `model` as a SavedModel into `out_dir` (replacing what was there) plus metadata.json,
+    which holds `metadata` and the contract's fields. `reach` is measured from the net (with a
+    gradient) when not given. The folder's name is the model's name when served.
 
     Written to a sibling directory first and swapped in, so a server never sees half a model.
     """
     out_dir = Path(out_dir)
-    kind = _ConditionedServable if model.name in CONDITIONED else _ImagesServable
-    servable = kind(model, SIZE_MULTIPLES[model.name])
+    conditioned = model.name in CONDITIONED
+    spec = ModelSpec(
+        name=out_dir.name,
+        reach=receptive_field_reach(model) if reach is None else reach,
+        scale=1,  # the networks here restore at the input's size
+        size_multiple=SIZE_MULTIPLES[model.name],
+        inputs={QUANTIZATION_KEY: QUANTIZATION_LENGTH} if conditioned else {},
+    )
+    servable = (_ConditionedServable if conditioned else _ImagesServable)(model, spec.size_multiple)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tf.saved_model.save(servable, str(tmp), signatures={SIGNATURE_KEY: servable.serve})
-    info = {"architecture": model.name, "parameters": int(model.count_params()), **(metadata or {})}
-    (tmp / "metadata.json").write_text(json.dumps(info, indent=2) + "\n")
+    info = {"architecture": model.name, "parameters": int(model.count_params()), **(metadata or {}), **spec.metadata()}
+    (tmp / METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-QUANTIZATION_LENGTH = 130
+from enhancer.models.contract import QUANTIZATION_LENGTH
 
 #: The IJG (Annex K) base tables, natural order; libjpeg scales them by quality.
 IJG_LUMA = np.array([

@@ -195,7 +195,7 @@ def render(model_dir: Path) -> str:
         "  and 1/4 resolution, 3x3 convolutions with ReLU, skip connection, depth-to-space back, residual output.",
         f"- Parameters: {meta.get('parameters'):,}",
         f"- Cost: {meta.get('macs_per_pixel', 0) / 1000:.1f} k multiply-accumulates = {2 * meta.get('macs_per_pixel', 0) / 1000:.1f} kFLOP per pixel",
-        f"- Receptive-field reach: {meta.get('receptive_field_reach')} px (measured with a gradient); the server's tile overlap must be at least this.",
+        f"- Receptive-field reach: {meta.get('reach', meta.get('receptive_field_reach'))} px (measured with a gradient); the server's tile overlap must be at least this.",
         "",
         "## Data",
         "- Photographs from Debian packages `mate-backgrounds` (nature/), `plasma-workspace-wallpapers` (the photographs,",

@@ -1,9 +1,10 @@
 """The SavedModel runner: the only module that imports TensorFlow when serving.
 
-It loads `serving_default` (`images` float32 [N, H, W, 3] in [0, 1] -> `enhanced`, same shape),
-chooses the device, and exposes a plain numpy `forward` so the batcher and the CLI never see
-TensorFlow. `warm_up` runs every tile shape once before the service reports ready, so the first
-real request neither pays for graph/kernel set-up nor discovers that a batch does not fit in memory.
+`configure_device` sets TensorFlow's threads, GPU memory growth and precision once per process
+and says which device is used; `SavedModelRunner` loads one model folder onto that device and
+exposes a plain numpy `forward`, so the batcher, the pipeline and the CLI never see TensorFlow.
+`warm_up` runs every tile shape once before the service reports ready, so the first real request
+neither pays for graph/kernel set-up nor discovers that a batch does not fit in memory.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,33 +23,47 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ start-up cha
 
 import tensorflow as tf  # noqa: E402
 
+from enhancer.models.contract import (  # noqa: E402
+    INPUT_KEY,
+    OUTPUT_KEY,
+    SIGNATURE_KEY,
+    ModelLoadError,
+    ModelSpec,
+    read_spec,
+)
+
+if TYPE_CHECKING:
+    from enhancer.config import Settings
+
 log = logging.getLogger(__name__)
-
-SIGNATURE_KEY = "serving_default"
-INPUT_KEY = "images"
-OUTPUT_KEY = "enhanced"
-
-
-class ModelLoadError(RuntimeError):
-    """The model directory is missing or does not hold the expected serving signature."""
-
 
 PRECISIONS = ("float32", "mixed_float16")
 
 
-def _configure_runtime(intra_op_threads: int, inter_op_threads: int, memory_growth: bool = True) -> str:
-    """Set thread counts and GPU memory growth (once per process) and name the device used."""
+@dataclass(frozen=True)
+class Device:
+    """The device every model of this process runs on, as TensorFlow was configured for it."""
+
+    kind: str  #: "cpu" or "gpu"
+    description: str  #: in words, for logs and /readyz
+    precision: str  #: what the precision setting really does here
+
+
+def configure_device(settings: Settings) -> Device:
+    """Set thread counts, GPU memory growth and precision (process-wide), and name the device.
+
+    TensorFlow fixes threads and memory growth at its first op and refuses changes afterwards: a
+    second call in the same process (tests, the CLI after a server) keeps the first settings.
+    """
     gpus = tf.config.list_physical_devices("GPU")
-    # TensorFlow fixes these at its first op and raises RuntimeError afterwards: a second model
-    # in the same process (tests, the CLI after a server) keeps the first settings.
-    for gpu in gpus if memory_growth else ():
+    for gpu in gpus if settings.gpu_memory_growth else ():
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             log.debug("GPU %s already initialised; memory growth unchanged", gpu.name)
     for setter, value in (
-        (tf.config.threading.set_intra_op_parallelism_threads, intra_op_threads),
-        (tf.config.threading.set_inter_op_parallelism_threads, inter_op_threads),
+        (tf.config.threading.set_intra_op_parallelism_threads, settings.intra_op_threads),
+        (tf.config.threading.set_inter_op_parallelism_threads, settings.inter_op_threads),
     ):
         if value:
             try:
@@ -54,11 +71,13 @@ def _configure_runtime(intra_op_threads: int, inter_op_threads: int, memory_grow
             except RuntimeError:
                 log.warning("TensorFlow already running; %s(%d) ignored", setter.__name__, value)
     if gpus:
-        return f"GPU ({', '.join(gpu.name for gpu in gpus)})"
-    return (
-        f"CPU (intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}, "
-        f"inter-op threads {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'})"
-    )
+        description = f"GPU ({', '.join(gpu.name for gpu in gpus)})"
+    else:
+        description = (
+            f"CPU (intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}, "
+            f"inter-op threads {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'})"
+        )
+    return Device("gpu" if gpus else "cpu", description, _set_precision(settings.precision, gpus))
 
 
 def _set_precision(precision: str, gpus: list) -> str:
@@ -94,32 +113,26 @@ def _set_precision(precision: str, gpus: list) -> str:
 
 
 class SavedModelRunner:
-    """Runs the restoration SavedModel on numpy batches; safe to call from any single thread."""
+    """One model folder loaded onto `device`; implements the contract's `Model`.
 
-    def __init__(
-        self,
-        model_dir: Path,
-        *,
-        intra_op_threads: int = 0,
-        inter_op_threads: int = 0,
-        memory_growth: bool = True,
-        precision: str = "float32",
-        xla: bool = False,
-    ):
+    Safe to call from any single thread (the batcher's model thread, the CLI).
+    """
+
+    def __init__(self, model_dir: Path, *, device: Device, xla: bool = False):
         model_dir = Path(model_dir)
         if not (model_dir / "saved_model.pb").is_file():
             raise ModelLoadError(
                 f"no SavedModel at {model_dir} (expected saved_model.pb there); set "
-                "ENHANCER_MODEL_DIR or run from the repository root where weights/dejpeg lives"
+                "ENHANCER_MODEL_DIR (or ENHANCER_MODELS_DIR) or run from the repository root where "
+                "weights/dejpeg lives"
             )
         self.model_dir = model_dir
-        self.device = _configure_runtime(intra_op_threads, inter_op_threads, memory_growth)
-        gpus = tf.config.list_physical_devices("GPU")
-        #: "gpu" or "cpu": picks the tile/batch defaults (config.device_defaults)
-        self.device_kind = "gpu" if gpus else "cpu"
-        self.precision = _set_precision(precision, gpus)
+        self.spec: ModelSpec = read_spec(model_dir)
+        self.device = device.description
+        self.device_kind = device.kind
+        self.precision = device.precision
         self.xla = xla
-        if xla and precision == "mixed_float16":
+        if xla and "mixed_float16" in device.precision:  # asked for, whatever the device made of it
             log.warning(
                 "XLA compiles the graph itself; whether the mixed precision rewrite still applies "
                 "under XLA is not verified: measure, or use one of the two"
@@ -135,36 +148,57 @@ class SavedModelRunner:
                 f"{model_dir} has no '{SIGNATURE_KEY}' signature; export it with "
                 "enhancer.training.export.export_saved_model"
             ) from None
-        outputs = self._serve.structured_outputs
-        if OUTPUT_KEY not in outputs:
+        if OUTPUT_KEY not in self._serve.structured_outputs:
             raise ModelLoadError(f"{model_dir} signature lacks the '{OUTPUT_KEY}' output")
+        taken = set(self._serve.structured_input_signature[1])
+        declared = {INPUT_KEY, *self.spec.inputs}
+        if taken != declared:
+            raise ModelLoadError(
+                f"{model_dir}: the signature takes inputs {sorted(taken)} but metadata.json declares "
+                f"{sorted(declared)} ('{INPUT_KEY}' plus its 'inputs'); re-export the model"
+            )
         self._run = self._serve_plain
         if xla:
             # XLA compiles once per concrete input shape (batch, height, width); reduce_retracing
             # keeps one traced graph for all of them.
             serve = self._serve
             self._run = tf.function(
-                lambda images: serve(**{INPUT_KEY: images})[OUTPUT_KEY],
+                lambda images, **extra: serve(**{INPUT_KEY: images}, **extra)[OUTPUT_KEY],
                 jit_compile=True,
                 reduce_retracing=True,
             )
-        log.info(
-            "loaded model %s in %.2fs on %s", model_dir, time.perf_counter() - started, self.device
-        )
+        log.info("loaded model %s from %s in %.2fs on %s", self.spec.name, model_dir, time.perf_counter() - started, self.device)
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Enhance a float32 [N, H, W, 3] batch in [0, 1]; returns the same shape, same order."""
+    def forward(self, batch: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Enhance a float32 [N, H, W, 3] batch in [0, 1] (plus one [N, length] block per extra
+        input the spec declares); returns [N, H * scale, W * scale, 3], same order."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[-1] != 3:
             raise ValueError(f"expected a [N, H, W, 3] batch, got shape {batch.shape}")
         n = batch.shape[0]
+        extra = self._extra_inputs(inputs or {}, n)
         padded = next((size for size in self._xla_batch_sizes if size >= n), n)
         if padded > n:  # a batch size XLA has compiled, instead of a compile now
             batch = np.concatenate([batch, np.repeat(batch[-1:], padded - n, axis=0)])
-        return self._run(tf.constant(batch)).numpy()[:n]
+            extra = {k: np.concatenate([v, np.repeat(v[-1:], padded - n, axis=0)]) for k, v in extra.items()}
+        tensors = {k: tf.constant(v) for k, v in extra.items()}
+        return self._run(tf.constant(batch), **tensors).numpy()[:n]
 
-    def _serve_plain(self, images: tf.Tensor) -> tf.Tensor:
-        return self._serve(**{INPUT_KEY: images})[OUTPUT_KEY]
+    def _extra_inputs(self, inputs: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        if set(inputs) != set(self.spec.inputs):
+            raise ValueError(
+                f"model {self.spec.name!r} takes the extra inputs {sorted(self.spec.inputs)}, got {sorted(inputs)}"
+            )
+        extra = {}
+        for name, length in self.spec.inputs.items():
+            rows = np.ascontiguousarray(inputs[name], dtype=np.float32)
+            if rows.shape != (n, length):
+                raise ValueError(f"extra input {name!r} must be shaped [{n}, {length}], got {rows.shape}")
+            extra[name] = rows
+        return extra
+
+    def _serve_plain(self, images: tf.Tensor, **extra: tf.Tensor) -> tf.Tensor:
+        return self._serve(**{INPUT_KEY: images}, **extra)[OUTPUT_KEY]
 
     def warm_up(self, shapes: Iterable[tuple[int, int]], max_batch_size: int) -> float:
         """Run each tile shape at batch sizes 1 and `max_batch_size`; returns seconds spent.
@@ -177,41 +211,11 @@ class SavedModelRunner:
         self._xla_batch_sizes = ()  # warm up (compile) at exactly these sizes, unpadded
         for height, width in shapes:
             for n in sizes:
-                self.forward(np.full((n, height, width, 3), 0.5, np.float32))
+                extra = {name: np.zeros((n, length), np.float32) for name, length in self.spec.inputs.items()}
+                self.forward(np.full((n, height, width, 3), 0.5, np.float32), extra)
         if self.xla:
             self._xla_batch_sizes = tuple(sizes)
         elapsed = time.perf_counter() - started
-        log.info("warm-up done in %.2fs", elapsed)
+        log.info("model %s warmed up in %.2fs", self.spec.name, elapsed)
         return elapsed
 
-
-def load_model(
-    model_dir: Path,
-    *,
-    intra_op_threads: int = 0,
-    inter_op_threads: int = 0,
-    memory_growth: bool = True,
-    precision: str = "float32",
-    xla: bool = False,
-) -> SavedModelRunner:
-    """Load the SavedModel at `model_dir` (see SavedModelRunner)."""
-    return SavedModelRunner(
-        model_dir,
-        intra_op_threads=intra_op_threads,
-        inter_op_threads=inter_op_threads,
-        memory_growth=memory_growth,
-        precision=precision,
-        xla=xla,
-    )
-
-
-def load_model_for(settings) -> SavedModelRunner:
-    """Load the model a `Settings` names, with its device options: the server and the CLI share it."""
-    return load_model(
-        settings.model_dir,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-        memory_growth=settings.gpu_memory_growth,
-        precision=settings.precision,
-        xla=settings.xla,
-    )

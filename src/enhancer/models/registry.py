@@ -1,0 +1,158 @@
+"""The models one server serves: found from the settings, loaded once, chosen per request.
+
+`ENHANCER_MODEL_DIR` names one model folder; `ENHANCER_MODELS_DIR` serves every model folder under
+it instead, each named by its folder, so adding a model is adding a folder. `ENHANCER_DEFAULT_MODEL` names
+the model a request gets when it names none; unset, that is the only model, or else the only
+scale-1 model, and otherwise start-up stops and says to set it. TensorFlow is imported only when
+`ModelRegistry.load` actually loads SavedModels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from enhancer import conditioning
+from enhancer.models.contract import Model, ModelLoadError, ModelSpec
+
+if TYPE_CHECKING:
+    from enhancer.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModelError(LookupError):
+    """A request named a model (or a scale) this server does not serve; the message lists what it does."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a dict key
+        return str(self.args[0])
+
+
+def model_dirs(settings: Settings) -> dict[str, Path]:
+    """The model folders the settings name, by model name (the folder's name), in name order."""
+    if settings.models_dir is None:
+        folder = settings.model_dir
+        if not (folder / "saved_model.pb").is_file():
+            raise ModelLoadError(
+                f"no SavedModel at {folder} (expected saved_model.pb there); set ENHANCER_MODEL_DIR "
+                "(or ENHANCER_MODELS_DIR) or run from the repository root where weights/dejpeg lives"
+            )
+        return {folder.name: folder}
+    if "model_dir" in settings.model_fields_set:  # e.g. the Docker image sets it
+        log.info("ENHANCER_MODELS_DIR is set, so ENHANCER_MODEL_DIR (%s) is not used", settings.model_dir)
+    root = settings.models_dir
+    if not root.is_dir():
+        raise ModelLoadError(f"ENHANCER_MODELS_DIR {root} is not a directory")
+    found = {
+        path.name: path
+        for path in sorted(root.iterdir())
+        # hidden folders and export's half-written `<name>.tmp` are not models
+        if not path.name.startswith(".") and not path.name.endswith(".tmp") and (path / "saved_model.pb").is_file()
+    }
+    if not found:
+        raise ModelLoadError(
+            f"no SavedModel folders in {root} (ENHANCER_MODELS_DIR): each model is a folder there "
+            "holding saved_model.pb and metadata.json"
+        )
+    return found
+
+
+def choose_default(specs: Mapping[str, ModelSpec], configured: str | None) -> str:
+    """The model for requests that name none (see the module docstring)."""
+    names = ", ".join(specs)
+    if configured:
+        if configured not in specs:
+            raise ModelLoadError(f"ENHANCER_DEFAULT_MODEL is {configured!r}, which is not served; served: {names}")
+        return configured
+    if len(specs) == 1:
+        return next(iter(specs))
+    restorers = [name for name, spec in specs.items() if spec.scale == 1]
+    if len(restorers) == 1:
+        return restorers[0]
+    raise ModelLoadError(
+        f"{len(specs)} models are served ({names}) and {len(restorers)} of them have scale 1: set "
+        "ENHANCER_DEFAULT_MODEL to the one a request that names no model should get"
+    )
+
+
+class ModelRegistry(Mapping[str, Model]):
+    """Loaded models by name, plus the default one; read-only once built."""
+
+    def __init__(self, models: Iterable[Model], default: str | None = None):
+        self._models: dict[str, Model] = {}
+        for model in models:
+            name = model.spec.name
+            if name in self._models:
+                raise ModelLoadError(f"two models are named {name!r}; model names (folder names) must differ")
+            try:
+                conditioning.check_supported(model.spec)
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from None
+            self._models[name] = model
+        if not self._models:
+            raise ModelLoadError("no model to serve")
+        self.default = choose_default({name: m.spec for name, m in self._models.items()}, default)
+
+    @classmethod
+    def load(cls, settings: Settings) -> ModelRegistry:
+        """Configure the device once, then load every model folder the settings name onto it."""
+        from enhancer.models.saved_model import SavedModelRunner, configure_device  # TensorFlow: only here
+
+        folders = model_dirs(settings)
+        device = configure_device(settings)
+        return cls((SavedModelRunner(path, device=device, xla=settings.xla) for path in folders.values()), settings.default_model)
+
+    # --- Mapping ------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Model:
+        return self._models[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    # --- choosing a model ---------------------------------------------------------------------
+    def select(self, name: str | None) -> Model:
+        """The model a request named, or the default one when it named none."""
+        if name is None:
+            return self._models[self.default]
+        try:
+            return self._models[name]
+        except KeyError:
+            raise UnknownModelError(f"unknown model {name!r}; this server serves: {', '.join(self._models)}") from None
+
+    def for_scale(self, scale: int) -> Model:
+        """The model for an output `scale`: the default model if it has that scale, else the only one that has."""
+        if self._models[self.default].spec.scale == scale:
+            return self._models[self.default]
+        matching = [m for m in self._models.values() if m.spec.scale == scale]
+        if len(matching) == 1:
+            return matching[0]
+        scales = sorted({m.spec.scale for m in self._models.values()})
+        if not matching:
+            raise UnknownModelError(f"no model with scale {scale}; this server serves scales {scales}")
+        raise UnknownModelError(
+            f"several models have scale {scale} ({', '.join(m.spec.name for m in matching)}); name one with 'model'"
+        )
+
+    # --- what all models share ----------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where the models run (one process, one TensorFlow device configuration)."""
+        return self._models[self.default].device
+
+    @property
+    def device_kind(self) -> str:
+        return self._models[self.default].device_kind
+
+    @property
+    def precision(self) -> str:
+        return self._models[self.default].precision
+
+    def check_tiling(self, tile_size: int, tile_overlap: int) -> None:
+        """Refuse tile settings any served model cannot be served with (see ModelSpec.check_tiling)."""
+        for model in self._models.values():
+            model.spec.check_tiling(tile_size, tile_overlap)

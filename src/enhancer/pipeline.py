@@ -1,0 +1,194 @@
+"""The enhancement pipeline, written once: decode -> pass-through decision -> split -> run the
+tiles -> stitch -> clip -> encode.
+
+Synchronous, and free of HTTP and of any model framework. Only "run the tiles" differs between
+its users: the server hands the tiles to the micro-batcher (enhancer.service), while
+`enhancer enhance` and the benchmarks' prototype server run them in-process (`DirectTiles`). The
+server calls `prepare` and `finish` in worker threads and awaits the batcher between them; `run`
+is the same three steps for a caller that runs the tiles itself.
+
+Memory: every full-size array is dropped as soon as the next step has its own, so the peak is
+about two copies of the image (tiles in + tiles out), not five or six.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from enhancer import imaging, tiling
+from enhancer.conditioning import model_inputs
+from enhancer.imaging import DecodedImage, OutputFormat
+from enhancer.models.contract import Model, ModelSpec
+
+if TYPE_CHECKING:
+    from enhancer.config import Settings
+
+#: Stage names of the timings (Server-Timing, metrics), in pipeline order.
+STAGES = ("decode", "tile", "queue", "infer", "encode")
+
+
+def pass_through_reason(image: DecodedImage, min_jpeg_quality: int) -> str | None:
+    """Why `image` should skip the model (e.g. "jpeg-quality=95"), or None to enhance it.
+
+    A JPEG saved at a high quality has little damage to remove, and there the blind model's
+    measured gain is negative: such an image is better answered with its own pixels.
+    """
+    if image.jpeg_quality is not None and image.jpeg_quality >= min_jpeg_quality:
+        return f"jpeg-quality={image.jpeg_quality}"
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class TileJob:
+    """One image's tiles for one model, plus the image's extra model inputs (one vector per name)."""
+
+    model: str
+    tiles: np.ndarray
+    inputs: Mapping[str, np.ndarray]
+
+
+#: "Run the tiles": [T, h, w, 3] in, [T, h * scale, w * scale, 3] out, in tile order.
+TileRunner = Callable[[TileJob], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EnhanceResult:
+    """An encoded answer plus the seconds each stage took."""
+
+    body: bytes
+    format: OutputFormat
+    width: int
+    height: int
+    model: str  #: the model the image was routed to
+    timings: dict[str, float] = field(default_factory=dict)
+    #: Why the model did not run (the image was passed through), or None when it did.
+    passed_through: str | None = None
+
+
+@dataclass(eq=False)
+class Prepared:
+    """An image between `prepare` and `finish`: its tiles leave as a TileJob and come back as outputs."""
+
+    spec: ModelSpec
+    image: DecodedImage  #: what the answer is encoded like; its pixels only when passed through
+    timings: dict[str, float]
+    plan: tiling.TilePlan | None = None
+    job: TileJob | None = None
+    outputs: np.ndarray | None = None  #: the model's tiles, set by whoever ran the job
+    passed_through: str | None = None
+
+    def take_job(self) -> TileJob:
+        """Hand the tiles over and forget them here, so they are freed once they have run."""
+        job, self.job = self.job, None
+        if job is None:
+            raise ValueError("this image has no tiles to run (it was passed through, or they were taken)")
+        return job
+
+
+class Pipeline:
+    """The synchronous steps every way of enhancing an image shares (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        tile_size: int,
+        tile_overlap: int,
+        max_pixels: int | None = None,
+        max_side: int | None = None,
+        pass_through_jpeg_quality: int = 101,
+    ):
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.max_pixels = max_pixels
+        self.max_side = max_side
+        self.pass_through_jpeg_quality = pass_through_jpeg_quality
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        """The pipeline the settings describe (resolved for the device, see Settings.for_device)."""
+        return cls(
+            tile_size=settings.tile_size,
+            tile_overlap=settings.tile_overlap,
+            max_pixels=settings.max_pixels,
+            max_side=settings.max_image_side,
+            pass_through_jpeg_quality=settings.pass_through_jpeg_quality,
+        )
+
+    def prepare(self, data: bytes, spec: ModelSpec) -> Prepared:
+        """Decode, decide whether the model runs, and if it does cut the tiles for `spec`'s model."""
+        clock = time.perf_counter
+        t = clock()
+        image = imaging.decode(data, max_pixels=self.max_pixels, max_side=self.max_side)
+        timings = {"decode": clock() - t}
+        reason = pass_through_reason(image, self.pass_through_jpeg_quality)
+        if reason is not None:
+            timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
+            return Prepared(spec=spec, image=image, timings=timings, passed_through=reason)
+        t = clock()
+        plan = tiling.plan_tiles(
+            image.height, image.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple
+        )
+        job = TileJob(model=spec.name, tiles=tiling.split(image.rgb, plan), inputs=model_inputs(spec, image))
+        timings["tile"] = clock() - t
+        return Prepared(spec=spec, image=image.without_pixels(), timings=timings, plan=plan, job=job)
+
+    def finish(self, prepared: Prepared, fmt: OutputFormat, quality: int = 95) -> EnhanceResult:
+        """Stitch the model's tiles (or take the passed-through pixels), clip, and encode."""
+        clock = time.perf_counter
+        if prepared.passed_through is not None:
+            rgb = prepared.image.rgb
+        else:
+            outputs, prepared.outputs = prepared.outputs, None
+            if outputs is None:
+                raise ValueError("finish() needs the model's tiles: run the job and set Prepared.outputs")
+            t = clock()
+            rgb = tiling.stitch(outputs, prepared.plan, scale=prepared.spec.scale)
+            del outputs
+            np.clip(rgb, 0.0, 1.0, out=rgb)  # in place: no second full-size copy
+            prepared.timings["tile"] += clock() - t
+        t = clock()
+        body = imaging.encode(rgb, fmt, quality=quality, like=prepared.image)
+        prepared.timings["encode"] = clock() - t
+        return EnhanceResult(
+            body=body,
+            format=fmt,
+            width=rgb.shape[1],
+            height=rgb.shape[0],
+            model=prepared.spec.name,
+            timings=prepared.timings,
+            passed_through=prepared.passed_through,
+        )
+
+    def run(self, data: bytes, spec: ModelSpec, fmt: OutputFormat, quality: int, run_tiles: TileRunner) -> EnhanceResult:
+        """The whole pipeline in this thread, with `run_tiles` running the tiles (e.g. DirectTiles)."""
+        prepared = self.prepare(data, spec)
+        if prepared.job is not None:
+            t = time.perf_counter()
+            prepared.outputs = run_tiles(prepared.take_job())
+            prepared.timings.update(queue=0.0, infer=time.perf_counter() - t)
+        return self.finish(prepared, fmt, quality)
+
+
+class DirectTiles:
+    """Runs a job's tiles through its model in the calling thread, `batch_size` tiles per forward
+    pass (the CLI and the benchmarks' prototype server; the server uses the batcher instead)."""
+
+    def __init__(self, models: Mapping[str, Model], batch_size: int, progress: Callable[[int], None] | None = None):
+        self.models = models
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def __call__(self, job: TileJob) -> np.ndarray:
+        model = self.models[job.model]
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            # every tile of the image gets the image's vector: one row per tile
+            rows = {name: np.broadcast_to(vector, (len(batch), len(vector))) for name, vector in job.inputs.items()}
+            return model.forward(batch, rows)
+
+        return tiling.run_in_batches(job.tiles, forward, self.batch_size, scale=model.spec.scale, progress=self.progress)
