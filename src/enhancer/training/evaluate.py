@@ -201,12 +201,27 @@ def evaluate(
         "summary": summary,
         "results": [{**r.__dict__, "gain": r.gain} for r in results if r.quality],
         "clean": {r.image: r.psnr for r in results if not r.quality and r.method == first},
+        "suggested_pass_through_quality": suggested_pass_through(
+            {int(q): d["mean_gain"] for q, d in summary[first]["qualities"].items()}
+        ),
     }
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "evaluation.md").write_text(markdown_report(result, first))
     plot_gains(summary, out_dir / "gain_vs_quality.png")
     save_crops(keep, results, first, out_dir / "crops.png")
     return result
+
+
+def suggested_pass_through(gains: dict[int, float]) -> int:
+    """The lowest quality from which the model's mean gain is negative at every measured quality
+    up: JPEGs at or above it are better answered unchanged (ENHANCER_PASS_THROUGH_JPEG_QUALITY;
+    101 when the gain never turns negative)."""
+    threshold = 101
+    for q in sorted(gains, reverse=True):
+        if gains[q] >= 0:
+            break
+        threshold = q
+    return threshold
 
 
 #: Qualities whose answers are kept for the crops figure.
