@@ -6,6 +6,8 @@ queue depth through it without knowing Prometheus exists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -116,6 +118,27 @@ class Metrics:
     def observe_stages(self, durations: dict[str, float]) -> None:
         for stage, seconds in durations.items():
             self.stage_seconds.labels(stage=stage).observe(seconds)
+
+    # --- per-client limits (registered only when a limit is on) -----------------------------
+    def track_client_limits(self, recently_limited: Callable[[], int]) -> Callable[[str], None]:
+        """Export the per-client limits' refusals; returns the callback that counts one.
+
+        No label names a client (keys or addresses would be unbounded and sensitive): refusals
+        are counted by limit, and `recently_limited` gives how many distinct clients were refused.
+        """
+        refusals = Counter(
+            "enhancer_client_limit_refusals",
+            "Uploads refused with 429 by a per-client limit, by limit (concurrency, megapixels).",
+            ["limit"],
+            registry=self.registry,
+        )
+        clients = Gauge(
+            "enhancer_clients_limited",
+            "Distinct clients refused by a per-client limit within the last 60 s.",
+            registry=self.registry,
+        )
+        clients.set_function(recently_limited)
+        return lambda limit: refusals.labels(limit=limit).inc()
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""

@@ -7,12 +7,15 @@ no module-level globals, so tests can build several apps with different settings
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from enhancer import __version__
+from enhancer.api.auth import install_api_keys
+from enhancer.api.client_limits import install_client_limits
 from enhancer.api.errors import install_error_handlers
 from enhancer.api.middleware import MetricsMiddleware, UploadGateMiddleware, UploadLimitMiddleware
 from enhancer.api.routes import UPLOAD_PATHS, router, static_dir
@@ -29,8 +32,11 @@ requests share model batches.
 """
 
 
-def create_app(settings: Settings | None = None, *, model: Model | None = None) -> FastAPI:
-    """Build the app. `model` lets a caller share one already-loaded model between apps."""
+def create_app(
+    settings: Settings | None = None, *, model: Model | None = None, clock: Callable[[], float] | None = None
+) -> FastAPI:
+    """Build the app. `model` lets a caller share one already-loaded model between apps; `clock`
+    (monotonic seconds) drives the per-client limits, for tests that move time."""
     settings = settings or Settings()
     # sized for the largest batch any device may use: the batch size is settled when the model loads
     metrics = Metrics(max_batch_size=settings.max_batch_size_bound)
@@ -66,6 +72,9 @@ def create_app(settings: Settings | None = None, *, model: Model | None = None) 
     app.add_middleware(
         UploadGateMiddleware, paths=UPLOAD_PATHS, refuse=runtime.refuse_upload, tracker=runtime
     )
+    # Per-client limits inside the key check: only a client with a valid key can take a slot.
+    install_client_limits(app, settings, metrics, UPLOAD_PATHS, clock=clock)
+    install_api_keys(app, settings, UPLOAD_PATHS)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from enhancer.api.client_limits import charge_upload
 from enhancer.api.runtime import Runtime
 from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
@@ -126,6 +127,7 @@ async def upscale(
         )
     data = await image.read()
     await image.close()
+    await charge_upload(request, data)  # this client's megapixels per minute, before decoding
     result = await _cancel_if_client_leaves(request, service.enhance(data, format, quality))
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
         return Response(status_code=499)
