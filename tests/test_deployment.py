@@ -452,3 +452,55 @@ def test_k8s_service_selects_the_pods_and_targets_the_http_port(k8s, pod):
     assert k8s["Deployment"]["spec"]["selector"]["matchLabels"] == selector
     (port,) = service["spec"]["ports"]
     assert _port(_container(pod), port["targetPort"]) == 8000
+
+
+# ------------------------------------------------------------------------ API keys from a secret
+def _env_setting(name: str) -> str:
+    assert name.startswith("ENHANCER_")
+    field = name.removeprefix("ENHANCER_").lower()
+    assert field in Settings.model_fields, f"{name} is not a setting"
+    return field
+
+
+def test_keys_override_points_the_setting_at_the_compose_secret(service):
+    override = load_yaml("docker-compose.keys.yml")
+    keyed = override["services"]["enhancer"]
+    (name,) = keyed["secrets"]
+    (variable, path), *rest = keyed["environment"].items()
+    assert not rest and _env_setting(variable) == "api_keys_file"
+    assert path == f"/run/secrets/{name}"  # where compose mounts a secret listed by name
+    source = override["secrets"][name]["file"]
+    assert PurePosixPath(source).parts[0] == "secrets"  # relative to the repository root
+    # the key file stays out of git and out of the image's build context
+    assert "/secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert _dockerignored(patterns, "secrets/enhancer_api_keys")
+    # merged over the base file: its environment (host, port) is kept, the key file added
+    assert {"ENHANCER_HOST", "ENHANCER_PORT"} <= set(service["environment"])
+
+
+def _deployment_doc_yaml(after_heading: str):
+    text = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    section = text[text.index(after_heading):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
+    return section, yaml.safe_load(block)
+
+
+def test_deployment_doc_mounts_the_kubernetes_secret_where_the_setting_looks(pod, runtime_stage):
+    section, patch = _deployment_doc_yaml("### Kubernetes: a Secret mounted as a file")
+    created = re.search(r"kubectl create secret generic (\S+) --from-file=(\w+)=", section)
+    secret_name, file_key = created.groups()
+    spec = patch["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["name"] == _container(pod)["name"]
+    ((variable, path),) = [(e["name"], e["value"]) for e in container["env"]]
+    assert _env_setting(variable) == "api_keys_file"
+    (mount,) = container["volumeMounts"]
+    assert path == f"{mount['mountPath']}/{file_key}"
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == secret_name
+    # readable by the server: the files' group is fsGroup, which is the image user's group
+    uid = _one(runtime_stage, "USER").split(":")[0]
+    assert str(spec["securityContext"]["fsGroup"]) == uid == str(pod["spec"]["securityContext"]["runAsGroup"])
+    assert volume["secret"]["defaultMode"] & 0o040

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -65,15 +66,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The real service on a free port; yields its base URL once /readyz answers 200.
-
-    ENHANCER_TEST_SERVER_URL points the tests at a server that is already running instead.
-    """
-    if os.environ.get("ENHANCER_TEST_SERVER_URL"):
-        yield os.environ["ENHANCER_TEST_SERVER_URL"].rstrip("/")
-        return
+@contextmanager
+def _running_server(tmp_path_factory, **extra_env):
+    """The real service on a free port, with `extra_env` on top; yields its base URL once /readyz
+    answers 200."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = dict(os.environ)
@@ -89,6 +85,7 @@ def server(tmp_path_factory):
         ENHANCER_MAX_BATCH_SIZE="2",
         ENHANCER_INTRA_OP_THREADS="2",
         ENHANCER_INTER_OP_THREADS="1",
+        **extra_env,
     )
     cmd = [sys.executable, "-m", "enhancer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
@@ -115,6 +112,19 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real service without API keys; yields its base URL once /readyz answers 200.
+
+    ENHANCER_TEST_SERVER_URL points the tests at a server that is already running instead.
+    """
+    if os.environ.get("ENHANCER_TEST_SERVER_URL"):
+        yield os.environ["ENHANCER_TEST_SERVER_URL"].rstrip("/")
+        return
+    with _running_server(tmp_path_factory) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -388,6 +398,145 @@ def test_network_failure_and_busy_messages(server, browser, photo):
         page.get_by_role("button", name="Enhance").click()
         page.wait_for_function("document.getElementById('error-title').textContent === 'The server is busy'")
         assert page.locator("#error-message").inner_text() == "The server is at capacity. Try again in 7 s."
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+# --- a server that requires an API key ----------------------------------------------------------
+
+PAGE_KEY = "page-key-Vb7Nq2Zr5Ty8"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    with _running_server(tmp_path_factory, ENHANCER_API_KEYS=PAGE_KEY) as base:
+        yield base
+
+
+def test_no_key_prompt_when_the_server_needs_none(server, browser):
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        page.wait_for_selector("body[data-key-required='false']")
+        assert page.locator("#key-form").is_hidden()
+        assert page.get_by_role("button", name="Forget key").is_hidden()
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_key_prompt_keeps_the_key_for_the_tab_only(keyed_server, browser, artifacts, photo):
+    path, w, h = photo
+    ctx, page, requests, errors = _new_page(browser, keyed_server, viewport={"width": 1280, "height": 900})
+    uploads = []
+    page.on("request", lambda r: uploads.append(r) if "/upscale" in r.url else None)
+    prompt = page.locator("#key-form")
+    key_error = page.locator("#key-error")
+    stored = "sessionStorage.getItem('enhancer.apiKey')"
+    try:
+        page.wait_for_selector("body[data-key-required='true']")
+        assert page.get_by_role("heading", name="This server needs an API key").is_visible()
+        page.screenshot(path=str(artifacts / "desktop-key-prompt.png"), full_page=True)
+
+        # Enhance without a key sends nothing and asks for the key
+        _enhance(page, path)
+        assert key_error.inner_text() == "Enter the API key first, then press Enhance again."
+        assert page.evaluate("document.activeElement.id") == "api-key"
+        assert not uploads
+
+        # a wrong key is refused by the server and not kept
+        page.get_by_label("API key", exact=True).fill("not-the-key-0123456789")
+        page.get_by_role("button", name="Use key").click()
+        page.wait_for_function("document.getElementById('key-error').textContent.startsWith('This key was not accepted')")
+        assert page.evaluate(stored) is None
+
+        # the right key closes the prompt; it lives in this tab's sessionStorage and nowhere else
+        page.get_by_label("API key", exact=True).fill(PAGE_KEY)
+        page.get_by_role("button", name="Use key").click()
+        prompt.wait_for(state="hidden")
+        assert page.evaluate(stored) == PAGE_KEY
+        assert PAGE_KEY not in page.evaluate("JSON.stringify(Object.assign({}, localStorage))")
+        assert PAGE_KEY not in page.evaluate("document.cookie")
+        assert page.get_by_label("API key", exact=True).input_value() == ""
+
+        # the upload carries it and succeeds
+        page.get_by_role("button", name="Enhance").click()
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        assert page.eval_on_selector("#img-after", "e => [e.naturalWidth, e.naturalHeight]") == [w, h]
+        assert [r.all_headers().get("authorization") for r in uploads] == [f"Bearer {PAGE_KEY}"]
+        assert PAGE_KEY not in "".join(requests)  # never in a URL
+
+        # a reload of the same tab keeps it; "Forget key" drops it
+        page.reload()
+        page.wait_for_selector("body[data-key-required='true']")
+        assert prompt.is_hidden()
+        page.get_by_role("button", name="Forget key").click()
+        assert prompt.is_visible() and page.evaluate(stored) is None
+
+        # a key withdrawn on the server since it was entered: the page asks again
+        page.evaluate("sessionStorage.setItem('enhancer.apiKey', 'withdrawn-key-0123456789')")
+        page.reload()
+        page.wait_for_selector("body[data-key-required='true']")
+        assert key_error.inner_text().startswith("The key used earlier in this tab is no longer accepted")
+        assert page.evaluate(stored) is None
+        _only_own_origin(requests, keyed_server)
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+    # another browser session (a new tab or window of a fresh profile) starts without it
+    ctx, page, _, _ = _new_page(browser, keyed_server, viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page.wait_for_selector("body[data-key-required='true']")
+        assert page.locator("#key-form").is_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=str(artifacts / "phone-key-prompt.png"), full_page=True)
+    finally:
+        ctx.close()
+
+
+def test_an_upload_answered_401_asks_for_the_key_again(keyed_server, browser, photo):
+    """The key was accepted, then withdrawn on the server before the upload."""
+    path, _, _ = photo
+    ctx, page, _, errors = _new_page(browser, keyed_server, viewport={"width": 1280, "height": 900})
+    try:
+        page.wait_for_selector("body[data-key-required='true']")
+        page.get_by_label("API key", exact=True).fill(PAGE_KEY)
+        page.get_by_role("button", name="Use key").click()
+        page.locator("#key-form").wait_for(state="hidden")
+        page.route(
+            "**/upscale*",
+            lambda route: route.fulfill(
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="enhancer", error="invalid_token"', "Content-Type": "application/json"},
+                body=json.dumps({"detail": "the API key in the Authorization header is not valid"}),
+            ),
+        )
+        _enhance(page, path)
+        page.locator("#error").wait_for(state="visible")
+        assert page.locator("#error-title").inner_text() == "An API key is needed"
+        assert page.locator("#key-form").is_visible()
+        assert page.evaluate("sessionStorage.getItem('enhancer.apiKey')") is None
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_too_many_requests_says_when_to_retry(server, browser, photo):
+    path, _, _ = photo
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        page.route(
+            "**/upscale*",
+            lambda route: route.fulfill(
+                status=429,
+                headers={"Retry-After": "12", "Content-Type": "application/json"},
+                body=json.dumps({"detail": "this client already has 1 upload(s) in progress."}),
+            ),
+        )
+        _enhance(page, path)
+        page.wait_for_function("document.getElementById('error-title').textContent === 'Too many requests'")
+        assert page.locator("#error-message").inner_text() == "This client already has 1 upload(s) in progress. Try again in 12 s."
         assert not errors, errors
     finally:
         ctx.close()

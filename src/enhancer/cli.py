@@ -56,14 +56,20 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from enhancer.api import create_app
+    from enhancer.api.auth import ApiKeyConfigError
     from enhancer.api.server import DrainingServer
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ApiKeyConfigError as exc:
+        raise SystemExit(f"enhancer: {exc}") from None
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # the same trusted proxies as the per-client limits, so both see the same client address
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
     )
     DrainingServer(config, app.state.runtime, settings.shutdown_timeout_s).run()

@@ -7,11 +7,12 @@ embedders can build several differently configured apps in one process.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from enhancer.limits import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_PIXELS
@@ -240,6 +241,68 @@ class Settings(BaseSettings):
         "queued work drain within it, then the rest is dropped and the process exits. Longer "
         "loses fewer requests on deploys but delays the restart.",
     )
+
+    # --- access ----------------------------------------------------------------------------
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated API keys. When any key is configured (here or in "
+        "api_keys_file), POST /upscale needs `Authorization: Bearer <key>` (401 without); only "
+        "their SHA-256 digests are kept. Empty = no keys: anyone who reaches the port may upload.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File with one API key per line (blank lines and # comments ignored), e.g. a "
+        "compose secret or Kubernetes Secret mounted as a file; used together with api_keys. Read "
+        "at start-up: a file that cannot be read, or holds no key, stops the server.",
+    )
+    metrics_require_key: bool = Field(
+        default=False,
+        description="Also require an API key for GET /metrics. Off by default so a Prometheus "
+        "scraper inside the cluster needs no key; the metrics carry no keys or client addresses.",
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Comma-separated proxy addresses or networks (CIDR), or *, whose "
+        "X-Forwarded-For header names the real client for the per-client limits; from any other "
+        "peer the header is ignored, so clients cannot pose as someone else. Same meaning and "
+        "default as uvicorn's --forwarded-allow-ips, which `enhancer serve` sets from it.",
+    )
+    max_concurrent_per_client: int = Field(
+        default=0,
+        ge=0,
+        description="Uploads one client may have in flight (429 with Retry-After above it); a "
+        "client is its API key when keys are on, else its address. Stops one client from taking "
+        "every slot of the queue. 0 = no limit.",
+    )
+    rate_limit_mpx_per_minute: float = Field(
+        default=0.0,
+        ge=0,
+        description="Megapixels one client may send per minute, charged from the image header "
+        "before decoding (token bucket holding one minute's worth, so short bursts pass); over it "
+        "429 with Retry-After from the bucket. An image larger than a minute's worth is taken "
+        "when the bucket is full and then repaid. 0 = no limit.",
+    )
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_keys_file_is_none(cls, value: object) -> object:
+        # `ENHANCER_API_KEYS_FILE=` (as in .env.example) means no file, not the directory "."
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("forwarded_allow_ips", mode="after")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if entry in ("", "*"):
+                continue
+            try:  # strict, as uvicorn parses it: 10.0.0.5/8 is refused, not silently widened
+                ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network; list proxy addresses such as "
+                    "10.0.0.5 or 10.0.0.0/8, or * to trust every peer"
+                ) from None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -26,6 +26,18 @@ class MalformedRequestError(EnhancerError):
     status_code = 400
 
 
+class UnauthorizedError(EnhancerError):
+    """No valid API key: `WWW-Authenticate` names the Bearer scheme the client must use (RFC 6750)."""
+
+    status_code = 401
+
+    def __init__(self, detail: str, *, invalid_token: bool = False):
+        challenge = 'Bearer realm="enhancer"'
+        if invalid_token:  # a key was sent but is not one of ours
+            challenge += ', error="invalid_token"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
 class BadImageError(EnhancerError):
     """The bytes claim to be a supported image but cannot be decoded (truncated, corrupt)."""
 
@@ -54,6 +66,17 @@ class InvalidParameterError(EnhancerError):
     """A request parameter is missing or out of range."""
 
     status_code = 422
+
+
+class TooManyRequestsError(EnhancerError):
+    """This client is over one of its own limits (uploads in flight, megapixels per minute);
+    others are still served. `Retry-After` says when this client may try again."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after_s: float):
+        super().__init__(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+        self.retry_after_s = retry_after_s
 
 
 class InferenceFailedError(EnhancerError):

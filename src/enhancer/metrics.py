@@ -7,7 +7,7 @@ exists. Metrics about inference carry a `model` label (the model's name).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -130,6 +130,27 @@ class Metrics:
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()
         self.request_seconds.labels(route=route).observe(seconds)
+
+    # --- per-client limits (registered only when a limit is on) -----------------------------
+    def track_client_limits(self, recently_limited: Callable[[], int]) -> Callable[[str], None]:
+        """Export the per-client limits' refusals; returns the callback that counts one.
+
+        No label names a client (keys or addresses would be unbounded and sensitive): refusals
+        are counted by limit, and `recently_limited` gives how many distinct clients were refused.
+        """
+        refusals = Counter(
+            "enhancer_client_limit_refusals",
+            "Uploads refused with 429 by a per-client limit, by limit (concurrency, megapixels).",
+            ["limit"],
+            registry=self.registry,
+        )
+        clients = Gauge(
+            "enhancer_clients_limited",
+            "Distinct clients refused by a per-client limit within the last 60 s.",
+            registry=self.registry,
+        )
+        clients.set_function(recently_limited)
+        return lambda limit: refusals.labels(limit=limit).inc()
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""

@@ -9,12 +9,15 @@ resolved for the device at start-up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from enhancer import __version__
+from enhancer.api.auth import install_api_keys
+from enhancer.api.client_limits import install_client_limits
 from enhancer.api.errors import install_error_handlers
 from enhancer.api.middleware import MetricsMiddleware, UploadGateMiddleware, UploadLimitMiddleware
 from enhancer.api.routes import UPLOAD_PATHS, router, static_dir
@@ -32,9 +35,12 @@ requests share model batches.
 """
 
 
-def create_app(settings: Settings | None = None, *, models: ModelRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, models: ModelRegistry | None = None, clock: Callable[[], float] | None = None
+) -> FastAPI:
     """Build the app. `models` lets a caller share already-loaded models between apps; without
-    it the app loads the models the settings name when it starts."""
+    it the app loads the models the settings name when it starts. `clock` (monotonic seconds)
+    drives the per-client limits, for tests that move time."""
     settings = settings or Settings()
     metrics = Metrics()
     runtime = Runtime(settings, metrics, models=models)
@@ -68,6 +74,9 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     app.add_middleware(
         UploadGateMiddleware, paths=UPLOAD_PATHS, refuse=runtime.refuse_upload, tracker=runtime
     )
+    # Per-client limits inside the key check: only a client with a valid key can take a slot.
+    install_client_limits(app, settings, metrics, UPLOAD_PATHS, clock=clock)
+    install_api_keys(app, settings, UPLOAD_PATHS)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from enhancer.api.client_limits import charge_upload
 from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody, ServedModel
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
 from enhancer.imaging import OutputFormat
@@ -135,6 +136,7 @@ async def upscale(
         )
     data = await image.read()
     await image.close()
+    await charge_upload(request, data)  # this client's megapixels per minute, before decoding
     result = await _cancel_if_client_leaves(request, service.enhance(data, chosen.spec, format, quality))
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
         return Response(status_code=499)

@@ -31,3 +31,11 @@ class ReadyBody(BaseModel):
     status: str = Field(examples=["ready"])
     device: str = Field(examples=["CPU (intra-op threads auto, inter-op threads auto)"])
     models: list[ServedModel]
+
+
+class AccessBody(BaseModel):
+    """What a client needs to know before uploading: whether a key is needed, and if the one it
+    sent (`Authorization: Bearer <key>`) is accepted."""
+
+    api_key_required: bool = Field(examples=[True])
+    key_accepted: bool = Field(examples=[False])

@@ -14,12 +14,15 @@
     result: $("result"), resultTitle: $("result-title"), resultSummary: $("result-summary"),
     download: $("download"), downloadName: $("download-name"),
     compare: $("compare"), viewport: $("viewport"), stage: $("stage"),
-    before: $("img-before"), after: $("img-after"), divider: $("divider"), split: $("split")
+    before: $("img-before"), after: $("img-after"), divider: $("divider"), split: $("split"),
+    keyForm: $("key-form"), keyInput: $("api-key"), keyBtn: $("key-btn"), keyError: $("key-error"),
+    forgetKey: $("forget-key")
   };
 
   var FORMAT_LABEL = { png: "PNG", jpeg: "JPEG", webp: "WebP" };
   var ERROR_TITLE = {
     400: "This image could not be read",
+    401: "An API key is needed",
     404: "The enhance service was not found",
     408: "The upload took too long",
     413: "This image is too large",
@@ -215,6 +218,95 @@
   }
   function hideError() { els.error.hidden = true; }
 
+  /* ---------- API key (only when the server requires one) ---------- */
+
+  /* The key lives in sessionStorage: it survives reloads of this tab, is gone when the tab is
+   * closed and is never shared with other tabs; it reaches the server only in the header. */
+  var KEY_STORE = "enhancer.apiKey";
+  var keyFallback = null; /* when sessionStorage is unavailable: this page only */
+  var access = { required: false };
+
+  function storedKey() {
+    try { return sessionStorage.getItem(KEY_STORE); } catch (e) { return keyFallback; }
+  }
+  function storeKey(key) {
+    keyFallback = key;
+    try {
+      if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
+    } catch (e) { /* kept in keyFallback */ }
+  }
+  function authHeaders(key) { return key ? { Authorization: "Bearer " + key } : {}; }
+
+  function showKeyPrompt(message, focus) {
+    els.keyForm.hidden = false;
+    els.forgetKey.hidden = true;
+    els.keyError.textContent = message || "";
+    els.keyError.hidden = !message;
+    if (focus) els.keyInput.focus();
+  }
+  function keyAccepted() {
+    els.keyForm.hidden = true;
+    els.keyError.hidden = true;
+    els.forgetKey.hidden = false;
+  }
+
+  /* GET /access is open: it says whether uploads need a key and whether the stored one is valid */
+  function checkAccess() {
+    var key = storedKey();
+    fetch("/access", { headers: authHeaders(key), cache: "no-store" }).then(function (r) {
+      if (r.status === 401) {
+        storeKey(null);
+        access.required = true;
+        showKeyPrompt("The key used earlier in this tab is no longer accepted. Enter a current one.");
+        return null;
+      }
+      return r.ok ? r.json() : null;
+    }).then(function (body) {
+      if (!body) return;
+      access.required = !!body.api_key_required;
+      if (access.required && body.key_accepted) keyAccepted();
+      else if (access.required) showKeyPrompt();
+    }).catch(function () {
+      /* unreachable, or a server without /access: an upload's answer will say what is wrong */
+    }).then(function () {
+      document.body.setAttribute("data-key-required", access.required ? "true" : "false");
+    });
+  }
+
+  els.keyForm.addEventListener("submit", function (e) {
+    e.preventDefault();
+    var key = els.keyInput.value.trim();
+    if (!key) { showKeyPrompt("Enter the key first.", true); return; }
+    if (!/^[\x21-\x7e]+$/.test(key)) {
+      showKeyPrompt("A key has only letters, digits and punctuation, without spaces. Check what was pasted.", true);
+      return;
+    }
+    els.keyBtn.disabled = true;
+    fetch("/access", { headers: authHeaders(key), cache: "no-store" }).then(function (r) {
+      if (r.status === 401) {
+        showKeyPrompt("This key was not accepted. Check it and try again.", true);
+      } else if (!r.ok) {
+        showKeyPrompt("The server could not check the key (" + r.status + "). Try again.", true);
+      } else {
+        storeKey(key);
+        els.keyInput.value = "";
+        keyAccepted();
+        announce("Key accepted. It is kept for this tab only.");
+        if (state.file) els.enhance.focus();
+      }
+    }, function () {
+      showKeyPrompt("Could not reach the server to check the key. Try again.", true);
+    }).then(function () { els.keyBtn.disabled = false; });
+  });
+
+  els.forgetKey.addEventListener("click", function () {
+    storeKey(null);
+    showKeyPrompt("", true);
+    announce("Key forgotten.");
+  });
+
+  checkAccess();
+
   /* ---------- sending ---------- */
 
   function setBusy(busy) {
@@ -278,6 +370,10 @@
   els.form.addEventListener("submit", function (e) {
     e.preventDefault();
     if (!state.file || state.xhr) return;
+    if (access.required && !storedKey()) {
+      showKeyPrompt("Enter the API key first, then press Enhance again.", true);
+      return;
+    }
     send(state.file);
   });
 
@@ -297,6 +393,8 @@
     xhr.open("POST", "/upscale?" + params.toString());
     xhr.responseType = "blob";
     xhr.setRequestHeader("Accept", "image/*, application/json");
+    var key = storedKey();
+    if (key) xhr.setRequestHeader("Authorization", "Bearer " + key);
 
     xhr.upload.onprogress = function (ev) {
       if (state.xhr !== xhr) return;
@@ -343,11 +441,16 @@
     var retry = xhr.getResponseHeader("Retry-After");
     var finish = function (detail) {
       var message = detail || (status + " " + (xhr.statusText || "error"));
-      if (status === 503 && retry && /^\d+$/.test(retry.trim())) {
+      if ((status === 503 || status === 429) && retry && /^\d+$/.test(retry.trim())) {
         message += " Try again in " + retry.trim() + " s.";
       }
       showError(title, message);
       announce(title + ". " + message);
+      if (status === 401) { /* no key yet, or it was withdrawn on the server */
+        storeKey(null);
+        access.required = true;
+        showKeyPrompt("The server did not accept the key. Enter a current one, then press Enhance again.", true);
+      }
     };
     var blob = xhr.response;
     if (!blob || typeof blob.text !== "function") { finish(null); return; }
