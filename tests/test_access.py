@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_DIR, encode_bgr, make_settings, photo_like, running_app
+from conftest import MODEL_DIR, encode_bgr, make_settings, photo_like, running_app, serving
 from test_server_process import BOUNDARY, UPLOAD_HEADERS, multipart_body, read_response
 
 from enhancer.api import auth, create_app
@@ -317,7 +317,7 @@ async def test_keys_are_compared_as_digests_with_compare_digest_and_no_early_exi
     """A wrong key of the right length runs exactly the same comparisons as the right key: every
     stored SHA-256 digest against the presented key's digest, by hmac.compare_digest."""
     other = "kc-" + "Tz4" * 6
-    app = create_app(make_settings(api_keys=f"{KEY_A},{other}"), model=saved_model)  # KEY_A first
+    app = create_app(make_settings(api_keys=f"{KEY_A},{other}"), models=serving(saved_model))  # KEY_A first
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -343,7 +343,7 @@ async def test_keys_are_compared_as_digests_with_compare_digest_and_no_early_exi
 @pytest.mark.anyio
 async def test_megapixel_bucket_refills_at_its_rate_on_a_fake_clock(saved_model):
     now = [5000.0]
-    app = create_app(make_settings(rate_limit_mpx_per_minute=0.06), model=saved_model, clock=lambda: now[0])
+    app = create_app(make_settings(rate_limit_mpx_per_minute=0.06), models=serving(saved_model), clock=lambda: now[0])
     image = encode_bgr(photo_like(200, 200, seed=9), ".png")  # 0.04 MP
     async with running_app(app) as client:
 
@@ -363,7 +363,7 @@ async def test_megapixel_bucket_refills_at_its_rate_on_a_fake_clock(saved_model)
 
 @pytest.mark.anyio
 async def test_openapi_declares_the_bearer_scheme_only_when_keys_are_on(saved_model):
-    app = create_app(make_settings(api_keys=KEY_A, max_concurrent_per_client=2), model=saved_model)
+    app = create_app(make_settings(api_keys=KEY_A, max_concurrent_per_client=2), models=serving(saved_model))
     async with running_app(app, wait_ready=False) as client:
         doc = (await client.get("/openapi.json")).json()
     assert doc["components"]["securitySchemes"]["APIKey"] == {
@@ -377,7 +377,7 @@ async def test_openapi_declares_the_bearer_scheme_only_when_keys_are_on(saved_mo
     for path in ("/healthz", "/readyz", "/metrics", "/access"):
         assert "security" not in doc["paths"][path]["get"], path
 
-    plain = create_app(make_settings(), model=saved_model)
+    plain = create_app(make_settings(), models=serving(saved_model))
     async with running_app(plain, wait_ready=False) as client:
         doc = (await client.get("/openapi.json")).json()
         assert (await client.get("/access")).json() == {"api_key_required": False, "key_accepted": False}
@@ -390,7 +390,7 @@ async def test_openapi_declares_the_bearer_scheme_only_when_keys_are_on(saved_mo
 
 @pytest.mark.anyio
 async def test_without_settings_no_access_middleware_is_installed(saved_model):
-    app = create_app(make_settings(), model=saved_model)
+    app = create_app(make_settings(), models=serving(saved_model))
     names = {m.cls.__name__ for m in app.user_middleware}
     assert names == {"MetricsMiddleware", "UploadGateMiddleware", "UploadLimitMiddleware"}
     assert app.state.client_limits is None and not app.state.api_keys.required
