@@ -48,7 +48,7 @@ def create_app(tile_size: int, tile_overlap: int, batch_size: int) -> Flask:
         rgb = tiling.enhance_tiled(image.rgb, runner.forward, tile_size, tile_overlap, batch_size)
         np.clip(rgb, 0.0, 1.0, out=rgb)
         t2 = time.perf_counter()
-        body = imaging.encode(rgb, fmt, quality=quality, like=image)
+        body = imaging.encode(rgb, fmt, quality=quality, info=image.info)
         t3 = time.perf_counter()
         timing = f"decode;dur={(t1 - t0) * 1000:.1f}, infer;dur={(t2 - t1) * 1000:.1f}, encode;dur={(t3 - t2) * 1000:.1f}"
         return Response(body, mimetype=fmt.media_type, headers={"Server-Timing": timing})

@@ -53,7 +53,7 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
     images = group(image_group)
     runner = load_model(Settings().model_dir)
     decoded = [imaging.decode(img.read()) for img in images]
-    plans = [tiling.plan_tiles(d.height, d.width, tile_size, overlap) for d in decoded]
+    plans = [tiling.plan_tiles(d.info.height, d.info.width, tile_size, overlap) for d in decoded]
     shapes = {p.tile_shape for p in plans}
     if len(shapes) != 1:
         raise SystemExit(f"images of {image_group} give several tile shapes {shapes}; use one size per run")
@@ -103,9 +103,9 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
                 t2 = time.perf_counter()
                 out = np.clip(tiling.stitch(tl, plan), 0.0, 1.0)
                 t3 = time.perf_counter()
-                imaging.encode(out, OutputFormat.png, like=d)
+                imaging.encode(out, OutputFormat.png, info=d.info)
                 t4 = time.perf_counter()
-                imaging.encode(out, OutputFormat.jpeg, quality=95, like=d)
+                imaging.encode(out, OutputFormat.jpeg, quality=95, info=d.info)
                 t5 = time.perf_counter()
                 for key, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                     timings[key].append(seconds)

@@ -62,7 +62,7 @@ def test_enhance_matches_the_model_run_directly(tmp_path, saved_model):
     src.write_bytes(encode_bgr(photo_like(150, 170, seed=7), ".png"))
     assert _run(str(src)) == 0
     image = imaging.decode(src.read_bytes())
-    expected = imaging.encode(tiling.enhance_tiled(image.rgb, saved_model.forward, 128, 32, 4), imaging.OutputFormat.png, like=image)
+    expected = imaging.encode(tiling.enhance_tiled(image.rgb, saved_model.forward, 128, 32, 4), imaging.OutputFormat.png, info=image.info)
     np.testing.assert_array_equal(decode_bytes((tmp_path / "x_enhanced.png").read_bytes()), decode_bytes(expected))
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from enhancer import __version__
 from enhancer.config import Settings
-from enhancer.imaging import OutputFormat, sniff_format
+from enhancer.imaging import SUPPORTED_NAMES, OutputFormat, sniff_format
 
 log = logging.getLogger("enhancer.cli")
 
@@ -94,7 +94,7 @@ def plan_outputs(source: Path, target: Path | None, fmt: OutputFormat | None) ->
     folder = target if target is not None else source.with_name(source.name + "_enhanced")
     inputs = sorted(p for p in source.iterdir() if p.is_file() and _is_image(p))
     if not inputs:
-        raise SystemExit(f"enhancer: no JPEG, PNG, WebP, BMP or TIFF images in {source}")
+        raise SystemExit(f"enhancer: no {SUPPORTED_NAMES} images in {source}")
     stems = [p.stem for p in inputs]
     pairs = []
     for path in inputs:
@@ -139,12 +139,12 @@ def _enhance(args: argparse.Namespace) -> int:
                 failures += 1
                 tqdm.write(f"skipped {src}: {exc.detail}", file=sys.stderr)
                 continue
-            plan = tiling.plan_tiles(image.height, image.width, settings.tile_size, settings.tile_overlap)
+            plan = tiling.plan_tiles(image.info.height, image.info.width, settings.tile_size, settings.tile_overlap)
             expected = tiles_for(src)
             if expected != plan.num_tiles:  # header unreadable by Pillow: fix the bar's total
                 bar.total += plan.num_tiles - expected
                 bar.refresh()
-            reason = pass_through_reason(image, settings.pass_through_jpeg_quality)
+            reason = pass_through_reason(image.info, settings.pass_through_jpeg_quality)
             if reason is not None:
                 rgb = image.rgb
                 bar.update(plan.num_tiles)
@@ -155,7 +155,7 @@ def _enhance(args: argparse.Namespace) -> int:
                     image.rgb, model.forward, settings.tile_size, settings.tile_overlap, batch_size, progress=bar.update
                 )
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(imaging.encode(rgb, out_fmt, quality=args.quality, like=image))
+            dst.write_bytes(imaging.encode(rgb, out_fmt, quality=args.quality, info=image.info))
     done = len(jobs) - failures
     print(f"enhanced {done} of {len(jobs)} image(s) -> {jobs[0][1].parent if len(jobs) > 1 else jobs[0][1]}")
     return 1 if failures else 0

@@ -28,14 +28,15 @@ from enhancer.metrics import Metrics
 STAGES = ("decode", "tile", "queue", "infer", "encode")
 
 
-def pass_through_reason(image: imaging.DecodedImage, min_jpeg_quality: int) -> str | None:
-    """Why `image` should skip the model (e.g. "jpeg-quality=95"), or None to enhance it.
+def pass_through_reason(info: imaging.ImageInfo, min_jpeg_quality: int) -> str | None:
+    """Why the image `info` describes should skip the model (e.g. "jpeg-quality=95"), or None.
 
     A JPEG saved at a high quality has little damage to remove, and there the blind model's
     measured gain is negative: such an image is better answered with its own pixels.
     """
-    if image.jpeg_quality is not None and image.jpeg_quality >= min_jpeg_quality:
-        return f"jpeg-quality={image.jpeg_quality}"
+    quality = info.jpeg.quality if info.jpeg is not None else None
+    if quality is not None and quality >= min_jpeg_quality:
+        return f"jpeg-quality={quality}"
     return None
 
 
@@ -104,18 +105,19 @@ class EnhanceService:
             imaging.decode, data, max_pixels=self.max_pixels, max_side=self.max_side
         )
         timings["decode"] = clock() - t
+        info = image.info
 
-        reason = pass_through_reason(image, self.pass_through_jpeg_quality)
+        reason = pass_through_reason(info, self.pass_through_jpeg_quality)
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)
-            return await self._answer(image.rgb, image, fmt, quality, timings, passed_through=reason)
+            return await self._answer(image.rgb, info, fmt, quality, timings, passed_through=reason)
 
         t = clock()
         plan, tiles = await asyncio.to_thread(self._split, image.rgb)
         timings["tile"] = clock() - t
         # From here on every full-size array is dropped as soon as the next stage has its own, so
         # peak memory is about two copies of the image (tiles in + tiles out), not five or six.
-        image = image.without_pixels()
+        del image
 
         remaining = deadline - clock()
         if remaining <= 0:
@@ -146,24 +148,24 @@ class EnhanceService:
         del out_tiles
         timings["tile"] += clock() - t
 
-        return await self._answer(rgb, image, fmt, quality, timings)
+        return await self._answer(rgb, info, fmt, quality, timings)
 
     async def _answer(
         self,
         rgb: np.ndarray,
-        like: imaging.DecodedImage,
+        info: imaging.ImageInfo,
         fmt: OutputFormat,
         quality: int,
         timings: dict[str, float],
         passed_through: str | None = None,
     ) -> EnhanceResult:
-        """Encode `rgb` like the input, record the stage timings, and build the result."""
+        """Encode `rgb` like the input `info` describes, record the stage timings, build the result."""
         t = time.perf_counter()
-        body = await asyncio.to_thread(imaging.encode, rgb, fmt, quality=quality, like=like)
+        body = await asyncio.to_thread(imaging.encode, rgb, fmt, quality=quality, info=info)
         timings["encode"] = time.perf_counter() - t
         if self.metrics is not None:
             self.metrics.observe_stages(timings)
             if passed_through is not None:
                 self.metrics.passed_through.inc()
-        return EnhanceResult(body=body, format=fmt, width=like.width, height=like.height,
+        return EnhanceResult(body=body, format=fmt, width=info.width, height=info.height,
                              timings=timings, passed_through=passed_through)  # fmt: skip
