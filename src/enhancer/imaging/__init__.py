@@ -18,7 +18,6 @@ from enhancer.imaging.formats import (
     INPUT_FORMATS,
     SUPPORTED_NAMES,
     OutputFormat,
-    check_size,
     read_image_size,
     sniff_format,
 )
@@ -31,7 +30,6 @@ __all__ = [
     "ImageInfo",
     "JpegInfo",
     "OutputFormat",
-    "check_size",
     "decode",
     "encode",
     "read_image_size",

@@ -157,7 +157,7 @@ def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None =
     if pixels is None or pixels.size == 0:
         raise BadImageError(f"the file looks like {format_name(fmt)} but could not be decoded (truncated or corrupt?)")
     check_size(pixels.shape[1], pixels.shape[0], max_pixels, max_side)
-    if fmt == "jpeg":
+    if fmt == "jpeg" and header is not None:  # the check decodes with Pillow, which read the header
         jpeg.check_complete(data, pixels)
 
     mode = header.mode if header is not None else ""
