@@ -55,7 +55,7 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
     images = group(image_group)
     runner = load_default_model()
     decoded = [imaging.decode(img.read()) for img in images]
-    plans = [tiling.plan_tiles(d.height, d.width, tile_size, overlap, multiple=runner.spec.size_multiple) for d in decoded]
+    plans = [tiling.plan_tiles(d.info.height, d.info.width, tile_size, overlap, multiple=runner.spec.size_multiple) for d in decoded]
     shapes = {p.tile_shape for p in plans}
     if len(shapes) != 1:
         raise SystemExit(f"images of {image_group} give several tile shapes {shapes}; use one size per run")

@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
+import tifffile
 from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
 from PIL import Image
 
@@ -74,6 +75,29 @@ def jpeg_with_broken_exif() -> bytes:
     data = small_jpeg()
     exif = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08\xff\xff" + b"\x00" * 10  # 65535 entries claimed
     return data[:2] + b"\xff\xe1" + struct.pack(">H", 2 + len(exif)) + exif + data[2:]
+
+
+def jpeg_cut_with_end_marker(**options) -> bytes:
+    """A JPEG cut at half with an end-of-image marker appended: libjpeg fills the rest with grey."""
+    buf = io.BytesIO()
+    Image.fromarray(photo_like(128, 160, seed=6)).save(buf, "JPEG", quality=85, **options)
+    data = buf.getvalue()
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
+def _jpeg_12kb_claiming_8000x6000() -> dict:
+    """The first 12 KB of a real 8000x6000 JPEG, with an end marker: 48 MP of grey if decoded."""
+    data = encode_bgr(np.zeros((6000, 8000, 3), np.uint8), ".jpg", 1, 1)[:12_000] + b"\xff\xd9"
+    return file_upload(data)
+
+
+def tiff_of(dtype: str, channels: int = 1) -> bytes:
+    """A small TIFF with `dtype` samples holding values 0-255, as the issue sent them."""
+    values = (np.arange(8 * 10 * channels) % 256).reshape(8, 10, channels).squeeze()
+    buf = io.BytesIO()
+    options = {"photometric": "rgb", "extrasamples": [0] * (channels - 3), "planarconfig": "contig"} if channels > 3 else {}
+    tifffile.imwrite(buf, values.astype(dtype), **options)
+    return buf.getvalue()
 
 
 def bmp_with_bit_depth(bits: int) -> bytes:
@@ -152,6 +176,11 @@ _TIFF = encode_bgr(photo_like(64, 64, seed=2), ".tiff")
 _JPEG = encode_bgr(photo_like(64, 64, seed=2), ".jpg")
 _UNDECODABLE = "but could not be decoded (truncated or corrupt?)"
 _TOO_MANY = "pixel limit; downscale or crop it and try again"
+_CUT_JPEG = "the file is a corrupt or truncated JPEG: its coded data ends before the whole image; send the complete file"
+_NO_SCALE = (
+    "samples, which have no agreed brightness scale; save it with 8- or 16-bit unsigned integer samples "
+    "(or 32-bit floating-point, 0 to 1)"
+)
 
 #: (id, request kwargs (or a function making them), status, the message or a regex it must match)
 CASES = [
@@ -159,6 +188,15 @@ CASES = [
     ("one-byte file", file_upload(b"\xff"), 415, "the upload is not a supported image" + UNSUPPORTED),
     ("two bytes of JPEG magic", file_upload(b"\xff\xd8"), 415, "the upload is not a supported image" + UNSUPPORTED),
     ("truncated JPEG", file_upload(_JPEG[: len(_JPEG) // 2]), 400, "the file looks like JPEG " + _UNDECODABLE),
+    ("JPEG cut at half, end marker appended", file_upload(jpeg_cut_with_end_marker()), 400, _CUT_JPEG),
+    ("progressive JPEG cut at half, end marker appended", file_upload(jpeg_cut_with_end_marker(progressive=True)), 400, _CUT_JPEG),
+    (
+        "12 KB JPEG claiming 8000x6000",
+        _jpeg_12kb_claiming_8000x6000,
+        400,
+        "the file is a corrupt or truncated JPEG: it declares 8000x6000 pixels but has only 12,002 bytes, "
+        "less than one bit per 8x8 block; send the complete file",
+    ),
     ("truncated PNG", file_upload(_PNG[:100]), 400, "the file looks like PNG " + _UNDECODABLE),
     ("truncated WebP", file_upload(_WEBP[: len(_WEBP) // 2]), 400, "the file looks like WebP " + _UNDECODABLE),
     ("truncated TIFF", file_upload(_TIFF[: len(_TIFF) // 2]), 400, "the file looks like TIFF " + _UNDECODABLE),
@@ -167,7 +205,8 @@ CASES = [
         "header claiming 100000x100000",
         file_upload(png_claiming(100_000, 100_000)),
         413,
-        "the image is 100000x100000 = 10,000,000,000 pixels, more than the 50,000,000 " + _TOO_MANY,
+        "the image is 100000x100000 = 10,000,000,000 pixels, more than the 50,000,000 pixel limit, and "
+        "100,000 px is longer than the 16,384 px limit for a side; downscale or crop it and try again",
     ),
     (
         "PNG bomb 16384x16384 of a few KB",
@@ -179,7 +218,8 @@ CASES = [
         "JPEG bomb 65000x65000",
         file_upload(jpeg_with_size(65000, 65000)),
         413,
-        "the image is 65000x65000 = 4,225,000,000 pixels, more than the 50,000,000 " + _TOO_MANY,
+        "the image is 65000x65000 = 4,225,000,000 pixels, more than the 50,000,000 pixel limit, and "
+        "65,000 px is longer than the 16,384 px limit for a side; downscale or crop it and try again",
     ),
     (
         "side over the limit",
@@ -187,6 +227,22 @@ CASES = [
         413,
         "the image is 20000x2, and 20,000 px is longer than the 16,384 px limit for a side; "
         "downscale or crop it and try again",
+    ),
+    (
+        "over the pixel limit and a side",
+        file_upload(png_claiming(20000, 3000)),
+        413,
+        "the image is 20000x3000 = 60,000,000 pixels, more than the 50,000,000 pixel limit, and 20,000 px is "
+        "longer than the 16,384 px limit for a side; downscale or crop it and try again",
+    ),
+    ("int16 TIFF", file_upload(tiff_of("int16")), 415, "the TIFF stores 16-bit signed integer " + _NO_SCALE),
+    ("uint32 TIFF", file_upload(tiff_of("uint32")), 415, "the TIFF stores 32-bit unsigned integer " + _NO_SCALE),
+    (
+        "5-channel TIFF",
+        file_upload(tiff_of("uint8", channels=5)),
+        415,
+        "the TIFF has 5 channels (samples per pixel); only grey, grey+alpha, RGB, RGBA and CMYK TIFFs "
+        "(1 to 4 channels) are supported: save it with one of those layouts",
     ),
     ("animated GIF", file_upload(animated("GIF")), 415, "the upload is a GIF file, which is not supported" + UNSUPPORTED),
     (

@@ -63,7 +63,7 @@ def test_enhance_matches_the_model_run_directly(tmp_path, saved_model):
     assert _run(str(src)) == 0
     image = imaging.decode(src.read_bytes())
     rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, 128, 32, 4, multiple=saved_model.spec.size_multiple)
-    expected = imaging.encode(rgb, imaging.OutputFormat.png, like=image)
+    expected = imaging.encode(rgb, imaging.OutputFormat.png, info=image.info)
     np.testing.assert_array_equal(decode_bytes((tmp_path / "x_enhanced.png").read_bytes()), decode_bytes(expected))
 
 

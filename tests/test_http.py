@@ -11,6 +11,7 @@ import asyncio
 import re
 import threading
 
+import cv2
 import numpy as np
 import pytest
 from conftest import WrappedModel, decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
@@ -73,7 +74,7 @@ def expected_output(saved_model, data: bytes, fmt: OutputFormat, quality: int = 
     """What the service must answer: the same decode -> tiles -> model -> stitch -> encode path."""
     image = imaging.decode(data)
     rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, tile_size, 32, batch_size=4, multiple=MULTIPLE)
-    return decode_bytes(imaging.encode(rgb, fmt, quality=quality, like=image))
+    return decode_bytes(imaging.encode(rgb, fmt, quality=quality, info=image.info))
 
 
 def assert_close_pixels(actual: np.ndarray, expected: np.ndarray):
@@ -467,7 +468,7 @@ async def test_good_jpegs_are_passed_through_and_damaged_ones_enhanced(saved_mod
     app = create_app(make_settings(pass_through_jpeg_quality=default), models=serving(saved_model))
     pixels = photo_like(90, 120, seed=19)
     async with running_app(app) as c:
-        good = encode_bgr(pixels, ".jpg", imaging.cv2.IMWRITE_JPEG_QUALITY, default)
+        good = encode_bgr(pixels, ".jpg", cv2.IMWRITE_JPEG_QUALITY, default)
         r = await c.post("/upscale", files=upload(good))
         assert r.status_code == 200
         assert r.headers["x-enhancer-passed-through"] == f"jpeg-quality={default}"
@@ -475,7 +476,7 @@ async def test_good_jpegs_are_passed_through_and_damaged_ones_enhanced(saved_mod
         assert np.array_equal(decode_bytes(r.content), decode_bytes(encode_bgr(decode_bytes(good), ".png")))
         assert "infer;dur=0.0" in r.headers["server-timing"]
 
-        damaged = encode_bgr(pixels, ".jpg", imaging.cv2.IMWRITE_JPEG_QUALITY, default - 1)
+        damaged = encode_bgr(pixels, ".jpg", cv2.IMWRITE_JPEG_QUALITY, default - 1)
         r = await c.post("/upscale", files=upload(damaged))
         assert r.status_code == 200 and "x-enhancer-passed-through" not in r.headers
         assert_close_pixels(decode_bytes(r.content), expected_output(saved_model, damaged, OutputFormat.png))

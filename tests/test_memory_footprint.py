@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 
 import numpy as np
 
 from enhancer import imaging
-from enhancer.batching import MicroBatcher
+from enhancer.batching import BatchTimings, MicroBatcher
 from enhancer.imaging import OutputFormat
 from enhancer.models.contract import ModelSpec
+from enhancer.imaging.encode import _quantize
 
 
 def _reference_quantize(values: np.ndarray, depth: int) -> np.ndarray:
@@ -25,10 +27,10 @@ def _reference_quantize(values: np.ndarray, depth: int) -> np.ndarray:
 def test_banded_quantize_equals_the_whole_image_formula(monkeypatch):
     rng = np.random.default_rng(0)
     values = rng.uniform(-0.2, 1.2, size=(37, 23, 3)).astype(np.float32)
-    monkeypatch.setattr(imaging, "_QUANTIZE_CHUNK", 50)  # many bands, a ragged last one
+    monkeypatch.setattr(sys.modules["enhancer.imaging.encode"], "_QUANTIZE_CHUNK", 50)  # many bands, a ragged last one
     for depth in (8, 16):
-        np.testing.assert_array_equal(imaging._quantize(values, depth), _reference_quantize(values, depth))
-        np.testing.assert_array_equal(imaging._quantize(values[:, ::-1], depth), _reference_quantize(values[:, ::-1], depth))
+        np.testing.assert_array_equal(_quantize(values, depth), _reference_quantize(values, depth))
+        np.testing.assert_array_equal(_quantize(values[:, ::-1], depth), _reference_quantize(values[:, ::-1], depth))
 
 
 def test_encode_output_is_unchanged_for_out_of_range_rgb():
@@ -40,16 +42,31 @@ def test_encode_output_is_unchanged_for_out_of_range_rgb():
     np.testing.assert_array_equal(decoded, expected)
 
 
-def test_without_pixels_keeps_what_encode_needs_and_no_pixel_memory():
-    image = imaging.DecodedImage(
-        rgb=np.ones((300, 200, 3), np.float32), alpha=np.ones((300, 200), np.float32),
-        grayscale=False, bit_depth=16, source_format="png",
-    )
-    light = image.without_pixels()
-    assert (light.height, light.width) == (300, 200)
-    assert light.alpha is image.alpha and light.bit_depth == 16 and light.source_format == "png"
-    assert light.rgb.base is not None and light.rgb.base.nbytes <= 4  # a broadcast scalar
-    assert len(imaging.encode(image.rgb, OutputFormat.png, like=light)) > 0
+def test_the_service_frees_the_decoded_pixels_once_they_are_tiles(monkeypatch):
+    """After the split only the tiles and the ImageInfo are kept: the float image is not held."""
+    from enhancer.service import EnhanceService
+
+    decoded: list[weakref.ref] = []
+    freed_before_the_model: list[bool] = []
+    real_decode = imaging.decode
+
+    def decode(*args, **kwargs):
+        image = real_decode(*args, **kwargs)
+        decoded.append(weakref.ref(image.rgb))
+        return image
+
+    class Batcher:
+        async def submit(self, tiles):
+            gc.collect()
+            freed_before_the_model.append(decoded[0]() is None)
+            return tiles, BatchTimings(queue_s=0.0, infer_s=0.0)
+
+    monkeypatch.setattr(imaging, "decode", decode)
+    service = EnhanceService(Batcher(), tile_size=64, tile_overlap=16, max_pixels=None, request_timeout_s=60)
+    png = imaging.encode(np.full((100, 90, 3), 0.5, np.float32), OutputFormat.png)
+    result = asyncio.run(service.enhance(png, OutputFormat.png))
+    assert (result.width, result.height) == (90, 100)
+    assert freed_before_the_model == [True]
 
 
 def test_batcher_releases_a_finished_requests_tiles_while_idle():

@@ -8,6 +8,7 @@ the full 29 px reach.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from conftest import encode_bgr, photo_like
@@ -23,7 +24,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def jpeg_damaged(height: int, width: int, seed: int) -> np.ndarray:
     """A photo-like image after JPEG quality 20: the kind of input the model exists for."""
-    data = encode_bgr(photo_like(height, width, seed=seed), ".jpg", imaging.cv2.IMWRITE_JPEG_QUALITY, 20)
+    data = encode_bgr(photo_like(height, width, seed=seed), ".jpg", cv2.IMWRITE_JPEG_QUALITY, 20)
     return imaging.decode(data).rgb
 
 

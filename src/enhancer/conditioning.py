@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from enhancer.imaging import DecodedImage
+from enhancer.imaging import ImageInfo
 from enhancer.models.contract import ModelSpec
 
-Builder = Callable[[DecodedImage], np.ndarray]
+Builder = Callable[[ImageInfo], np.ndarray]
 
 #: Input name -> function computing its vector from the decoded image. Empty while the served
 #: models take pixels only; a model declaring any other input is refused at start-up.
@@ -34,7 +34,7 @@ def check_supported(spec: ModelSpec) -> None:
         )
 
 
-def model_inputs(spec: ModelSpec, image: DecodedImage) -> dict[str, np.ndarray]:
+def model_inputs(spec: ModelSpec, image: ImageInfo) -> dict[str, np.ndarray]:
     """One float32 vector per extra input `spec` declares, for this image ({} for pixels-only models)."""
     check_supported(spec)
     vectors = {}

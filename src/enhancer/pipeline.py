@@ -22,7 +22,7 @@ import numpy as np
 
 from enhancer import imaging, tiling
 from enhancer.conditioning import model_inputs
-from enhancer.imaging import DecodedImage, OutputFormat
+from enhancer.imaging import ImageInfo, OutputFormat
 from enhancer.models.contract import Model, ModelSpec
 
 if TYPE_CHECKING:
@@ -32,14 +32,15 @@ if TYPE_CHECKING:
 STAGES = ("decode", "tile", "queue", "infer", "encode")
 
 
-def pass_through_reason(image: DecodedImage, min_jpeg_quality: int) -> str | None:
-    """Why `image` should skip the model (e.g. "jpeg-quality=95"), or None to enhance it.
+def pass_through_reason(info: ImageInfo, min_jpeg_quality: int) -> str | None:
+    """Why the image `info` describes should skip the model (e.g. "jpeg-quality=95"), or None.
 
     A JPEG saved at a high quality has little damage to remove, and there the blind model's
     measured gain is negative: such an image is better answered with its own pixels.
     """
-    if image.jpeg_quality is not None and image.jpeg_quality >= min_jpeg_quality:
-        return f"jpeg-quality={image.jpeg_quality}"
+    quality = info.jpeg.quality if info.jpeg is not None else None
+    if quality is not None and quality >= min_jpeg_quality:
+        return f"jpeg-quality={quality}"
     return None
 
 
@@ -75,8 +76,9 @@ class Prepared:
     """An image between `prepare` and `finish`: its tiles leave as a TileJob and come back as outputs."""
 
     spec: ModelSpec
-    image: DecodedImage  #: what the answer is encoded like; its pixels only when passed through
+    info: ImageInfo  #: what the answer is encoded like
     timings: dict[str, float]
+    pixels: np.ndarray | None = None  #: the decoded pixels, kept only when passed through
     plan: tiling.TilePlan | None = None
     job: TileJob | None = None
     outputs: np.ndarray | None = None  #: the model's tiles, set by whoever ran the job
@@ -125,23 +127,23 @@ class Pipeline:
         t = clock()
         image = imaging.decode(data, max_pixels=self.max_pixels, max_side=self.max_side)
         timings = {"decode": clock() - t}
-        reason = pass_through_reason(image, self.pass_through_jpeg_quality)
+        reason = pass_through_reason(image.info, self.pass_through_jpeg_quality)
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
-            return Prepared(spec=spec, image=image, timings=timings, passed_through=reason)
+            return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.rgb, passed_through=reason)
         t = clock()
         plan = tiling.plan_tiles(
-            image.height, image.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple
+            image.info.height, image.info.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple
         )
-        job = TileJob(model=spec.name, tiles=tiling.split(image.rgb, plan), inputs=model_inputs(spec, image))
+        job = TileJob(model=spec.name, tiles=tiling.split(image.rgb, plan), inputs=model_inputs(spec, image.info))
         timings["tile"] = clock() - t
-        return Prepared(spec=spec, image=image.without_pixels(), timings=timings, plan=plan, job=job)
+        return Prepared(spec=spec, info=image.info, timings=timings, plan=plan, job=job)
 
     def finish(self, prepared: Prepared, fmt: OutputFormat, quality: int = 95) -> EnhanceResult:
         """Stitch the model's tiles (or take the passed-through pixels), clip, and encode."""
         clock = time.perf_counter
         if prepared.passed_through is not None:
-            rgb = prepared.image.rgb
+            rgb, prepared.pixels = prepared.pixels, None
         else:
             outputs, prepared.outputs = prepared.outputs, None
             if outputs is None:
@@ -152,7 +154,7 @@ class Pipeline:
             np.clip(rgb, 0.0, 1.0, out=rgb)  # in place: no second full-size copy
             prepared.timings["tile"] += clock() - t
         t = clock()
-        body = imaging.encode(rgb, fmt, quality=quality, like=prepared.image)
+        body = imaging.encode(rgb, fmt, quality=quality, info=prepared.info)
         prepared.timings["encode"] = clock() - t
         return EnhanceResult(
             body=body,

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from enhancer.api.client_limits import charge_upload
 from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody, ServedModel
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
-from enhancer.imaging import OutputFormat
+from enhancer.imaging import SUPPORTED_NAMES, OutputFormat
 from enhancer.models.registry import UnknownModelError
 from enhancer.pipeline import STAGES, EnhanceResult
 from enhancer.runtime import Runtime, ServingState
@@ -35,8 +35,14 @@ UPLOAD_PATHS = frozenset({"/upscale"})
 _ERRORS = {
     400: "The file is a supported type but corrupt or truncated, or the multipart body is malformed.",
     408: "The request body was not received within ENHANCER_REQUEST_READ_TIMEOUT_S.",
-    413: "The upload exceeds ENHANCER_MAX_UPLOAD_BYTES or the image exceeds ENHANCER_MAX_PIXELS.",
-    415: "The file is not JPEG, PNG, WebP, BMP or TIFF (or is animated), or the body is not multipart/form-data.",
+    413: (
+        "The upload exceeds ENHANCER_MAX_UPLOAD_BYTES, or the image exceeds ENHANCER_MAX_PIXELS or has a side "
+        "longer than ENHANCER_MAX_IMAGE_SIDE."
+    ),
+    415: (
+        f"The file is not {SUPPORTED_NAMES}, is animated, or is a TIFF whose channels or sample type are not "
+        "supported; or the body is not multipart/form-data."
+    ),
     422: "The `image` field is missing or holds more than one file, or a query parameter is invalid (e.g. an unknown `model`).",
     500: "The model failed on the batch holding this image.",
     503: "The queue is full, the model is still warming up, or the server is shutting down; see `Retry-After`.",
@@ -105,7 +111,7 @@ async def _cancel_if_client_leaves(request: Request, work):
 )
 async def upscale(
     request: Request,
-    image: Annotated[UploadFile, File(description="The image to enhance: JPEG, PNG, WebP, BMP or TIFF.")],
+    image: Annotated[UploadFile, File(description=f"The image to enhance: {SUPPORTED_NAMES}.")],
     format: Annotated[
         OutputFormat, Query(description="Encoding of the answer; PNG is lossless.")
     ] = OutputFormat.png,

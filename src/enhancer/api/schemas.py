@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from enhancer.imaging import SUPPORTED_NAMES
+
 
 class ErrorBody(BaseModel):
     """Every error answer: one sentence saying what is wrong and what to do about it."""
 
-    detail: str = Field(examples=["the upload is not a supported image; send JPEG, PNG, WebP, BMP or TIFF"])
+    detail: str = Field(examples=[f"the upload is not a supported image; send {SUPPORTED_NAMES}"])
 
 
 class HealthBody(BaseModel):
