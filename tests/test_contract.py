@@ -172,8 +172,8 @@ def test_registry_selects_by_name_and_by_scale():
 def test_registry_refuses_duplicate_names_and_models_with_inputs_it_cannot_make():
     with pytest.raises(ModelLoadError, match="two models are named 'a'"):
         ModelRegistry([FakeModel("a"), FakeModel("a")])
-    with pytest.raises(ModelLoadError, match="declares the extra input.s. quantization, which this server cannot compute"):
-        ModelRegistry([FakeModel("q", inputs={"quantization": 130})])
+    with pytest.raises(ModelLoadError, match="declares the extra input.s. depth_map, which this server cannot compute"):
+        ModelRegistry([FakeModel("q", inputs={"depth_map": 130})])
 
 
 def _model_folder(path: Path) -> Path:
@@ -215,7 +215,7 @@ def test_models_dir_and_default_model_are_read_from_the_environment(tmp_path, mo
 
 
 def _decoded():
-    return imaging.decode(encode_bgr(photo_like(24, 40), ".png"))
+    return imaging.decode(encode_bgr(photo_like(24, 40), ".png")).info
 
 
 def test_a_pixels_only_model_gets_no_extra_inputs():
@@ -223,14 +223,14 @@ def test_a_pixels_only_model_gets_no_extra_inputs():
 
 
 def test_an_unknown_input_is_refused_by_name():
-    spec = ModelSpec("q", reach=29, inputs={"quantization": 130})
-    with pytest.raises(ValueError, match="declares the extra input.s. quantization, which this server cannot compute .it knows: none."):
+    spec = ModelSpec("q", reach=29, inputs={"depth_map": 130})
+    with pytest.raises(ValueError, match="declares the extra input.s. depth_map, which this server cannot compute .it knows: quantization."):
         conditioning.model_inputs(spec, _decoded())
 
 
 def test_a_known_input_is_built_per_image_and_checked_against_the_declared_length(monkeypatch):
     image = _decoded()
-    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda im: [im.height, im.width])
+    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda im, strength: [im.height, im.width])
     vectors = conditioning.model_inputs(ModelSpec("m", reach=1, inputs={"size": 2}), image)
     assert list(vectors) == ["size"] and vectors["size"].dtype == np.float32
     assert vectors["size"].tolist() == [24.0, 40.0]

@@ -48,7 +48,7 @@ def test_a_2x_model_through_the_whole_pipeline_gives_the_upscaled_image():
 
 
 def test_direct_tiles_give_every_tile_its_image_s_extra_inputs(monkeypatch):
-    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image: [image.height, image.width])
+    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image, strength: [image.height, image.width])
     model = NearestModel(inputs={"size": 2})
     progress = []
     run_tiles = DirectTiles({model.spec.name: model}, 3, progress=progress.append)
@@ -153,7 +153,7 @@ def test_batch_failure_names_its_cause_and_a_slow_batcher_times_out():
 
 
 def test_the_service_hands_the_image_s_extra_inputs_to_the_batcher(monkeypatch):
-    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image: [image.height, image.width])
+    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image, strength: [image.height, image.width])
     batcher = FakeBatcher()
     service = EnhanceService(pipeline(), batcher, request_timeout_s=30)
     spec = NearestModel(inputs={"size": 2}).spec

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from enhancer import __version__
+from enhancer.conditioning import Strength
 from enhancer.config import Settings
 from enhancer.imaging import OutputFormat, sniff_format
 
@@ -153,12 +154,12 @@ def _enhance(args: argparse.Namespace) -> int:
         for src, dst, out_fmt in jobs:
             images_bar.set_postfix_str(src.name)
             try:
-                result = pipeline.run(src.read_bytes(), spec, out_fmt, args.quality, run_tiles)
+                result = pipeline.run(src.read_bytes(), spec, out_fmt, args.quality, run_tiles, Strength(args.strength))
             except EnhancerError as exc:
                 failures += 1
                 tqdm.write(f"skipped {src}: {exc.detail}", file=sys.stderr)
             else:
-                if result.passed_through is not None and not args.quiet:
+                if result.passed_through is not None and not args.quiet and result.passed_through != "strength=off":
                     tqdm.write(
                         f"{src}: {result.passed_through} >= ENHANCER_PASS_THROUGH_JPEG_QUALITY, written unchanged",
                         file=sys.stderr,
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, help="tile edge (default ENHANCER_TILE_SIZE, or 576 on a CPU and 1024 on a GPU)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap (default ENHANCER_TILE_OVERLAP or 32)")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default ENHANCER_MAX_BATCH_SIZE)")
+    p.add_argument("--strength", choices=[s.value for s in Strength], default="auto",
+                   help="auto: as the JPEG file says (other images: as the model judges); light/strong: as if saved "
+                        "with half/twice the file's quantisation steps; off: the input's pixels")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_enhance)
 

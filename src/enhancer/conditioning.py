@@ -2,25 +2,97 @@
 
 A model's spec may declare inputs beyond the pixels (name -> vector length; see
 enhancer.models.contract). For every request the pipeline asks `model_inputs` for one float32
-vector per declared input, computed from the decoded image (e.g. its JPEG file's quantisation
+vector per declared input, computed from the image's metadata (e.g. its JPEG file's quantisation
 tables); the batcher carries the vectors with the request's tiles and stacks them per batch.
 Adding an input is adding its builder to `BUILDERS`: nothing else in the server changes.
+
+The user's restoration strength (`Strength`) is applied here too, because for a model told the
+file's tables it is a statement about those tables: "light" tells the model the file was saved
+with half its steps, "strong" with twice, and an image that is not a JPEG file is described as
+one saved at a fixed quality.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 
 import numpy as np
 
+from enhancer.errors import InvalidParameterError
 from enhancer.imaging import ImageInfo
-from enhancer.models.contract import ModelSpec
+from enhancer.imaging.jpeg import IJG_CHROMA, ijg_table
+from enhancer.models.contract import QUANTIZATION_KEY, QUANTIZATION_LENGTH, ModelSpec
 
-Builder = Callable[[ImageInfo], np.ndarray]
 
-#: Input name -> function computing its vector from the decoded image. Empty while the served
-#: models take pixels only; a model declaring any other input is refused at start-up.
-BUILDERS: dict[str, Builder] = {}
+class Strength(str, Enum):
+    """How hard to restore (the `strength` query parameter)."""
+
+    auto = "auto"  #: as the file says (JPEG), or as the model judges (other images)
+    off = "off"  #: do not run the model: the input's own pixels
+    light = "light"  #: weaker than auto
+    strong = "strong"  #: stronger than auto
+
+
+#: Factor on a JPEG file's quantisation steps for each strength the model is told.
+TABLE_SCALE = {Strength.light: 0.5, Strength.strong: 2.0}
+#: The JPEG quality a non-JPEG image is described as, for the strengths that describe one.
+BLIND_QUALITY = {Strength.light: 75, Strength.strong: 25}
+
+#: EXIF orientation -> (stored axes reversed in the upright image as (x, y), rows and columns swapped).
+_ORIENTATION = {
+    1: ((False, False), False), 2: ((True, False), False), 3: ((True, True), False), 4: ((False, True), False),
+    5: ((False, False), True), 6: ((False, True), True), 7: ((True, True), True), 8: ((True, False), True),
+}  # fmt: skip
+
+
+def _grid_survives(info: ImageInfo, sampling: tuple[int, int]) -> bool:
+    """Whether the file's block grid still starts at the upright image's origin.
+
+    A flip or rotation reverses a stored axis; the grid stays aligned only when that axis' stored
+    length is a whole number of MCUs (8 pixels times the axis' sampling factor), because the
+    encoder pads the last MCU at the end.
+    """
+    (reverse_x, reverse_y), swapped = _ORIENTATION.get(info.orientation, ((False, False), False))
+    stored_w, stored_h = (info.height, info.width) if swapped else (info.width, info.height)
+    mcu_x, mcu_y = 8 * sampling[0], 8 * sampling[1]
+    return not (reverse_x and stored_w % mcu_x) and not (reverse_y and stored_h % mcu_y)
+
+
+def quantization_vector(info: ImageInfo, strength: Strength = Strength.auto) -> np.ndarray:
+    """The `quantization` input (layout in enhancer.models.contract) for this image.
+
+    All zeros (the blind path) for an image that is not a JPEG file, or whose EXIF rotation moved
+    the file's block grid off the image's origin; tables transposed when the rotation swapped rows
+    and columns.
+    """
+    vector = np.zeros(QUANTIZATION_LENGTH, np.float32)
+    jpeg = info.jpeg
+    if jpeg is not None and _grid_survives(info, jpeg.sampling):
+        swapped = _ORIENTATION.get(info.orientation, (None, False))[1]
+        orient = (lambda t: t.T) if swapped else (lambda t: t)  # noqa: E731
+        vector[:64] = orient(np.asarray(jpeg.luma_table, np.float32)).ravel()
+        if jpeg.chroma_table is not None:
+            vector[64:128] = orient(np.asarray(jpeg.chroma_table, np.float32)).ravel()
+            vector[128:] = jpeg.sampling[::-1] if swapped else jpeg.sampling
+        else:
+            vector[128:] = (1, 1)
+        if strength in TABLE_SCALE:
+            steps = vector[:128]
+            vector[:128] = np.where(steps > 0, np.clip(np.round(steps * TABLE_SCALE[strength]), 1, 255), 0)
+    elif strength in BLIND_QUALITY:
+        quality = BLIND_QUALITY[strength]
+        vector[:64] = ijg_table(quality).ravel()
+        vector[64:128] = 0 if info.grayscale else ijg_table(quality, IJG_CHROMA).ravel()
+        vector[128:] = (1, 1) if info.grayscale else (2, 2)
+    return vector
+
+
+Builder = Callable[[ImageInfo, Strength], np.ndarray]
+
+#: Input name -> function computing its vector from the image's metadata and the strength asked
+#: for. A model declaring any other input is refused at start-up.
+BUILDERS: dict[str, Builder] = {QUANTIZATION_KEY: quantization_vector}
 
 
 def check_supported(spec: ModelSpec) -> None:
@@ -34,12 +106,21 @@ def check_supported(spec: ModelSpec) -> None:
         )
 
 
-def model_inputs(spec: ModelSpec, image: ImageInfo) -> dict[str, np.ndarray]:
-    """One float32 vector per extra input `spec` declares, for this image ({} for pixels-only models)."""
+def model_inputs(spec: ModelSpec, image: ImageInfo, strength: Strength = Strength.auto) -> dict[str, np.ndarray]:
+    """One float32 vector per extra input `spec` declares, for this image ({} for pixels-only models).
+
+    A model without the quantisation input has no strength control but on and off: asking it for
+    another strength is a client error rather than a setting silently ignored.
+    """
     check_supported(spec)
+    if strength in TABLE_SCALE and QUANTIZATION_KEY not in spec.inputs:
+        raise InvalidParameterError(
+            f"model {spec.name!r} is not told how the file was compressed, so it has no strength "
+            f"{strength.value!r}; use strength=auto or strength=off"
+        )
     vectors = {}
     for name, length in spec.inputs.items():
-        vector = np.asarray(BUILDERS[name](image), dtype=np.float32)
+        vector = np.asarray(BUILDERS[name](image, strength), dtype=np.float32)
         if vector.shape != (length,):
             raise ValueError(
                 f"the builder of input {name!r} returned shape {vector.shape}; model {spec.name!r} "

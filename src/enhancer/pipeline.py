@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from enhancer import imaging, tiling
-from enhancer.conditioning import model_inputs
+from enhancer.conditioning import Strength, model_inputs
 from enhancer.imaging import ImageInfo, OutputFormat
 from enhancer.models.contract import Model, ModelSpec
 
@@ -121,13 +121,14 @@ class Pipeline:
             pass_through_jpeg_quality=settings.pass_through_jpeg_quality,
         )
 
-    def prepare(self, data: bytes, spec: ModelSpec) -> Prepared:
-        """Decode, decide whether the model runs, and if it does cut the tiles for `spec`'s model."""
+    def prepare(self, data: bytes, spec: ModelSpec, strength: Strength = Strength.auto) -> Prepared:
+        """Decode, decide whether the model runs, and if it does cut the tiles for `spec`'s model
+        (with the extra inputs the strength asked for; `off` answers with the input's pixels)."""
         clock = time.perf_counter
         t = clock()
         image = imaging.decode(data, max_pixels=self.max_pixels, max_side=self.max_side)
         timings = {"decode": clock() - t}
-        reason = pass_through_reason(image.info, self.pass_through_jpeg_quality)
+        reason = "strength=off" if strength is Strength.off else pass_through_reason(image.info, self.pass_through_jpeg_quality)
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
             return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.rgb, passed_through=reason)
@@ -135,7 +136,7 @@ class Pipeline:
         plan = tiling.plan_tiles(
             image.info.height, image.info.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple
         )
-        job = TileJob(model=spec.name, tiles=tiling.split(image.rgb, plan), inputs=model_inputs(spec, image.info))
+        job = TileJob(model=spec.name, tiles=tiling.split(image.rgb, plan), inputs=model_inputs(spec, image.info, strength))
         timings["tile"] = clock() - t
         return Prepared(spec=spec, info=image.info, timings=timings, plan=plan, job=job)
 
@@ -166,9 +167,12 @@ class Pipeline:
             passed_through=prepared.passed_through,
         )
 
-    def run(self, data: bytes, spec: ModelSpec, fmt: OutputFormat, quality: int, run_tiles: TileRunner) -> EnhanceResult:
+    def run(
+        self, data: bytes, spec: ModelSpec, fmt: OutputFormat, quality: int, run_tiles: TileRunner,
+        strength: Strength = Strength.auto,
+    ) -> EnhanceResult:  # fmt: skip
         """The whole pipeline in this thread, with `run_tiles` running the tiles (e.g. DirectTiles)."""
-        prepared = self.prepare(data, spec)
+        prepared = self.prepare(data, spec, strength)
         if prepared.job is not None:
             t = time.perf_counter()
             prepared.outputs = run_tiles(prepared.take_job())

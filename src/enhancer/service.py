@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from enhancer.batching import BatcherClosedError, BatchFailedError, MicroBatcher, QueueFullError
+from enhancer.conditioning import Strength
 from enhancer.errors import (
     EnhancerError,
     InferenceFailedError,
@@ -87,10 +88,12 @@ class EnhanceService:
             "retry later or send a smaller image"
         )
 
-    async def enhance(self, data: bytes, spec: ModelSpec, fmt: OutputFormat, quality: int = 95) -> EnhanceResult:
+    async def enhance(
+        self, data: bytes, spec: ModelSpec, fmt: OutputFormat, quality: int = 95, strength: Strength = Strength.auto
+    ) -> EnhanceResult:
         """Enhance encoded image bytes with the model `spec` describes and encode the result as `fmt`."""
         deadline = time.perf_counter() + self.request_timeout_s
-        prepared = await asyncio.to_thread(self.pipeline.prepare, data, spec)
+        prepared = await asyncio.to_thread(self.pipeline.prepare, data, spec, strength)
         if prepared.job is not None:
             await self._run_tiles(prepared, deadline)
         result = await asyncio.to_thread(self.pipeline.finish, prepared, fmt, quality)

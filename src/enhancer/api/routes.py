@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from enhancer.api.client_limits import charge_upload
 from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody, ServedModel
+from enhancer.conditioning import Strength
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
 from enhancer.imaging import SUPPORTED_NAMES, OutputFormat
 from enhancer.models.registry import UnknownModelError
@@ -122,6 +123,18 @@ async def upscale(
         str | None,
         Query(description="The model to run, by name (see /readyz); default: the server's default model."),
     ] = None,
+    strength: Annotated[
+        Strength,
+        Query(
+            description=(
+                "How hard to restore. `auto`: as the JPEG file's own compression says (for other images, "
+                "as the model judges); `light` / `strong`: as if the file had been saved with half / twice its "
+                "quantisation steps (an image that is not a JPEG: as if saved at JPEG quality 75 / 25); "
+                "`off`: the input's own pixels, re-encoded in the asked format."
+            ),
+            examples=["auto"],
+        ),
+    ] = Strength.auto,
 ) -> Response:
     """Enhance one uploaded image; the answer is the image itself, with a `Server-Timing` header."""
     runtime = _runtime(request)
@@ -143,7 +156,7 @@ async def upscale(
     data = await image.read()
     await image.close()
     await charge_upload(request, data)  # this client's megapixels per minute, before decoding
-    result = await _cancel_if_client_leaves(request, service.enhance(data, chosen.spec, format, quality))
+    result = await _cancel_if_client_leaves(request, service.enhance(data, chosen.spec, format, quality, strength))
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
         return Response(status_code=499)
     headers = {

@@ -54,6 +54,7 @@ class ImageInfo:
     alpha: np.ndarray | None  # H x W float32 in [0, 1], passed through unchanged
     icc_profile: bytes | None  # an RGB or grey profile, carried to answers it fits
     jpeg: JpegInfo | None  # a JPEG input's quantisation tables, sampling and quality
+    orientation: int = 1  # the EXIF orientation (1-8) applied to make the pixels upright
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,5 +205,6 @@ def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None =
         alpha=alpha,
         icc_profile=profile,
         jpeg=header.jpeg if header is not None else None,
+        orientation=orientation,
     )
     return DecodedImage(rgb=rgb, info=info)

@@ -1,0 +1,101 @@
+"""The quantisation input the server computes for a model told the file's tables, and the
+strength control: what each image and strength becomes, read from real encoded files."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import encode_bgr, photo_like
+from enhancer import imaging
+from enhancer.conditioning import Strength, model_inputs, quantization_vector
+from enhancer.errors import InvalidParameterError
+from enhancer.imaging.jpeg import IJG_CHROMA, ijg_table
+from enhancer.models.contract import ModelSpec
+
+CONDITIONED = ModelSpec("dejpeg_q", reach=42, size_multiple=16, inputs={"quantization": 130})
+
+
+def _info(data: bytes):
+    return imaging.decode(data).info
+
+
+def _jpeg_cv(pixels, quality):
+    ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes()
+
+
+def _with_orientation(pixels_bgr, orientation: int, **save) -> bytes:
+    picture = Image.fromarray(cv2.cvtColor(pixels_bgr, cv2.COLOR_BGR2RGB))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", exif=exif, **save)
+    return buffer.getvalue()
+
+
+def test_an_opencv_jpeg_gives_its_own_tables_and_4_2_0():
+    vector = quantization_vector(_info(_jpeg_cv(photo_like(64, 80), 37)))
+    assert vector[:64].tolist() == ijg_table(37).ravel().tolist()
+    assert vector[64:128].tolist() == ijg_table(37, IJG_CHROMA).ravel().tolist()
+    assert vector[128:].tolist() == [2, 2]
+
+
+def test_4_4_4_and_custom_tables_are_read_as_saved():
+    luma, chroma = list(range(1, 65)), [2 * v for v in range(1, 65)]
+    picture = Image.fromarray(cv2.cvtColor(photo_like(48, 48), cv2.COLOR_BGR2RGB))
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", qtables=[luma, chroma], subsampling=0)
+    vector = quantization_vector(_info(buffer.getvalue()))
+    assert vector[:64].tolist() == luma and vector[64:128].tolist() == chroma and vector[128:].tolist() == [1, 1]
+
+
+def test_a_png_takes_the_blind_path_unless_a_strength_describes_it():
+    info = _info(encode_bgr(photo_like(40, 40), ".png"))
+    assert not quantization_vector(info).any()
+    light, strong = quantization_vector(info, Strength.light), quantization_vector(info, Strength.strong)
+    assert light[:64].tolist() == ijg_table(75).ravel().tolist()
+    assert strong[:64].tolist() == ijg_table(25).ravel().tolist() and strong[128:].tolist() == [2, 2]
+
+
+def test_light_and_strong_halve_and_double_the_file_s_steps():
+    info = _info(_jpeg_cv(photo_like(64, 64), 50))
+    auto = quantization_vector(info)
+    light, strong = quantization_vector(info, Strength.light), quantization_vector(info, Strength.strong)
+    np.testing.assert_array_equal(light[:128], np.clip(np.round(auto[:128] * 0.5), 1, 255))
+    np.testing.assert_array_equal(strong[:128], np.clip(np.round(auto[:128] * 2), 1, 255))
+    assert light[128:].tolist() == strong[128:].tolist() == auto[128:].tolist()
+
+
+def test_a_greyscale_jpeg_has_unknown_chroma():
+    grey = cv2.cvtColor(photo_like(48, 48), cv2.COLOR_BGR2GRAY)
+    ok, buf = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    vector = quantization_vector(_info(buf.tobytes()))
+    assert vector[:64].min() >= 1 and not vector[64:128].any() and vector[128:].tolist() == [1, 1]
+
+
+def test_a_rotation_that_keeps_the_grid_transposes_the_tables():
+    luma = list(range(1, 65))
+    data = _with_orientation(photo_like(64, 96), 6, qtables=[luma, luma], subsampling=2)  # 96 and 64: whole MCUs
+    vector = quantization_vector(_info(data))
+    assert vector[:64].tolist() == np.array(luma).reshape(8, 8).T.ravel().tolist()
+
+
+def test_a_flip_that_moves_the_grid_falls_back_to_the_blind_path():
+    data = _with_orientation(photo_like(64, 100), 2, quality=50, subsampling=2)  # 100 px: not whole MCUs
+    assert not quantization_vector(_info(data)).any()
+    aligned = _with_orientation(photo_like(64, 96), 2, quality=50, subsampling=2)
+    assert quantization_vector(_info(aligned))[:64].min() >= 1
+
+
+def test_a_pixels_only_model_refuses_a_strength_it_does_not_have():
+    info = _info(_jpeg_cv(photo_like(32, 32), 50))
+    plain = ModelSpec("dejpeg", reach=29)
+    assert model_inputs(plain, info, Strength.auto) == {}
+    with pytest.raises(InvalidParameterError, match="has no strength 'strong'"):
+        model_inputs(plain, info, Strength.strong)
+    assert model_inputs(CONDITIONED, info, Strength.strong)["quantization"].shape == (130,)
