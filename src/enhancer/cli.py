@@ -131,7 +131,8 @@ def _enhance(args: argparse.Namespace) -> int:
 
     try:
         models = ModelRegistry.load(settings)
-        settings = settings.for_device(models.device_kind)  # unset tile/batch sizes follow the device
+        # unset tile/batch sizes follow the device, an unset overlap the models' reach
+        settings = settings.for_device(models.device_kind).for_models(models.reach, models.size_multiple)
         models.check_tiling(settings.tile_size, settings.tile_overlap)
     except (ModelLoadError, ValueError) as exc:  # a model that breaks the contract, tiles it cannot take
         raise SystemExit(f"enhancer: {exc}") from None

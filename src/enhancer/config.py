@@ -133,8 +133,8 @@ class Settings(BaseSettings):
         default=32,
         ge=0,
         description="Pixels neighbouring tiles share. Must be at least every served model's "
-        "receptive-field reach (29 px for dejpeg; checked at start-up) or seams appear; every extra "
-        "pixel is recomputed work.",
+        "receptive-field reach (checked at start-up) or seams appear; every extra pixel is recomputed "
+        "work. When not set: 32, or the served models' largest reach rounded up to their size multiple.",
     )
 
     # --- batching --------------------------------------------------------------------------
@@ -334,6 +334,19 @@ class Settings(BaseSettings):
         if not update:
             return self
         values = {**self.model_dump(), **update}
+        return type(self).model_construct(_fields_set=set(self.model_fields_set), **values)._check_tiling()
+
+    def for_models(self, reach: int, multiple: int) -> Settings:
+        """These settings with the tile overlap raised to the served models' reach (rounded up to
+        their size multiple) where the overlap was not set: a model that sees farther gets the
+        overlap it needs instead of a refusal at start-up. An overlap that was set is kept (and
+        checked against every model's reach)."""
+        if "tile_overlap" in self.model_fields_set:
+            return self
+        needed = -(-reach // multiple) * multiple
+        if needed <= self.tile_overlap:
+            return self
+        values = {**self.model_dump(), "tile_overlap": needed}
         return type(self).model_construct(_fields_set=set(self.model_fields_set), **values)._check_tiling()
 
     def describe_inference(self, device_kind: str, device: str, precision: str | None = None) -> str:

@@ -158,7 +158,7 @@ class Runtime:
                 self.models = await asyncio.to_thread(ModelRegistry.load, self.settings)
             models = self.models
             # tile and batch sizes that were not set follow the device the models run on
-            self.settings = s = self.settings.for_device(models.device_kind)
+            self.settings = s = self.settings.for_device(models.device_kind).for_models(models.reach, models.size_multiple)
             models.check_tiling(s.tile_size, s.tile_overlap)
         except Exception as exc:
             self.lifecycle.fail(f"start-up failed: {exc}")

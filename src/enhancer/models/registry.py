@@ -10,6 +10,7 @@ scale-1 model, and otherwise start-up stops and says to set it. TensorFlow is im
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,6 +152,16 @@ class ModelRegistry(Mapping[str, Model]):
     @property
     def precision(self) -> str:
         return self._models[self.default].precision
+
+    @property
+    def reach(self) -> int:
+        """The largest receptive-field reach of the served models (the overlap they need)."""
+        return max(model.spec.reach for model in self._models.values())
+
+    @property
+    def size_multiple(self) -> int:
+        """A multiple of every served model's size multiple (tile sizes and origins must be one)."""
+        return math.lcm(*(model.spec.size_multiple for model in self._models.values()))
 
     def check_tiling(self, tile_size: int, tile_overlap: int) -> None:
         """Refuse tile settings any served model cannot be served with (see ModelSpec.check_tiling)."""
