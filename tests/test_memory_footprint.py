@@ -44,6 +44,7 @@ def test_encode_output_is_unchanged_for_out_of_range_rgb():
 
 def test_the_service_frees_the_decoded_pixels_once_they_are_tiles(monkeypatch):
     """After the split only the tiles and the ImageInfo are kept: the float image is not held."""
+    from enhancer.pipeline import Pipeline
     from enhancer.service import EnhanceService
 
     decoded: list[weakref.ref] = []
@@ -56,15 +57,15 @@ def test_the_service_frees_the_decoded_pixels_once_they_are_tiles(monkeypatch):
         return image
 
     class Batcher:
-        async def submit(self, tiles):
+        async def submit(self, model, tiles, inputs=None):
             gc.collect()
             freed_before_the_model.append(decoded[0]() is None)
             return tiles, BatchTimings(queue_s=0.0, infer_s=0.0)
 
     monkeypatch.setattr(imaging, "decode", decode)
-    service = EnhanceService(Batcher(), tile_size=64, tile_overlap=16, max_pixels=None, request_timeout_s=60)
+    service = EnhanceService(Pipeline(tile_size=64, tile_overlap=16), Batcher(), request_timeout_s=60)
     png = imaging.encode(np.full((100, 90, 3), 0.5, np.float32), OutputFormat.png)
-    result = asyncio.run(service.enhance(png, OutputFormat.png))
+    result = asyncio.run(service.enhance(png, ModelSpec(name="copy", reach=0), OutputFormat.png))
     assert (result.width, result.height) == (90, 100)
     assert freed_before_the_model == [True]
 

@@ -137,12 +137,12 @@ def test_each_request_runs_on_its_own_model_and_batches_never_mix_them(server, s
         assert answer.headers["x-enhancer-model"] == name
         sent, got = decode_bytes(data), decode_bytes(answer.content)
         image = imaging.decode(data)
-        tiles[name] += tiling.plan_tiles(image.height, image.width, TILE, OVERLAP, multiple=MULTIPLE).num_tiles
+        tiles[name] += tiling.plan_tiles(image.info.height, image.info.width, TILE, OVERLAP, multiple=MULTIPLE).num_tiles
         if name == "identity":
             np.testing.assert_array_equal(got, sent)  # every one of its tiles ran through the identity
         else:
             rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, TILE, OVERLAP, 2, multiple=MULTIPLE)
-            expected = decode_bytes(imaging.encode(rgb, imaging.OutputFormat.png, like=image))
+            expected = decode_bytes(imaging.encode(rgb, imaging.OutputFormat.png, info=image.info))
             assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # ... through dejpeg
             assert np.abs(got.astype(int) - sent.astype(int)).mean() > 0.5  # which really changes pixels
     for name, count in tiles.items():  # each model's batches held exactly its own requests' tiles

@@ -25,7 +25,7 @@ from enhancer.models.contract import (
     SIGNATURE_KEY,
     ModelSpec,
 )
-from enhancer.training.network import CONDITIONED, SIZE_MULTIPLES, receptive_field_reach
+from enhancer.training.network import receptive_field_reach, size_multiple, takes_quantization
 
 
 def _pad_to_multiple(images: tf.Tensor, multiple: int) -> tf.Tensor:
@@ -75,12 +75,12 @@ def export_saved_model(
     Written to a sibling directory first and swapped in, so a server never sees half a model.
     """
     out_dir = Path(out_dir)
-    conditioned = model.name in CONDITIONED
+    conditioned = takes_quantization(model)
     spec = ModelSpec(
         name=out_dir.name,
         reach=receptive_field_reach(model) if reach is None else reach,
         scale=1,  # the networks here restore at the input's size
-        size_multiple=SIZE_MULTIPLES[model.name],
+        size_multiple=size_multiple(model),
         inputs={QUANTIZATION_KEY: QUANTIZATION_LENGTH} if conditioned else {},
     )
     servable = (_ConditionedServable if conditioned else _ImagesServable)(model, spec.size_multiple)

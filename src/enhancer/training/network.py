@@ -219,9 +219,18 @@ ARCHITECTURES = {"dejpeg": build_dejpeg, "dejpeg_q": build_dejpeg_q, "prototype"
 
 #: Architectures told the file's quantisation tables (a second input, `quantization`).
 CONDITIONED = frozenset({"dejpeg_q"})
+#: A conditioned net's height/width multiple: its projection works on 4:2:0 chroma blocks (16 px).
+CONDITIONED_SIZE_MULTIPLE = 16
 
-#: Height/width multiple each architecture needs (what export declares).
-SIZE_MULTIPLES = {"dejpeg": SIZE_MULTIPLE, "dejpeg_q": 16, "prototype": 1}
+
+def takes_quantization(model: keras.Model) -> bool:
+    """Whether the net is told the file's tables (its second input)."""
+    return len(model.inputs) > 1
+
+
+def size_multiple(model: keras.Model) -> int:
+    """The height/width multiple the net needs (what export declares and pads to)."""
+    return CONDITIONED_SIZE_MULTIPLE if takes_quantization(model) else SIZE_MULTIPLE
 
 
 def build(architecture: str) -> keras.Model:
