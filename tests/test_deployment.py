@@ -134,6 +134,12 @@ def _one(stage, instruction):
     return found[0]
 
 
+def _last(stage, instruction):
+    found = [args for name, args in stage if name == instruction]
+    assert found, f"no {instruction} in the runtime stage"
+    return found[-1]
+
+
 def _env(stage) -> dict[str, str]:
     env = {}
     for name, args in stage:
@@ -175,7 +181,7 @@ def test_dockerfile_serves_on_all_interfaces_port_8000_with_the_committed_weight
     assert _one(runtime_stage, "EXPOSE") == "8000"
     assert env["ENHANCER_PORT"] == "8000"
     assert env["ENHANCER_HOST"] == "0.0.0.0"
-    workdir = PurePosixPath(_one(runtime_stage, "WORKDIR"))
+    workdir = PurePosixPath(_last(runtime_stage, "WORKDIR"))  # the one the server starts in
     copies = [args.split() for name, args in runtime_stage if name == "COPY" and "--from" not in args]
     assert ["weights", str(workdir / "weights")] in copies
     model_dir = PurePosixPath(env["ENHANCER_MODEL_DIR"])
@@ -221,8 +227,55 @@ def test_dockerfile_installs_the_package_from_the_checkout(dockerfile):
     assert "src" in copied
     assert "pyproject.toml" in " ".join(args for name, args in build if name == "COPY")
     installs = [args for name, args in build if name == "RUN" and "pip install" in args]
-    assert any(re.search(r"pip install \.(\s|$)", cmd) for cmd in installs)
+    assert any(re.search(r"pip install (--?[\w-]+ )*\.(\s|$)", cmd) for cmd in installs)
     assert not any(" -e " in cmd or "--editable" in cmd for cmd in installs)
+
+
+@pytest.fixture(scope="module")
+def image_constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "deploy" / "image-constraints.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not an exact pin: {line!r}"
+            pins[_canonical(name)] = version
+    return pins
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_dockerfile_builds_with_the_committed_constraints(dockerfile, runtime_stage):
+    env = _env(runtime_stage)
+    copies = [args.split() for name, args in runtime_stage if name == "COPY"]
+    # the file pip is told to use is the committed one, copied in before the first pip install
+    assert ["deploy/image-constraints.txt", env["PIP_CONSTRAINT"]] in copies
+    first_copy = next(i for i, (name, args) in enumerate(runtime_stage) if name == "COPY")
+    first_pip = next(i for i, (name, args) in enumerate(runtime_stage) if "pip install" in args)
+    assert first_copy < first_pip
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert not _dockerignored(patterns, "deploy/image-constraints.txt")
+
+
+def test_image_constraints_pin_every_dependency_inside_the_project_ranges(image_constraints, pyproject):
+    from packaging.requirements import Requirement
+
+    for requirement in map(Requirement, pyproject["project"]["dependencies"]):
+        name = _canonical(requirement.name)
+        if name == "tensorflow":
+            # pinned by the Dockerfile's TF_VERSION, so --build-arg TF_VERSION=... is not contradicted
+            assert name not in image_constraints
+            continue
+        assert name in image_constraints, f"{name} is not pinned for the image"
+        assert Version(image_constraints[name]) in requirement.specifier, (name, image_constraints[name])
+    # the package's own build back-end is installed under the same constraints
+    for requirement in map(Requirement, pyproject["build-system"]["requires"]):
+        name = _canonical(requirement.name)
+        assert name in image_constraints, f"build requirement {name} is not pinned"
+        assert Version(image_constraints[name]) in requirement.specifier, (name, image_constraints[name])
 
 
 def _dockerignored(patterns: list[str], path: str) -> bool:
@@ -247,9 +300,10 @@ def test_dockerignore_keeps_the_context_small_but_keeps_what_the_build_copies():
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     for path in [".venv/bin/python", ".git/HEAD", "runs/x/ckpt", "data/train/a.jpg", ".env",
+                 "deploy/kubernetes.yaml", "deploy/container_smoke.py",
                  "src/enhancer/__pycache__/x.pyc", "src/enhancer.egg-info/PKG-INFO"]:
         assert _dockerignored(patterns, path), f"{path} should stay out of the build context"
-    for path in ["pyproject.toml", "README.md", "src/enhancer/config.py",
+    for path in ["pyproject.toml", "README.md", "src/enhancer/config.py", "deploy/image-constraints.txt",
                  "weights/dejpeg/saved_model.pb", "weights/dejpeg/variables/variables.index"]:
         assert not _dockerignored(patterns, path), f"{path} is needed by the build"
 
