@@ -8,7 +8,8 @@ training) and screen content rendered with DejaVu, the one font family training 
 Kinds: photographs, man-made scenes (straight edges), fine regular texture, text (scans and photos
 of print), small web-sized images, and screen content (a document, a terminal, a chart, a
 dashboard). Images that are themselves JPEGs are area-downscaled first, so their own blocking is
-not taken as ground truth.
+not taken as ground truth; scikit-image's grass.png is one in disguise (re-saved as JPEG at
+quality 90 it comes back at 52 dB, against 40 dB at 88 and 42 dB at 92), so it is downscaled too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 SKIMAGE_IMAGES = {
     "astronaut.png": ("photo", 1), "chelsea.png": ("photo", 1), "coffee.png": ("photo", 1),
     "camera.png": ("photo", 1), "motorcycle_left.png": ("man-made", 1), "rocket.jpg": ("small", 2),
-    "motorcycle_right.png": ("small", 3), "brick.png": ("texture", 1), "grass.png": ("texture", 1),
+    "motorcycle_right.png": ("small", 3), "brick.png": ("texture", 1), "grass.png": ("texture", 2),
     "gravel.png": ("texture", 1), "page.png": ("text", 1), "text.png": ("text", 1),
 }  # fmt: skip
 #: matplotlib sample file -> (kind, downscale factor).
