@@ -10,14 +10,17 @@ the figure behind each parameter, and the JSON this writes repeats them.
     python -m benchmarks.scaleout_sim --quick      # a 3-hour slice and fewer sweeps (smoke run)
     python -m benchmarks.scaleout_sim calibrate    # only the one-replica calibration, printed
     python -m benchmarks.scaleout_sim coldstart    # start `enhancer serve`, time load + warm-up
+    python -m benchmarks.scaleout_sim report       # the Markdown tables RESULTS.md quotes
+    python -m benchmarks.scaleout_sim plots        # redraw the PNGs from scaleout.json
 
 The model of one replica mirrors `enhancer.batching` and `enhancer.service`:
 
-* **host work** before the model (decode + split) and after it (stitch + encode), times linear in
-  pixels, fitted to the stage timings the server reported (`Server-Timing`) in memory.json,
-  efficiency.json and fairness.json. On a CPU replica it runs beside the model (worker threads)
-  without slowing it: the calibration below checks that this is good enough on 2 cores. On a GPU
-  replica it runs on `host_cores` worker cores, first come first served.
+* **host work** before the model (decode + split) and after it (stitch + encode), by pixels,
+  straight lines between the stage timings the server reported (`Server-Timing`) for single
+  requests in memory.json, efficiency.json and fairness.json. On a CPU replica it runs beside the
+  model (worker threads) and they share the cores: while host jobs run, every thread slows by the
+  cores asked for (the model's measured share plus one per host job) over the cores there are.
+  On a GPU replica it runs on `host_cores` worker cores, first come first served.
 * **the model queue**: tiles from the real tiling planner (`enhancer.tiling.plan_tiles`, CPU tile
   576, GPU 1024); requests in a ring; a batch takes the first request's tile shape and deals one
   tile per request of that shape, round-robin, up to max batch (CPU 1, GPU 8); served requests go
@@ -25,7 +28,8 @@ The model of one replica mirrors `enhancer.batching` and `enhancer.service`:
   GPU (an assumption, no GPU was measured): the simulated-device cost a + b * n of
   benchmarks/simulated.py with a and b from batching.json.
 * **noise**: every tile (and host stage) is multiplied by a lognormal factor whose spread is that of
-  one-request latencies measured alone (efficiency.json, server defaults, concurrency 1).
+  one-request latencies measured alone (efficiency.json, server defaults, concurrency 1); each
+  replica draws from its own stream, so results do not depend on the order replicas are advanced.
 * **admission**: 503 when the tile queue is over ENHANCER_MAX_QUEUE_TILES (the batcher's rule:
   refused only if something is queued), optionally when a per-replica pixel budget
   (ENHANCER_MAX_PIXELS_IN_FLIGHT) would be exceeded; 504 after ENHANCER_REQUEST_TIMEOUT_S, queued
@@ -43,7 +47,9 @@ The model of one replica mirrors `enhancer.batching` and `enhancer.service`:
   its remaining requests fail (counted as 503).
 
 Not modelled: network transfer of uploads/answers, client retries, node provisioning (cluster
-autoscaler) beyond a fixed allowance, memory limits, more than one balancer instance.
+autoscaler) beyond a fixed allowance, memory limits, more than one balancer instance. The pixel
+budget is in the model (`Config.pixel_budget_mp`) but off in every committed run: the server
+does not have it yet.
 """
 
 from __future__ import annotations
