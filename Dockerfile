@@ -63,7 +63,7 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     ENHANCER_HOST=0.0.0.0 \
     ENHANCER_PORT=8000 \
-    ENHANCER_MODEL_DIR=/app/weights/dejpeg
+    ENHANCER_MODEL_DIR=/app/weights/dejpeg-q
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 EXPOSE 8000

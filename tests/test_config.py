@@ -65,13 +65,13 @@ def test_environment_overrides(monkeypatch):
 
 def test_default_model_dir_is_found_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert Settings(_env_file=None).model_dir == MODEL_DIR.resolve()
+    assert Settings(_env_file=None).model_dir == (MODEL_DIR.parent / "dejpeg-q").resolve()  # the served default
 
 
 def test_model_dir_in_working_directory_wins(tmp_path, monkeypatch):
-    (tmp_path / "weights" / "dejpeg").mkdir(parents=True)
+    (tmp_path / "weights" / "dejpeg-q").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    assert Settings(_env_file=None).model_dir == (tmp_path / "weights" / "dejpeg").resolve()
+    assert Settings(_env_file=None).model_dir == (tmp_path / "weights" / "dejpeg-q").resolve()
 
 
 def test_missing_relative_model_dir_points_at_the_working_directory(tmp_path, monkeypatch):

@@ -304,7 +304,8 @@ def test_dockerignore_keeps_the_context_small_but_keeps_what_the_build_copies():
                  "src/enhancer/__pycache__/x.pyc", "src/enhancer.egg-info/PKG-INFO"]:
         assert _dockerignored(patterns, path), f"{path} should stay out of the build context"
     for path in ["pyproject.toml", "README.md", "src/enhancer/config.py", "deploy/image-constraints.txt",
-                 "weights/dejpeg/saved_model.pb", "weights/dejpeg/variables/variables.index"]:
+                 "weights/dejpeg/saved_model.pb", "weights/dejpeg-q/saved_model.pb",
+                 "weights/dejpeg-q/variables/variables.index"]:
         assert not _dockerignored(patterns, path), f"{path} is needed by the build"
 
 

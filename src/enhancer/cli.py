@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", nargs="?", help="output file or folder (default: <name>_enhanced next to the input)")
     p.add_argument("--format", choices=[f.value for f in OutputFormat], help="output format (default png, or OUTPUT's extension)")
     p.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1-100", help="JPEG/WebP quality (default 95)")
-    p.add_argument("--model-dir", type=Path, help="model folder (default ENHANCER_MODEL_DIR or weights/dejpeg)")
+    p.add_argument("--model-dir", type=Path, help="model folder (default ENHANCER_MODEL_DIR or weights/dejpeg-q)")
     p.add_argument("--tile-size", type=int, help="tile edge (default ENHANCER_TILE_SIZE, or 576 on a CPU and 1024 on a GPU)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap (default ENHANCER_TILE_OVERLAP or 32)")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default ENHANCER_MAX_BATCH_SIZE)")

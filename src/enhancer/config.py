@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from enhancer.limits import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_PIXELS
 
 #: Where the model lives when nothing else is configured (relative to the repository root).
-DEFAULT_MODEL_DIR = Path("weights") / "dejpeg"
+DEFAULT_MODEL_DIR = Path("weights") / "dejpeg-q"
 
 #: The source checkout this module was loaded from (…/src/enhancer/config.py → the repo root).
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
@@ -103,9 +103,9 @@ class Settings(BaseSettings):
         ge=1,
         le=101,
         description="JPEG uploads whose quality (estimated from their quantisation table) is at "
-        "least this are answered with their own pixels, without running the model: the blind "
-        "model's measured gain turns negative on high-quality JPEGs (weights/dejpeg/MODEL_CARD.md), "
-        "and skipping them also saves the compute. 101 = always run the model.",
+        "least this are answered with their own pixels, without running the model: there the served "
+        "model's measured gain is about zero or negative (weights/dejpeg-q/MODEL_CARD.md), and "
+        "skipping them also saves the compute. 101 = always run the model.",
     )
     intra_op_threads: int = Field(
         default=0,

@@ -38,7 +38,7 @@ def model_dirs(settings: Settings) -> dict[str, Path]:
         if not (folder / "saved_model.pb").is_file():
             raise ModelLoadError(
                 f"no SavedModel at {folder} (expected saved_model.pb there); set ENHANCER_MODEL_DIR "
-                "(or ENHANCER_MODELS_DIR) or run from the repository root where weights/dejpeg lives"
+                "(or ENHANCER_MODELS_DIR) or run from the repository root where weights/ lives"
             )
         return {folder.name: folder}
     if "model_dir" in settings.model_fields_set:  # e.g. the Docker image sets it

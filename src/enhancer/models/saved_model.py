@@ -123,8 +123,8 @@ class SavedModelRunner:
         if not (model_dir / "saved_model.pb").is_file():
             raise ModelLoadError(
                 f"no SavedModel at {model_dir} (expected saved_model.pb there); set "
-                "ENHANCER_MODEL_DIR (or ENHANCER_MODELS_DIR) or run from the repository root where "
-                "weights/dejpeg lives"
+                "ENHANCER_MODEL_DIR (or ENHANCER_MODELS_DIR) or run from the repository root, whose "
+                "weights/ holds the shipped models"
             )
         self.model_dir = model_dir
         self.spec: ModelSpec = read_spec(model_dir)

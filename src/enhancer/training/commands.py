@@ -19,7 +19,7 @@ TRAIN_DEFAULTS = TrainConfig()
 
 DEFAULT_DATA = Path("data/photos")
 DEFAULT_RUN = Path("runs/dejpeg")
-DEFAULT_MODEL = Path("weights/dejpeg")
+DEFAULT_MODEL = Path("weights/dejpeg-q")
 DEFAULT_TESTSET = Path("data/testset")
 
 
@@ -89,9 +89,13 @@ def _run_record(run_dir: Path) -> dict:
         "trained_steps": state.get("step"),
         "training_minutes": state.get("elapsed_s", 0) / 60,
     }
-    if recipe.get("init_weights"):
-        init_weights = Path(recipe["init_weights"])
+    init_weights = Path(recipe["init_weights"]) if recipe.get("init_weights") else None
+    if init_weights is not None and (init_weights.parent / "config.json").exists():
         record["base_run"] = {**_run_record(init_weights.parent), "weights_file": init_weights.name}
+    elif init_weights is not None:  # a served model's folder: name it and what it was
+        meta = init_weights / "metadata.json"
+        record["base_model"] = {"path": str(init_weights),
+                                "architecture": json.loads(meta.read_text()).get("architecture") if meta.exists() else None}  # fmt: skip
     return record
 
 

@@ -197,6 +197,7 @@ def evaluate(
         "test_images": {name: kind for name, kind, _ in tests},
         "nlm_strength": {str(q): s for q, s in strengths.items()},
         "speed_mp_per_s": {name: measure_speed(f.images_only, speed_tile) for name, f in forwards.items()},
+        "load_average_at_speed": __import__("os").getloadavg()[0],  # speed is only comparable on an idle machine
         "speed_tile": speed_tile,
         "summary": summary,
         "results": [{**r.__dict__, "gain": r.gain} for r in results if r.quality],

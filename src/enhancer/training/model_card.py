@@ -103,6 +103,12 @@ def _evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[str]:
     for name, mps in evaluation["speed_mp_per_s"].items():
         lines.append(f"- `{name}`: {mps:.2f} MP/s, batch 1 of {evaluation['speed_tile']}x{evaluation['speed_tile']}, "
                      f"{evaluation.get('machine', 'this machine')}, {evaluation.get('date', '')}")  # fmt: skip
+    load = evaluation.get("load_average_at_speed")
+    lines.append(
+        f"- One-minute load average while timing: {load:.1f}." if load is not None else
+        "- The machine's load while timing was not recorded: these figures were taken while a training run and "
+        "test suites shared the two cores, so they compare the models with each other, not with an idle machine."
+    )  # fmt: skip
     return [*lines, ""]
 
 
@@ -164,6 +170,13 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "",
         *_evaluation_lines(evaluation, model_dir / "eval"),
         "## Limits",
+        f"- Training unfinished: these are the best weights (by validation) at step {meta.get('trained_steps')} of the",
+        f"  {meta.get('recipe', {}).get('steps')} the recipe plans; the run resumes from `training-runs/`.",
+        "- Scanned text and fine grey texture still lose PSNR at qualities 75-95 (per-image table above); the server",
+        "  answers JPEGs of quality >= ENHANCER_PASS_THROUGH_JPEG_QUALITY (92) with their own pixels.",
+        "- A JPEG re-saved at the quality it was made with carries almost no new damage, and nothing in the file says",
+        "  so (scikit-image's grass.png re-saved at q90 is 52 dB, against 40-42 dB at q88 and q92).",
+        "- The blind path (images that are not JPEG files) is conservative: it restores far less than the told path.",
         "- Trained on 19 photographs plus synthetic content; faces and people are rare in it.",
         "- The chroma projection is approximate (the decoder's chroma upsampling is not inverted exactly).",
         "- Not an upscaler: output size equals input size.",
