@@ -36,7 +36,8 @@ def saved_model():
     from enhancer.config import Settings
     from enhancer.models.saved_model import SavedModelRunner, configure_device
 
-    return SavedModelRunner(MODEL_DIR, device=configure_device(Settings(_env_file=None)))
+    # float32 as the tests' tolerances assume, whatever `auto` would pick on this machine
+    return SavedModelRunner(MODEL_DIR, device=configure_device(Settings(_env_file=None, precision="float32")))
 
 
 class WrappedModel:
@@ -89,6 +90,7 @@ def make_settings(**overrides):
         request_timeout_s=120,
         shutdown_timeout_s=10,
         pass_through_jpeg_quality=101,
+        precision="float32",
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

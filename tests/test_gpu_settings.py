@@ -82,7 +82,7 @@ def test_start_up_line_names_device_precision_and_batch_settings():
 
 def test_speed_settings_parse_from_the_environment(monkeypatch):
     settings = Settings(_env_file=None)
-    assert (settings.gpu_memory_growth, settings.precision, settings.xla) == (True, "float32", False)
+    assert (settings.gpu_memory_growth, settings.precision, settings.xla) == (True, "auto", False)
     monkeypatch.setenv("ENHANCER_GPU_MEMORY_GROWTH", "false")
     monkeypatch.setenv("ENHANCER_PRECISION", "mixed_float16")
     monkeypatch.setenv("ENHANCER_XLA", "true")
@@ -120,12 +120,12 @@ def _runner(model_dir, *, xla: bool = False, **settings):
 
 @pytest.fixture(scope="module")
 def plain_runner(perturbed_model_dir):
-    return _runner(perturbed_model_dir)
+    return _runner(perturbed_model_dir, precision="float32")
 
 
 @pytest.fixture(scope="module")
 def xla_runner(perturbed_model_dir):
-    return _runner(perturbed_model_dir, xla=True)
+    return _runner(perturbed_model_dir, xla=True, precision="float32")
 
 
 def _batch(shape, seed=1):
@@ -135,7 +135,21 @@ def _batch(shape, seed=1):
 def test_device_kind_is_what_tensorflow_sees(plain_runner):
     expected = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
     assert plain_runner.device_kind == expected
-    assert plain_runner.precision == "float32"
+    assert plain_runner.precision == "float32 (set)"
+
+
+def test_auto_is_mixed_float16_on_a_gpu_and_float32_on_this_cpu():
+    from enhancer.models import saved_model as model_module
+    from enhancer.models.saved_model import configure_device
+
+    try:
+        chosen = configure_device(Settings(_env_file=None, precision="auto")).precision
+    finally:
+        model_module._set_precision("float32", [])  # the switch is process-wide
+    if tf.config.list_physical_devices("GPU"):
+        assert chosen.startswith(("mixed_float16 (auto: Tensor Core GPU", "float32 (auto: the GPU has no Tensor Cores"))
+    else:  # resolved after this process loaded TensorFlow: never bfloat16 (enhancer.precision.prepare)
+        assert chosen.startswith("float32 (auto: ")
 
 
 @pytest.mark.parametrize("shape", [(2, 32, 32, 3), (1, 13, 9, 3)])

@@ -421,6 +421,7 @@ async def test_readyz_is_503_until_warm_up_finishes(saved_model):
         assert r.json() == {
             "status": "ready",
             "device": saved_model.device,
+            "precision": saved_model.precision,
             "models": [{"name": "dejpeg", "scale": 1, "default": True}],
         }
         assert metric_value((await c.get("/metrics")).text, "enhancer_ready") == 1

@@ -37,14 +37,19 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _check_model_dirs(settings: Settings) -> None:
-    """Stop with the reason when the settings name no model folder (before any heavy import)."""
+def _check_model_dirs(settings: Settings, *, resolve_precision: bool = False) -> None:
+    """Stop with the reason when the settings name no model folder (before any heavy import);
+    with `resolve_precision`, also when the precision cannot run here (which sets its environment
+    variable before TensorFlow loads; ModelRegistry.load resolves it again, to the same result)."""
     from enhancer.models.contract import ModelLoadError
     from enhancer.models.registry import model_dirs
+    from enhancer.precision import PrecisionError, prepare
 
     try:
-        model_dirs(settings)
-    except ModelLoadError as exc:
+        folders = model_dirs(settings)
+        if resolve_precision:
+            prepare(settings.precision, folders.values())
+    except (ModelLoadError, PrecisionError) as exc:
         raise SystemExit(f"enhancer: {exc}") from None
 
 
@@ -52,7 +57,7 @@ def _check_model_dirs(settings: Settings) -> None:
 def _serve(args: argparse.Namespace) -> None:
     settings = _settings(host=args.host, port=args.port, log_level=args.log_level)
     _setup_logging(settings.log_level)
-    _check_model_dirs(settings)
+    _check_model_dirs(settings, resolve_precision=True)
 
     import uvicorn
 

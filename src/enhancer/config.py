@@ -210,12 +210,16 @@ class Settings(BaseSettings):
         "replicas or other processes can share the GPU. Turn off only when this server owns the "
         "GPU and you prefer one up-front reservation.",
     )
-    precision: Literal["float32", "mixed_float16"] = Field(
-        default="float32",
-        description="mixed_float16 runs the convolutions in float16 through TensorFlow's automatic "
-        "mixed precision graph rewrite (GPUs with compute capability 7.0+, i.e. Tensor Cores); "
-        "the SavedModel, its inputs and outputs stay float32. Faster on such GPUs, results differ "
-        "slightly (float16 keeps ~3 significant digits); no effect on other devices.",
+    precision: Literal["auto", "float32", "bfloat16", "mixed_float16"] = Field(
+        default="auto",
+        description="auto: bfloat16 math on CPUs that have bfloat16 instructions (avx512_bf16 or "
+        "amx_bf16) unless a served model's metadata.json records a PSNR change over 0.05 dB for it, "
+        "float32 on other CPUs, mixed_float16 on GPUs. bfloat16: oneDNN's BF16 math mode "
+        "(ONEDNN_DEFAULT_FPMATH_MODE=BF16, set before TensorFlow loads): convolution inputs rounded "
+        "to bfloat16, float32 accumulation, float32 in and out; a start-up error on a CPU without "
+        "it. mixed_float16: TensorFlow's automatic mixed precision rewrite, float16 convolutions on "
+        "GPUs with compute capability 7.0+ (Tensor Cores), no effect elsewhere. The SavedModel, its "
+        "inputs and outputs stay float32 in every case (enhancer.precision).",
     )
     xla: bool = Field(
         default=False,

@@ -189,7 +189,7 @@ async def readyz(request: Request):
         raise error
     models = runtime.models
     served = [ServedModel(name=name, scale=m.spec.scale, default=name == models.default) for name, m in models.items()]
-    return ReadyBody(status="ready", device=models.device, models=served)
+    return ReadyBody(status="ready", device=models.device, precision=models.precision, models=served)
 
 
 @router.get("/metrics", tags=["ops"], response_class=Response)

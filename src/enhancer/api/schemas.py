@@ -32,6 +32,10 @@ class ReadyBody(BaseModel):
 
     status: str = Field(examples=["ready"])
     device: str = Field(examples=["CPU (intra-op threads auto, inter-op threads auto)"])
+    precision: str = Field(
+        description="The models' arithmetic on this device and why (ENHANCER_PRECISION).",
+        examples=["bfloat16 (auto: CPU has avx512_bf16, amx_bf16; oneDNN BF16 math, float32 in and out)"],
+    )
     models: list[ServedModel]
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from enhancer import conditioning
+from enhancer import conditioning, precision
 from enhancer.models.contract import Model, ModelLoadError, ModelSpec
 
 if TYPE_CHECKING:
@@ -98,11 +98,16 @@ class ModelRegistry(Mapping[str, Model]):
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
-        """Configure the device once, then load every model folder the settings name onto it."""
+        """Configure the device once, then load every model folder the settings name onto it.
+
+        The precision is resolved first: bfloat16 CPU math has to be in the environment before
+        the runner's module imports TensorFlow (enhancer.precision).
+        """
+        folders = model_dirs(settings)
+        plan = precision.prepare(settings.precision, folders.values())
         from enhancer.models.saved_model import SavedModelRunner, configure_device  # TensorFlow: only here
 
-        folders = model_dirs(settings)
-        device = configure_device(settings)
+        device = configure_device(settings, plan)
         return cls((SavedModelRunner(path, device=device, xla=settings.xla) for path in folders.values()), settings.default_model)
 
     # --- Mapping ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The SavedModel runner: the only module that imports TensorFlow when serving.
 
 `configure_device` sets TensorFlow's threads, GPU memory growth and precision once per process
-and says which device is used; `SavedModelRunner` loads one model folder onto that device and
+and says which device is used (the CPU precision was resolved before this module imported
+TensorFlow: enhancer.precision); `SavedModelRunner` loads one model folder onto that device and
 exposes a plain numpy `forward`, so the batcher, the pipeline and the CLI never see TensorFlow.
 `warm_up` runs every tile shape once before the service reports ready, so the first real request
 neither pays for graph/kernel set-up nor discovers that a batch does not fit in memory.
@@ -31,13 +32,12 @@ from enhancer.models.contract import (  # noqa: E402
     ModelSpec,
     read_spec,
 )
+from enhancer.precision import Precision, prepare  # noqa: E402
 
 if TYPE_CHECKING:
     from enhancer.config import Settings
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("float32", "mixed_float16")
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,15 @@ class Device:
     precision: str  #: what the precision setting really does here
 
 
-def configure_device(settings: Settings) -> Device:
+def configure_device(settings: Settings, plan: Precision | None = None) -> Device:
     """Set thread counts, GPU memory growth and precision (process-wide), and name the device.
 
+    `plan` is the CPU precision `enhancer.precision.prepare` resolved before TensorFlow loaded;
+    without one it is resolved now, too late for bfloat16 (see `prepare`).
     TensorFlow fixes threads and memory growth at its first op and refuses changes afterwards: a
     second call in the same process (tests, the CLI after a server) keeps the first settings.
     """
+    plan = plan or prepare(settings.precision)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus if settings.gpu_memory_growth else ():
         try:
@@ -77,7 +80,37 @@ def configure_device(settings: Settings) -> Device:
             f"CPU (intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}, "
             f"inter-op threads {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'})"
         )
-    return Device("gpu" if gpus else "cpu", description, _set_precision(settings.precision, gpus))
+    return Device("gpu" if gpus else "cpu", description, _precision_on_device(plan, gpus))
+
+
+def _precision_on_device(plan: Precision, gpus: list) -> str:
+    """What the models' arithmetic is, given the CPU plan and the GPUs TensorFlow sees.
+
+    On a GPU, `auto` means the mixed_float16 path; bfloat16 is CPU math (oneDNN) and changes
+    nothing there. On a CPU the plan stands (its variable was set before TensorFlow loaded).
+    """
+    if gpus and plan.setting == "auto":
+        mixed = bool(_tensor_core_gpus(gpus))
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision": mixed})
+        if mixed:
+            return "mixed_float16 (auto: Tensor Core GPU; float16 convolutions, float32 in/out)"
+        return "float32 (auto: the GPU has no Tensor Cores)"
+    if plan.name == "bfloat16":
+        _set_precision("float32", gpus)
+        if gpus:
+            log.warning("precision bfloat16 is CPU math (oneDNN); the models run on the GPU, in float32")
+            return "float32 (bfloat16 asked for; it is CPU math and the models run on the GPU)"
+        return plan.describe()
+    chosen = _set_precision(plan.name, gpus)
+    return plan.describe() if chosen == plan.name else chosen
+
+
+def _tensor_core_gpus(gpus: list) -> list[str]:
+    return [
+        gpu.name
+        for gpu in gpus
+        if tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)) >= (7, 0)
+    ]
 
 
 def _set_precision(precision: str, gpus: list) -> str:
@@ -91,18 +124,13 @@ def _set_precision(precision: str, gpus: list) -> str:
     Halving the weights' memory too would need a separately exported float16 SavedModel.
     The switch is process-wide; it applies to functions first run after it is set.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in ("float32", "mixed_float16"):
+        raise ValueError(f"precision must be float32 or mixed_float16 here, got {precision!r}")
     mixed = precision == "mixed_float16"
     tf.config.optimizer.set_experimental_options({"auto_mixed_precision": mixed})
     if not mixed:
         return "float32"
-    capable = [
-        gpu.name
-        for gpu in gpus
-        if tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)) >= (7, 0)
-    ]
-    if capable:
+    if _tensor_core_gpus(gpus):
         return "mixed_float16 (float16 convolutions on Tensor Cores, float32 in/out)"
     log.warning(
         "precision=mixed_float16 asked for, but no GPU with compute capability 7.0+ is visible: "

@@ -114,9 +114,50 @@ def _export(args) -> None:
         "macs_per_pixel": network.macs_per_pixel(model),
         "exported": time.strftime("%Y-%m-%d"),
     }
-    out = export_saved_model(model, args.out, metadata)  # adds the contract's keys (reach, scale, ...)
+    photos = _validation_photos(Path(args.data) if args.data else Path(record["recipe"]["data_dir"]))
+    measure = (lambda folder: {"bfloat16": _measure_bfloat16(folder, photos)}) if photos else None
+    out = export_saved_model(model, args.out, metadata, measure=measure)  # adds the contract's keys (reach, scale, ...)
     model_card.write(out)
     print(f"exported {weights} -> {out}")
+
+
+def _validation_photos(data_dir: Path) -> list:
+    """The held-out photos (`<data>/val`) the bfloat16 change is measured on; [] with a warning
+    when there are none, so the model is exported without the record (auto then allows bfloat16)."""
+    from enhancer.training.dataset import load_images
+
+    folder = data_dir / "val"
+    photos = load_images(folder) if folder.is_dir() else []
+    if not photos:
+        logging.getLogger("enhancer").warning(
+            "no validation photos in %s: the bfloat16 PSNR change is not measured, and "
+            "ENHANCER_PRECISION=auto will allow bfloat16 for this model", folder
+        )  # fmt: skip
+    return photos
+
+
+def _measure_bfloat16(model_dir: Path, photos: list) -> dict:
+    from enhancer.precision import MAX_BFLOAT16_PSNR_CHANGE_DB
+    from enhancer.training.bfloat16 import measure_psnr_change
+
+    result = {**measure_psnr_change(model_dir, photos), "machine": machine_description()}
+    verdict = "over" if abs(result["psnr_change_db"]) > MAX_BFLOAT16_PSNR_CHANGE_DB else "within"
+    per_quality = ", ".join(f"{q} {row['change_db']:+.5f}" for q, row in result["per_quality"].items())
+    print(
+        f"bfloat16 PSNR change {result['psnr_change_db']:+.5f} dB, emulated ({per_quality}; {verdict} the "
+        f"{MAX_BFLOAT16_PSNR_CHANGE_DB} dB auto allows)"
+    )
+    return result
+
+
+def _measure_bfloat16_command(args) -> None:
+    from enhancer.training.bfloat16 import record
+
+    photos = _validation_photos(args.data)
+    if not photos:
+        raise SystemExit(f"enhancer: no validation photos in {args.data / 'val'} (enhancer dataset makes them)")
+    path = record(args.model, _measure_bfloat16(args.model, photos))
+    print(f"recorded in {path}")
 
 
 def _evaluate(args) -> None:
@@ -192,7 +233,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, default=DEFAULT_RUN)
     p.add_argument("--weights", choices=["best", "final", "latest"], default="final")
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--data", type=Path, help="photos whose val/ the bfloat16 change is measured on (default: the run's)")
     p.set_defaults(func=_export)
+
+    p = subparsers.add_parser("measure-bfloat16",
+                              help="record a model folder's float32 -> bfloat16 PSNR change in its metadata.json")  # fmt: skip
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
+    p.set_defaults(func=_measure_bfloat16_command)
 
     p = subparsers.add_parser("evaluate", help="PSNR/SSIM on held-out photos per JPEG quality; table, plot, crops")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)

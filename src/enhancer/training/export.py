@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -66,11 +67,18 @@ class _ConditionedServable(_Servable):
 
 
 def export_saved_model(
-    model: keras.Model, out_dir: Path, metadata: dict | None = None, *, reach: int | None = None
+    model: keras.Model,
+    out_dir: Path,
+    metadata: dict | None = None,
+    *,
+    reach: int | None = None,
+    measure: Callable[[Path], dict] | None = None,
 ) -> Path:
     """Write `model` as a SavedModel into `out_dir` (replacing what was there) plus metadata.json,
     which holds `metadata` and the contract's fields. `reach` is measured from the net (with a
-    gradient) when not given. The folder's name is the model's name when served.
+    gradient) when not given. The folder's name is the model's name when served. `measure` gets
+    the written SavedModel's folder and returns more metadata (the bfloat16 record), so what is
+    measured is the exported graph itself.
 
     Written to a sibling directory first and swapped in, so a server never sees half a model.
     """
@@ -90,6 +98,9 @@ def export_saved_model(
     tf.saved_model.save(servable, str(tmp), signatures={SIGNATURE_KEY: servable.serve})
     info = {"architecture": model.name, "parameters": int(model.count_params()), **(metadata or {}), **spec.metadata()}
     (tmp / METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if measure is not None:
+        info.update(measure(tmp))
+        (tmp / METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

@@ -1,0 +1,199 @@
+"""Which arithmetic the models run in, decided before TensorFlow is imported.
+
+bfloat16 on a CPU is oneDNN's "BF16 math mode": float32 tensors in and out, convolution and matmul
+inputs rounded to bfloat16, products accumulated in float32. oneDNN takes the mode from the
+environment variable `ONEDNN_DEFAULT_FPMATH_MODE`; TensorFlow offers no other switch, and what it
+reads once set cannot be changed for the process. So the precision is resolved, and the variable
+set, before the first `import tensorflow`: `prepare` is called by `ModelRegistry.load` before it
+imports the runner (the path of `enhancer serve`, `uvicorn --factory enhancer.api:factory` and
+`enhancer enhance`), and by the CLI commands before anything heavy, so a bad setting stops them at
+once. This module imports neither TensorFlow nor anything that does.
+
+`ENHANCER_PRECISION`:
+
+* `auto` (default): bfloat16 on CPUs with bfloat16 instructions (`avx512_bf16` or `amx_bf16`),
+  unless a served model's metadata.json records a bfloat16 PSNR change over
+  `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured by `enhancer export`); float32 on other CPUs; on a GPU
+  the mixed_float16 path (decided later, once TensorFlow sees the GPU: `saved_model.configure_device`).
+* `float32`, `mixed_float16`: as before.
+* `bfloat16`: bfloat16 CPU math, even for a model whose record is over the limit. On a CPU without
+  bfloat16 instructions (or with oneDNN switched off) it is a start-up error, not a fallback: oneDNN
+  would silently run float32, and whoever set it explicitly expects the speed it does not get.
+
+The mode is process-wide, so with several models one over the limit keeps all of them in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SETTINGS = ("auto", "float32", "bfloat16", "mixed_float16")
+#: oneDNN's environment variable for its default floating-point math mode.
+FPMATH_VARIABLE = "ONEDNN_DEFAULT_FPMATH_MODE"
+#: /proc/cpuinfo flags of x86 CPUs with bfloat16 dot-product instructions oneDNN uses.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+#: A model whose recorded float32 -> bfloat16 PSNR change is larger than this (either sign) gets
+#: float32 under `auto` (the issue's tolerance for a change nobody should see).
+MAX_BFLOAT16_PSNR_CHANGE_DB = 0.05
+#: metadata.json key `enhancer export` records the measurement under.
+METADATA_KEY = "bfloat16"
+
+
+#: Log messages already written: ModelRegistry.load resolves again what the CLI resolved.
+_logged: set[str] = set()
+
+
+def _log_once(level: int, message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.log(level, "%s", message)
+
+
+class PrecisionError(ValueError):
+    """An explicit precision this machine (or this process) cannot run."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The CPU precision chosen for this process, and why (for the start-up log and /readyz)."""
+
+    setting: str  #: ENHANCER_PRECISION as given
+    name: str  #: "float32", "bfloat16" or "mixed_float16" (the last decided on the device)
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def cpu_bfloat16_flags(cpuinfo: str) -> list[str]:
+    """The bfloat16 flags every CPU in `cpuinfo` has (/proc/cpuinfo text, or one line of flags as
+    `lscpu` prints it). Pure, so a flags fixture can stand in for the machine."""
+    rows = []
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "flags":
+            rows.append(set(value.split()))
+    if not rows:  # a bare flags string
+        rows = [set(cpuinfo.split())]
+    return [flag for flag in BFLOAT16_CPU_FLAGS if all(flag in row for row in rows)]
+
+
+def read_cpuinfo() -> str:
+    """This machine's /proc/cpuinfo ("" where there is none: no bfloat16 is assumed)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def recorded_change(model_dir: Path) -> float | None:
+    """The float32 -> bfloat16 PSNR change (dB) `enhancer export` recorded for a model, if any."""
+    try:
+        meta = json.loads((Path(model_dir) / "metadata.json").read_text())
+        return float(meta[METADATA_KEY]["psnr_change_db"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resolve(
+    setting: str, cpuinfo: str, model_changes: Mapping[str, float | None] | None = None, *, onednn: bool = True
+) -> Precision:
+    """The CPU precision for `setting` on a CPU described by `cpuinfo`, serving models whose
+    recorded bfloat16 PSNR changes are `model_changes` (name -> dB, None: not measured). Pure.
+
+    `onednn` is False when TensorFlow's oneDNN kernels are switched off (TF_ENABLE_ONEDNN_OPTS=0),
+    which takes the BF16 math mode with them.
+    """
+    if setting not in SETTINGS:
+        raise PrecisionError(f"precision must be one of {', '.join(SETTINGS)}; got {setting!r}")
+    if setting in ("float32", "mixed_float16"):
+        return Precision(setting, setting, "set")
+    flags = cpu_bfloat16_flags(cpuinfo)
+    missing = None
+    if not flags:
+        missing = f"this CPU has no bfloat16 instructions, neither {' nor '.join(BFLOAT16_CPU_FLAGS)}"
+    elif not onednn:
+        missing = "oneDNN is switched off (TF_ENABLE_ONEDNN_OPTS=0), and with it the BF16 math mode"
+    if setting == "bfloat16":
+        if missing:
+            raise PrecisionError(
+                f"ENHANCER_PRECISION=bfloat16, but {missing}; use auto (bfloat16 where the CPU has it) or float32"
+            )
+        return Precision(setting, "bfloat16", f"set; CPU has {', '.join(flags)}")
+    if missing:
+        return Precision(setting, "float32", f"auto: {missing}")
+    over = {
+        name: change
+        for name, change in (model_changes or {}).items()
+        if change is not None and abs(change) > MAX_BFLOAT16_PSNR_CHANGE_DB
+    }
+    if over:
+        listed = ", ".join(f"{name} {change:+.4f} dB" for name, change in sorted(over.items()))
+        return Precision(
+            setting,
+            "float32",
+            f"auto: refused bfloat16, recorded PSNR change over {MAX_BFLOAT16_PSNR_CHANGE_DB} dB: {listed}",
+        )
+    return Precision(setting, "bfloat16", f"auto: CPU has {', '.join(flags)}; oneDNN BF16 math, float32 in and out")
+
+
+def _onednn_enabled(environ: Mapping[str, str]) -> bool:
+    return environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | None = None) -> Precision:
+    """Resolve the precision and set `ONEDNN_DEFAULT_FPMATH_MODE` to match; call before TensorFlow loads.
+
+    BF16 math sets the variable to `BF16`; any other choice removes a value that would change
+    float32 math (an operator's `BF16` left from older instructions), with a warning, because the
+    setting decides. Once TensorFlow is loaded the variable can no longer be trusted to take effect:
+    then bfloat16 is only reported if it was set already (an earlier call in this process), `auto`
+    falls back to float32, and an explicit `bfloat16` is an error.
+    """
+    changes = {Path(d).name: recorded_change(d) for d in model_dirs}
+    plan = resolve(setting, read_cpuinfo() if cpuinfo is None else cpuinfo, changes, onednn=_onednn_enabled(os.environ))
+    current = os.environ.get(FPMATH_VARIABLE, "").strip().upper()
+    if "tensorflow" in sys.modules:
+        if plan.name == "bfloat16" and current != "BF16":
+            if setting == "bfloat16":
+                raise PrecisionError(
+                    "ENHANCER_PRECISION=bfloat16 must be resolved before TensorFlow is imported "
+                    f"({FPMATH_VARIABLE} is read when TensorFlow first runs); start the server through "
+                    "`enhancer serve`, `uvicorn --factory enhancer.api:factory` or ModelRegistry.load, "
+                    "without importing TensorFlow first"
+                )
+            plan = Precision(setting, "float32", "auto: TensorFlow was loaded before the precision could be set")
+        elif plan.name != "bfloat16" and current not in ("", "STRICT"):
+            raise PrecisionError(
+                f"precision {plan.name} ({plan.reason}), but this process already runs with "
+                f"{FPMATH_VARIABLE}={current}, fixed when TensorFlow loaded; run this model in its own process"
+            )
+        return plan
+    if plan.name == "bfloat16":
+        os.environ[FPMATH_VARIABLE] = "BF16"
+    elif current not in ("", "STRICT"):
+        _log_once(
+            logging.WARNING,
+            f"{FPMATH_VARIABLE}={current} removed from the environment: ENHANCER_PRECISION resolved to "
+            f"{plan.describe()}",
+        )
+        del os.environ[FPMATH_VARIABLE]
+    if plan.name == "bfloat16" and setting == "auto":
+        unmeasured = sorted(name for name, change in changes.items() if change is None)
+        if unmeasured:
+            _log_once(
+                logging.INFO,
+                f"bfloat16 allowed for {', '.join(unmeasured)}: no bfloat16 PSNR change recorded in "
+                "metadata.json (`enhancer measure-bfloat16` records one)",
+            )
+    if plan.name == "float32" and "refused bfloat16" in plan.reason:
+        _log_once(logging.WARNING, f"precision {plan.describe()}")
+    return plan

@@ -1,0 +1,179 @@
+"""How much a model's answers change when its math runs in bfloat16, measured without bfloat16 hardware.
+
+oneDNN's BF16 math mode (what `ENHANCER_PRECISION=bfloat16` and `auto` turn on, see
+enhancer.precision) rounds the float32 inputs and weights of every convolution and matmul to
+bfloat16 and accumulates the products in float32; everything else stays float32. The product of
+two bfloat16 numbers is exact in float32, so the same arithmetic can be reproduced on any CPU: the
+served graph (the SavedModel's own signature, weights frozen in) with a float32 -> bfloat16 ->
+float32 cast pair (round to nearest even, as oneDNN converts) in front of each such input.
+What this cannot reproduce is the order in which a bfloat16 kernel sums the products, a float32
+rounding effect far below the bfloat16 one.
+
+`measure_psnr_change` compares that against the plain float32 signature on a few validation crops
+at JPEG q10 and q90; `enhancer export` records the result in metadata.json under "bfloat16", and
+`auto` refuses bfloat16 for a model whose change is over enhancer.precision.MAX_BFLOAT16_PSNR_CHANGE_DB.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import node_def_pb2, types_pb2
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from enhancer.models.contract import INPUT_KEY, METADATA_FILE, OUTPUT_KEY, QUANTIZATION_KEY, SIGNATURE_KEY, read_spec
+from enhancer.precision import METADATA_KEY
+from enhancer.training.dataset import psnr
+
+#: Ops oneDNN's BF16 math mode computes from bfloat16 inputs, and which of their inputs it rounds
+#: (None: all of them).
+ROUNDED_OPS: dict[str, tuple[int, ...] | None] = {
+    "Conv2D": (0, 1),
+    "Conv3D": (0, 1),
+    "DepthwiseConv2dNative": (0, 1),
+    "MatMul": (0, 1),
+    "BatchMatMul": (0, 1),
+    "BatchMatMulV2": (0, 1),
+    "BatchMatMulV3": (0, 1),
+    "Einsum": None,
+}
+METHOD = (
+    "emulated: the served graph with the float32 inputs and weights of every convolution and matmul "
+    "rounded to bfloat16 (round to nearest even) and float32 accumulation, as oneDNN's BF16 math mode "
+    "computes; not run on bfloat16 hardware"
+)
+QUALITIES = (10, 90)
+CROP = 256
+
+
+def _float32(node: node_def_pb2.NodeDef) -> bool:
+    dtype_attr = "T" if "T" in node.attr else "Ta"
+    return node.attr[dtype_attr].type == types_pb2.DT_FLOAT
+
+
+def round_math_inputs(graph_def, ops: dict[str, tuple[int, ...] | None] = ROUNDED_OPS):
+    """A copy of `graph_def` with a bfloat16 round trip in front of the inputs of `ops`; returns it
+    and how many nodes were changed (zero means nothing was emulated)."""
+    graph_def = copy.deepcopy(graph_def)
+    added, changed = [], 0
+    for node in graph_def.node:
+        if node.op not in ops or not _float32(node):
+            continue
+        data_inputs = [i for i, name in enumerate(node.input) if not name.startswith("^")]
+        chosen = ops[node.op]
+        changed += 1
+        for i in data_inputs if chosen is None else chosen:
+            down = node_def_pb2.NodeDef(name=f"{node.name}/bf16_{i}/down", op="Cast", input=[node.input[i]])
+            down.attr["SrcT"].type, down.attr["DstT"].type = types_pb2.DT_FLOAT, types_pb2.DT_BFLOAT16
+            down.attr["Truncate"].b = False
+            up = node_def_pb2.NodeDef(name=f"{node.name}/bf16_{i}/up", op="Cast", input=[down.name])
+            up.attr["SrcT"].type, up.attr["DstT"].type = types_pb2.DT_BFLOAT16, types_pb2.DT_FLOAT
+            up.attr["Truncate"].b = False
+            node.input[i] = up.name
+            added += [down, up]
+    graph_def.node.extend(added)
+    return graph_def, changed
+
+
+class SignaturePair:
+    """A model folder's `serving_default` as served (float32) and with bfloat16 math emulated."""
+
+    def __init__(self, model_dir: Path):
+        self.spec = read_spec(Path(model_dir))
+        self._loaded = tf.saved_model.load(str(model_dir))
+        self._serve = self._loaded.signatures[SIGNATURE_KEY]
+        self.input_names = [INPUT_KEY, *self.spec.inputs]
+        frozen = convert_variables_to_constants_v2(self._serve)
+        rewritten, self.rounded_ops = round_math_inputs(frozen.graph.as_graph_def())
+        if not self.rounded_ops:
+            raise ValueError(f"{model_dir}: no convolution or matmul found to emulate bfloat16 math on")
+        output = dict(zip(sorted(self._serve.structured_outputs), frozen.outputs))[OUTPUT_KEY].name  # nest order
+
+        def imported():
+            tf.compat.v1.import_graph_def(rewritten, name="")
+
+        wrapped = tf.compat.v1.wrap_function(imported, [])
+        self._emulated = wrapped.prune(
+            feeds=[wrapped.graph.as_graph_element(f"{name}:0") for name in self.input_names],
+            fetches=[wrapped.graph.as_graph_element(output)],
+        )
+
+    def _feeds(self, images: np.ndarray, quantization: np.ndarray | None) -> list[tf.Tensor]:
+        feeds = [tf.constant(np.asarray(images, np.float32))]
+        if QUANTIZATION_KEY in self.spec.inputs:
+            feeds.append(tf.constant(np.asarray(quantization, np.float32)))
+        return feeds
+
+    def float32(self, images: np.ndarray, quantization: np.ndarray | None = None) -> np.ndarray:
+        feeds = dict(zip(self.input_names, self._feeds(images, quantization)))
+        return self._serve(**feeds)[OUTPUT_KEY].numpy()
+
+    def bfloat16(self, images: np.ndarray, quantization: np.ndarray | None = None) -> np.ndarray:
+        return self._emulated(*self._feeds(images, quantization))[0].numpy()
+
+
+def _centre(image: np.ndarray, crop: int) -> np.ndarray:
+    """A centre crop whose sides are multiples of 16, so JPEG blocks (4:2:0) start on its grid."""
+    h, w = image.shape[:2]
+    ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
+    return image[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw]
+
+
+def measure_psnr_change(
+    model_dir: Path, photos_bgr: Sequence[np.ndarray], qualities: Sequence[int] = QUALITIES, crop: int = CROP
+) -> dict:
+    """PSNR against the clean crop, float32 vs emulated bfloat16, per JPEG quality (mean over
+    photos); `psnr_change_db` is the per-quality change of largest magnitude (bfloat16 minus float32)."""
+    import cv2
+
+    from enhancer.training import jpeg_damage
+
+    if not photos_bgr:
+        raise ValueError("no photos to measure the bfloat16 change on")
+    pair = SignaturePair(model_dir)
+    per_quality, closest = {}, float("inf")
+    for q in qualities:
+        recipe = jpeg_damage.ijg_recipe(q)
+        f32_scores, bf16_scores = [], []
+        for photo in photos_bgr:
+            clean_bgr = _centre(photo, crop)
+            damaged_bgr = jpeg_damage.jpeg_round_trip(clean_bgr, recipe)
+            clean, damaged = (cv2.cvtColor(im, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0 for im in (clean_bgr, damaged_bgr))
+            table = recipe.condition()[None]
+            f32 = pair.float32(damaged[None], table)[0]
+            bf16 = pair.bfloat16(damaged[None], table)[0]
+            f32_scores.append(psnr(f32, clean))
+            bf16_scores.append(psnr(bf16, clean))
+            closest = min(closest, psnr(bf16, f32))
+        per_quality[f"q{q}"] = {
+            "float32_psnr_db": round(float(np.mean(f32_scores)), 5),
+            "bfloat16_psnr_db": round(float(np.mean(bf16_scores)), 5),
+            "change_db": round(float(np.mean(bf16_scores) - np.mean(f32_scores)), 5),
+        }
+    worst = max((row["change_db"] for row in per_quality.values()), key=abs)
+    return {
+        "psnr_change_db": worst,
+        "per_quality": per_quality,
+        "lowest_psnr_bfloat16_vs_float32_db": round(closest, 2) if np.isfinite(closest) else None,
+        "method": f"{METHOD}; {pair.rounded_ops} ops rounded",
+        "images": f"{len(photos_bgr)} validation photos, centre crops up to {crop} px, JPEG q{' and q'.join(map(str, qualities))}",
+        "measured": time.strftime("%Y-%m-%d"),
+    }
+
+
+def record(model_dir: Path, measurement: dict) -> Path:
+    """Write `measurement` into the model folder's metadata.json under "bfloat16" (atomically)."""
+    path = Path(model_dir) / METADATA_FILE
+    meta = json.loads(path.read_text())
+    meta[METADATA_KEY] = measurement
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
