@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_DIR, encode_bgr, make_settings, photo_like, running_app, serving
+from conftest import MODEL_DIR, assert_documented, encode_bgr, make_settings, photo_like, running_app, serving
 from test_server_process import BOUNDARY, UPLOAD_HEADERS, multipart_body, read_response
 
 from enhancer.api import auth, create_app
@@ -192,6 +192,7 @@ def test_no_key_wrong_key_right_key(keyed):
     assert status == 401
     assert headers["www-authenticate"].startswith("Bearer")
     assert "Authorization: Bearer <key>" in json.loads(body)["detail"]
+    assert_documented(json.loads(keyed.request("GET", "/openapi.json")[2]), 401, json.loads(body)["detail"])
 
     status, headers, body = keyed.upload(headers=bearer(WRONG))
     assert status == 401
@@ -235,6 +236,7 @@ def test_a_client_at_its_limit_gets_429_while_another_is_served(keyed):
     assert status == 429
     assert int(headers["retry-after"]) >= 1
     assert "ENHANCER_MAX_CONCURRENT_PER_CLIENT" in json.loads(body)["detail"]
+    assert_documented(json.loads(keyed.request("GET", "/openapi.json")[2]), 429, json.loads(body)["detail"])
 
     status, _, body = keyed.upload(headers=bearer(KEY_B))  # a different key is a different client
     assert status == 200, body
