@@ -3,6 +3,9 @@
 /docs (Swagger UI) and /redoc (ReDoc) are FastAPI's own pages, pointed at the copies of Swagger UI
 and ReDoc that the `fastapi-offline` package ships instead of a CDN, with the web page's icon and
 no web fonts (ReDoc falls back to the system's): a machine without internet shows them whole.
+Both pages carry a Content-Security-Policy that allows this origin only, so the browser does not
+even try what the bundles still link elsewhere (ReDoc's footer logo): nothing waits for a network
+that is not there, and nobody elsewhere learns who reads the docs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,19 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+#: The pages load from this origin only; inline scripts and styles are FastAPI's page templates and
+#: ReDoc's styling, data: and blob: URLs are icons and the answers "Try it out" shows.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "worker-src 'self' blob:",
+        "connect-src 'self'",
+    ]
+)
 #: Where the Swagger UI and ReDoc scripts and styles are served.
 ASSETS_PATH = "/docs-assets"
 #: The files of `fastapi-offline`'s asset folder the pages load.
@@ -45,9 +61,13 @@ def install_docs(app: FastAPI, favicon_path: str | None = None) -> None:
     def local(request: Request, path: str) -> str:
         return request.scope.get("root_path", "") + path
 
+    def self_only(page: HTMLResponse) -> HTMLResponse:
+        page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return page
+
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(
+        return self_only(get_swagger_ui_html(
             openapi_url=local(request, app.openapi_url or "/openapi.json"),
             title=f"{app.title}: API documentation",
             swagger_js_url=local(request, f"{ASSETS_PATH}/{SWAGGER_JS}"),
@@ -56,14 +76,14 @@ def install_docs(app: FastAPI, favicon_path: str | None = None) -> None:
             oauth2_redirect_url=None,
             # no badge that asks validator.swagger.io about the document
             swagger_ui_parameters={"validatorUrl": None, **(app.swagger_ui_parameters or {})},
-        )
+        ))
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(
+        return self_only(get_redoc_html(
             openapi_url=local(request, app.openapi_url or "/openapi.json"),
             title=f"{app.title}: API reference",
             redoc_js_url=local(request, f"{ASSETS_PATH}/{REDOC_JS}"),
             redoc_favicon_url=local(request, icon),
             with_google_fonts=False,
-        )
+        ))
