@@ -112,7 +112,8 @@ async def test_the_image_example_is_a_small_valid_image(client, spec):
     assert decode_bytes(r.content).shape == (4, 4, 3)
 
 
-def test_the_strength_parameter_is_documented(spec):
+@pytest.mark.anyio
+async def test_the_strength_parameter_is_documented(spec):
     strength = next(p for p in spec["paths"]["/upscale"]["post"]["parameters"] if p["name"] == "strength")
     assert strength["in"] == "query" and strength["required"] is False
     schema = strength["schema"]
