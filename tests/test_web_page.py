@@ -698,6 +698,7 @@ def test_strength_is_chosen_and_sent_as_a_query_parameter(server, browser, photo
         assert parse_qs(urlsplit(sent.value.url).query)["strength"] == ["off"]
         page.wait_for_selector("#result-note:not([hidden])", timeout=RESULT_TIMEOUT_MS)
         assert page.locator(".tag-after").inner_text() == "Unchanged"
+        assert page.get_by_label("Before / after divider").get_attribute("aria-valuetext") == "50% original, 50% unchanged"
         assert "strength off: returned unchanged" in page.locator("#result-summary").inner_text()
         assert page.locator("#download").get_attribute("download") == _api_filename(server, path, "png")
 

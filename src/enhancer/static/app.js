@@ -505,6 +505,7 @@
     state.afterWord = passedThrough ? "unchanged" : "enhanced";
     els.tagAfter.textContent = passedThrough ? "Unchanged" : "Enhanced";
     els.after.alt = passedThrough ? "The server's answer, unchanged" : "Enhanced image";
+    setSplit(state.split); /* its spoken value names the right side */
     els.resultNote.hidden = !passedThrough;
     els.answerLink.hidden = true;
     if (goodJpeg) {
@@ -542,7 +543,6 @@
 
       var bits = [w + " × " + h + " px", (FORMAT_LABEL[fmt] || fmt) + " " + formatBytes(blob.size),
         "done in " + formatSeconds(elapsedMs)];
-      /* the server skips the model for JPEGs saved at a high quality (X-Enhancer-Passed-Through) */
       if (goodJpeg) bits.push("already a good JPEG (quality " + goodJpeg[1] + "): returned unchanged");
       else if (passedThrough) bits.push("strength off: returned unchanged");
       els.resultSummary.textContent = bits.join(" · ") + (beforeOk ? "" : " · original can't be shown in this browser");
