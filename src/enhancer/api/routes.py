@@ -103,7 +103,7 @@ async def _cancel_if_client_leaves(request: Request, work):
     "/upscale",
     summary="Remove JPEG damage from an image",
     response_class=Response,
-    # a 4x4 BMP whose bytes are all ASCII, so that it survives being JSON text
+    # a tiny BMP whose bytes are all ASCII, so that it survives being JSON text
     openapi_extra={"requestBody": {"content": {"multipart/form-data": {"example": {"image": example_image()}}}}},
     responses={
         200: {
