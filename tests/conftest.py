@@ -7,6 +7,7 @@ on the committed SavedModel in weights/dejpeg, with small tiles so everything fi
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -136,3 +137,12 @@ async def running_app(app, *, wait_ready: bool = True):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=300) as client:
             yield client
+
+
+def assert_documented(spec: dict, status: int, detail: str, path: str = "/upscale") -> None:
+    """`detail` is the example the OpenAPI document `spec` gives for `status` on POST `path`, up to
+    the numbers in it (limits and waits that depend on the settings and the moment)."""
+    example = spec["paths"][path]["post"]["responses"][str(status)]["content"]["application/json"]["example"]["detail"]
+    number = r"\d(?:[\d,.]*\d)?"
+    pattern = "".join(number if i % 2 else re.escape(piece) for i, piece in enumerate(re.split(f"({number})", example)))
+    assert re.fullmatch(pattern, detail), f"the {status} answer differs from its documented example:\n{detail}\n{example}"

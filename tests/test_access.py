@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_DIR, encode_bgr, make_settings, photo_like, running_app, serving
+from conftest import MODEL_DIR, assert_documented, encode_bgr, make_settings, photo_like, running_app, serving
 from test_server_process import BOUNDARY, UPLOAD_HEADERS, multipart_body, read_response
 
 from enhancer.api import auth, create_app
@@ -71,8 +71,8 @@ class Server:
             try:
                 if self.request("GET", "/readyz")[0] == 200:
                     return
-            except OSError:
-                pass
+            except (OSError, ValueError):  # ValueError: before the server listens, a connection
+                pass  # to its port can land on itself (TCP self-connect) and read its own request
             time.sleep(0.2)
         raise AssertionError(f"server not ready within {timeout} s:\n{self.output()}")
 
@@ -192,6 +192,7 @@ def test_no_key_wrong_key_right_key(keyed):
     assert status == 401
     assert headers["www-authenticate"].startswith("Bearer")
     assert "Authorization: Bearer <key>" in json.loads(body)["detail"]
+    assert_documented(json.loads(keyed.request("GET", "/openapi.json")[2]), 401, json.loads(body)["detail"])
 
     status, headers, body = keyed.upload(headers=bearer(WRONG))
     assert status == 401
@@ -235,6 +236,7 @@ def test_a_client_at_its_limit_gets_429_while_another_is_served(keyed):
     assert status == 429
     assert int(headers["retry-after"]) >= 1
     assert "ENHANCER_MAX_CONCURRENT_PER_CLIENT" in json.loads(body)["detail"]
+    assert_documented(json.loads(keyed.request("GET", "/openapi.json")[2]), 429, json.loads(body)["detail"])
 
     status, _, body = keyed.upload(headers=bearer(KEY_B))  # a different key is a different client
     assert status == 200, body
@@ -392,5 +394,5 @@ async def test_openapi_declares_the_bearer_scheme_only_when_keys_are_on(saved_mo
 async def test_without_settings_no_access_middleware_is_installed(saved_model):
     app = create_app(make_settings(), models=serving(saved_model))
     names = {m.cls.__name__ for m in app.user_middleware}
-    assert names == {"MetricsMiddleware", "UploadGateMiddleware", "UploadLimitMiddleware"}
+    assert names == {"MetricsMiddleware", "UploadGateMiddleware", "UploadLimitMiddleware", "MultipartFramingMiddleware"}
     assert app.state.client_limits is None and not app.state.api_keys.required

@@ -166,6 +166,22 @@ def _two_files() -> dict:
     return {"files": [("image", ("a.png", png, "image/png")), ("image", ("b.png", png, "image/png"))]}
 
 
+def _one_part(boundary: str = "enhancer-bad-input") -> tuple[bytes, dict]:
+    """A body with the image part and no closing boundary line, and its headers."""
+    body, headers = multipart([("image", "a.png", encode_bgr(photo_like(8, 8), ".png"))], boundary)
+    return body[: -len(f"--{boundary}--\r\n")], headers
+
+
+def _no_closing_boundary() -> dict:
+    body, headers = _one_part()
+    return {"content": body, "headers": headers}
+
+
+def _cut_inside_the_file() -> dict:
+    body, headers = _one_part()
+    return {"content": body[:-20], "headers": headers}
+
+
 def _ok_png() -> bytes:
     return encode_bgr(photo_like(24, 24, seed=9), ".png")
 
@@ -175,6 +191,10 @@ _WEBP = encode_bgr(photo_like(64, 64, seed=2), ".webp")
 _TIFF = encode_bgr(photo_like(64, 64, seed=2), ".tiff")
 _JPEG = encode_bgr(photo_like(64, 64, seed=2), ".jpg")
 _UNDECODABLE = "but could not be decoded (truncated or corrupt?)"
+_INCOMPLETE = (
+    "the multipart/form-data body is incomplete: it ends before its closing boundary line, so the upload was "
+    "cut short; send the whole request again"
+)
 _TOO_MANY = "pixel limit; downscale or crop it and try again"
 _CUT_JPEG = "the file is a corrupt or truncated JPEG: its coded data ends before the whole image; send the complete file"
 _NO_SCALE = (
@@ -297,7 +317,20 @@ CASES = [
     ),
     ("missing boundary", raw(b"--x\r\n", "multipart/form-data"), 400, "the multipart/form-data Content-Type has no boundary parameter"),
     ("boundary of 300 characters", _long_boundary, 400, "the multipart boundary is 300 characters long; at most 70 are allowed (RFC 2046)"),
-    ("garbage multipart body", raw(b"garbage", "multipart/form-data; boundary=abc"), 400, "the multipart/form-data body could not be parsed: Invalid multipart data."),
+    (
+        "garbage multipart body",
+        raw(b"garbage", "multipart/form-data; boundary=abc"),
+        400,
+        "the multipart/form-data body holds no part: the boundary given in its Content-Type does not occur in it",
+    ),
+    ("no closing boundary", _no_closing_boundary, 400, _INCOMPLETE),
+    ("cut inside the file", _cut_inside_the_file, 400, _INCOMPLETE),
+    (
+        "part header without a colon",
+        raw(b"--abc\r\nno colon in this header line\r\n\r\nx\r\n--abc--\r\n", "multipart/form-data; boundary=abc"),
+        400,
+        "the multipart/form-data body could not be parsed: Invalid multipart data.",
+    ),
     ("thousands of fields", _thousands_of_fields, 400, "the multipart/form-data body could not be parsed: Too many fields. Maximum number of fields is 1000."),
     ("thousands of files", _thousands_of_files, 400, "the multipart/form-data body could not be parsed: Too many files. Maximum number of files is 1000."),
     ("oversized text field", _oversized_text_field, 400, re.compile(r"^the multipart/form-data body could not be parsed: \w+ exceeded maximum size of 1024KB\.$")),
@@ -351,6 +384,27 @@ async def test_polyglot_png_with_a_zip_appended_comes_back_without_the_payload(c
     assert r.status_code == 200, r.text
     assert b"PK\x03\x04" not in r.content and b"<script>" not in r.content  # the answer is re-encoded
     assert decode_bytes(r.content).shape == (24, 24, 3)
+
+
+async def test_a_preamble_before_the_first_boundary_is_allowed(client):
+    """RFC 2046 section 5.1.1: text before the first boundary line is to be ignored."""
+    body, headers = multipart([("image", "photo.png", _ok_png())])
+    r = await client.post("/upscale", content=b"This is a multi-part message in MIME format.\r\n" + body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert decode_bytes(r.content).shape == (24, 24, 3)
+
+
+async def test_a_file_named_only_with_filename_star_is_a_file(client):
+    """RFC 7578 section 4.2 rules `filename*` out of form data, but clients send it for non-ASCII names."""
+    boundary = "enhancer-bad-input"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename*=UTF-8''%D1%84%D0%BE%D1%82%D0%BE.png\r\n"
+        f"Content-Type: image/png\r\n\r\n"
+    ).encode() + _ok_png() + f"\r\n--{boundary}--\r\n".encode()
+    r = await client.post("/upscale", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200, r.text
+    assert decode_bytes(r.content).shape == (24, 24, 3)
+    assert r.headers["content-disposition"].endswith("filename*=UTF-8''%D1%84%D0%BE%D1%82%D0%BE_enhanced.png")
 
 
 async def test_after_the_suite_the_server_still_serves_and_answered_no_5xx(client):

@@ -14,7 +14,17 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from conftest import WrappedModel, decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
+from conftest import (
+    WrappedModel,
+    assert_documented,
+    decode_bytes,
+    encode_bgr,
+    make_settings,
+    photo_like,
+    running_app,
+    serving,
+    until,
+)
 
 from enhancer import imaging, tiling
 from enhancer.api import create_app
@@ -162,6 +172,40 @@ async def test_unsafe_filenames_are_sanitised(client):
     assert r.headers["content-disposition"] == 'inline; filename="my_photo_1_enhanced.png"'
 
 
+@pytest.mark.parametrize(
+    "name,disposition",
+    [
+        ("фото.jpg", "inline; filename=\"image_enhanced.png\"; filename*=UTF-8''%D1%84%D0%BE%D1%82%D0%BE_enhanced.png"),
+        ("café 2.jpg", "inline; filename=\"cafe_2_enhanced.png\"; filename*=UTF-8''caf%C3%A9_2_enhanced.png"),
+        ("写真 #1.jpg", "inline; filename=\"1_enhanced.png\"; filename*=UTF-8''%E5%86%99%E7%9C%9F_1_enhanced.png"),
+    ],
+)
+async def test_non_ascii_filenames_are_kept_beside_an_ascii_fallback(client, name, disposition):
+    data = encode_bgr(photo_like(20, 20), ".png")
+    r = await client.post("/upscale", files=upload(data, name))
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == disposition
+
+
+@pytest.mark.parametrize(
+    "asked,media_type,extension", [("jpg", "image/jpeg", "jpg"), ("JPEG", "image/jpeg", "jpg"), ("PNG", "image/png", "png"), ("WebP", "image/webp", "webp")]
+)
+async def test_format_names_in_any_case_and_jpg(client, asked, media_type, extension):
+    data = encode_bgr(photo_like(20, 20), ".png")
+    r = await client.post("/upscale", params={"format": asked}, files=upload(data, "a.png"))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == media_type
+    assert r.headers["content-disposition"] == f'inline; filename="a_enhanced.{extension}"'
+    assert decode_bytes(r.content).shape[:2] == (20, 20)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/"])
+async def test_head_is_answered_like_get(client, path):
+    get, head = await client.get(path), await client.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 
@@ -217,6 +261,7 @@ async def test_413_when_content_length_is_over_the_limit(small_upload_client):
     r = await small_upload_client.post("/upscale", files=upload(_incompressible(400_000)))
     assert r.status_code == 413
     assert "100,000 byte limit" in r.json()["detail"]
+    assert_documented((await small_upload_client.get("/openapi.json")).json(), 413, r.json()["detail"])
 
 
 async def test_413_when_a_streamed_body_passes_the_limit(small_upload_client):
@@ -282,6 +327,7 @@ async def test_500_when_a_batch_fails_and_the_next_request_still_works(saved_mod
         detail = r.json()["detail"]
         assert "model failed while processing this image (RuntimeError)" in detail
         assert "retrying may succeed" in detail
+        assert_documented((await c.get("/openapi.json")).json(), 500, detail)
         assert (await c.get("/healthz")).json() == {"status": "degraded"}
 
         again = await c.post("/upscale", files=upload(data))
@@ -309,6 +355,7 @@ async def test_503_with_retry_after_when_the_queue_is_full(saved_model):
             assert r.status_code == 503
             assert int(r.headers["retry-after"]) >= 1
             assert "the server is busy" in r.json()["detail"]
+            assert_documented((await c.get("/openapi.json")).json(), 503, r.json()["detail"])
         finally:
             model.gate.set()
         assert (await first).status_code == 200
@@ -326,6 +373,7 @@ async def test_504_when_the_request_waits_too_long(saved_model):
             model.gate.set()
         assert r.status_code == 504
         assert "within 0.5 s (ENHANCER_REQUEST_TIMEOUT_S)" in r.json()["detail"]
+        assert_documented((await c.get("/openapi.json")).json(), 504, r.json()["detail"])
         ok = await c.post("/upscale", files=upload(encode_bgr(photo_like(60, 60), ".png")))
         assert ok.status_code == 200  # the stuck batch finished and the worker kept going
 
@@ -462,6 +510,28 @@ async def test_metrics_after_a_request(fresh_client):
         assert metric_value(text, "enhancer_stage_duration_seconds_count", f'{{stage="{stage}"}}') == 1
 
 
+async def test_refusals_before_routing_are_counted_under_the_upload_route(saved_model):
+    """The upload checks answer 415, 400, 413 and 408 in middleware, some before the router runs."""
+    app = create_app(make_settings(max_upload_bytes=100_000, request_read_timeout_s=0.5), models=serving(saved_model))
+
+    async def stalled():
+        yield b"--b\r\n"
+        await asyncio.sleep(3)  # well past the 0.5 s read deadline
+        yield b"never sent"
+
+    async with running_app(app) as c:
+        assert (await c.post("/upscale", content=b"x", headers={"content-type": "text/plain"})).status_code == 415
+        assert (await c.post("/upscale", content=b"x", headers={"content-type": "multipart/form-data"})).status_code == 400
+        assert (await c.post("/upscale", files=upload(_incompressible(400_000)))).status_code == 413
+        r = await c.post("/upscale", content=stalled(), headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 408
+        text = (await c.get("/metrics")).text
+    for status in (400, 408, 413, 415):
+        labels = f'{{method="POST",route="/upscale",status="{status}"}}'
+        assert metric_value(text, "enhancer_http_requests_total", labels) == 1, status
+    assert "<unmatched>" not in text
+
+
 async def test_good_jpegs_are_passed_through_and_damaged_ones_enhanced(saved_model):
     from enhancer.config import Settings
 
@@ -506,10 +576,22 @@ async def test_openapi_declares_a_file_upload_and_docs_are_served(client):
     assert image.get("format") == "binary" or image.get("contentMediaType") == "application/octet-stream"
     assert schema["required"] == ["image"]
     assert {p["name"] for p in op["parameters"]} == {"format", "quality", "model", "strength"}
-    assert {"200", "400", "413", "415", "422", "500", "503", "504"} <= set(op["responses"])
+    assert {"200", "400", "408", "413", "415", "422", "500", "503", "504"} <= set(op["responses"])
     assert set(op["responses"]["200"]["content"]) == {"image/png", "image/jpeg", "image/webp"}
     docs = await client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_docs_pages_load_nothing_from_elsewhere(client, page):
+    html = (await client.get(page)).text
+    urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html) + re.findall(r"""url\s*:\s*['"]([^'"]+)""", html)
+    urls += re.findall(r"""spec-url=["']([^"']+)""", html)
+    assert urls and "//" not in "".join(urls), urls  # every script, style, icon and font is on this server
+    for url in urls:
+        r = await client.get(url)
+        assert r.status_code == 200, url
+    assert any(url.endswith(".js") for url in urls) and any(url.startswith("/openapi.json") for url in urls)
 
 
 async def test_index_page_is_served_from_the_package(client):

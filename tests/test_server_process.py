@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_DIR, encode_bgr, photo_like
+from conftest import MODEL_DIR, assert_documented, encode_bgr, photo_like
 
 UPLOAD_LIMIT = 200_000
 READ_TIMEOUT_S = 6
@@ -210,6 +210,7 @@ def test_a_trickling_upload_is_cut_off_at_the_read_deadline(server):
         "the connection is too slow or stalled: retry, or send a smaller file"
     }
     assert sent < declared
+    assert_documented(json.loads(server.get("/openapi.json")[2]), 408, json.loads(body)["detail"])
     assert server.get("/readyz")[0] == 200  # nothing else was held up
     status, _, _ = server.request("POST", "/upscale", multipart_body(encode_bgr(photo_like(30, 30), ".png")), UPLOAD_HEADERS)
     assert status == 200

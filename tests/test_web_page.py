@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import cv2
 import httpx
@@ -200,12 +202,35 @@ def _api_filename(base: str, file: Path, fmt: str) -> str:
     assert r.status_code == 200, r.text
     disposition = r.headers["content-disposition"]
     assert disposition.startswith("inline; filename=")
-    return disposition.split("filename=", 1)[1].strip('"')
+    star = re.search(r"filename\*=UTF-8''([^;]+)", disposition)  # the full name, when it is not ASCII
+    return unquote(star.group(1)) if star else re.search(r'filename="([^"]*)"', disposition).group(1)
 
 
 def _only_own_origin(requests: list[str], base: str) -> None:
     foreign = [u for u in requests if not (u.startswith(base + "/") or u.startswith(("blob:", "data:")))]
     assert not foreign, f"page fetched from elsewhere: {foreign}"
+
+
+def _box(page, selector: str) -> dict:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not shown"
+    return box
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
+
+
+def _labels_clear_of_the_image(page) -> None:
+    """The "Original" and "Enhanced" labels are shown and cover no part of the image, edge included."""
+    image = _box(page, "#viewport")  # the part of the image on screen is inside the viewport
+    for tag in (".tag-before", ".tag-after"):
+        assert not _overlap(_box(page, tag), image), tag
+
+
+def _shot(locator) -> np.ndarray:
+    """A screenshot of one element, as BGR pixels."""
+    return cv2.imdecode(np.frombuffer(locator.screenshot(), np.uint8), cv2.IMREAD_COLOR)
 
 
 def test_enhance_compare_zoom_download(server, browser, artifacts, photo):
@@ -254,6 +279,8 @@ def test_enhance_compare_zoom_download(server, browser, artifacts, photo):
         assert cv2.imread(str(saved)).shape == (h, w, 3)
 
         page.screenshot(path=str(artifacts / "desktop-result.png"), full_page=True)
+        _labels_clear_of_the_image(page)
+        assert page.locator(".tag-after").inner_text() == "Enhanced"
 
         # before/after slider: keyboard moves it, the divider and the clip follow
         split = page.get_by_label("Before / after divider")
@@ -286,6 +313,7 @@ def test_enhance_compare_zoom_download(server, browser, artifacts, photo):
         stage = page.locator("#stage").bounding_box()
         assert (round(stage["width"]), round(stage["height"])) == (4 * w, 4 * h)
         assert page.eval_on_selector("#img-after", "e => getComputedStyle(e).imageRendering") == "pixelated"
+        _labels_clear_of_the_image(page)
         page.screenshot(path=str(artifacts / "desktop-zoom-400.png"), full_page=True)
         page.get_by_role("button", name="Fit").click()
         assert page.get_by_role("button", name="Fit").get_attribute("aria-pressed") == "true"
@@ -297,8 +325,18 @@ def test_enhance_compare_zoom_download(server, browser, artifacts, photo):
         ctx.close()
 
 
-def test_phone_viewport(server, browser, artifacts, photo):
-    path, w, h = photo
+def _shown_whole(page, selector: str) -> None:
+    """The element's text is not cut: nothing overflows its box, and the box is on the screen."""
+    cut = page.eval_on_selector(selector, "e => e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight")
+    assert not cut, selector
+    box = _box(page, selector)
+    assert box["x"] >= 0 and box["x"] + box["width"] <= page.viewport_size["width"], (selector, box)
+
+
+def test_phone_viewport(server, browser, artifacts, photo, tmp_path):
+    source, w, h = photo
+    path = tmp_path / "chelsea_q10_from_the_holiday_trip_to_the_coast.jpg"  # long, as camera and chat apps name them
+    path.write_bytes(source.read_bytes())
     ctx, page, requests, errors = _new_page(
         browser, server, viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
     )
@@ -306,11 +344,18 @@ def test_phone_viewport(server, browser, artifacts, photo):
         page.screenshot(path=str(artifacts / "phone-start.png"), full_page=True)
         page.get_by_label("Output format").select_option("jpeg")
         page.get_by_label("Quality").fill("80")
-        _enhance(page, path)
+        page.set_input_files("#file-input", str(path))
+        assert page.locator("#file-name").inner_text() == path.name
+        _shown_whole(page, "#file-name")
+        page.get_by_role("button", name="Enhance").click()
         page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
         dims = page.eval_on_selector("#img-after", "e => [e.naturalWidth, e.naturalHeight]")
         assert dims == [w, h]
-        assert page.locator("#download").get_attribute("download") == _api_filename(server, path, "jpeg")
+        name = _api_filename(server, path, "jpeg")
+        assert page.locator("#download").get_attribute("download") == name
+        assert page.locator("#download-name").inner_text() == name
+        _shown_whole(page, "#download .btn-label")
+        _labels_clear_of_the_image(page)
 
         # nothing sticks out sideways, and the controls are within the screen
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
@@ -361,6 +406,23 @@ def test_a_good_jpeg_is_said_to_be_returned_unchanged(server, browser, photo, tm
         summary = page.locator("#result-summary").inner_text()
         assert summary.startswith(f"{w} × {h} px · PNG")
         assert "already a good JPEG (quality 97): returned unchanged" in summary
+        # not called enhanced: the model was not run
+        assert page.locator(".tag-after").inner_text() == "Unchanged"
+        assert page.get_by_text("Enhanced", exact=True).count() == 0
+        # the download is the original file itself, and the page says why
+        note = page.locator("#result-note")
+        assert note.is_visible()
+        assert "already a good JPEG (quality 97)" in note.inner_text() and "your original file" in note.inner_text()
+        link = page.get_by_role("link", name="Download good.jpg")
+        with page.expect_download() as dl_info:
+            link.click()
+        saved = tmp_path / "downloaded.jpg"
+        dl_info.value.save_as(saved)
+        assert dl_info.value.suggested_filename == "good.jpg"
+        assert saved.read_bytes() == good.read_bytes()
+        # the server's copy is still there for whoever wants the PNG
+        copy = page.get_by_role("link", name="Download the PNG copy anyway")
+        assert copy.get_attribute("download") == "good_enhanced.png"
         assert not errors, errors
     finally:
         ctx.close()
@@ -371,6 +433,9 @@ def test_a_good_jpeg_is_said_to_be_returned_unchanged(server, browser, photo, tm
         _enhance(page, path)
         page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
         assert "returned unchanged" not in page.locator("#result-summary").inner_text()
+        assert page.locator(".tag-after").inner_text() == "Enhanced"
+        assert page.locator("#result-note").is_hidden()
+        assert page.locator("#download").get_attribute("download") == _api_filename(server, path, "png")
     finally:
         ctx.close()
 
@@ -537,6 +602,148 @@ def test_too_many_requests_says_when_to_retry(server, browser, photo):
         _enhance(page, path)
         page.wait_for_function("document.getElementById('error-title').textContent === 'Too many requests'")
         assert page.locator("#error-message").inner_text() == "This client already has 1 upload(s) in progress. Try again in 12 s."
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+# --- transparency, strength, the API docs ------------------------------------------------------
+
+
+def test_a_semi_transparent_image_is_compared_as_it_is(server, browser, artifacts, tmp_path):
+    """Each side of the divider shows its own layer alone: the enhanced side looks exactly like the
+    answer drawn by itself, not like the answer drawn over the original (more opaque than it is)."""
+    h, w = 120, 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    bgra = np.dstack([xx * 255 // w, yy * 255 // h, np.full((h, w), 200), np.full((h, w), 110)]).astype(np.uint8)
+    path = tmp_path / "glass.png"
+    assert cv2.imwrite(str(path), bgra)
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        _enhance(page, path)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        stage = page.locator("#stage")
+        compared = _shot(stage)
+        page.screenshot(path=str(artifacts / "desktop-transparent.png"), full_page=True)
+        page.eval_on_selector("#img-before", "e => e.style.visibility = 'hidden'")
+        answer_alone = _shot(stage)
+        page.eval_on_selector("#img-before", "e => e.style.visibility = ''")
+        page.eval_on_selector("#img-after", "e => e.style.visibility = 'hidden'")
+        original_alone = _shot(stage)
+        page.eval_on_selector("#img-after", "e => e.style.visibility = ''")
+
+        sh, sw = compared.shape[:2]
+        assert sw > 300  # far enough from the divider and its handle at the middle
+        rows = slice(sh // 10, sh - sh // 10)
+        left, right = slice(sw // 20, sw * 2 // 5), slice(sw * 3 // 5, sw - sw // 20)
+        diff_right = np.abs(compared[rows, right].astype(int) - answer_alone[rows, right].astype(int)).max()
+        diff_left = np.abs(compared[rows, left].astype(int) - original_alone[rows, left].astype(int)).max()
+        assert diff_right <= 2, f"the enhanced side differs from the answer alone by {diff_right} levels"
+        assert diff_left <= 2, f"the original side differs from the original alone by {diff_left} levels"
+        # and the transparency is shown: behind the image lies the checkerboard
+        checker = original_alone[rows, left].reshape(-1, 3).astype(int)
+        assert np.ptp(checker.sum(axis=1)) > 10
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_the_checkerboard_is_only_behind_the_image(server, browser, tmp_path):
+    """An opaque photo narrower than the comparison: the space beside it is plain, not a pattern
+    that reads as transparency."""
+    tall = tmp_path / "tall.png"
+    assert cv2.imwrite(str(tall), np.full((240, 60, 3), (40, 120, 200), np.uint8))
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        _enhance(page, tall)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        viewport, stage = _box(page, "#viewport"), _box(page, "#stage")
+        beside = int(stage["x"] - viewport["x"]) - 4
+        assert beside > 40, (viewport, stage)  # the image is narrower than the comparison
+        pixels = _shot(page.locator("#viewport"))
+        empty = pixels[10:-10, 4:beside].reshape(-1, 3)
+        assert (empty == empty[0]).all(), "the empty space beside the image has a pattern"
+        assert "conic-gradient" in page.eval_on_selector("#stage", "e => getComputedStyle(e).backgroundImage")
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_strength_is_chosen_and_sent_as_a_query_parameter(server, browser, photo):
+    path, _, _ = photo
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    strength = page.get_by_label("Strength")
+    hint = page.locator("#strength-hint")
+    try:
+        assert strength.input_value() == "auto"
+        hints = {}
+        for value in ("auto", "light", "strong", "off"):
+            strength.select_option(value)
+            hints[value] = hint.inner_text()
+        assert len(set(hints.values())) == 4 and all(len(text) < 120 for text in hints.values()), hints
+        assert page.eval_on_selector("#strength", "e => e.getAttribute('aria-describedby')") == "strength-hint"
+
+        strength.select_option("auto")
+        page.set_input_files("#file-input", str(path))
+        with page.expect_request("**/upscale?*") as sent:
+            page.get_by_role("button", name="Enhance").click()
+        assert parse_qs(urlsplit(sent.value.url).query)["strength"] == ["auto"]
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        assert page.locator(".tag-after").inner_text() == "Enhanced"
+
+        # off: the model is not run, and the page does not call the answer enhanced
+        strength.select_option("off")
+        with page.expect_request("**/upscale?*") as sent:
+            page.get_by_role("button", name="Enhance").click()
+        assert parse_qs(urlsplit(sent.value.url).query)["strength"] == ["off"]
+        page.wait_for_selector("#result-note:not([hidden])", timeout=RESULT_TIMEOUT_MS)
+        assert page.locator(".tag-after").inner_text() == "Unchanged"
+        assert page.get_by_label("Before / after divider").get_attribute("aria-valuetext") == "50% original, 50% unchanged"
+        assert "strength off: returned unchanged" in page.locator("#result-summary").inner_text()
+        assert page.locator("#download").get_attribute("download") == _api_filename(server, path, "png")
+
+        strength.select_option("strong")
+        with page.expect_request("**/upscale?*") as sent:
+            page.get_by_role("button", name="Enhance").click()
+        assert parse_qs(urlsplit(sent.value.url).query)["strength"] == ["strong"]
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_the_api_docs_work_without_the_internet(server, browser, artifacts):
+    """/docs and /redoc with every request to another origin refused, as on a machine offline."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    refused: list[str] = []
+    errors: list[str] = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server + "/"):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    ctx.route("**/*", only_this_server)
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(server + "/docs")
+        upscale = page.locator(".opblock-post", has_text="/upscale")
+        upscale.wait_for(timeout=30_000)
+        upscale.locator(".opblock-summary").click()
+        page.get_by_role("button", name="Try it out").click()
+        assert page.locator(".opblock-post input[type=file]").count() == 1  # the image to send
+        assert page.locator(".opblock-post select").filter(has_text="strong").count() == 1  # strength
+        assert page.get_by_role("button", name="Execute").is_visible()
+        icon = page.eval_on_selector("link[rel~=icon]", "e => e.href")
+        assert icon.startswith(server + "/") and httpx.get(icon).status_code == 200
+        page.screenshot(path=str(artifacts / "docs-offline.png"), full_page=False)
+
+        page.goto(server + "/redoc")
+        page.get_by_text("Remove JPEG damage from an image").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "redoc-offline.png"), full_page=False)
+        assert not refused, f"the docs asked another origin for {refused}"
         assert not errors, errors
     finally:
         ctx.close()

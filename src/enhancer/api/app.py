@@ -18,8 +18,10 @@ from fastapi.staticfiles import StaticFiles
 from enhancer import __version__
 from enhancer.api.auth import install_api_keys
 from enhancer.api.client_limits import install_client_limits
+from enhancer.api.docs import install_docs
 from enhancer.api.errors import install_error_handlers
 from enhancer.api.middleware import MetricsMiddleware, UploadGateMiddleware, UploadLimitMiddleware
+from enhancer.api.multipart import MultipartFramingMiddleware
 from enhancer.api.routes import UPLOAD_PATHS, router, static_dir
 from enhancer.config import Settings
 from enhancer.metrics import Metrics
@@ -58,6 +60,8 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, from local assets
+        redoc_url=None,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
@@ -65,11 +69,15 @@ def create_app(
     static = static_dir()
     if static.is_dir():
         app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    install_docs(app, favicon_path="/static/favicon.svg" if (static / "favicon.svg").is_file() else None)
+    # Added first = innermost: the form parser reads the body through the framing check.
+    app.add_middleware(MultipartFramingMiddleware, paths=UPLOAD_PATHS)
     # Added last = outermost: metrics also see the 413/408/415/503s the middleware answers itself.
     app.add_middleware(
         UploadLimitMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
         read_timeout_s=settings.request_read_timeout_s,
+        paths=UPLOAD_PATHS,
     )
     app.add_middleware(
         UploadGateMiddleware, paths=UPLOAD_PATHS, refuse=runtime.refuse_upload, tracker=runtime

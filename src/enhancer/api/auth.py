@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from enhancer.api.errors import enhancer_error_response
+from enhancer.api.openapi import error_response_schema, header
 from enhancer.api.route_match import check_guardable, mark_route
 from enhancer.api.schemas import AccessBody, ErrorBody
 from enhancer.config import Settings
@@ -216,10 +217,11 @@ def _document(app: FastAPI, paths: Iterable[str]) -> None:
             for operation in schema.get("paths", {}).get(path, {}).values():
                 operation["security"] = [{SECURITY_SCHEME: []}]
                 responses = operation.setdefault("responses", {})
-                responses["401"] = {
-                    "description": "No API key, or not a valid one (`WWW-Authenticate: Bearer`).",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-                }
+                responses["401"] = error_response_schema(
+                    "No API key, or not a valid one (`WWW-Authenticate: Bearer`).",
+                    _MISSING,
+                    {"WWW-Authenticate": header("The scheme to authenticate with.", 'Bearer realm="enhancer"')},
+                )
                 operation["responses"] = dict(sorted(responses.items()))
         return schema
 

@@ -21,6 +21,7 @@ from enhancer import imaging
 from enhancer.api.auth import KEY_CLIENT_STATE
 from enhancer.api.errors import enhancer_error_response
 from enhancer.api.forwarded import TrustedProxies
+from enhancer.api.openapi import RETRY_AFTER, error_response_schema
 from enhancer.api.route_match import check_guardable, mark_route
 from enhancer.config import Settings
 from enhancer.errors import TooManyRequestsError
@@ -99,11 +100,13 @@ def _document(app: FastAPI, paths: Iterable[str]) -> None:
         for path in paths:
             for operation in schema.get("paths", {}).get(path, {}).values():
                 responses = operation.setdefault("responses", {})
-                responses["429"] = {
-                    "description": "This client is over ENHANCER_MAX_CONCURRENT_PER_CLIENT uploads in "
-                    "flight or ENHANCER_RATE_LIMIT_MPX_PER_MINUTE; `Retry-After` says when to retry.",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-                }
+                responses["429"] = error_response_schema(
+                    "This client is over ENHANCER_MAX_CONCURRENT_PER_CLIENT uploads in flight or "
+                    "ENHANCER_RATE_LIMIT_MPX_PER_MINUTE; `Retry-After` says when to retry.",
+                    "this client already has 1 upload(s) in progress, the most one client may have "
+                    "(ENHANCER_MAX_CONCURRENT_PER_CLIENT); wait for one to finish, then retry",
+                    RETRY_AFTER,
+                )
                 operation["responses"] = dict(sorted(responses.items()))
         return schema
 

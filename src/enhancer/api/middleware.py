@@ -12,6 +12,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enhancer.api.errors import enhancer_error_response
+from enhancer.api.route_match import mark_route
 from enhancer.errors import (
     EnhancerError,
     MalformedRequestError,
@@ -77,11 +78,20 @@ class UploadLimitMiddleware:
     only what is left of `read_timeout_s` counted from the start of the request, so a client that
     trickles its upload cannot hold a connection (and its buffered bytes) forever: 408. In both
     cases whatever the app was about to answer (it sees a failed body read) is replaced by the
-    error, sent with `Connection: close` so the server stops reading the rest.
+    error, sent with `Connection: close` so the server stops reading the rest. A refusal on one
+    of `paths` (exact paths) is counted in the metrics under its route also when it comes before
+    routing.
     """
 
-    def __init__(self, app: ASGIApp, max_upload_bytes: int, read_timeout_s: float | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_upload_bytes: int,
+        read_timeout_s: float | None = None,
+        paths: frozenset[str] = frozenset(),
+    ):
         self.app = app
+        self.paths = paths
         self.max_upload_bytes = max_upload_bytes
         self.max_body_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         self.read_timeout_s = read_timeout_s
@@ -110,6 +120,8 @@ class UploadLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_body_bytes:
+                    if scope["path"] in self.paths:
+                        mark_route(scope)
                     await _answer(self._too_large(), scope, receive, send, close=True)
                     return
 
@@ -156,6 +168,8 @@ class UploadLimitMiddleware:
             if failure is None:
                 raise
         if failure is not None and not response_started:
+            if scope["path"] in self.paths:
+                mark_route(scope)
             await _answer(failure, scope, receive, send, close=True)
 
 
@@ -185,6 +199,7 @@ class UploadGateMiddleware:
             return
         error = self.refuse() or content_type_error(scope)
         if error is not None:
+            mark_route(scope)  # counted under its route in the metrics
             await _answer(error, scope, receive, send, close=True)
             return
         if self.tracker is None:

@@ -1,8 +1,9 @@
 """The route label of a request that middleware answers before the router runs.
 
 The metrics count requests by the matched route's template (`scope["route"].path`), which the
-router sets. A 401 or 429 from the key check or the per-client limits comes before routing and
-would be counted as `<unmatched>`. Those middlewares guard exact paths without parameters, whose
+router sets. A 401 or 429 from the key check or the per-client limits, and a 415, 400, 413 or 503
+from the upload checks (body type, declared length, shutdown), come before routing and would be
+counted as `<unmatched>`. Those middlewares guard exact paths without parameters, whose
 template is the path itself, so the path can stand in for the route.
 """
 

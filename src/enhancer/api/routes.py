@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import unicodedata
 from importlib import resources
 from pathlib import PurePath
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from enhancer.api.client_limits import charge_upload
+from enhancer.api.openapi import RETRY_AFTER, SUCCESS_HEADERS, example_image, upload_error_responses
 from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody, ServedModel
 from enhancer.conditioning import Strength
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
@@ -33,23 +36,6 @@ router = APIRouter()
 #: parsing, and they are what a shutdown refuses and then waits for.
 UPLOAD_PATHS = frozenset({"/upscale"})
 
-_ERRORS = {
-    400: "The file is a supported type but corrupt or truncated, or the multipart body is malformed.",
-    408: "The request body was not received within ENHANCER_REQUEST_READ_TIMEOUT_S.",
-    413: (
-        "The upload exceeds ENHANCER_MAX_UPLOAD_BYTES, or the image exceeds ENHANCER_MAX_PIXELS or has a side "
-        "longer than ENHANCER_MAX_IMAGE_SIDE."
-    ),
-    415: (
-        f"The file is not {SUPPORTED_NAMES}, is animated, or is a TIFF whose channels or sample type are not "
-        "supported; or the body is not multipart/form-data."
-    ),
-    422: "The `image` field is missing or holds more than one file, or a query parameter is invalid (e.g. an unknown `model`).",
-    500: "The model failed on the batch holding this image.",
-    503: "The queue is full, the model is still warming up, or the server is shutting down; see `Retry-After`.",
-    504: "The image was not enhanced within ENHANCER_REQUEST_TIMEOUT_S.",
-}
-
 _FALLBACK_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>enhancer</title></head>
 <body><h1>enhancer</h1><p>Removes JPEG damage from photos. Try it at <a href="/docs">/docs</a>
@@ -61,11 +47,26 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def _download_name(filename: str | None, fmt: OutputFormat) -> str:
-    """`<stem>_enhanced.<ext>`, reduced to characters that are safe in a header."""
+def _safe_stem(filename: str | None) -> str:
+    """The upload's file name without folders or extension, reduced to letters, digits and `._-`
+    (any script; everything else becomes `_`), so it cannot break the header or name a path."""
     stem = PurePath((filename or "").replace("\\", "/")).stem
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "image"
-    return f"{stem[:100]}_enhanced.{fmt.extension}"
+    stem = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", stem)).strip("._-")
+    return stem[:100]
+
+
+def content_disposition(filename: str | None, fmt: OutputFormat) -> str:
+    """`inline` with the download name `<stem>_enhanced.<ext>`: an ASCII `filename` (accents
+    dropped, other letters replaced) and, when that lost characters, the full name in UTF-8 as
+    `filename*` (RFC 6266, RFC 8187), which browsers prefer."""
+    stem = _safe_stem(filename)
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
+    ascii_stem = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem).strip("._-") or "image"
+    name, ascii_name = f"{stem or 'image'}_enhanced.{fmt.extension}", f"{ascii_stem}_enhanced.{fmt.extension}"
+    header = f'inline; filename="{ascii_name}"'
+    if name != ascii_name:
+        header += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return header
 
 
 def _server_timing(result: EnhanceResult) -> str:
@@ -93,7 +94,7 @@ async def _cancel_if_client_leaves(request: Request, work):
         if not task.done():
             task.cancel()
     if task.cancelled() or not task.done():
-        log.info("client left before its image was ready; its queued tiles were dropped")
+        log.info("client left before its image was ready; its work was cancelled (499)")
         return None
     return task.result()
 
@@ -102,19 +103,23 @@ async def _cancel_if_client_leaves(request: Request, work):
     "/upscale",
     summary="Remove JPEG damage from an image",
     response_class=Response,
+    # a tiny BMP whose bytes are all ASCII, so that it survives being JSON text
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"example": {"image": example_image()}}}}},
     responses={
         200: {
             "description": "The enhanced image, same width and height as the input.",
+            "headers": SUCCESS_HEADERS,
             "content": {f.media_type: {"schema": {"type": "string", "format": "binary"}} for f in OutputFormat},
         },
-        **{code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()},
+        **upload_error_responses(),
     },
 )
 async def upscale(
     request: Request,
     image: Annotated[UploadFile, File(description=f"The image to enhance: {SUPPORTED_NAMES}.")],
     format: Annotated[
-        OutputFormat, Query(description="Encoding of the answer; PNG is lossless.")
+        OutputFormat,
+        Query(description="Encoding of the answer; PNG is lossless. Any case; `jpg` is the same as `jpeg`."),
     ] = OutputFormat.png,
     quality: Annotated[
         int, Query(ge=1, le=100, description="Quality 1-100 for JPEG and WebP answers (PNG ignores it).")
@@ -160,7 +165,7 @@ async def upscale(
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
         return Response(status_code=499)
     headers = {
-        "Content-Disposition": f'inline; filename="{_download_name(image.filename, format)}"',
+        "Content-Disposition": content_disposition(image.filename, format),
         "Server-Timing": _server_timing(result),
         "X-Enhancer-Model": result.model,
     }
@@ -179,7 +184,12 @@ async def healthz(request: Request):
     return HealthBody(status="degraded" if lifecycle.state is ServingState.DEGRADED else "ok")
 
 
-@router.get("/readyz", response_model=ReadyBody, responses={503: {"model": ErrorBody}}, tags=["ops"])
+@router.get(
+    "/readyz",
+    response_model=ReadyBody,
+    responses={503: {"model": ErrorBody, "description": "Not ready (yet, or any more).", "headers": RETRY_AFTER}},
+    tags=["ops"],
+)
 async def readyz(request: Request):
     """Readiness: 200, listing the models, once every model is loaded and warmed up; 503 while
     the models cannot run (several batches failed in a row) and while shutting down."""
@@ -192,7 +202,12 @@ async def readyz(request: Request):
     return ReadyBody(status="ready", device=models.device, precision=models.precision, models=served)
 
 
-@router.get("/metrics", tags=["ops"], response_class=Response)
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"description": "The metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in text exposition format."""
     m = _runtime(request).metrics
@@ -211,3 +226,8 @@ async def index() -> HTMLResponse:
     if page.is_file():
         return HTMLResponse(page.read_text(encoding="utf-8"))
     return HTMLResponse(_FALLBACK_PAGE)
+
+
+# Uptime checkers probe with HEAD: the same answers, whose bodies the server does not send.
+for _path, _endpoint in (("/healthz", healthz), ("/readyz", readyz), ("/", index)):
+    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)

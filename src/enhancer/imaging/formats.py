@@ -57,6 +57,14 @@ class OutputFormat(str, Enum):
     jpeg = "jpeg"
     webp = "webp"
 
+    @classmethod
+    def _missing_(cls, value: object) -> OutputFormat | None:
+        """Names in any case, and `jpg` (the extension the answer is named with) for `jpeg`."""
+        if not isinstance(value, str):
+            return None
+        name = value.strip().lower()
+        return cls.__members__.get("jpeg" if name == "jpg" else name)
+
     @property
     def media_type(self) -> str:
         return f"image/{self.value}"

@@ -8,10 +8,12 @@
     form: $("enhance-form"), dropzone: $("dropzone"), input: $("file-input"),
     fileInfo: $("file-info"), thumb: $("thumb"), fileName: $("file-name"), fileDetails: $("file-details"),
     format: $("format"), qualityField: $("quality-field"), quality: $("quality"), qualityValue: $("quality-value"),
+    strength: $("strength"), strengthHint: $("strength-hint"),
     enhance: $("enhance-btn"), cancel: $("cancel-btn"),
     progress: $("progress"), progressBar: $("progress-bar"), progressLabel: $("progress-label"), progressExtra: $("progress-extra"),
     status: $("status"), error: $("error"), errorTitle: $("error-title"), errorMessage: $("error-message"),
     result: $("result"), resultTitle: $("result-title"), resultSummary: $("result-summary"),
+    resultNote: $("result-note"), resultNoteText: $("result-note-text"), answerLink: $("answer-link"), tagAfter: $("tag-after"),
     download: $("download"), downloadName: $("download-name"),
     compare: $("compare"), viewport: $("viewport"), stage: $("stage"),
     before: $("img-before"), after: $("img-after"), divider: $("divider"), split: $("split"),
@@ -38,7 +40,7 @@
   var state = {
     file: null, originalURL: null, originalSize: null,
     resultURL: null, xhr: null, timer: null,
-    zoom: "fit", scale: 1, natural: null, split: 50
+    zoom: "fit", scale: 1, natural: null, split: 50, afterWord: "enhanced"
   };
 
   function setPageState(s) { document.body.setAttribute("data-state", s); }
@@ -307,6 +309,15 @@
 
   checkAccess();
 
+  /* ---------- strength ---------- */
+
+  function showStrengthHint() {
+    var option = els.strength.options[els.strength.selectedIndex];
+    els.strengthHint.textContent = option ? option.getAttribute("data-hint") : "";
+  }
+  els.strength.addEventListener("change", showStrengthHint);
+  showStrengthHint();
+
   /* ---------- sending ---------- */
 
   function setBusy(busy) {
@@ -315,6 +326,7 @@
     els.enhance.setAttribute("aria-busy", busy ? "true" : "false");
     els.cancel.hidden = !busy;
     els.format.disabled = busy;
+    els.strength.disabled = busy;
     els.quality.disabled = busy || els.format.value === "png";
     els.input.disabled = busy;
   }
@@ -380,7 +392,7 @@
   function send(file) {
     hideError();
     var fmt = els.format.value;
-    var params = new URLSearchParams({ format: fmt });
+    var params = new URLSearchParams({ format: fmt, strength: els.strength.value });
     if (fmt !== "png") params.set("quality", els.quality.value);
 
     var body = new FormData();
@@ -485,10 +497,36 @@
     if (state.resultURL) URL.revokeObjectURL(state.resultURL);
     state.resultURL = URL.createObjectURL(blob);
 
-    els.download.href = state.resultURL;
-    els.download.setAttribute("download", name);
-    els.downloadName.textContent = name;
-    els.download.setAttribute("aria-label", "Download " + name);
+    /* X-Enhancer-Passed-Through: the model was not run and the answer holds the input's own pixels,
+     * for a JPEG saved at a high quality ("jpeg-quality=<q>") or when asked ("strength=off") */
+    var passedThrough = xhr.getResponseHeader("X-Enhancer-Passed-Through") || "";
+    var goodJpeg = /jpeg-quality=(\d+)/.exec(passedThrough);
+    var label = FORMAT_LABEL[fmt] || fmt;
+    state.afterWord = passedThrough ? "unchanged" : "enhanced";
+    els.tagAfter.textContent = passedThrough ? "Unchanged" : "Enhanced";
+    els.after.alt = passedThrough ? "The server's answer, unchanged" : "Enhanced image";
+    setSplit(state.split); /* its spoken value names the right side */
+    els.resultNote.hidden = !passedThrough;
+    els.answerLink.hidden = true;
+    if (goodJpeg) {
+      /* the answer is the original's pixels encoded again, usually bigger: offer the original file */
+      var original = file.name || "image.jpg";
+      offerDownload(state.originalURL, original);
+      els.resultNoteText.textContent = "This photo is already a good JPEG (quality " + goodJpeg[1] + "): the model " +
+        "would not improve it, so the server left its pixels unchanged. The download is your original file (" +
+        formatBytes(file.size) + "), which holds exactly these pixels; the server's " + label + " copy is " +
+        formatBytes(blob.size) + ".";
+      els.answerLink.hidden = false;
+      els.answerLink.href = state.resultURL;
+      els.answerLink.setAttribute("download", name);
+      els.answerLink.textContent = "Download the " + label + " copy anyway";
+    } else {
+      offerDownload(state.resultURL, name);
+      if (passedThrough) {
+        els.resultNoteText.textContent = "Strength was set to Off: the model was not run, and the image's own pixels " +
+          "come back as " + label + ".";
+      }
+    }
 
     Promise.all([loadImage(els.after, state.resultURL), loadImage(els.before, state.originalURL)]).then(function (ok) {
       if (!ok[0]) {
@@ -505,19 +543,26 @@
 
       var bits = [w + " × " + h + " px", (FORMAT_LABEL[fmt] || fmt) + " " + formatBytes(blob.size),
         "done in " + formatSeconds(elapsedMs)];
-      /* the server skips the model for JPEGs saved at a high quality (X-Enhancer-Passed-Through) */
-      var passed = /jpeg-quality=(\d+)/.exec(xhr.getResponseHeader("X-Enhancer-Passed-Through") || "");
-      if (passed) bits.push("already a good JPEG (quality " + passed[1] + "): returned unchanged");
+      if (goodJpeg) bits.push("already a good JPEG (quality " + goodJpeg[1] + "): returned unchanged");
+      else if (passedThrough) bits.push("strength off: returned unchanged");
       els.resultSummary.textContent = bits.join(" · ") + (beforeOk ? "" : " · original can't be shown in this browser");
 
       els.result.hidden = false;
       setZoom("fit");
       updateSplit();
       setPageState("done");
-      announce("Done. Compare the original and the enhanced image, then download " + name + ".");
+      announce("Done. Compare the original and the " + state.afterWord + " image, then download " +
+        els.download.getAttribute("download") + ".");
       els.resultTitle.focus({ preventScroll: true });
       els.result.scrollIntoView({ behavior: matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth", block: "start" });
     });
+  }
+
+  function offerDownload(url, filename) {
+    els.download.href = url;
+    els.download.setAttribute("download", filename);
+    els.downloadName.textContent = filename;
+    els.download.setAttribute("aria-label", "Download " + filename);
   }
 
   function hideResult() {
@@ -632,7 +677,10 @@
     var span = visibleSpan();
     var x = span.left + (span.right - span.left) * state.split / 100;
     var clip = x + els.viewport.scrollLeft - els.stage.offsetLeft;
+    /* each layer shows only its own side: drawn over each other, a semi-transparent image would
+     * look more opaque than it is */
     els.after.style.clipPath = "inset(0 0 0 " + clip.toFixed(1) + "px)";
+    els.before.style.clipPath = "inset(0 " + (els.stage.offsetWidth - clip).toFixed(1) + "px 0 0)";
     els.divider.style.left = x.toFixed(1) + "px";
     els.divider.style.top = span.top + "px";
     els.divider.style.bottom = "auto";
@@ -643,7 +691,7 @@
     pct = Math.max(0, Math.min(100, Math.round(pct)));
     state.split = pct;
     els.split.value = String(pct);
-    els.split.setAttribute("aria-valuetext", pct + "% original, " + (100 - pct) + "% enhanced");
+    els.split.setAttribute("aria-valuetext", pct + "% original, " + (100 - pct) + "% " + state.afterWord);
     updateSplit();
   }
 
