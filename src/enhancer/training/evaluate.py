@@ -106,22 +106,11 @@ def save_jpeg_opencv(image_bgr: np.ndarray, quality: int) -> bytes:
 
 
 def file_quantization(data: bytes) -> np.ndarray:
-    """The model's `quantization` input for a JPEG file, read from its own header, as served."""
-    import io
+    """The model's `quantization` input for a JPEG file, built exactly as the server builds it."""
+    from enhancer import imaging
+    from enhancer.conditioning import quantization_vector
 
-    from PIL import Image
-
-    picture = Image.open(io.BytesIO(data))
-    tables = picture.quantization
-    vector = np.zeros(QUANTIZATION_LENGTH, np.float32)
-    components = picture.layer  # (id, h, v, table) per component
-    vector[:64] = tables[components[0][3]]
-    if len(components) > 1:
-        vector[64:128] = tables[components[1][3]]
-        vector[128:] = (components[0][1] // components[1][1], components[0][2] // components[1][2])
-    else:
-        vector[128:] = (1, 1)
-    return vector
+    return quantization_vector(imaging.decode(data).info)
 
 
 @dataclass
@@ -149,10 +138,11 @@ def _run_methods(forwards, strengths, image_bgr, quality):
     damaged_bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     damaged = _rgb01(damaged_bgr)
     answers = {"nlm": _rgb01(nlm(damaged_bgr, strengths[quality]))}
-    blind = np.zeros_like(file_quantization(data))
+    told = file_quantization(data)
+    blind = np.zeros_like(told)
     for name, forward in forwards.items():
         if forward.conditioned:
-            answers[name] = forward(damaged, file_quantization(data))
+            answers[name] = forward(damaged, told)
             answers[f"{name} (blind)"] = forward(damaged, blind)
         else:
             answers[name] = forward(damaged, None)
