@@ -206,8 +206,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train (or resume) a restoration network")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
-    p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "dejpeg_q", "prototype"],
-                   help="dejpeg_q is told the file's quantisation tables (its training mixes in rendered content)")
+    p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "dejpeg_q", "prototype", "upscale_x2", "upscale_x4"],
+                   help="dejpeg_q is told the file's quantisation tables (its training mixes in rendered content); "
+                   "upscale_x2/x4 enlarge (--init-weights: a dejpeg_q .weights.h5 for their restorer; --patch-size "
+                   "is the small image's)")
     p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir), help="training fonts (enhancer fetch-fonts)")
     p.add_argument("--relative-floor", type=float, default=TRAIN_DEFAULTS.relative_floor,
                    help="floor under the input's MSE in the relative loss")
