@@ -162,7 +162,7 @@ def test_registry_selects_by_name_and_by_scale():
         registry.select("sr3")
     assert registry.for_scale(1) is registry["dejpeg"]  # the default wins among scale-1 models
     assert registry.for_scale(4) is registry["sr4"]
-    with pytest.raises(UnknownModelError, match=r"no model with scale 3; this server serves scales \[1, 2, 4\]"):
+    with pytest.raises(UnknownModelError, match=r"serves no model with scale 3; the scales it serves are 1, 2, 4 \(models: "):
         registry.for_scale(3)
     other_default = ModelRegistry([FakeModel("a"), FakeModel("b"), FakeModel("sr2", scale=2)], "sr2")
     with pytest.raises(UnknownModelError, match="several models have scale 1 .a, b.; name one"):

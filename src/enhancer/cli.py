@@ -19,6 +19,7 @@ from enhancer import __version__
 from enhancer.conditioning import Strength
 from enhancer.config import Settings
 from enhancer.imaging import OutputFormat, sniff_format
+from enhancer.pipeline import Scale
 
 log = logging.getLogger("enhancer.cli")
 
@@ -90,24 +91,34 @@ def _is_image(path: Path) -> bool:
         return False
 
 
-def plan_outputs(source: Path, target: Path | None, fmt: OutputFormat | None) -> list[tuple[Path, Path, OutputFormat]]:
+def output_suffix(scale: int) -> str:
+    """What an output's name adds to its input's: `_enhanced`, or `_x2` / `_x4` for an enlarged
+    answer (as the API's download names)."""
+    return "_enhanced" if scale == 1 else f"_x{scale}"
+
+
+def plan_outputs(
+    source: Path, target: Path | None, fmt: OutputFormat | None, scale: int = 1
+) -> list[tuple[Path, Path, OutputFormat]]:
     """Pair every input image with its output path and format.
 
     A file goes to OUTPUT (format from its extension unless --format says otherwise) or beside the
     input as `<stem>_enhanced.<ext>`; a folder's images (not recursive) go to OUTPUT or
-    `<folder>_enhanced/`, one `<stem>_enhanced.<ext>` per input.
+    `<folder>_enhanced/`, one `<stem>_enhanced.<ext>` per input (`_x2`, `_x4` instead of
+    `_enhanced` at those scales).
     """
+    suffix = output_suffix(scale)
     if source.is_file():
         if target is not None and not target.is_dir():
             chosen = fmt or _EXTENSIONS.get(target.suffix.lower(), OutputFormat.png)
             return [(source, target, chosen)]
         chosen = fmt or OutputFormat.png
         folder = target if target is not None else source.parent
-        return [(source, folder / f"{source.stem}_enhanced.{chosen.extension}", chosen)]
+        return [(source, folder / f"{source.stem}{suffix}.{chosen.extension}", chosen)]
     if not source.is_dir():
         raise SystemExit(f"enhancer: {source} does not exist")
     chosen = fmt or OutputFormat.png
-    folder = target if target is not None else source.with_name(source.name + "_enhanced")
+    folder = target if target is not None else source.with_name(source.name + suffix)
     inputs = sorted(p for p in source.iterdir() if p.is_file() and _is_image(p))
     if not inputs:
         raise SystemExit(f"enhancer: no JPEG, PNG, WebP, BMP or TIFF images in {source}")
@@ -116,16 +127,49 @@ def plan_outputs(source: Path, target: Path | None, fmt: OutputFormat | None) ->
     for path in inputs:
         # a.jpg and a.png would both become a_enhanced.png: keep the source extension then
         stem = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
-        pairs.append((path, folder / f"{stem}_enhanced.{chosen.extension}", chosen))
+        pairs.append((path, folder / f"{stem}{suffix}.{chosen.extension}", chosen))
     return pairs
+
+
+def _choose_model_dir(settings: Settings, model_dir: Path | None, scale: int | None) -> Path:
+    """The one model folder `enhance` runs: --model-dir (whose scale must be --scale's, if given),
+    else the served models' one for --scale (1 if not given), chosen as the server chooses it."""
+    from enhancer.models.contract import ModelLoadError, read_spec
+    from enhancer.models.registry import UnknownModelError, choose_default, model_dirs, model_for_scale
+
+    try:
+        if model_dir is not None:
+            folder = settings.model_dir
+            spec = read_spec(folder)
+            if scale is not None and spec.scale != scale:
+                raise SystemExit(f"enhancer: the model in {folder} has scale {spec.scale}, not {scale}; leave out --scale or pick another model")
+            return folder
+        folders = model_dirs(settings)
+        specs = {name: read_spec(path) for name, path in folders.items()}
+        default = choose_default(specs, settings.default_model)
+    except ModelLoadError as exc:
+        raise SystemExit(f"enhancer: {exc}") from None
+    try:
+        return folders[model_for_scale(specs, default, scale or 1)]
+    except UnknownModelError as exc:
+        if any(spec.scale == scale for spec in specs.values()):  # several: the user must pick one
+            raise SystemExit(f"enhancer: {exc}".replace("name one with 'model'", "pass one's folder as --model-dir")) from None
+        served = ", ".join(f"{path} (scale {specs[name].scale})" for name, path in folders.items())
+        raise SystemExit(
+            f"enhancer: no model with scale {scale} is configured; the models are {served}. Upscaling models "
+            "are weights/upscale-x2 and weights/upscale-x4 (ENHANCER_UPSCALE_MODEL_DIRS), or pass --model-dir"
+        ) from None
 
 
 def _enhance(args: argparse.Namespace) -> int:
     settings = _settings(model_dir=args.model_dir, tile_size=args.tile_size, tile_overlap=args.tile_overlap)
     _setup_logging("warning" if args.quiet else settings.log_level)
     fmt = OutputFormat(args.format) if args.format else None
-    jobs = plan_outputs(Path(args.input), Path(args.output) if args.output else None, fmt)
-    _check_model_dirs(settings)
+    folder = _choose_model_dir(settings, args.model_dir, args.scale)
+    from enhancer.models.contract import read_spec
+
+    scale = read_spec(folder).scale
+    jobs = plan_outputs(Path(args.input), Path(args.output) if args.output else None, fmt, scale)
 
     from tqdm import tqdm
 
@@ -135,7 +179,7 @@ def _enhance(args: argparse.Namespace) -> int:
     from enhancer.pipeline import DirectTiles, Pipeline
 
     try:
-        models = ModelRegistry.load(settings)
+        models = ModelRegistry.load(settings, {folder.name: folder})
         # unset tile/batch sizes follow the device, an unset overlap the models' reach
         settings = settings.for_device(models.device_kind).for_models(models.reach, models.size_multiple)
         models.check_tiling(settings.tile_size, settings.tile_overlap)
@@ -198,13 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", nargs="?", help="output file or folder (default: <name>_enhanced next to the input)")
     p.add_argument("--format", choices=[f.value for f in OutputFormat], help="output format (default png, or OUTPUT's extension)")
     p.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1-100", help="JPEG/WebP quality (default 95)")
-    p.add_argument("--model-dir", type=Path, help="model folder (default ENHANCER_MODEL_DIR or weights/dejpeg-q)")
+    p.add_argument("--scale", type=int, choices=[int(s) for s in Scale],
+                   help="enlarge 2x or 4x with the served upscaling model (default 1: same size; with --model-dir: "
+                        "that model's scale); outputs are then named <stem>_x2 / _x4")  # fmt: skip
+    p.add_argument("--model-dir", type=Path, help="model folder (default: the served models' one for --scale, "
+                   "weights/dejpeg-q at scale 1)")  # fmt: skip
     p.add_argument("--tile-size", type=int, help="tile edge (default ENHANCER_TILE_SIZE, or 576 on a CPU and 1024 on a GPU)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap (default ENHANCER_TILE_OVERLAP or 32)")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default ENHANCER_MAX_BATCH_SIZE)")
     p.add_argument("--strength", choices=[s.value for s in Strength], default="auto",
                    help="auto: as the JPEG file says (other images: as the model judges); light/strong: as if saved "
-                        "with half/twice the file's quantisation steps; off: the input's pixels")  # fmt: skip
+                        "with half/twice the file's quantisation steps; off: the input's pixels (at --scale 2 or 4: "
+                        "enlarged, not restored)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_enhance)
 

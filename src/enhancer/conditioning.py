@@ -9,7 +9,10 @@ Adding an input is adding its builder to `BUILDERS`: nothing else in the server 
 The user's restoration strength (`Strength`) is applied here too, because for a model told the
 file's tables it is a statement about those tables: "light" tells the model the file was saved
 with half its steps, "strong" with twice, and an image that is not a JPEG file is described as
-one saved at a fixed quality.
+one saved at a fixed quality. "off" at scale 1 never reaches a model (the input's own pixels are
+the answer); an upscaling model must still run, and is told "no compression damage": every one
+of the 128 steps 1 and no chroma subsampling, the condition the upscalers were trained with for
+clean small images (pure super-resolution).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class Strength(str, Enum):
     """How hard to restore (the `strength` query parameter)."""
 
     auto = "auto"  #: as the file says (JPEG), or as the model judges (other images)
-    off = "off"  #: do not run the model: the input's own pixels
+    off = "off"  #: no restoration: the input's own pixels (scale 1), or only enlarged (scale > 1)
     light = "light"  #: weaker than auto
     strong = "strong"  #: stronger than auto
 
@@ -59,13 +62,26 @@ def _grid_survives(info: ImageInfo, sampling: tuple[int, int]) -> bool:
     return not (reverse_x and stored_w % mcu_x) and not (reverse_y and stored_h % mcu_y)
 
 
+def no_damage_vector() -> np.ndarray:
+    """The `quantization` input saying "no compression damage": every step 1, sampling (1, 1).
+
+    The same vector the upscalers' training gives clean small images
+    (enhancer.training.upscale_data.no_damage_condition), whatever the image's channels.
+    """
+    vector = np.ones(QUANTIZATION_LENGTH, np.float32)
+    vector[128:] = (1, 1)
+    return vector
+
+
 def quantization_vector(info: ImageInfo, strength: Strength = Strength.auto) -> np.ndarray:
     """The `quantization` input (layout in enhancer.models.contract) for this image.
 
     All zeros (the blind path) for an image that is not a JPEG file, or whose EXIF rotation moved
     the file's block grid off the image's origin; tables transposed when the rotation swapped rows
-    and columns.
+    and columns. `off` (a model that must run without restoring: an upscaler) is `no_damage_vector`.
     """
+    if strength is Strength.off:
+        return no_damage_vector()
     vector = np.zeros(QUANTIZATION_LENGTH, np.float32)
     jpeg = info.jpeg
     if jpeg is not None and _grid_survives(info, jpeg.sampling):
@@ -109,15 +125,22 @@ def check_supported(spec: ModelSpec) -> None:
 def model_inputs(spec: ModelSpec, image: ImageInfo, strength: Strength = Strength.auto) -> dict[str, np.ndarray]:
     """One float32 vector per extra input `spec` declares, for this image ({} for pixels-only models).
 
-    A model without the quantisation input has no strength control but on and off: asking it for
-    another strength is a client error rather than a setting silently ignored.
+    A model without the quantisation input has no strength control but on and off (off meaning
+    "not run", at scale 1): asking it for another strength, or an enlarging one for off, is a
+    client error rather than a setting silently ignored.
     """
     check_supported(spec)
-    if strength in TABLE_SCALE and QUANTIZATION_KEY not in spec.inputs:
-        raise InvalidParameterError(
-            f"model {spec.name!r} is not told how the file was compressed, so it has no strength "
-            f"{strength.value!r}; use strength=auto or strength=off"
-        )
+    if QUANTIZATION_KEY not in spec.inputs:
+        if strength in TABLE_SCALE:
+            raise InvalidParameterError(
+                f"model {spec.name!r} is not told how the file was compressed, so it has no strength "
+                f"{strength.value!r}; use strength=auto or strength=off"
+            )
+        if strength is Strength.off:
+            raise InvalidParameterError(
+                f"model {spec.name!r} enlarges {spec.scale}x and is not told how the file was compressed, "
+                "so it cannot be asked not to restore (strength=off); use strength=auto"
+            )
     vectors = {}
     for name, length in spec.inputs.items():
         vector = np.asarray(BUILDERS[name](image, strength), dtype=np.float32)

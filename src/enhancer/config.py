@@ -10,15 +10,22 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from enhancer.limits import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_PIXELS
 
 #: Where the model lives when nothing else is configured (relative to the repository root).
 DEFAULT_MODEL_DIR = Path("weights") / "dejpeg-q"
+#: The upscaling models served beside it when nothing else is configured, each once its folder
+#: holds a model (until their weights are trained and committed, the server starts without them).
+#: The previous restorer, weights/dejpeg, is not among the defaults: it is kept for comparisons.
+DEFAULT_UPSCALE_MODEL_DIRS = (Path("weights") / "upscale-x2", Path("weights") / "upscale-x4")
+#: Default of max_output_pixels: the largest answer an upload may ask for (scale² x its pixels).
+#: Measured peak memory per output pixel (benchmarks/RESULTS.md, "Upscaling") sets it; see the field.
+DEFAULT_MAX_OUTPUT_PIXELS = 64_000_000
 
 #: The source checkout this module was loaded from (…/src/enhancer/config.py → the repo root).
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +99,15 @@ class Settings(BaseSettings):
         description="Serve every model folder under this directory instead of model_dir, each named by "
         "its folder (requests choose one with `?model=`). Adding a model is adding a folder; every "
         "model costs its memory and warm-up time. Unset: serve model_dir alone.",
+    )
+    upscale_model_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_UPSCALE_MODEL_DIRS),
+        validate_default=True,  # the default's relative paths are resolved like a set value's
+        description="Upscaling model folders served beside model_dir (comma-separated), for requests "
+        "with `?scale=2` or `4`. Default: weights/upscale-x2 and weights/upscale-x4, each served once "
+        "its folder holds a model (a default folder without one is skipped, with a log line); a folder "
+        "named here explicitly must hold one. `none`: serve model_dir alone. Ignored when models_dir "
+        "is set. Every model costs its memory and warm-up time.",
     )
     default_model: str | None = Field(
         default=None,
@@ -182,6 +198,15 @@ class Settings(BaseSettings):
         description="Largest accepted image in pixels (413 above it), checked from the header "
         "before decoding. A 50 MP image needs about 1.5 GB of float32 working memory. Also "
         "OpenCV's decode limit when set in the environment (read at import).",
+    )
+    max_output_pixels: int = Field(
+        default=DEFAULT_MAX_OUTPUT_PIXELS,
+        ge=1,
+        description="Largest answer in pixels: an upload asking for `scale` is refused (413) when "
+        "scale² x its pixels is more, checked from the header before decoding. Upscaling memory "
+        "grows with the answer, not the upload; the default keeps a 2x or 4x answer at the limit "
+        "under 3 GB peak resident memory for the whole server (measured, benchmarks/RESULTS.md). "
+        "Answers at scale 1 are bounded by max_pixels instead.",
     )
     max_image_side: int = Field(
         default=DEFAULT_MAX_IMAGE_SIDE,
@@ -317,6 +342,21 @@ class Settings(BaseSettings):
     @classmethod
     def _resolve_model_dir(cls, value: Path | None) -> Path | None:
         return None if value is None else resolve_model_dir(value)
+
+    @field_validator("upscale_model_dirs", mode="before")
+    @classmethod
+    def _split_upscale_model_dirs(cls, value: object) -> object:
+        # `a,b` from the environment; `none` (any case) for no upscaling model
+        if isinstance(value, str):
+            if value.strip().lower() == "none":
+                return []
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("upscale_model_dirs", mode="after")
+    @classmethod
+    def _resolve_upscale_model_dirs(cls, value: list[Path]) -> list[Path]:
+        return [resolve_model_dir(path) for path in value]
 
     @model_validator(mode="after")
     def _check_tiling(self) -> Settings:

@@ -9,13 +9,20 @@ is the same three steps for a caller that runs the tiles itself.
 
 Memory: every full-size array is dropped as soon as the next step has its own, so the peak is
 about two copies of the image (tiles in + tiles out), not five or six.
+
+Upscaling (a model whose spec has `scale` > 1): the answer is `scale` times the input's width and
+height, so its size is checked against the output limit from the header, before decoding; the
+model always runs (a small image must be enlarged, whatever the strength or the JPEG's quality);
+an alpha channel is enlarged beside it (`imaging.enlarge_alpha`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +37,15 @@ if TYPE_CHECKING:
 
 #: Stage names of the timings (Server-Timing, metrics), in pipeline order.
 STAGES = ("decode", "tile", "queue", "infer", "encode")
+
+
+class Scale(IntEnum):
+    """The output scales offered (the `scale` query parameter, `enhancer enhance --scale`): the
+    answer is this many times the input's width and height."""
+
+    x1 = 1
+    x2 = 2
+    x4 = 4
 
 
 def pass_through_reason(info: ImageInfo, min_jpeg_quality: int) -> str | None:
@@ -67,6 +83,8 @@ class EnhanceResult:
     height: int
     model: str  #: the model the image was routed to
     timings: dict[str, float] = field(default_factory=dict)
+    #: The answer's size over the input's, per side (the model's scale).
+    scale: int = 1
     #: Why the model did not run (the image was passed through), or None when it did.
     passed_through: str | None = None
 
@@ -103,12 +121,14 @@ class Pipeline:
         max_pixels: int | None = None,
         max_side: int | None = None,
         pass_through_jpeg_quality: int = 101,
+        max_output_pixels: int | None = None,
     ):
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.max_pixels = max_pixels
         self.max_side = max_side
         self.pass_through_jpeg_quality = pass_through_jpeg_quality
+        self.max_output_pixels = max_output_pixels
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -119,16 +139,30 @@ class Pipeline:
             max_pixels=settings.max_pixels,
             max_side=settings.max_image_side,
             pass_through_jpeg_quality=settings.pass_through_jpeg_quality,
+            max_output_pixels=settings.max_output_pixels,
         )
 
     def prepare(self, data: bytes, spec: ModelSpec, strength: Strength = Strength.auto) -> Prepared:
         """Decode, decide whether the model runs, and if it does cut the tiles for `spec`'s model
-        (with the extra inputs the strength asked for; `off` answers with the input's pixels)."""
+        (with the extra inputs the strength asked for; `off` answers with the input's pixels at
+        scale 1). An enlarging model always runs, on images whose answer fits the output limit."""
         clock = time.perf_counter
         t = clock()
+        scale = spec.scale
+        if scale > 1 and self.max_output_pixels is not None:
+            size = imaging.read_image_size(data)  # the header only: refused before anything is decoded
+            if size is not None:
+                imaging.check_output_size(*size, scale, self.max_output_pixels)
         image = imaging.decode(data, max_pixels=self.max_pixels, max_side=self.max_side)
+        if scale > 1 and self.max_output_pixels is not None:  # a header only the decoder could read
+            imaging.check_output_size(image.info.width, image.info.height, scale, self.max_output_pixels)
         timings = {"decode": clock() - t}
-        reason = "strength=off" if strength is Strength.off else pass_through_reason(image.info, self.pass_through_jpeg_quality)
+        if scale > 1:
+            reason = None  # the small image must be enlarged: the model runs (told "no damage" at off)
+        elif strength is Strength.off:
+            reason = "strength=off"
+        else:
+            reason = pass_through_reason(image.info, self.pass_through_jpeg_quality)
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
             return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.rgb, passed_through=reason)
@@ -143,6 +177,7 @@ class Pipeline:
     def finish(self, prepared: Prepared, fmt: OutputFormat, quality: int = 95) -> EnhanceResult:
         """Stitch the model's tiles (or take the passed-through pixels), clip, and encode."""
         clock = time.perf_counter
+        info, scale = prepared.info, prepared.spec.scale
         if prepared.passed_through is not None:
             rgb, prepared.pixels = prepared.pixels, None
         else:
@@ -153,9 +188,16 @@ class Pipeline:
             rgb = tiling.stitch(outputs, prepared.plan, scale=prepared.spec.scale)
             del outputs
             np.clip(rgb, 0.0, 1.0, out=rgb)  # in place: no second full-size copy
+            if scale > 1:  # the answer looks like the input at its new size
+                info = dataclasses.replace(
+                    info,
+                    width=info.width * scale,
+                    height=info.height * scale,
+                    alpha=None if info.alpha is None else imaging.enlarge_alpha(info.alpha, scale),
+                )
             prepared.timings["tile"] += clock() - t
         t = clock()
-        body = imaging.encode(rgb, fmt, quality=quality, info=prepared.info)
+        body = imaging.encode(rgb, fmt, quality=quality, info=info)
         prepared.timings["encode"] = clock() - t
         return EnhanceResult(
             body=body,
@@ -165,6 +207,7 @@ class Pipeline:
             model=prepared.spec.name,
             timings=prepared.timings,
             passed_through=prepared.passed_through,
+            scale=1 if prepared.passed_through is not None else scale,
         )
 
     def run(

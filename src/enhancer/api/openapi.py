@@ -29,7 +29,8 @@ UPLOAD_ERRORS: dict[int, tuple[str, str]] = {
     ),
     413: (
         "The upload exceeds ENHANCER_MAX_UPLOAD_BYTES, or the image exceeds ENHANCER_MAX_PIXELS or has a side "
-        "longer than ENHANCER_MAX_IMAGE_SIDE.",
+        "longer than ENHANCER_MAX_IMAGE_SIDE, or its answer at the asked `scale` (scale² x its pixels) would exceed "
+        "ENHANCER_MAX_OUTPUT_PIXELS (the message names the largest input that fits at that scale).",
         "the upload is larger than the 52,428,800 byte limit (ENHANCER_MAX_UPLOAD_BYTES); send a smaller file",
     ),
     415: (
@@ -39,7 +40,7 @@ UPLOAD_ERRORS: dict[int, tuple[str, str]] = {
     ),
     422: (
         "The `image` field is missing, is text, or holds more than one file; or a query parameter is invalid "
-        "(e.g. an unknown `model`).",
+        "(e.g. an unknown `model`, a `scale` other than 1, 2 or 4, or one no served model has).",
         "form field 'image': is required: send the image as multipart/form-data in this field",
     ),
     500: (
@@ -70,8 +71,9 @@ RETRY_AFTER = {"Retry-After": header("Seconds to wait before trying again.", 3, 
 #: Headers of a 200 answer.
 SUCCESS_HEADERS = {
     "Content-Disposition": header(
-        "`inline`, with the download name `<stem>_enhanced.<ext>`: an ASCII `filename` and, for names "
-        "with other characters, their UTF-8 form in `filename*` (RFC 6266).",
+        "`inline`, with the download name `<stem>_enhanced.<ext>` (`<stem>_x2.<ext>`, `<stem>_x4.<ext>` for "
+        "an enlarged answer): an ASCII `filename` and, for names with other characters, their UTF-8 form in "
+        "`filename*` (RFC 6266).",
         "inline; filename=\"foto_enhanced.png\"; filename*=UTF-8''f%C3%B6to_enhanced.png",
     ),
     "Server-Timing": header(

@@ -25,7 +25,9 @@ from enhancer.conditioning import Strength
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
 from enhancer.imaging import SUPPORTED_NAMES, OutputFormat
 from enhancer.models.registry import UnknownModelError
-from enhancer.pipeline import STAGES, EnhanceResult
+from enhancer.models.contract import Model
+from enhancer.models.registry import ModelRegistry
+from enhancer.pipeline import STAGES, EnhanceResult, Scale
 from enhancer.runtime import Runtime, ServingState
 
 log = logging.getLogger(__name__)
@@ -55,14 +57,16 @@ def _safe_stem(filename: str | None) -> str:
     return stem[:100]
 
 
-def content_disposition(filename: str | None, fmt: OutputFormat) -> str:
-    """`inline` with the download name `<stem>_enhanced.<ext>`: an ASCII `filename` (accents
-    dropped, other letters replaced) and, when that lost characters, the full name in UTF-8 as
-    `filename*` (RFC 6266, RFC 8187), which browsers prefer."""
+def content_disposition(filename: str | None, fmt: OutputFormat, scale: int = 1) -> str:
+    """`inline` with the download name `<stem>_enhanced.<ext>` (`<stem>_x2.<ext>` for an answer
+    enlarged 2x, and so on): an ASCII `filename` (accents dropped, other letters replaced) and,
+    when that lost characters, the full name in UTF-8 as `filename*` (RFC 6266, RFC 8187), which
+    browsers prefer."""
     stem = _safe_stem(filename)
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
     ascii_stem = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem).strip("._-") or "image"
-    name, ascii_name = f"{stem or 'image'}_enhanced.{fmt.extension}", f"{ascii_stem}_enhanced.{fmt.extension}"
+    suffix = "_enhanced" if scale == 1 else f"_x{scale}"
+    name, ascii_name = f"{stem or 'image'}{suffix}.{fmt.extension}", f"{ascii_stem}{suffix}.{fmt.extension}"
     header = f'inline; filename="{ascii_name}"'
     if name != ascii_name:
         header += f"; filename*=UTF-8''{quote(name, safe='')}"
@@ -99,15 +103,38 @@ async def _cancel_if_client_leaves(request: Request, work):
     return task.result()
 
 
+def choose_model(models: ModelRegistry, name: str | None, scale: Scale | None) -> Model:
+    """The model a request gets: the one it names (whose scale must be the one asked for, if it
+    asked), else the one for the scale it asks (1 when it asks none). 422 for a model or a scale
+    this server does not serve."""
+    if name is not None:
+        try:
+            chosen = models.select(name)
+        except UnknownModelError as exc:
+            raise InvalidParameterError(f"query parameter 'model': {exc}") from None
+        if scale is not None and chosen.spec.scale != scale:
+            others = [n for n, m in models.items() if m.spec.scale == scale]
+            hint = f"name {', '.join(others)}" if others else f"the scales served are {', '.join(map(str, models.scales))}"
+            raise InvalidParameterError(
+                f"query parameter 'scale': model {name!r} has scale {chosen.spec.scale}, not {int(scale)}; "
+                f"leave out 'scale', or for scale {int(scale)} {hint}"
+            )
+        return chosen
+    try:
+        return models.for_scale(int(scale or Scale.x1))
+    except UnknownModelError as exc:
+        raise InvalidParameterError(f"query parameter 'scale': {exc}") from None
+
+
 @router.post(
     "/upscale",
-    summary="Remove JPEG damage from an image",
+    summary="Remove JPEG damage from an image, and enlarge it 2x or 4x if asked",
     response_class=Response,
     # a tiny BMP whose bytes are all ASCII, so that it survives being JSON text
     openapi_extra={"requestBody": {"content": {"multipart/form-data": {"example": {"image": example_image()}}}}},
     responses={
         200: {
-            "description": "The enhanced image, same width and height as the input.",
+            "description": "The enhanced image: `scale` times the input's width and height (the same size at scale 1).",
             "headers": SUCCESS_HEADERS,
             "content": {f.media_type: {"schema": {"type": "string", "format": "binary"}} for f in OutputFormat},
         },
@@ -124,9 +151,22 @@ async def upscale(
     quality: Annotated[
         int, Query(ge=1, le=100, description="Quality 1-100 for JPEG and WebP answers (PNG ignores it).")
     ] = 95,
+    scale: Annotated[
+        Scale,
+        Query(
+            description=(
+                "Enlarge the answer to this many times the input's width and height: 1 (the same size), 2 or 4. "
+                "At 2 and 4 an upscaling model restores and enlarges in one pass, and always runs (strength `off`: "
+                "enlarged only, not restored). Default 1, or the scale of the model named in `model`. A scale no "
+                "served model has is refused (422, naming the scales served); so is an answer of more than "
+                "ENHANCER_MAX_OUTPUT_PIXELS pixels (413, naming the largest input that fits)."
+            ),
+            examples=[2],
+        ),
+    ] = Scale.x1,
     model: Annotated[
         str | None,
-        Query(description="The model to run, by name (see /readyz); default: the server's default model."),
+        Query(description="The model to run, by name (see /readyz); default: the server's model for the `scale` asked."),
     ] = None,
     strength: Annotated[
         Strength,
@@ -135,7 +175,8 @@ async def upscale(
                 "How hard to restore. `auto`: as the JPEG file's own compression says (for other images, "
                 "as the model judges); `light` / `strong`: as if the file had been saved with half / twice its "
                 "quantisation steps (an image that is not a JPEG: as if saved at JPEG quality 75 / 25); "
-                "`off`: the input's own pixels, re-encoded in the asked format."
+                "`off`: the input's own pixels, re-encoded in the asked format (at scale 2 or 4: enlarged without "
+                "restoring, the model told the image has no compression damage)."
             ),
             examples=["auto"],
         ),
@@ -150,10 +191,8 @@ async def upscale(
             "(ENHANCER_MAX_UPLOAD_BYTES); send a smaller file"
         )
     service = runtime.require_service()
-    try:
-        chosen = runtime.models.select(model)
-    except UnknownModelError as exc:
-        raise InvalidParameterError(f"query parameter 'model': {exc}") from None
+    asked = scale if "scale" in request.query_params else None  # not asked: the named model's scale
+    chosen = choose_model(runtime.models, model, asked)
     if len((await request.form()).getlist("image")) > 1:
         raise InvalidParameterError(
             "form field 'image': send exactly one file; this request has several in that field"
@@ -165,7 +204,7 @@ async def upscale(
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
         return Response(status_code=499)
     headers = {
-        "Content-Disposition": content_disposition(image.filename, format),
+        "Content-Disposition": content_disposition(image.filename, format, result.scale),
         "Server-Timing": _server_timing(result),
         "X-Enhancer-Model": result.model,
     }

@@ -5,6 +5,7 @@
 * `encode`: float RGB pixels to answer bytes that look like the input's `ImageInfo`.
 * `jpeg`: a JPEG's quantisation tables and quality, and whether its coded data is whole.
 * `icc`: ICC profile colour spaces and embedding profiles in encoded bytes.
+* `resize`: an upscaled answer's alpha channel, enlarged beside the model's colour.
 
 The names below are the package's API; `decode` and `encode` here are the functions (the modules of
 the same names are reached with `from enhancer.imaging.decode import ...`).
@@ -18,10 +19,12 @@ from enhancer.imaging.formats import (
     INPUT_FORMATS,
     SUPPORTED_NAMES,
     OutputFormat,
+    check_output_size,
     read_image_size,
     sniff_format,
 )
 from enhancer.imaging.jpeg import JpegInfo, read_jpeg_info
+from enhancer.imaging.resize import enlarge_alpha
 
 __all__ = [
     "INPUT_FORMATS",
@@ -30,7 +33,9 @@ __all__ = [
     "ImageInfo",
     "JpegInfo",
     "OutputFormat",
+    "check_output_size",
     "decode",
+    "enlarge_alpha",
     "encode",
     "read_image_size",
     "read_jpeg_info",

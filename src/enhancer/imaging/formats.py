@@ -9,6 +9,7 @@ decode) is refused before it costs any memory or time.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -189,6 +190,36 @@ def check_size(width: int, height: int, max_pixels: int | None, max_side: int | 
     if over_side:
         what += f", and {max(width, height):,} px is longer than the {max_side:,} px limit for a side"
     raise PayloadTooLargeError(f"the image is {what}; downscale or crop it and try again")
+
+
+def largest_fitting_input(width: int, height: int, scale: int, max_output_pixels: int) -> tuple[int, int]:
+    """The largest (width, height) of this image's shape whose answer at `scale` is at most
+    `max_output_pixels` (each side at least 1)."""
+    factor = math.sqrt(max_output_pixels / (scale * scale * width * height))
+    fit_w, fit_h = max(1, math.floor(width * factor)), max(1, math.floor(height * factor))
+    while fit_w * fit_h * scale * scale > max_output_pixels and max(fit_w, fit_h) > 1:  # float rounding
+        if fit_w >= fit_h:
+            fit_w -= 1
+        else:
+            fit_h -= 1
+    return fit_w, fit_h
+
+
+def check_output_size(width: int, height: int, scale: int, max_output_pixels: int) -> None:
+    """Raise PayloadTooLargeError when the answer (`scale` times each side) would have more than
+    `max_output_pixels` pixels, naming the largest input side that fits at this scale."""
+    output = width * height * scale * scale
+    if output <= max_output_pixels:
+        return
+    fit_w, fit_h = largest_fitting_input(width, height, scale, max_output_pixels)
+    square = math.isqrt(max_output_pixels // (scale * scale))
+    other = f"; a square one up to {square}x{square}" if (fit_w, fit_h) != (square, square) else ""
+    raise PayloadTooLargeError(
+        f"the answer at scale {scale} would be {width * scale}x{height * scale} = {output:,} pixels, more "
+        f"than the {max_output_pixels:,} pixel limit for answers (ENHANCER_MAX_OUTPUT_PIXELS); at scale "
+        f"{scale} an image of this shape fits up to {fit_w}x{fit_h} (longest side {max(fit_w, fit_h)} px"
+        f"{other}): downscale or crop it, or ask for a smaller scale"
+    )
 
 
 # --- TIFF layouts OpenCV cannot (or should not) turn into a picture ---------------------------------

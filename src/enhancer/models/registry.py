@@ -1,9 +1,12 @@
 """The models one server serves: found from the settings, loaded once, chosen per request.
 
-`ENHANCER_MODEL_DIR` names one model folder; `ENHANCER_MODELS_DIR` serves every model folder under
-it instead, each named by its folder, so adding a model is adding a folder. `ENHANCER_DEFAULT_MODEL` names
-the model a request gets when it names none; unset, that is the only model, or else the only
-scale-1 model, and otherwise start-up stops and says to set it. TensorFlow is imported only when
+`ENHANCER_MODEL_DIR` names the restoring model's folder and `ENHANCER_UPSCALE_MODEL_DIRS` the
+upscaling models served beside it (by default weights/dejpeg-q, plus weights/upscale-x2 and
+weights/upscale-x4 once those folders hold models); `ENHANCER_MODELS_DIR` serves every model
+folder under it instead, each named by its folder, so adding a model is adding a folder.
+`ENHANCER_DEFAULT_MODEL` names the model a request gets when it names neither a model nor a scale;
+unset, that is the only model, or else the only scale-1 model, and otherwise start-up stops and
+says to set it. A request for a scale gets `for_scale`'s model. TensorFlow is imported only when
 `ModelRegistry.load` actually loads SavedModels.
 """
 
@@ -31,16 +34,38 @@ class UnknownModelError(LookupError):
         return str(self.args[0])
 
 
+def _is_model(folder: Path) -> bool:
+    return (folder / "saved_model.pb").is_file()
+
+
 def model_dirs(settings: Settings) -> dict[str, Path]:
-    """The model folders the settings name, by model name (the folder's name), in name order."""
+    """The model folders the settings name, by model name (the folder's name): model_dir first, then
+    the upscaling models; or every model folder under models_dir, in name order."""
     if settings.models_dir is None:
         folder = settings.model_dir
-        if not (folder / "saved_model.pb").is_file():
+        if not _is_model(folder):
             raise ModelLoadError(
                 f"no SavedModel at {folder} (expected saved_model.pb there); set ENHANCER_MODEL_DIR "
                 "(or ENHANCER_MODELS_DIR) or run from the repository root where weights/ lives"
             )
-        return {folder.name: folder}
+        found = {folder.name: folder}
+        explicit = "upscale_model_dirs" in settings.model_fields_set
+        for extra in settings.upscale_model_dirs:
+            if not _is_model(extra):
+                if explicit:
+                    raise ModelLoadError(
+                        f"no SavedModel at {extra} (expected saved_model.pb there), named in "
+                        "ENHANCER_UPSCALE_MODEL_DIRS; fix the path, or set it to none to serve no upscaler"
+                    )
+                log.info("no upscaling model at %s (a default folder): not serving it", extra)
+                continue
+            if extra.name in found:
+                raise ModelLoadError(
+                    f"two model folders are named {extra.name!r} ({found[extra.name]} and {extra}); "
+                    "model names (folder names) must differ"
+                )
+            found[extra.name] = extra
+        return found
     if "model_dir" in settings.model_fields_set:  # e.g. the Docker image sets it
         log.info("ENHANCER_MODELS_DIR is set, so ENHANCER_MODEL_DIR (%s) is not used", settings.model_dir)
     root = settings.models_dir
@@ -78,6 +103,23 @@ def choose_default(specs: Mapping[str, ModelSpec], configured: str | None) -> st
     )
 
 
+def model_for_scale(specs: Mapping[str, ModelSpec], default: str, scale: int) -> str:
+    """The name of the model for an output `scale`: the default model if it has that scale, else
+    the only one that has (UnknownModelError otherwise, naming what is served)."""
+    if specs[default].scale == scale:
+        return default
+    matching = [name for name, spec in specs.items() if spec.scale == scale]
+    if len(matching) == 1:
+        return matching[0]
+    if not matching:
+        scales = ", ".join(map(str, sorted({spec.scale for spec in specs.values()})))
+        models = ", ".join(f"{name} x{spec.scale}" for name, spec in specs.items())
+        raise UnknownModelError(
+            f"this server serves no model with scale {scale}; the scales it serves are {scales} (models: {models})"
+        )
+    raise UnknownModelError(f"several models have scale {scale} ({', '.join(matching)}); name one with 'model'")
+
+
 class ModelRegistry(Mapping[str, Model]):
     """Loaded models by name, plus the default one; read-only once built."""
 
@@ -97,18 +139,23 @@ class ModelRegistry(Mapping[str, Model]):
         self.default = choose_default({name: m.spec for name, m in self._models.items()}, default)
 
     @classmethod
-    def load(cls, settings: Settings) -> ModelRegistry:
-        """Configure the device once, then load every model folder the settings name onto it.
+    def load(cls, settings: Settings, folders: Mapping[str, Path] | None = None) -> ModelRegistry:
+        """Configure the device once, then load every model folder the settings name onto it
+        (or only `folders`, a part of them: `enhancer enhance` loads the one model it runs).
 
         The precision is resolved first: bfloat16 CPU math has to be in the environment before
         the runner's module imports TensorFlow (enhancer.precision).
         """
-        folders = model_dirs(settings)
+        default = settings.default_model
+        if folders is None:
+            folders = model_dirs(settings)
+        elif default not in folders:
+            default = None  # a part of the served models, without the default: chosen among these
         plan = precision.prepare(settings.precision, folders.values())
         from enhancer.models.saved_model import SavedModelRunner, configure_device  # TensorFlow: only here
 
         device = configure_device(settings, plan)
-        return cls((SavedModelRunner(path, device=device, xla=settings.xla) for path in folders.values()), settings.default_model)
+        return cls((SavedModelRunner(path, device=device, xla=settings.xla) for path in folders.values()), default)
 
     # --- Mapping ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Model:
@@ -130,19 +177,15 @@ class ModelRegistry(Mapping[str, Model]):
         except KeyError:
             raise UnknownModelError(f"unknown model {name!r}; this server serves: {', '.join(self._models)}") from None
 
+    @property
+    def scales(self) -> list[int]:
+        """The output scales the served models have, ascending."""
+        return sorted({m.spec.scale for m in self._models.values()})
+
     def for_scale(self, scale: int) -> Model:
         """The model for an output `scale`: the default model if it has that scale, else the only one that has."""
-        if self._models[self.default].spec.scale == scale:
-            return self._models[self.default]
-        matching = [m for m in self._models.values() if m.spec.scale == scale]
-        if len(matching) == 1:
-            return matching[0]
-        scales = sorted({m.spec.scale for m in self._models.values()})
-        if not matching:
-            raise UnknownModelError(f"no model with scale {scale}; this server serves scales {scales}")
-        raise UnknownModelError(
-            f"several models have scale {scale} ({', '.join(m.spec.name for m in matching)}); name one with 'model'"
-        )
+        specs = {name: model.spec for name, model in self._models.items()}
+        return self._models[model_for_scale(specs, self.default, scale)]
 
     # --- what all models share ----------------------------------------------------------------
     @property
