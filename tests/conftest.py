@@ -32,6 +32,26 @@ def anyio_backend():
 
 
 @pytest.fixture(scope="session")
+def upscaler_dirs(tmp_path_factory) -> dict[int, Path]:
+    """Small perturbed upscaling models (tests/upscalers.py), exported once per session: scale -> folder
+    (named upscale-x2, upscale-x4, as the shipped ones will be)."""
+    from upscalers import export_test_upscaler
+
+    root = tmp_path_factory.mktemp("upscalers")
+    return {scale: export_test_upscaler(scale, root / f"upscale-x{scale}") for scale in (2, 4)}
+
+
+@pytest.fixture(scope="session")
+def upscalers(upscaler_dirs):
+    """The test upscalers loaded (float32), once per session: scale -> runner."""
+    from enhancer.config import Settings
+    from enhancer.models.saved_model import SavedModelRunner, configure_device
+
+    device = configure_device(Settings(_env_file=None, precision="float32"))
+    return {scale: SavedModelRunner(folder, device=device) for scale, folder in upscaler_dirs.items()}
+
+
+@pytest.fixture(scope="session")
 def saved_model():
     """The real SavedModel runner, loaded once for the whole session."""
     from enhancer.config import Settings
@@ -78,7 +98,8 @@ async def until(condition, timeout: float = 60.0, interval: float = 0.005) -> No
 def make_settings(**overrides):
     """Settings for tests: the real weights, small tiles, no .env file influence, and the model run
     on every image (test JPEGs are often saved at OpenCV's default quality 95, which the default
-    settings would pass through unchanged; tests of that behaviour set it back)."""
+    settings would pass through unchanged; tests of that behaviour set it back). No upscaling model
+    is served unless a test names some (weights/upscale-x* would be served by default once trained)."""
     from enhancer.config import Settings
 
     values = dict(
@@ -92,6 +113,7 @@ def make_settings(**overrides):
         shutdown_timeout_s=10,
         pass_through_jpeg_quality=101,
         precision="float32",
+        upscale_model_dirs=[],
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

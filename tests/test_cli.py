@@ -111,3 +111,32 @@ def test_enhance_refuses_an_overlap_below_the_model_s_reach(tmp_path):
     with pytest.raises(SystemExit, match=r"ENHANCER_TILE_OVERLAP \(16\) is below the receptive-field reach of model 'dejpeg' \(29 px\)"):
         cli.main(["enhance", str(src), "--model-dir", str(MODEL_DIR), "--tile-size", "128", "--tile-overlap", "16", "-q"])
     assert not (tmp_path / "in_enhanced.png").exists()
+
+
+def test_enhance_scale_2_uses_the_configured_upscaler_and_names_the_outputs_x2(tmp_path, monkeypatch, upscaler_dirs, upscalers):
+    from enhancer import imaging, tiling
+    from enhancer.conditioning import quantization_vector
+
+    monkeypatch.setenv("ENHANCER_UPSCALE_MODEL_DIRS", ",".join(str(p) for p in upscaler_dirs.values()))
+    src = tmp_path / "photos"
+    src.mkdir()
+    data = encode_bgr(photo_like(50, 70, seed=9), ".jpg", cv2.IMWRITE_JPEG_QUALITY, 30)
+    (src / "small.jpg").write_bytes(data)
+    args = ["enhance", str(src), "--model-dir", str(MODEL_DIR), "--tile-size", "128", "--tile-overlap", "48", "-q"]
+    with pytest.raises(SystemExit, match=r"the model in .*dejpeg has scale 1, not 2; leave out --scale"):
+        cli.main([*args, "--scale", "2"])  # --model-dir names the restorer
+    assert cli.main([a for a in args if a not in ("--model-dir", str(MODEL_DIR))] + ["--scale", "2"]) == 0
+    out = decode_bytes((tmp_path / "photos_x2" / "small_x2.png").read_bytes())
+    assert out.shape == (100, 140, 3)
+    image = imaging.decode(data)
+    vector = quantization_vector(image.info)
+    rgb = tiling.enhance_tiled(
+        image.rgb, lambda b: upscalers[2].forward(b, {"quantization": np.broadcast_to(vector, (len(b), 130))}),
+        128, 48, 1, multiple=16, scale=2,
+    )  # fmt: skip
+    expected = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)[:, :, ::-1]
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    # a scale no configured model has
+    monkeypatch.setenv("ENHANCER_UPSCALE_MODEL_DIRS", str(upscaler_dirs[2]))
+    with pytest.raises(SystemExit, match=r"no model with scale 4 is configured; the models are .*upscale-x2 \(scale 2\)"):
+        cli.main([a for a in args if a not in ("--model-dir", str(MODEL_DIR))] + ["--scale", "4"])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import encode_bgr, photo_like
 from enhancer import imaging
-from enhancer.conditioning import Strength, model_inputs, quantization_vector
+from enhancer.conditioning import Strength, model_inputs, no_damage_vector, quantization_vector
 from enhancer.errors import InvalidParameterError
 from enhancer.imaging.jpeg import IJG_CHROMA, ijg_table
 from enhancer.models.contract import ModelSpec
@@ -99,3 +99,23 @@ def test_a_pixels_only_model_refuses_a_strength_it_does_not_have():
     with pytest.raises(InvalidParameterError, match="has no strength 'strong'"):
         model_inputs(plain, info, Strength.strong)
     assert model_inputs(CONDITIONED, info, Strength.strong)["quantization"].shape == (130,)
+
+
+def test_off_tells_an_upscaler_no_damage_as_its_training_does():
+    from enhancer.training.upscale_data import no_damage_condition
+
+    np.testing.assert_array_equal(no_damage_vector(), no_damage_condition())
+    assert no_damage_vector().tolist() == [1.0] * 130  # every step 1, sampling (1, 1)
+    for data in (_jpeg_cv(photo_like(32, 32), 20), encode_bgr(photo_like(32, 32), ".png")):
+        np.testing.assert_array_equal(quantization_vector(_info(data), Strength.off), no_damage_vector())
+    upscaler = ModelSpec("upscale-x2", reach=45, scale=2, size_multiple=16, inputs={"quantization": 130})
+    info = _info(_jpeg_cv(photo_like(32, 32), 20))
+    np.testing.assert_array_equal(model_inputs(upscaler, info, Strength.off)["quantization"], no_damage_vector())
+
+
+def test_a_pixels_only_upscaler_cannot_be_told_off():
+    info = _info(encode_bgr(photo_like(16, 16), ".png"))
+    plain = ModelSpec("sr2", reach=20, scale=2)
+    assert model_inputs(plain, info, Strength.auto) == {}
+    with pytest.raises(InvalidParameterError, match="enlarges 2x and is not told how the file was compressed"):
+        model_inputs(plain, info, Strength.off)

@@ -48,6 +48,29 @@ def test_documented_defaults():
     assert s.port == 8000
 
 
+def test_upscale_model_dirs_default_to_the_shipped_folders_and_read_a_comma_list(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkout = MODEL_DIR.parent  # weights/ in the checkout: relative defaults are found from anywhere
+    (tmp_path / "weights" / "upscale-x2").mkdir(parents=True)  # ... but the working directory's wins
+    assert Settings(_env_file=None).upscale_model_dirs == [
+        (tmp_path / "weights" / "upscale-x2").resolve(),
+        tmp_path / "weights" / "upscale-x4" if not (checkout / "upscale-x4").is_dir() else checkout / "upscale-x4",
+    ]
+    monkeypatch.setenv("ENHANCER_UPSCALE_MODEL_DIRS", f" {tmp_path / 'a'} ,{tmp_path / 'b'},")
+    assert Settings(_env_file=None).upscale_model_dirs == [tmp_path / "a", tmp_path / "b"]
+    for off in ("none", "None"):
+        monkeypatch.setenv("ENHANCER_UPSCALE_MODEL_DIRS", off)
+        assert Settings(_env_file=None).upscale_model_dirs == []
+    monkeypatch.setenv("ENHANCER_UPSCALE_MODEL_DIRS", "")  # as an empty line in .env: the default
+    assert len(Settings(_env_file=None).upscale_model_dirs) == 2
+
+
+def test_max_output_pixels_default_and_override(monkeypatch):
+    assert Settings(_env_file=None).max_output_pixels == 64_000_000
+    monkeypatch.setenv("ENHANCER_MAX_OUTPUT_PIXELS", "1000000")
+    assert Settings(_env_file=None).max_output_pixels == 1_000_000
+
+
 def test_every_setting_is_documented():
     for name, field in Settings.model_fields.items():
         assert field.description and len(field.description) > 20, name

@@ -182,9 +182,27 @@ def _model_folder(path: Path) -> Path:
     return path
 
 
+def test_model_dirs_the_model_dir_and_the_upscalers_present(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    x2 = _model_folder(tmp_path / "weights" / "upscale-x2")  # trained; upscale-x4 not (yet)
+    if not (MODEL_DIR.parent / "upscale-x4" / "saved_model.pb").is_file():
+        with caplog.at_level("INFO", logger="enhancer.models.registry"):
+            assert model_dirs(Settings(_env_file=None, model_dir=MODEL_DIR)) == {"dejpeg": MODEL_DIR, "upscale-x2": x2}
+        assert "no upscaling model at" in caplog.text and "upscale-x4" in caplog.text
+    # named explicitly: each must be there
+    other = _model_folder(tmp_path / "sr" / "sharp-x4")
+    settings = Settings(_env_file=None, model_dir=MODEL_DIR, upscale_model_dirs=[other, x2])
+    assert list(model_dirs(settings)) == ["dejpeg", "sharp-x4", "upscale-x2"]
+    with pytest.raises(ModelLoadError, match="no SavedModel at .*missing-x2 .*named in ENHANCER_UPSCALE_MODEL_DIRS"):
+        model_dirs(Settings(_env_file=None, model_dir=MODEL_DIR, upscale_model_dirs=[tmp_path / "missing-x2"]))
+    with pytest.raises(ModelLoadError, match="two model folders are named 'dejpeg'"):
+        model_dirs(Settings(_env_file=None, model_dir=MODEL_DIR, upscale_model_dirs=[_model_folder(tmp_path / "b" / "dejpeg")]))
+
+
 def test_model_dirs_one_folder_or_every_folder_under_models_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert model_dirs(Settings(_env_file=None, model_dir=MODEL_DIR)) == {"dejpeg": MODEL_DIR}
+    alone = Settings(_env_file=None, model_dir=MODEL_DIR, upscale_model_dirs="none")
+    assert model_dirs(alone) == {"dejpeg": MODEL_DIR}
     with pytest.raises(ModelLoadError, match="no SavedModel at .*missing"):
         model_dirs(Settings(_env_file=None, model_dir=tmp_path / "missing"))
 

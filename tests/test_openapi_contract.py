@@ -123,6 +123,20 @@ async def test_the_strength_parameter_is_documented(spec):
         assert word in strength["description"]
 
 
+@pytest.mark.anyio
+async def test_the_scale_parameter_is_documented_with_an_example(spec):
+    scale = next(p for p in spec["paths"]["/upscale"]["post"]["parameters"] if p["name"] == "scale")
+    assert scale["in"] == "query" and scale["required"] is False
+    assert scale["schema"]["examples"] == [2] and scale["schema"]["default"] == 1
+    schema = spec["components"]["schemas"]["Scale"]
+    assert (schema["type"], schema["enum"]) == ("integer", [1, 2, 4])
+    for words in ("width and height", "ENHANCER_MAX_OUTPUT_PIXELS", "strength `off`"):
+        assert words in scale["description"]
+    responses = _upload_responses(spec)
+    assert "ENHANCER_MAX_OUTPUT_PIXELS" in responses["413"]["description"]
+    assert "`scale`" in responses["422"]["description"] and "`scale`" in responses["200"]["description"]
+
+
 # --- schema-driven fuzzing ------------------------------------------------------------------------
 
 #: Answers must be declared, of a declared media type, with the declared headers and body schema,
@@ -138,10 +152,11 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def api(saved_model):
+def api(saved_model, upscalers):
     """The app's own OpenAPI document, with schemathesis calling the app in-process (it runs the
-    app's lifespan itself, on its own event loop, until the module's tests are done)."""
-    app = create_app(make_settings(), models=serving(saved_model))
+    app's lifespan itself, on its own event loop, until the module's tests are done). It serves a
+    2x model too: the document's example request asks for `scale=2`."""
+    app = create_app(make_settings(tile_overlap=48), models=serving(saved_model, upscalers[2]))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     readyz = schema["/readyz"]["GET"]
     deadline = time.monotonic() + 300

@@ -282,6 +282,7 @@ def _start(tmp_path: Path, entry: str, cpuinfo: str, model_dir: Path = MODEL_DIR
     env.update(
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), env.get("PYTHONPATH", "")]),
         ENHANCER_MODEL_DIR=str(model_dir),
+        ENHANCER_UPSCALE_MODEL_DIRS="none",  # only the model named above, also once weights/upscale-x* exist
         ENHANCER_TILE_SIZE="128",
         ENHANCER_LOG_LEVEL="info",
         **{f"ENHANCER_{k.upper()}": str(v) for k, v in settings.items()},

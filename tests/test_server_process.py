@@ -46,6 +46,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ENHANCER_", "OPENCV_"))}
         env.update(
             ENHANCER_MODEL_DIR=str(MODEL_DIR),
+            ENHANCER_UPSCALE_MODEL_DIRS="none",  # only the model named above, also once weights/upscale-x* exist
             ENHANCER_PORT=str(self.port),
             ENHANCER_TILE_SIZE="128",
             ENHANCER_MAX_BATCH_SIZE="4",

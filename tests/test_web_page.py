@@ -77,6 +77,7 @@ def _running_server(tmp_path_factory, **extra_env):
     env = dict(os.environ)
     env.update(
         ENHANCER_MODEL_DIR=str(MODEL_DIR),
+        ENHANCER_UPSCALE_MODEL_DIRS="none",  # only the model named above, also once weights/upscale-x* exist
         ENHANCER_HOST="127.0.0.1",
         ENHANCER_PORT=str(port),
         ENHANCER_LOG_LEVEL="warning",
@@ -87,8 +88,8 @@ def _running_server(tmp_path_factory, **extra_env):
         ENHANCER_MAX_BATCH_SIZE="2",
         ENHANCER_INTRA_OP_THREADS="2",
         ENHANCER_INTER_OP_THREADS="1",
-        **extra_env,
     )
+    env.update(extra_env)
     cmd = [sys.executable, "-m", "enhancer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -744,6 +745,108 @@ def test_the_api_docs_work_without_the_internet(server, browser, artifacts):
         page.get_by_text("Remove JPEG damage from an image").first.wait_for(timeout=30_000)
         page.screenshot(path=str(artifacts / "redoc-offline.png"), full_page=False)
         assert not refused, f"the docs asked another origin for {refused}"
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+# --- enlarging (?scale=2): a server with an upscaling model --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upscaling_server(tmp_path_factory, upscaler_dirs):
+    """The shipped restorer plus the 2x test upscaler (tests/upscalers.py); no 4x model."""
+    with _running_server(
+        tmp_path_factory, ENHANCER_UPSCALE_MODEL_DIRS=str(upscaler_dirs[2]), ENHANCER_TILE_OVERLAP="48"
+    ) as base:
+        yield base
+
+
+def test_enlarging_2x_compares_the_original_enlarged_with_the_answer(upscaling_server, browser, artifacts, photo):
+    path, w, h = photo
+    base = upscaling_server
+    ctx, page, requests, errors = _new_page(browser, base, viewport={"width": 1280, "height": 900})
+    size = page.get_by_label("Size")
+    try:
+        # the sizes this server serves (from /readyz): 4x is offered disabled, with the reason
+        page.wait_for_selector("body[data-scales='1,2']")
+        assert size.input_value() == "1"
+        options = page.eval_on_selector_all("#scale option", "os => os.map(o => [o.value, o.disabled, o.textContent])")
+        assert options == [["1", False, "Same size"], ["2", False, "Enlarge 2×"], ["4", True, "Enlarge 4× (not on this server)"]]
+        assert page.eval_on_selector("#scale", "e => e.getAttribute('aria-describedby')") == "scale-hint"
+
+        size.select_option("2")
+        assert "Twice the width and height" in page.locator("#scale-hint").inner_text()
+        page.set_input_files("#file-input", str(path))
+        with page.expect_request("**/upscale?*") as sent:
+            page.get_by_role("button", name="Enhance").click()
+        assert parse_qs(urlsplit(sent.value.url).query)["scale"] == ["2"]
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+
+        # the answer at twice the size; the original as it is, stretched over the same area
+        sizes = page.evaluate("() => ['img-after', 'img-before'].map(id => [document.getElementById(id).naturalWidth, document.getElementById(id).naturalHeight])")
+        assert sizes == [[2 * w, 2 * h], [w, h]]
+        page.get_by_role("button", name="100%").click()
+        after_box, before_box = _box(page, "#img-after"), _box(page, "#img-before")
+        assert (round(after_box["width"]), round(after_box["height"])) == (2 * w, 2 * h)
+        assert before_box == after_box
+        assert page.locator("#result-summary").inner_text().startswith(f"{2 * w} × {2 * h} px (2× {w} × {h}) · PNG")
+        assert page.locator(".tag-after").inner_text() == "Enhanced 2×"
+        _labels_clear_of_the_image(page)
+
+        # the original enlarged smoothly by default, or as blocks (nearest), whatever the zoom
+        choice = page.get_by_role("group", name="Original enlarged with")
+        assert choice.is_visible()
+        rendering = lambda sel: page.eval_on_selector(sel, "e => getComputedStyle(e).imageRendering")  # noqa: E731
+        assert choice.get_by_role("button", name="Smooth").get_attribute("aria-pressed") == "true"
+        assert page.locator(".tag-before").inner_text() == "Original 2×, smooth"
+        assert rendering("#img-before") == "auto"
+        page.get_by_role("button", name="400%").click()
+        assert rendering("#img-after") == "pixelated" and rendering("#img-before") == "auto"
+        page.get_by_label("Before / after divider").fill("100")  # the original alone
+        smooth = _shot(page.locator("#viewport"))
+        choice.get_by_role("button", name="Nearest").click()
+        assert page.locator(".tag-before").inner_text() == "Original 2×, nearest"
+        assert rendering("#img-before") == "pixelated"
+        nearest = _shot(page.locator("#viewport"))
+        page.screenshot(path=str(artifacts / "desktop-x2-nearest-400.png"), full_page=True)
+        # at 400% of a 2x answer, each original pixel is an 8x8 block when nearest, not when smooth
+        def flat_share(shot):  # the share of side-by-side screen pixels that are equal
+            return float((np.diff(shot[40:-40:4, 40:-40].astype(int), axis=1) == 0).all(axis=-1).mean())
+
+        assert flat_share(nearest) > 0.8 and flat_share(smooth) < flat_share(nearest) - 0.2, (flat_share(nearest), flat_share(smooth))
+
+        # the download is the server's answer, named _x2
+        api = httpx.post(f"{base}/upscale", params={"scale": 2}, files={"image": (path.name, path.read_bytes())}, timeout=120)
+        name = re.search(r'filename="([^"]*)"', api.headers["content-disposition"]).group(1)
+        assert name.endswith("_x2.png")
+        assert page.locator("#download").get_attribute("download") == name
+        with page.expect_download() as dl_info:
+            page.get_by_role("link", name=f"Download {name}").click()
+        saved = artifacts / dl_info.value.suggested_filename
+        dl_info.value.save_as(saved)
+        assert dl_info.value.suggested_filename == name
+        assert cv2.imread(str(saved)).shape == (2 * h, 2 * w, 3)
+
+        # strength off at 2x: enlarged, not restored, and not called unchanged
+        page.get_by_label("Strength").select_option("off")
+        page.get_by_role("button", name="Enhance").click()
+        page.wait_for_function("document.getElementById('tag-after').textContent === 'Enlarged 2×'", timeout=RESULT_TIMEOUT_MS)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        assert "strength off: enlarged, not restored" in page.locator("#result-summary").inner_text()
+        assert page.locator("#result-note").is_hidden()
+
+        # back to the same size: no enlargement choice, and the zoom shows real pixels again
+        page.get_by_label("Strength").select_option("auto")
+        size.select_option("1")
+        page.get_by_role("button", name="Enhance").click()
+        page.wait_for_function("document.getElementById('tag-after').textContent === 'Enhanced'", timeout=RESULT_TIMEOUT_MS)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        assert page.eval_on_selector("#img-after", "e => [e.naturalWidth, e.naturalHeight]") == [w, h]
+        assert choice.is_hidden() and page.locator(".tag-before").inner_text() == "Original"
+        page.get_by_role("button", name="400%").click()
+        assert rendering("#img-before") == "pixelated"
+        _only_own_origin(requests, base)
         assert not errors, errors
     finally:
         ctx.close()

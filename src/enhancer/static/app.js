@@ -1,4 +1,5 @@
-/* enhancer web page: pick or drop an image, send it to POST /upscale, compare, download.
+/* enhancer web page: pick or drop an image, send it to POST /upscale (at its size, or enlarged
+ * 2x or 4x), compare, download.
  * Plain JavaScript, no build step, no external requests: everything talks to this origin. */
 (function () {
   "use strict";
@@ -8,7 +9,8 @@
     form: $("enhance-form"), dropzone: $("dropzone"), input: $("file-input"),
     fileInfo: $("file-info"), thumb: $("thumb"), fileName: $("file-name"), fileDetails: $("file-details"),
     format: $("format"), qualityField: $("quality-field"), quality: $("quality"), qualityValue: $("quality-value"),
-    strength: $("strength"), strengthHint: $("strength-hint"),
+    strength: $("strength"), strengthHint: $("strength-hint"), scale: $("scale"), scaleHint: $("scale-hint"),
+    enlargeChoice: $("enlarge-choice"), tagBefore: $("tag-before"),
     enhance: $("enhance-btn"), cancel: $("cancel-btn"),
     progress: $("progress"), progressBar: $("progress-bar"), progressLabel: $("progress-label"), progressExtra: $("progress-extra"),
     status: $("status"), error: $("error"), errorTitle: $("error-title"), errorMessage: $("error-message"),
@@ -40,7 +42,9 @@
   var state = {
     file: null, originalURL: null, originalSize: null,
     resultURL: null, xhr: null, timer: null,
-    zoom: "fit", scale: 1, natural: null, split: 50, afterWord: "enhanced"
+    zoom: "fit", scale: 1, natural: null, split: 50, afterWord: "enhanced",
+    /* the answer's size over the input's (the scale asked), and how the original is enlarged to it */
+    resultScale: 1, beforeMode: "smooth"
   };
 
   function setPageState(s) { document.body.setAttribute("data-state", s); }
@@ -193,11 +197,14 @@
     var saved = JSON.parse(localStorage.getItem("enhancer.options") || "null");
     if (saved && FORMAT_LABEL[saved.format]) els.format.value = saved.format;
     if (saved && saved.quality >= 1 && saved.quality <= 100) els.quality.value = String(saved.quality);
+    if (saved && ["1", "2", "4"].indexOf(String(saved.scale)) !== -1) els.scale.value = String(saved.scale);
   } catch (e) { /* storage unavailable: defaults */ }
 
   function saveOptions() {
     try {
-      localStorage.setItem("enhancer.options", JSON.stringify({ format: els.format.value, quality: Number(els.quality.value) }));
+      localStorage.setItem("enhancer.options", JSON.stringify({
+        format: els.format.value, quality: Number(els.quality.value), scale: Number(els.scale.value)
+      }));
     } catch (e) { /* ignore */ }
   }
 
@@ -318,6 +325,33 @@
   els.strength.addEventListener("change", showStrengthHint);
   showStrengthHint();
 
+  /* ---------- size (scale) ---------- */
+
+  function showScaleHint() {
+    var option = els.scale.options[els.scale.selectedIndex];
+    els.scaleHint.textContent = option ? option.getAttribute("data-hint") : "";
+  }
+  els.scale.addEventListener("change", function () { showScaleHint(); saveOptions(); });
+  showScaleHint();
+
+  /* The sizes this server can answer with: GET /readyz lists the served models and their scales.
+   * A scale none of them has is offered disabled, with the reason; if the list cannot be read
+   * (still starting), every size stays offered and the server's answer says what it serves. */
+  function checkScales() {
+    fetch("/readyz", { cache: "no-store" }).then(function (r) { return r.ok ? r.json() : null; }).then(function (body) {
+      if (!body || !Array.isArray(body.models)) return;
+      var served = body.models.map(function (m) { return String(m.scale); });
+      Array.prototype.forEach.call(els.scale.options, function (option) {
+        var ok = served.indexOf(option.value) !== -1;
+        option.disabled = !ok;
+        option.textContent = option.textContent.replace(/ \(not on this server\)$/, "") + (ok ? "" : " (not on this server)");
+      });
+      if (els.scale.options[els.scale.selectedIndex].disabled) { els.scale.value = "1"; showScaleHint(); }
+      document.body.setAttribute("data-scales", served.join(","));
+    }).catch(function () { /* the upload's answer will say */ });
+  }
+  checkScales();
+
   /* ---------- sending ---------- */
 
   function setBusy(busy) {
@@ -327,6 +361,7 @@
     els.cancel.hidden = !busy;
     els.format.disabled = busy;
     els.strength.disabled = busy;
+    els.scale.disabled = busy;
     els.quality.disabled = busy || els.format.value === "png";
     els.input.disabled = busy;
   }
@@ -392,7 +427,8 @@
   function send(file) {
     hideError();
     var fmt = els.format.value;
-    var params = new URLSearchParams({ format: fmt, strength: els.strength.value });
+    var scale = Number(els.scale.value) || 1;
+    var params = new URLSearchParams({ format: fmt, strength: els.strength.value, scale: String(scale) });
     if (fmt !== "png") params.set("quality", els.quality.value);
 
     var body = new FormData();
@@ -424,7 +460,7 @@
       setBusy(false);
       els.progress.hidden = true;
       if (xhr.status === 200) {
-        handleResult(xhr, file, fmt, Date.now() - startedAt);
+        handleResult(xhr, file, fmt, scale, Date.now() - startedAt);
       } else {
         handleHttpError(xhr);
       }
@@ -483,7 +519,7 @@
     });
   }
 
-  function handleResult(xhr, file, fmt, elapsedMs) {
+  function handleResult(xhr, file, fmt, scale, elapsedMs) {
     var blob = xhr.response;
     var type = (xhr.getResponseHeader("Content-Type") || blob.type || "").split(";")[0];
     if (type && type.indexOf("image/") !== 0) {
@@ -492,7 +528,7 @@
     }
     var ext = fmt === "jpeg" ? "jpg" : fmt;
     var name = filenameFromDisposition(xhr.getResponseHeader("Content-Disposition")) ||
-      (stemOf(file.name) + "_enhanced." + ext);
+      (stemOf(file.name) + (scale > 1 ? "_x" + scale : "_enhanced") + "." + ext);
 
     if (state.resultURL) URL.revokeObjectURL(state.resultURL);
     state.resultURL = URL.createObjectURL(blob);
@@ -502,9 +538,15 @@
     var passedThrough = xhr.getResponseHeader("X-Enhancer-Passed-Through") || "";
     var goodJpeg = /jpeg-quality=(\d+)/.exec(passedThrough);
     var label = FORMAT_LABEL[fmt] || fmt;
-    state.afterWord = passedThrough ? "unchanged" : "enhanced";
-    els.tagAfter.textContent = passedThrough ? "Unchanged" : "Enhanced";
-    els.after.alt = passedThrough ? "The server's answer, unchanged" : "Enhanced image";
+    /* enlarged without restoring: strength off at scale 2 or 4 (the model still ran, to enlarge) */
+    var enlargedOnly = scale > 1 && els.strength.value === "off";
+    state.resultScale = scale;
+    state.afterWord = passedThrough ? "unchanged" : (enlargedOnly ? "enlarged" : "enhanced");
+    var times = scale > 1 ? " " + scale + "×" : "";
+    els.tagAfter.textContent = passedThrough ? "Unchanged" : (enlargedOnly ? "Enlarged" : "Enhanced") + times;
+    els.after.alt = passedThrough ? "The server's answer, unchanged" :
+      (enlargedOnly ? "Enlarged image" : "Enhanced image") + (scale > 1 ? ", " + scale + " times larger" : "");
+    showEnlargeChoice(scale);
     setSplit(state.split); /* its spoken value names the right side */
     els.resultNote.hidden = !passedThrough;
     els.answerLink.hidden = true;
@@ -541,10 +583,13 @@
       els.split.disabled = !beforeOk;
       if (!beforeOk) setSplit(0);
 
-      var bits = [w + " × " + h + " px", (FORMAT_LABEL[fmt] || fmt) + " " + formatBytes(blob.size),
+      var size = w + " × " + h + " px";
+      if (scale > 1 && state.originalSize) size += " (" + scale + "× " + state.originalSize.w + " × " + state.originalSize.h + ")";
+      var bits = [size, (FORMAT_LABEL[fmt] || fmt) + " " + formatBytes(blob.size),
         "done in " + formatSeconds(elapsedMs)];
       if (goodJpeg) bits.push("already a good JPEG (quality " + goodJpeg[1] + "): returned unchanged");
       else if (passedThrough) bits.push("strength off: returned unchanged");
+      else if (enlargedOnly) bits.push("strength off: enlarged, not restored");
       els.resultSummary.textContent = bits.join(" · ") + (beforeOk ? "" : " · original can't be shown in this browser");
 
       els.result.hidden = false;
@@ -557,6 +602,29 @@
       els.result.scrollIntoView({ behavior: matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth", block: "start" });
     });
   }
+
+  /* ---------- an enlarged answer: the original stretched to its size ---------- */
+
+  var enlargeButtons = Array.prototype.slice.call(els.enlargeChoice.querySelectorAll("[data-before]"));
+
+  function setBeforeMode(mode) {
+    state.beforeMode = mode;
+    enlargeButtons.forEach(function (b) { b.setAttribute("aria-pressed", b.getAttribute("data-before") === mode ? "true" : "false"); });
+    if (state.resultScale > 1) els.compare.setAttribute("data-before", mode);
+    var how = mode === "nearest" ? "nearest" : "smooth";
+    els.tagBefore.textContent = state.resultScale > 1 ? "Original " + state.resultScale + "×, " + how : "Original";
+    els.before.alt = state.resultScale > 1 ? "Original image, enlarged " + state.resultScale + " times (" + how + ")" : "Original image";
+  }
+
+  function showEnlargeChoice(scale) {
+    els.enlargeChoice.hidden = scale <= 1;
+    if (scale <= 1) els.compare.removeAttribute("data-before");
+    setBeforeMode(state.beforeMode);
+  }
+
+  enlargeButtons.forEach(function (b) {
+    b.addEventListener("click", function () { setBeforeMode(b.getAttribute("data-before")); });
+  });
 
   function offerDownload(url, filename) {
     els.download.href = url;
