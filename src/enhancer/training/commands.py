@@ -100,13 +100,20 @@ def _run_record(run_dir: Path) -> dict:
 
 
 def _export(args) -> None:
+    import numpy as np
+
     from enhancer.training import model_card, network
     from enhancer.training.export import export_saved_model
 
     record = _run_record(args.run)
     model = network.build(record["recipe"]["architecture"])
-    weights = args.run / f"{args.weights}.weights.h5" if args.weights != "latest" else args.run / "checkpoint" / "model.weights.h5"
+    weights = args.run / f"{args.weights}.weights.h5" if args.weights in ("best", "final") else args.run / "checkpoint" / "model.weights.h5"
     model.load_weights(str(weights))
+    if args.weights == "average":  # the latest checkpoint's weight average: what its validation row measured
+        weights = args.run / "checkpoint" / "average.npz"
+        with np.load(weights) as saved:
+            for variable, i in zip(model.trainable_variables, range(len(saved.files)), strict=True):
+                variable.assign(saved[f"arr_{i}"])
     metadata = {
         **record,
         "weights": args.weights,
@@ -233,7 +240,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("export", help="export a run as the served SavedModel + model card")
     p.add_argument("--run", type=Path, default=DEFAULT_RUN)
-    p.add_argument("--weights", choices=["best", "final", "latest"], default="final")
+    p.add_argument("--weights", choices=["best", "final", "latest", "average"], default="final",
+                   help="best/final: saved averages; latest: the checkpoint's raw weights; average: its weight average")
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--data", type=Path, help="photos whose val/ the bfloat16 change is measured on (default: the run's)")
     p.set_defaults(func=_export)
