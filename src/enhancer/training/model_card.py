@@ -208,7 +208,7 @@ def _upscale_evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[s
         (eval_dir / "evaluation.md").read_text().strip(),
         "",
         f"Crops (bicubic | this model | ground truth, {scale}x enlarged inputs shown at 2x nearest-neighbour zoom): the",
-        "model's best and worst clean image and its worst image at the lowest JPEG quality:",
+        "model's best and worst clean image, and its worst image at the lowest JPEG quality among the others:",
         "",
         "![crops](eval/crops.png)",
         "",
@@ -242,10 +242,11 @@ def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str
         f"- Architecture `{meta.get('architecture')}` (`build_upscaler` in `src/enhancer/training/network.py`): the",
         "  `dejpeg_q` restorer (told the tables, projected onto them) on the small image, then a head at the small",
         f"  image's resolution whose last, zero-initialised convolution predicts {scale}x{scale} sub-pixels per pixel",
-        "  (depth-to-space), added to a bicubic enlargement of the restored image: untrained it is exactly",
-        "  \"restore, then bicubic\".",
-        f"- Parameters: {meta.get('parameters', 0):,}; cost {meta.get('macs_per_pixel', 0) / 1000:.1f} k multiply-accumulates"
-        " per input pixel.",
+        "  (depth-to-space), added to TensorFlow's bicubic enlargement of the restored image (Keys' kernel, a = -0.5;",
+        "  OpenCV's INTER_CUBIC, the evaluation's reference, uses a = -0.75): untrained it is exactly \"restore, then",
+        "  TensorFlow's bicubic\".",
+        f"- Parameters: {meta.get('parameters', 0):,}"
+        + (f"; cost {meta['macs_per_pixel'] / 1000:.1f} k multiply-accumulates per input pixel." if "macs_per_pixel" in meta else "."),
         "",
     ]
     if recipe:
