@@ -26,7 +26,9 @@ BENCHMARKS = {
     "tiling": "benchmarks.bench_tiling",
     "efficiency": "benchmarks.bench_efficiency",
     "fairness": "benchmarks.bench_fairness",
+    "fairness_x4": "benchmarks.bench_fairness_x4",
     "memory": "benchmarks.bench_memory",
+    "upscale": "benchmarks.bench_upscale",
     "batching": "benchmarks.bench_batching",
 }
 

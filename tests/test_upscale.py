@@ -31,7 +31,7 @@ SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def upscale_settings(**overrides):
-    return make_settings(tile_size=TILE, tile_overlap=OVERLAP, max_output_pixels=MAX_OUTPUT, **overrides)
+    return make_settings(**{"tile_size": TILE, "tile_overlap": OVERLAP, "max_output_pixels": MAX_OUTPUT, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +329,47 @@ async def test_the_served_answer_has_no_seams(client, upscalers):
     whole = upscalers[2].forward(mirrored[None], {"quantization": vector[None]})[0][2 * pad : -2 * pad, 2 * pad : -2 * pad]
     assert_within_one_step(got, to_8bit_bgr(whole))
 
+
+
+# --- fairness ------------------------------------------------------------------------------------
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+async def test_a_4x_job_does_not_starve_1x_requests_and_batches_never_mix_models(saved_model, upscalers):
+    import asyncio
+    import time
+
+    settings = upscale_settings(max_output_pixels=4_000_000, max_batch_size=4)
+    app = create_app(settings, models=serving(saved_model, upscalers[4]))
+    big = encode_bgr(photo_like(480, 480, seed=16), ".png")  # 4x: 1920x1920
+    big_tiles = tiling.plan_tiles(480, 480, TILE, OVERLAP, multiple=MULTIPLE).num_tiles
+    small = encode_bgr(photo_like(60, 60, seed=17), ".png")
+    small_tiles = tiling.plan_tiles(60, 60, TILE, OVERLAP, multiple=MULTIPLE).num_tiles
+    async with running_app(app) as client:
+        before = (await client.get("/metrics")).text
+        big_task = asyncio.create_task(post(client, big, "big.png", scale=4))
+        deadline = time.monotonic() + 120
+        while metric_total((await client.get("/metrics")).text, "enhancer_queue_depth_tiles") < big_tiles / 2:
+            assert not big_task.done() and time.monotonic() < deadline, "the 4x job's tiles never queued"
+            await asyncio.sleep(0.02)
+        smalls = [await post(client, small, "small.png") for _ in range(5)]  # one after the other
+        still_queued = metric_total((await client.get("/metrics")).text, "enhancer_queue_depth_tiles")
+        big_done_before = big_task.done()
+        big_answer = await big_task
+        after = (await client.get("/metrics")).text
+    assert [r.status_code for r in smalls] == [200] * 5
+    assert all(r.headers["x-enhancer-model"] == "dejpeg" and decode_bytes(r.content).shape == (60, 60, 3) for r in smalls)
+    # all five were answered while the 4x job still had tiles waiting: they did not queue behind it
+    assert not big_done_before and still_queued > 0
+    assert big_answer.status_code == 200 and decode_bytes(big_answer.content).shape == (1920, 1920, 3)
+    # each model's batches held exactly its own requests' tiles
+    processed = {name: metric_total(after, "enhancer_tiles_processed_total", model=name) - metric_total(before, "enhancer_tiles_processed_total", model=name) for name in ("dejpeg", "upscale-x4")}
+    assert processed == {"dejpeg": 5 * small_tiles, "upscale-x4": big_tiles}
