@@ -3,10 +3,11 @@ before and after a change (issue 16, bug 1; sets enhancer.pixel_budget.BYTES_PER
 
 For each source tree (this checkout's `src/`, and with `--before COMMIT` that commit's, unpacked
 with `git archive` into benchmarks/out/), a fresh `enhancer serve` with default settings and the
-shipped model gets one small warm-up upload, then each image alone: one second idle, the idle RSS
-read, the kernel's high-water mark (VmHWM) reset (`/proc/PID/clear_refs` = 5), the upload, the
-high-water mark read (a 20 ms RSS sampler too, in case the reset is not allowed). The cost of the
-image is peak - idle, reported in bytes per image pixel (MiB per megapixel alongside).
+model `--model-dir` (default: the one served by default, weights/dejpeg-q) gets one small warm-up
+upload, then each image alone: one second idle, the idle RSS read, the kernel's high-water mark
+(VmHWM) reset (`/proc/PID/clear_refs` = 5), the upload, the high-water mark read (a 20 ms RSS
+sampler too, in case the reset is not allowed). The cost of the image is peak - idle, reported in
+bytes per image pixel (MiB per megapixel alongside).
 
 Images, generated here (deterministic):
 * `black_16384x3000.png`: the issue's all-black 49 MP PNG (a few KB; the answer is tiny too).
@@ -15,7 +16,8 @@ Images, generated here (deterministic):
 * `gradient16_8000x6000.png`: 48 MP of 16-bit RGB (colour ramps, every row alike so the file stays
   small): 16-bit samples cost twice the bytes of 8-bit ones wherever they are kept as such.
 
-    python -m benchmarks.bench_pixels_in_flight --before 05f06f4 --json benchmarks/results/pixels_in_flight.json
+    python -m benchmarks.bench_pixels_in_flight --before 05f06f4 --model-dir weights/dejpeg --json benchmarks/results/pixels_in_flight.json
+    python -m benchmarks.bench_pixels_in_flight --before 7dacf09 --json benchmarks/results/pixels_in_flight_dejpeg-q.json
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 from benchmarks.common import OUT_DIR, REPO, log, machine_info, now_utc, write_json
 from benchmarks.loadgen import LoadGenerator, Payload
 from benchmarks.server import RssSampler, ServerProcess, child_env, free_port, kernel_peak_rss
+from enhancer.config import DEFAULT_MODEL_DIR
 
 
 def black_png() -> tuple[str, bytes, int]:
@@ -120,10 +123,10 @@ def _status_bytes(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def measure(label: str, src: Path, images: list[tuple[str, bytes, int]]) -> dict:
+def measure(label: str, src: Path, images: list[tuple[str, bytes, int]], model_dir: Path) -> dict:
     port = free_port()
     # default settings, except a request timeout no image here can reach on a busy machine
-    env = child_env(ENHANCER_MODEL_DIR=REPO / "weights" / "dejpeg", ENHANCER_LOG_LEVEL="warning", ENHANCER_REQUEST_TIMEOUT_S=3600)
+    env = child_env(ENHANCER_MODEL_DIR=model_dir, ENHANCER_LOG_LEVEL="warning", ENHANCER_REQUEST_TIMEOUT_S=3600)
     env["PYTHONPATH"] = f"{src}:{REPO}"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     argv = [sys.executable, "-m", "enhancer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -159,20 +162,24 @@ def measure(label: str, src: Path, images: list[tuple[str, bytes, int]]) -> dict
             }
             rows.append(row)
             log(f"{label} {name}: +{row['growth_bytes'] / 2**20:.0f} MiB = {row['bytes_per_pixel']:.1f} B/px, {sample.latency:.0f} s")
-    return {"label": label, "source": str(src), "images": rows, "bytes_per_pixel_max": max(r["bytes_per_pixel"] for r in rows)}
+    return {"label": label, "source": str(src), "model_dir": str(model_dir), "images": rows, "bytes_per_pixel_max": max(r["bytes_per_pixel"] for r in rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", help="also measure this commit's source (e.g. the commit before the change)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument(
+        "--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help=f"the model to serve (default {DEFAULT_MODEL_DIR})"
+    )
     args = parser.parse_args(argv)
+    model_dir = args.model_dir if args.model_dir.is_absolute() else REPO / args.model_dir
     started = now_utc()
     images = [black_png(), photo_jpeg(), gradient16_png()]
     runs = []
     if args.before:
-        runs.append(measure(f"before-{args.before}", source_tree(args.before), images))
-    runs.append(measure("after", source_tree(None), images))
+        runs.append(measure(f"before-{args.before}", source_tree(args.before), images, model_dir))
+    runs.append(measure("after", source_tree(None), images, model_dir))
     result = {"benchmark": "pixels_in_flight", "started": started, "finished": now_utc(), "machine": machine_info(), "runs": runs}
     if args.json:
         write_json(args.json, result)
