@@ -2,7 +2,7 @@
 
 It writes the project's one model contract (enhancer.models.contract): the SavedModel's
 `serving_default` takes float32 `images` [N, H, W, 3] in [0, 1] of any batch, height and width,
-and returns `enhanced` of the same shape, clipped to [0, 1]; metadata.json declares the ModelSpec
+and returns `enhanced` (`scale` times larger for an upscaler), clipped to [0, 1]; metadata.json declares the ModelSpec
 fields (scale, receptive-field reach, size multiple, extra inputs). Padding to the net's size
 multiple happens inside the signature, so a caller never needs to know the architecture.
 """
@@ -26,7 +26,7 @@ from enhancer.models.contract import (
     SIGNATURE_KEY,
     ModelSpec,
 )
-from enhancer.training.network import receptive_field_reach, size_multiple, takes_quantization
+from enhancer.training.network import output_scale, receptive_field_reach, size_multiple, takes_quantization
 
 
 def _pad_to_multiple(images: tf.Tensor, multiple: int) -> tf.Tensor:
@@ -39,13 +39,14 @@ def _pad_to_multiple(images: tf.Tensor, multiple: int) -> tf.Tensor:
 
 
 class _Servable(tf.Module):
-    def __init__(self, model: keras.Model, multiple: int):
+    def __init__(self, model: keras.Model, multiple: int, scale: int):
         super().__init__()
         self.model = model
         self.multiple = multiple
+        self.scale = scale
 
     def _run(self, images, *extra):
-        h, w = tf.shape(images)[1], tf.shape(images)[2]
+        h, w = tf.shape(images)[1] * self.scale, tf.shape(images)[2] * self.scale
         padded = _pad_to_multiple(images, self.multiple)
         restored = self.model([padded, *extra] if extra else padded, training=False)
         return {OUTPUT_KEY: tf.clip_by_value(restored[:, :h, :w, :], 0.0, 1.0)}
@@ -87,11 +88,11 @@ def export_saved_model(
     spec = ModelSpec(
         name=out_dir.name,
         reach=receptive_field_reach(model) if reach is None else reach,
-        scale=1,  # the networks here restore at the input's size
+        scale=output_scale(model),
         size_multiple=size_multiple(model),
         inputs={QUANTIZATION_KEY: QUANTIZATION_LENGTH} if conditioned else {},
     )
-    servable = (_ConditionedServable if conditioned else _ImagesServable)(model, spec.size_multiple)
+    servable = (_ConditionedServable if conditioned else _ImagesServable)(model, spec.size_multiple, spec.scale)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

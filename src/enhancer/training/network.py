@@ -194,6 +194,68 @@ def build_dejpeg_q(
     return keras.Model([image, quantization], projected, name=name)
 
 
+class BicubicUpsample(layers.Layer):
+    """Enlarge by an integer `scale` with bicubic interpolation: the base an upscaler corrects."""
+
+    def __init__(self, scale: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, x):
+        import tensorflow as tf
+
+        size = tf.shape(x)[1:3] * self.scale
+        return tf.image.resize(x, size, method="bicubic")
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        s = self.scale
+        return (n, None if h is None else h * s, None if w is None else w * s, c)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def build_upscaler(
+    scale: int,
+    head_channels: int = 48,
+    head_blocks: int = 4,
+    name: str | None = None,
+    restorer: keras.Model | None = None,
+) -> keras.Model:
+    """Restore the small image with `dejpeg_q` (told its tables), then enlarge it `scale` times.
+
+    The enlargement is bicubic plus a learned correction: a few convolutions at the input's
+    resolution whose last one (zero-initialised) predicts `scale`x`scale` sub-pixels per pixel,
+    rearranged by depth-to-space. An untrained upscaler is therefore exactly "restore, then
+    bicubic", and all its convolutions run at the small image's resolution. The restorer is a
+    nested model named `restorer`, so trained `dejpeg_q` weights load into it as they are.
+    """
+    if scale not in (2, 3, 4):
+        raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+    conv = lambda ch, k=3, **kw: layers.Conv2D(ch, k, padding="same", **kw)  # noqa: E731
+    image = keras.Input(shape=(None, None, 3), name="image")
+    quantization = keras.Input(shape=(QUANTIZATION_LENGTH,), name="quantization")
+    restorer = restorer or build_dejpeg_q(name="restorer")
+    restored = restorer([image, quantization])
+
+    x = conv(head_channels, activation="relu", name="up_in")(restored)
+    features = x
+    for i in range(head_blocks):
+        x = conv(head_channels, activation="relu", name=f"up_{i}")(x)
+    x = layers.Add(name="up_skip")([x, features])
+    sub_pixels = conv(3 * scale * scale, kernel_initializer="zeros", bias_initializer="zeros", name="up_out")(x)
+    detail = DepthToSpace(scale, name="to_output")(sub_pixels)
+    base = BicubicUpsample(scale, name="bicubic")(restored)
+    enlarged = layers.Add(name="enlarged")([base, detail])
+    return keras.Model([image, quantization], enlarged, name=name or f"upscale_x{scale}")
+
+
+def load_restorer_weights(model: keras.Model, weights: str) -> None:
+    """Fill an upscaler's nested `restorer` from a trained `dejpeg_q` (a .weights.h5 file)."""
+    model.get_layer("restorer").load_weights(weights)
+
+
 def load_body_weights(model: keras.Model, saved_model_dir: str) -> list[str]:
     """Copy a `dejpeg` SavedModel's convolution weights into the same-named layers of `model`.
 
@@ -215,10 +277,16 @@ def load_body_weights(model: keras.Model, saved_model_dir: str) -> list[str]:
     return filled
 
 
-ARCHITECTURES = {"dejpeg": build_dejpeg, "dejpeg_q": build_dejpeg_q, "prototype": build_prototype}
+ARCHITECTURES = {
+    "dejpeg": build_dejpeg,
+    "dejpeg_q": build_dejpeg_q,
+    "prototype": build_prototype,
+    "upscale_x2": lambda: build_upscaler(2, head_channels=40, head_blocks=4),
+    "upscale_x4": lambda: build_upscaler(4, head_channels=56, head_blocks=6),
+}
 
 #: Architectures told the file's quantisation tables (a second input, `quantization`).
-CONDITIONED = frozenset({"dejpeg_q"})
+CONDITIONED = frozenset({"dejpeg_q", "upscale_x2", "upscale_x4"})
 #: A conditioned net's height/width multiple: its projection works on 4:2:0 chroma blocks (16 px).
 CONDITIONED_SIZE_MULTIPLE = 16
 
@@ -231,6 +299,14 @@ def takes_quantization(model: keras.Model) -> bool:
 def size_multiple(model: keras.Model) -> int:
     """The height/width multiple the net needs (what export declares and pads to)."""
     return CONDITIONED_SIZE_MULTIPLE if takes_quantization(model) else SIZE_MULTIPLE
+
+
+def output_scale(model: keras.Model) -> int:
+    """How many times larger than its input the net's output is (1 for the restorers)."""
+    probe = _probe_inputs(model, 32, keras.KerasTensor)
+    if isinstance(probe, list):
+        probe[1] = keras.KerasTensor(probe[1].shape)
+    return int(model.compute_output_spec(probe).shape[1]) // 32
 
 
 def build(architecture: str) -> keras.Model:
@@ -252,11 +328,13 @@ def _probe_inputs(model: keras.Model, size: int, make):
 
 
 def macs_per_pixel(model: keras.Model) -> float:
-    """Multiply-accumulates per full-resolution pixel, counted from the conv layers' shapes."""
+    """Multiply-accumulates per input pixel, counted from the conv layers' shapes."""
     probe_size = 64
     total = 0.0
     for layer in model.layers:
-        if isinstance(layer, layers.Conv2D):
+        if isinstance(layer, keras.Model):  # a nested net (an upscaler's restorer) sees the input
+            total += macs_per_pixel(layer)
+        elif isinstance(layer, layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
             inputs = _probe_inputs(model, probe_size, keras.KerasTensor)
             if isinstance(inputs, list):
@@ -278,15 +356,18 @@ def receptive_field_reach(model: keras.Model, size: int = 192) -> int:
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    probe = keras.models.clone_model(model)
+    custom = (SpaceToDepth, DepthToSpace, BicubicUpsample, QuantizationFeatures, FiLM, JpegProjection)
+    with keras.saving.custom_object_scope({cls.__name__: cls for cls in custom}):  # nested nets are rebuilt from config
+        probe = keras.models.clone_model(model)
     probe.set_weights([rng.normal(0, 0.1, w.shape).astype("float32") for w in probe.get_weights()])
     inputs = _probe_inputs(model, size, lambda shape: rng.uniform(0.2, 0.8, shape).astype("float32"))
     x = tf.Variable(inputs[0] if isinstance(inputs, list) else inputs)
+    scale = output_scale(model)
     reach = 0
     for c in size // 2 + np.arange(16):  # every phase of the block grid
         with tf.GradientTape() as tape:
             y = probe([x, tf.constant(inputs[1])] if isinstance(inputs, list) else x, training=False)
-            target = tf.reduce_sum(y[0, c, c, :])
+            target = tf.reduce_sum(y[0, c * scale : (c + 1) * scale, c * scale : (c + 1) * scale, :])
         grad = tape.gradient(target, x).numpy()[0]
         touched = np.argwhere(np.abs(grad).sum(-1) > 0)
         reach = max(reach, int(np.abs(touched - c).max()))
@@ -299,6 +380,8 @@ __all__ = [
     "build",
     "build_dejpeg",
     "build_prototype",
+    "build_upscaler",
     "macs_per_pixel",
+    "output_scale",
     "receptive_field_reach",
 ]

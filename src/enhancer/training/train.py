@@ -216,11 +216,19 @@ class _WeightAverage:
                 w.assign(value)
 
 
+def bicubic_baseline(small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`small` enlarged to `shape` with OpenCV's bicubic (the baseline an upscaler must beat)."""
+    if small.shape == shape:
+        return small
+    return np.clip(cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
 def evaluate_gain(predict, pairs: dict[str, list[tuple[tuple, np.ndarray]]]) -> dict[str, float]:
     """Mean PSNR of input and output per validation label, their gain, and the mean |correction|.
 
-    Each item is (model inputs, clean); the first input is the damaged image. Labels whose inputs
-    are already clean (the blind path on undamaged images) report only the output's PSNR.
+    Each item is (model inputs, clean); the first input is the damaged image (for an upscaler the
+    small one, compared after bicubic enlargement). Labels whose inputs are already clean (the
+    blind path on undamaged images) report only the output's PSNR.
     """
     from enhancer.training.dataset import psnr
 
@@ -230,6 +238,8 @@ def evaluate_gain(predict, pairs: dict[str, list[tuple[tuple, np.ndarray]]]) -> 
         before, after = [], []
         for inputs, clean in items:
             restored = np.clip(predict(*(a[None] for a in inputs))[0], 0, 1)
+            baseline = bicubic_baseline(inputs[0], clean.shape)
+            inputs = (baseline, *inputs[1:])
             before.append(psnr(inputs[0], clean))
             after.append(psnr(restored, clean))
             corrections.append(float(np.mean(np.abs(restored - inputs[0]))))
@@ -248,6 +258,12 @@ def _score(row: dict[str, float]) -> float:
     harm = sum(min(0.0, row[k]) for k in ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q90") if k in row)
     clean = min(0.0, row.get("psnr_out_clean", 99.0) - 45.0) * 0.1
     return float(np.mean(gains)) + 4 * harm + clean
+
+
+def _score_upscale(row: dict[str, float]) -> float:
+    """Best upscaler = highest mean gain over bicubic, penalised for any label it loses on."""
+    gains = [v for k, v in row.items() if k.startswith("gain_")]
+    return float(np.mean(gains)) + 4 * sum(min(0.0, g) for g in gains)
 
 
 def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512) -> dict[str, list]:
@@ -291,6 +307,7 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     from enhancer.training.dataset import PatchSampler, fingerprint, load_images, validation_pairs
     from enhancer.training.mixture import MixtureSampler
     from enhancer.training.synthetic import list_fonts
+    from enhancer.training.upscale_data import UpscaleSampler, upscale_validation
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -305,7 +322,13 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     train_images = load_images(Path(cfg.data_dir) / "train")
     val_images = load_images(Path(cfg.data_dir) / "val")
     conditioned = cfg.architecture in network.CONDITIONED
-    if conditioned:
+    model = network.build(cfg.architecture)
+    scale = network.output_scale(model)
+    if scale > 1:
+        fonts = list_fonts(Path(cfg.fonts_dir))
+        sampler = UpscaleSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, scale)
+        val = upscale_validation(val_images, fonts, scale, cfg.val_crop)
+    elif conditioned:
         fonts = list_fonts(Path(cfg.fonts_dir))
         sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed)
         val = conditioned_validation(val_images, fonts, cfg.val_crop)
@@ -319,7 +342,6 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         config_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         (run_dir / "data.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    model = network.build(cfg.architecture)
     optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
     checkpoint = _Checkpoint(run_dir)
     state = {"step": 0, "elapsed_s": 0.0, "best_score": -1e9}
@@ -328,7 +350,9 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         state = checkpoint.load(model, optimizer, average)
         log.info("resumed %s at step %d", run_dir, state["step"])
     else:
-        if cfg.init_weights and Path(cfg.init_weights).is_dir():  # a served SavedModel's body
+        if cfg.init_weights and scale > 1:  # a trained restorer's weights for the upscaler's front
+            network.load_restorer_weights(model, cfg.init_weights)
+        elif cfg.init_weights and Path(cfg.init_weights).is_dir():  # a served SavedModel's body
             network.load_body_weights(model, cfg.init_weights)
         elif cfg.init_weights:
             model.load_weights(cfg.init_weights)
@@ -341,7 +365,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
             optimizer.learning_rate.assign(lr)
             with tf.GradientTape() as tape:
                 restored = model([x, q], training=True) if conditioned else model(x, training=True)
-                loss = patch_loss(kind, restored, y, x, cfg.relative_floor)
+                baseline = x if scale == 1 else tf.image.resize(x, tf.shape(y)[1:3], method="bicubic")
+                loss = patch_loss(kind, restored, y, baseline, cfg.relative_floor)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             average.update(step)
@@ -372,7 +397,7 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
                 gains = evaluate_gain(lambda *a: predict(*a).numpy(), val)
                 row = {"step": done, "elapsed_s": round(time.monotonic() - started, 1), "lr": lr, "loss": kind,
                        "train_loss": float(np.mean(losses)), **gains}  # fmt: skip
-                score = _score(row)
+                score = _score(row) if scale == 1 else _score_upscale(row)
                 if score > state["best_score"]:
                     state["best_score"] = score
                     model.save_weights(str(run_dir / "best.weights.h5"))
@@ -383,7 +408,7 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
                 if new_file:
                     writer.writeheader()
                 writer.writerow(row)
-            bar.set_postfix(q10=f"{row['gain_q10']:+.2f}", q30=f"{row['gain_q30']:+.2f}", q90=f"{row['gain_q90']:+.2f}")
+            bar.set_postfix({k[5:]: f"{v:+.2f}" for k, v in row.items() if k.startswith("gain_")})
             log.info("step %d: %s", done, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             state.update(step=done, elapsed_s=time.monotonic() - started)
             checkpoint.save(model, optimizer, average, state)

@@ -1,0 +1,123 @@
+"""What the upscalers train on: a clean region, made small the ways real small images are made,
+then (mostly) saved as a JPEG whose tables the model is told.
+
+Small images on the web were usually downscaled with an antialiasing filter (bicubic as Pillow
+and MATLAB do it, sometimes area averaging or bilinear, sometimes after a little blur), then saved
+as JPEG at the qualities Real-ESRGAN and BSRGAN train with (30-95). The rest stay clean; those are
+told either nothing (the blind path a PNG takes) or "steps of 1" (the condition strength=off
+sends: no compression damage). The content mix is the restorer's (`training.mixture`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from enhancer.training import jpeg_damage
+from enhancer.training.mixture import MixtureSampler, _dihedral, _rgb01
+
+CONTENT_WEIGHTS = {"photo": 0.6, "rephoto": 0.1, "dead_leaves": 0.1, "text": 0.1, "screen": 0.1}
+#: Share of samples saved as JPEG (the rest are clean).
+JPEG_SHARE = 0.7
+#: Of the JPEG samples, the share with IJG tables at quality 30-95 (others: any encoder's recipe).
+IJG_SHARE = 0.8
+#: Share of samples blurred a little before downscaling.
+BLUR_SHARE = 0.2
+GREY_SHARE = 0.05
+#: Downscaling filters and their shares.
+DOWNSCALERS = {"pil_bicubic": 0.6, "area": 0.2, "pil_bilinear": 0.2}
+
+
+def no_damage_condition() -> np.ndarray:
+    """The condition of an image with no compression damage: every step 1, no subsampling."""
+    vector = np.ones(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
+    vector[128:] = (1, 1)
+    return vector
+
+
+def downscale(image_bgr: np.ndarray, scale: int, method: str) -> np.ndarray:
+    """`image_bgr` made `scale` times smaller with an antialiasing filter."""
+    h, w = image_bgr.shape[:2]
+    size = (w // scale, h // scale)
+    if method == "area":
+        return cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+    resample = Image.Resampling.BICUBIC if method == "pil_bicubic" else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image_bgr)).resize(size, resample))
+
+
+class UpscaleSampler:
+    """Deterministic stream of (small, large, condition) batches; batch `step` depends only on
+    (seed, step), so a resumed run sees what an uninterrupted one would have."""
+
+    def __init__(self, photos: list[np.ndarray], fonts: list[Path], patch_size: int, batch_size: int, seed: int, scale: int):
+        if patch_size % 16:
+            raise ValueError(f"patch size (of the small image) must be a multiple of 16, got {patch_size}")
+        self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed)
+        self.patch_size, self.batch_size, self.seed, self.scale = patch_size, batch_size, seed, scale
+        self.kinds = list(CONTENT_WEIGHTS)
+        self.kind_weights = np.array([CONTENT_WEIGHTS[k] for k in self.kinds])
+        self.downscalers = list(DOWNSCALERS)
+        self.downscaler_weights = np.array([DOWNSCALERS[k] for k in self.downscalers])
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        large_size = self.patch_size * self.scale
+        kind = self.kinds[rng.choice(len(self.kinds), p=self.kind_weights)]
+        large = _dihedral(self.content_source.content(rng, kind, large_size), int(rng.integers(0, 8)))
+        if rng.random() < 0.5:
+            large = np.ascontiguousarray(large[..., list(rng.permutation(3))])
+        grey = rng.random() < GREY_SHARE
+        if grey:
+            large = cv2.cvtColor(cv2.cvtColor(large, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        source = large
+        if rng.random() < BLUR_SHARE:
+            sigma = rng.uniform(0.3, 0.4 * self.scale)
+            source = cv2.GaussianBlur(large, (0, 0), sigma)
+        method = self.downscalers[rng.choice(len(self.downscalers), p=self.downscaler_weights)]
+        small = downscale(source, self.scale, method)
+        if rng.random() < JPEG_SHARE:
+            if rng.random() < IJG_SHARE:
+                subsampling = int(rng.choice([2, 1, 0], p=[0.6, 0.1, 0.3]))
+                recipe = jpeg_damage.ijg_recipe(int(rng.integers(30, 96)), subsampling, grayscale=grey)
+            else:
+                recipe = jpeg_damage.sample_recipe(rng, grey)
+            small = jpeg_damage.jpeg_round_trip(small, recipe)
+            condition = recipe.condition()
+        elif rng.random() < 0.5:
+            condition = no_damage_condition()
+        else:
+            condition = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
+        return _rgb01(small), _rgb01(large), condition
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, step])
+        samples = [self.sample(rng) for _ in range(self.batch_size)]
+        return tuple(np.stack(column) for column in zip(*samples))  # type: ignore[return-value]
+
+
+def upscale_validation(photos: list[np.ndarray], fonts: list[Path], scale: int, crop: int = 384) -> dict[str, list]:
+    """Fixed validation pairs for an upscaler: held-out photos (and rendered screens) made small
+    with Pillow's bicubic, clean (told nothing, as a PNG is) and saved by OpenCV at q75 and q50
+    (told their tables)."""
+    from enhancer.training import synthetic
+
+    def centre(image):
+        h, w = image.shape[:2]
+        side = min(crop, h, w) // (16 * scale) * (16 * scale)
+        return image[(h - side) // 2 :][:side, (w - side) // 2 :][:, :side]
+
+    rng = np.random.default_rng(987_654_321)
+    screens = [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen)]
+    blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
+    pairs: dict[str, list] = {}
+    for label, images in (("clean", [centre(p) for p in photos]), ("screen_clean", [centre(s) for s in screens])):
+        pairs[label] = [((_rgb01(downscale(im, scale, "pil_bicubic")), blind), _rgb01(im)) for im in images]
+    for q in (75, 50):
+        recipe = jpeg_damage.ijg_recipe(q)
+        pairs[f"q{q}"] = [
+            ((_rgb01(jpeg_damage.jpeg_round_trip(downscale(centre(p), scale, "pil_bicubic"), recipe)), recipe.condition()), _rgb01(centre(p)))
+            for p in photos
+        ]
+    return pairs
