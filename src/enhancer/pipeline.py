@@ -7,13 +7,17 @@ its users: the server hands the tiles to the micro-batcher (enhancer.service), w
 server calls `prepare` and `finish` in worker threads and awaits the batcher between them; `run`
 is the same three steps for a caller that runs the tiles itself.
 
-Memory: every full-size array is dropped as soon as the next step has its own, so the peak is
-about two copies of the image (tiles in + tiles out), not five or six.
+Memory: pixels stay in compact sample types (enhancer.samples) from decoding to encoding: the
+decoded image and its tiles in the decoder's (a byte per sample for 8-bit images), the model's
+outputs as 16-bit samples, the stitched image at the answer's depth; float32 exists one batch or
+one band of rows at a time. Every full-size array is dropped as soon as the next step has its own. What that costs per
+pixel is measured in benchmarks/RESULTS.md and sets the default pixel budget (enhancer.pixel_budget).
 
 Upscaling (a model whose spec has `scale` > 1): the answer is `scale` times the input's width and
 height, so its size is checked against the output limit from the header, before decoding; the
 model always runs (a small image must be enlarged, whatever the strength or the JPEG's quality);
-an alpha channel is enlarged beside it (`imaging.enlarge_alpha`).
+an alpha channel is enlarged beside it (`imaging.enlarge_alpha`). The enlarged image never exists
+as float32 as a whole: its tiles are 16-bit samples and it is stitched band by band.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from enhancer import imaging, tiling
 from enhancer.conditioning import Strength, model_inputs
 from enhancer.imaging import ImageInfo, OutputFormat
 from enhancer.models.contract import Model, ModelSpec
+from enhancer.samples import OUTPUT_DTYPE, dtype_for_depth
 
 if TYPE_CHECKING:
     from enhancer.config import Settings
@@ -69,7 +74,8 @@ class TileJob:
     inputs: Mapping[str, np.ndarray]
 
 
-#: "Run the tiles": [T, h, w, 3] in, [T, h * scale, w * scale, 3] out, in tile order.
+#: "Run the tiles": [T, h, w, 3] in, [T, h * scale, w * scale, 3] out, in tile order (samples of
+#: any type enhancer.samples knows; the model itself sees float32 batches).
 TileRunner = Callable[[TileJob], np.ndarray]
 
 
@@ -99,7 +105,7 @@ class Prepared:
     pixels: np.ndarray | None = None  #: the decoded pixels, kept only when passed through
     plan: tiling.TilePlan | None = None
     job: TileJob | None = None
-    outputs: np.ndarray | None = None  #: the model's tiles, set by whoever ran the job
+    outputs: np.ndarray | None = None  #: the model's tiles (float or integer samples), set by whoever ran the job
     passed_through: str | None = None
 
     def take_job(self) -> TileJob:
@@ -165,12 +171,12 @@ class Pipeline:
             reason = pass_through_reason(image.info, self.pass_through_jpeg_quality)
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
-            return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.rgb, passed_through=reason)
+            return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.pixels, passed_through=reason)
         t = clock()
         plan = tiling.plan_tiles(
             image.info.height, image.info.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple
         )
-        job = TileJob(model=spec.name, tiles=tiling.split(image.rgb, plan), inputs=model_inputs(spec, image.info, strength))
+        job = TileJob(model=spec.name, tiles=tiling.split(image.pixels, plan), inputs=model_inputs(spec, image.info, strength))
         timings["tile"] = clock() - t
         return Prepared(spec=spec, info=image.info, timings=timings, plan=plan, job=job)
 
@@ -185,9 +191,9 @@ class Pipeline:
             if outputs is None:
                 raise ValueError("finish() needs the model's tiles: run the job and set Prepared.outputs")
             t = clock()
-            rgb = tiling.stitch(outputs, prepared.plan, scale=prepared.spec.scale)
+            depth = imaging.answer_depth(fmt, prepared.info)  # rounded once, to what the answer keeps
+            rgb = tiling.stitch(outputs, prepared.plan, scale=prepared.spec.scale, dtype=dtype_for_depth(depth))
             del outputs
-            np.clip(rgb, 0.0, 1.0, out=rgb)  # in place: no second full-size copy
             if scale > 1:  # the answer looks like the input at its new size
                 info = dataclasses.replace(
                     info,
@@ -240,4 +246,6 @@ class DirectTiles:
             rows = {name: np.broadcast_to(vector, (len(batch), len(vector))) for name, vector in job.inputs.items()}
             return model.forward(batch, rows)
 
-        return tiling.run_in_batches(job.tiles, forward, self.batch_size, scale=model.spec.scale, progress=self.progress)
+        return tiling.run_in_batches(
+            job.tiles, forward, self.batch_size, scale=model.spec.scale, progress=self.progress, output_dtype=OUTPUT_DTYPE
+        )

@@ -14,7 +14,7 @@ the same names are reached with `from enhancer.imaging.decode import ...`).
 from __future__ import annotations
 
 from enhancer.imaging.decode import DecodedImage, ImageInfo, decode
-from enhancer.imaging.encode import encode
+from enhancer.imaging.encode import answer_depth, encode
 from enhancer.imaging.formats import (
     INPUT_FORMATS,
     SUPPORTED_NAMES,
@@ -34,6 +34,7 @@ __all__ = [
     "JpegInfo",
     "OutputFormat",
     "check_output_size",
+    "answer_depth",
     "decode",
     "enlarge_alpha",
     "encode",
