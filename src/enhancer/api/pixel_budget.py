@@ -40,16 +40,19 @@ class PixelHoldMiddleware:
 
 
 def pixels_to_charge(
-    data: bytes, size: tuple[int, int] | None, *, max_pixels: int, max_side: int, scale: int
+    data: bytes, size: tuple[int, int] | None, *, max_pixels: int, max_side: int, scale: int,
+    max_output_pixels: int | None = None,
 ) -> int:
     """The pixels an upload is charged: its header's width x height, times scale² (the answer's
     pixels). Over the image limits: 413 here, before the budget is asked. Not a supported format:
     nothing (decoding refuses it before decoding anything). A supported format whose header cannot
-    be read: the largest image allowed, as the decoder may still make a picture of it."""
+    be read: the largest image allowed, as the decoder may still make a picture of it (at scale > 1
+    the largest answer allowed, `max_output_pixels`: a larger one is refused once decoded)."""
     if imaging.sniff_format(data) is None:
         return 0
     if size is None:
-        return max_pixels * scale * scale
+        largest = max_pixels * scale * scale
+        return min(largest, max_output_pixels) if scale > 1 and max_output_pixels else largest
     check_size(size[0], size[1], max_pixels, max_side)
     return size[0] * size[1] * scale * scale
 
@@ -61,7 +64,8 @@ def hold_pixels(request: Request, data: bytes, size: tuple[int, int] | None, sca
     runtime = request.app.state.runtime
     settings = runtime.settings
     pixels = pixels_to_charge(
-        data, size, max_pixels=settings.max_pixels, max_side=settings.max_image_side, scale=scale
+        data, size, max_pixels=settings.max_pixels, max_side=settings.max_image_side, scale=scale,
+        max_output_pixels=settings.max_output_pixels,
     )
     if pixels == 0:
         return

@@ -205,7 +205,9 @@ async def upscale(
     data = await image.read()
     await image.close()
     size = await asyncio.to_thread(imaging.read_image_size, data)  # the header only: nothing decoded yet
-    hold_pixels(request, data, size, chosen.spec.scale)  # the server's pixels in flight, until answered
+    if chosen.spec.scale > 1 and size is not None:  # the answer's size, before it is charged (413)
+        imaging.check_output_size(*size, chosen.spec.scale, runtime.settings.max_output_pixels)
+    hold_pixels(request, data, size, chosen.spec.scale)  # the answer's pixels in flight, until answered
     charge_upload(request, size)  # this client's megapixels per minute
     result = await _cancel_if_client_leaves(request, service.enhance(data, chosen.spec, format, quality, strength))
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
