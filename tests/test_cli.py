@@ -135,7 +135,7 @@ def test_enhance_scale_2_uses_the_configured_upscaler_and_names_the_outputs_x2(t
     image = imaging.decode(data)
     vector = quantization_vector(image.info)
     rgb = tiling.enhance_tiled(
-        image.rgb, lambda b: upscalers[2].forward(b, {"quantization": np.broadcast_to(vector, (len(b), 130))}),
+        image.pixels, lambda b: upscalers[2].forward(b, {"quantization": np.broadcast_to(vector, (len(b), 130))}),
         128, 48, 1, multiple=16, scale=2,
     )  # fmt: skip
     expected = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)[:, :, ::-1]

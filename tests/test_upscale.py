@@ -22,6 +22,7 @@ from PIL import Image, ImageCms
 from enhancer import imaging, tiling
 from enhancer.api import create_app
 from enhancer.conditioning import Strength, no_damage_vector, quantization_vector
+from enhancer.samples import to_unit_float
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +47,11 @@ async def post(client, data: bytes, name: str = "small.jpg", **params):
     return await client.post("/upscale", params=params, files={"image": (name, data, "application/octet-stream")})
 
 
+def unit_rgb(image) -> np.ndarray:
+    """Decoded pixels as float32 [0, 1] (the decoder keeps the file's 8- or 16-bit samples)."""
+    return to_unit_float(image.pixels)
+
+
 def jpeg(pixels: np.ndarray, quality: int = 30) -> bytes:
     return encode_bgr(pixels, ".jpg", cv2.IMWRITE_JPEG_QUALITY, quality)
 
@@ -58,7 +64,7 @@ def model_rgb(model, data: bytes, vector: np.ndarray) -> np.ndarray:
     def forward(batch):
         return model.forward(batch, {"quantization": np.broadcast_to(vector, (len(batch), len(vector)))})
 
-    return tiling.enhance_tiled(image.rgb, forward, TILE, OVERLAP, 4, multiple=MULTIPLE, scale=model.spec.scale)
+    return tiling.enhance_tiled(image.pixels, forward, TILE, OVERLAP, 4, multiple=MULTIPLE, scale=model.spec.scale)
 
 
 def to_8bit_bgr(rgb: np.ndarray) -> np.ndarray:
@@ -304,18 +310,18 @@ def test_tiled_equals_untiled_within_one_8_bit_step(upscalers, scale):
     # Reference: the whole image at once, with the mirrored context the tiler gives border tiles
     # (48 px: a multiple of the size multiple, so the JPEG grid keeps its phase; >= the reach)
     pad = 48
-    mirrored = np.pad(image.rgb, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    mirrored = np.pad(unit_rgb(image), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     reference = forward(mirrored[None])[0][pad * scale : -pad * scale, pad * scale : -pad * scale]
-    assert np.abs(reference - cv2.resize(image.rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)).mean() > 0.005
+    assert np.abs(reference - cv2.resize(unit_rgb(image), None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)).mean() > 0.005
 
     plan = tiling.plan_tiles(300, 420, TILE, OVERLAP, multiple=MULTIPLE)
     assert plan.num_tiles >= 12  # really tiled
-    tiled = tiling.enhance_tiled(image.rgb, forward, TILE, OVERLAP, 4, multiple=MULTIPLE, scale=scale)
+    tiled = tiling.enhance_tiled(image.pixels, forward, TILE, OVERLAP, 4, multiple=MULTIPLE, scale=scale)
     assert tiled.shape == reference.shape == (300 * scale, 420 * scale, 3)
     assert np.abs(tiled - reference).max() < 1 / 255  # not even one 8-bit step anywhere
 
     # Control: without overlap the same comparison does see seams, so the check has teeth.
-    seamed = tiling.enhance_tiled(image.rgb, forward, TILE, 0, 4, multiple=MULTIPLE, scale=scale)
+    seamed = tiling.enhance_tiled(image.pixels, forward, TILE, 0, 4, multiple=MULTIPLE, scale=scale)
     assert np.abs(seamed - reference).max() > 4 / 255
 
 
@@ -325,7 +331,7 @@ async def test_the_served_answer_has_no_seams(client, upscalers):
     image = imaging.decode(data)
     vector = quantization_vector(image.info)
     pad = 48
-    mirrored = np.pad(image.rgb, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    mirrored = np.pad(unit_rgb(image), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     whole = upscalers[2].forward(mirrored[None], {"quantization": vector[None]})[0][2 * pad : -2 * pad, 2 * pad : -2 * pad]
     assert_within_one_step(got, to_8bit_bgr(whole))
 
