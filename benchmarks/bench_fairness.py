@@ -104,12 +104,26 @@ def run(profile: Profile) -> dict:
 
 def run_x4(profile: Profile) -> dict:
     """The 4x job beside 1x requests (see the module docstring), server defaults plus the upscalers;
-    `python -m benchmarks.run --only fairness_x4` (results/fairness_x4.json)."""
+    then the same with the upscalers' tiles as large as the restorer's (ENHANCER_UPSCALE_TILE_SIZE
+    = ENHANCER_TILE_SIZE), to show what the smaller default buys. `python -m benchmarks.run --only
+    fairness_x4` (results/fairness_x4.json)."""
     from benchmarks.bench_upscale import read_back_settings, upscaler_dirs
+    from enhancer.config import Settings
 
     dirs, weights = upscaler_dirs()
-    with enhancer_server("enhancer-fairness-x4", upscale_model_dirs=",".join(str(d) for d in dirs.values()), log_level="info") as server:
+    upscalers = ",".join(str(d) for d in dirs.values())
+    with enhancer_server("enhancer-fairness-x4", upscale_model_dirs=upscalers, log_level="info") as server:
         settings = read_back_settings(server)
         result = asyncio.run(_measure(server, profile, big_scale=4))
     log(f"fairness (4x job): p99 {result['baseline']['p99_s']:.3f} s alone, {result['during_big']['p99_s']:.3f} s during -> ratio {result['p99_ratio']:.2f}")
-    return {"label": f"a {BIG_X4[0]}x{BIG_X4[1]} JPEG at ?scale=4 (24 MP answer)", "weights": weights, "settings_read_back": settings, **result}
+    same = Settings.model_fields["tile_size"].default
+    with enhancer_server("enhancer-fairness-x4-same-tiles", upscale_model_dirs=upscalers, upscale_tile_size=same, log_level="info") as server:
+        variant_settings = read_back_settings(server)
+        variant = asyncio.run(_measure(server, profile, big_scale=4))
+    log(f"fairness (4x job, upscale tiles {same}): p99 {variant['baseline']['p99_s']:.3f} s alone, {variant['during_big']['p99_s']:.3f} s during -> ratio {variant['p99_ratio']:.2f}")
+    return {
+        "label": f"a {BIG_X4[0]}x{BIG_X4[1]} JPEG at ?scale=4 (24 MP answer)", "weights": weights,
+        "settings_read_back": settings, **result,
+        "variant": {"label": f"ENHANCER_UPSCALE_TILE_SIZE={same} (4x tiles as large as 1x tiles)",
+                    "settings_read_back": variant_settings, **variant},
+    }  # fmt: skip

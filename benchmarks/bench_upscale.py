@@ -128,7 +128,7 @@ def run(profile: Profile) -> dict:
     full = profile.name == "full"
     side4 = int((DEFAULT_MAX_OUTPUT_PIXELS / 16) ** 0.5)  # the 4x input whose answer is the default limit
     cases = [(4, 500, 375), (4, 1000, 750), (4, side4, side4)]
-    cases += [(2, 1000, 750), (2, 2000, 1500), (2, 4000, 3000)] if full else [(2, 1000, 750)]
+    cases += [(2, 1000, 750), (2, 2000, 1500)] + ([(2, 4000, 3000)] if full else [])
     ensure_inputs([f"crop256_{i}" for i in range(8)] + [f"crop512_{i}" for i in range(8)])
     with enhancer_server(
         "enhancer-upscale", upscale_model_dirs=",".join(str(d) for d in dirs.values()), log_level="info"

@@ -65,6 +65,18 @@ def test_upscale_model_dirs_default_to_the_shipped_folders_and_read_a_comma_list
     assert len(Settings(_env_file=None).upscale_model_dirs) == 2
 
 
+def test_enlarging_models_take_half_the_tile_edge():
+    cpu = Settings(_env_file=None)
+    assert (cpu.tile_size_for(1, 16), cpu.tile_size_for(2, 16), cpu.tile_size_for(4, 16)) == (576, 288, 288)
+    assert cpu.for_device("gpu").tile_size_for(4, 16) == 512
+    small = Settings(_env_file=None, tile_size=128, tile_overlap=48)
+    assert small.tile_size_for(4, 16) == 96  # half would be 64: tiles of mostly overlap; twice the overlap
+    assert Settings(_env_file=None, tile_size=100, tile_overlap=4).tile_size_for(2, 16) == 48  # a multiple of 16
+    assert Settings(_env_file=None, upscale_tile_size=320).tile_size_for(2, 16) == 320
+    with pytest.raises(ValidationError, match="at most half of upscale_tile_size"):
+        Settings(_env_file=None, upscale_tile_size=48, tile_overlap=32)
+
+
 def test_max_output_pixels_default_and_override(monkeypatch):
     assert Settings(_env_file=None).max_output_pixels == 64_000_000
     monkeypatch.setenv("ENHANCER_MAX_OUTPUT_PIXELS", "1000000")

@@ -117,7 +117,7 @@ def test_start_up_refuses_tile_settings_a_model_cannot_be_served_with(overrides,
     assert runtime.state is ServingState.FAILED
 
 
-def test_every_model_is_warmed_up_with_the_tile_shapes_of_its_own_size_multiple():
+def test_every_model_is_warmed_up_with_the_tile_shapes_of_its_own_size_multiple_and_tile_size():
     from enhancer import tiling
 
     a, b = FakeModel("a"), FakeModel("b", scale=2, size_multiple=16)
@@ -133,7 +133,7 @@ def test_every_model_is_warmed_up_with_the_tile_shapes_of_its_own_size_multiple(
 
     assert asyncio.run(start_and_stop()) is ServingState.READY
     assert a.warmed_shapes == tiling.bucket_shapes(256, 4)
-    assert b.warmed_shapes == tiling.bucket_shapes(256, 16) != a.warmed_shapes
+    assert b.warmed_shapes == tiling.bucket_shapes(128, 16) != a.warmed_shapes  # an enlarging model: half the edge
     assert runtime.warmed == ["a", "b"]
 
 

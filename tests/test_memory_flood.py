@@ -132,6 +132,7 @@ def server(identity_model, tmp_path_factory):
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), env.get("PYTHONPATH", "")])
     env.update(
         ENHANCER_MODEL_DIR=str(identity_model),
+        ENHANCER_UPSCALE_MODEL_DIRS="none",  # only the model named above, also once weights/upscale-x* exist
         ENHANCER_PORT=str(port),
         ENHANCER_MAX_PIXELS_IN_FLIGHT=str(BUDGET),
         ENHANCER_REQUEST_TIMEOUT_S="900",

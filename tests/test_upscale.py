@@ -27,6 +27,7 @@ from enhancer.samples import to_unit_float
 pytestmark = pytest.mark.anyio
 
 TILE, OVERLAP, MULTIPLE = 128, 48, 16  # the upscalers' size multiple is 16; overlap >= their reach
+UP_TILE = 96  # their tile edge: half of TILE, but at least twice the overlap (Settings.tile_size_for)
 MAX_OUTPUT = 1_000_000
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -64,7 +65,7 @@ def model_rgb(model, data: bytes, vector: np.ndarray) -> np.ndarray:
     def forward(batch):
         return model.forward(batch, {"quantization": np.broadcast_to(vector, (len(batch), len(vector)))})
 
-    return tiling.enhance_tiled(image.pixels, forward, TILE, OVERLAP, 4, multiple=MULTIPLE, scale=model.spec.scale)
+    return tiling.enhance_tiled(image.pixels, forward, UP_TILE, OVERLAP, 4, multiple=MULTIPLE, scale=model.spec.scale)
 
 
 def to_8bit_bgr(rgb: np.ndarray) -> np.ndarray:
@@ -356,9 +357,9 @@ async def test_a_4x_job_does_not_starve_1x_requests_and_batches_never_mix_models
     settings = upscale_settings(max_output_pixels=4_000_000, max_batch_size=4)
     app = create_app(settings, models=serving(saved_model, upscalers[4]))
     big = encode_bgr(photo_like(480, 480, seed=16), ".png")  # 4x: 1920x1920
-    big_tiles = tiling.plan_tiles(480, 480, TILE, OVERLAP, multiple=MULTIPLE).num_tiles
+    big_tiles = tiling.plan_tiles(480, 480, UP_TILE, OVERLAP, multiple=MULTIPLE).num_tiles
     small = encode_bgr(photo_like(60, 60, seed=17), ".png")
-    small_tiles = tiling.plan_tiles(60, 60, TILE, OVERLAP, multiple=MULTIPLE).num_tiles
+    small_tiles = tiling.plan_tiles(60, 60, TILE, OVERLAP, multiple=4).num_tiles  # dejpeg's multiple
     async with running_app(app) as client:
         before = (await client.get("/metrics")).text
         big_task = asyncio.create_task(post(client, big, "big.png", scale=4))
@@ -379,3 +380,50 @@ async def test_a_4x_job_does_not_starve_1x_requests_and_batches_never_mix_models
     # each model's batches held exactly its own requests' tiles
     processed = {name: metric_total(after, "enhancer_tiles_processed_total", model=name) - metric_total(before, "enhancer_tiles_processed_total", model=name) for name in ("dejpeg", "upscale-x4")}
     assert processed == {"dejpeg": 5 * small_tiles, "upscale-x4": big_tiles}
+
+
+# --- the pixel budget ----------------------------------------------------------------------------
+
+
+class HeldModel:
+    """A loaded model whose `forward` waits until the test lets it go (every answered tile still ran
+    through the real model)."""
+
+    def __init__(self, inner):
+        import threading
+
+        self.inner, self.spec, self.device, self.device_kind, self.precision = inner, inner.spec, inner.device, inner.device_kind, inner.precision
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def forward(self, batch, inputs=None):
+        self.entered.set()
+        assert self.gate.wait(timeout=120), "the test never let the model go"
+        return self.inner.forward(batch, inputs)
+
+    def warm_up(self, shapes, max_batch_size):
+        return self.inner.warm_up(shapes, max_batch_size)
+
+
+async def test_an_upscale_is_charged_its_answer_s_pixels_in_the_budget(saved_model, upscalers):
+    import asyncio
+
+    held = HeldModel(upscalers[4])
+    settings = upscale_settings(max_pixels_in_flight=200_000)
+
+    async def in_flight(client) -> float:
+        return metric_total((await client.get("/metrics")).text, "enhancer_pixels_in_flight")
+
+    async with running_app(create_app(settings, models=serving(saved_model, held))) as client:
+        job = asyncio.create_task(post(client, encode_bgr(photo_like(100, 90, seed=18), ".png"), "a.png", scale=4))
+        assert await asyncio.to_thread(held.entered.wait, 60)  # its tiles are at the model, held there
+        assert await in_flight(client) == 100 * 90 * 16  # 144,000: the answer's pixels, not the upload's 9,000
+        # 60x60 asks for 3,600 px at 1x, which fits beside it (it waits for the model); at 4x 57,600, which does not
+        waiting = asyncio.create_task(post(client, encode_bgr(photo_like(60, 60, seed=19), ".png"), "s.png"))
+        while await in_flight(client) < 144_000 + 3_600:
+            await asyncio.sleep(0.02)
+        r = await post(client, encode_bgr(photo_like(60, 60, seed=19), ".png"), "s.png", scale=4)
+        assert r.status_code == 503 and "ENHANCER_MAX_PIXELS_IN_FLIGHT" in r.json()["detail"], r.text
+        assert "this image adds 0.0576 MP" in r.json()["detail"]
+        held.gate.set()
+        assert (await job).status_code == 200 and (await waiting).status_code == 200
+        assert await in_flight(client) == 0

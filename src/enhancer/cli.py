@@ -182,7 +182,7 @@ def _enhance(args: argparse.Namespace) -> int:
         models = ModelRegistry.load(settings, {folder.name: folder})
         # unset tile/batch sizes follow the device, an unset overlap the models' reach
         settings = settings.for_device(models.device_kind).for_models(models.reach, models.size_multiple)
-        models.check_tiling(settings.tile_size, settings.tile_overlap)
+        models.check_tiling(settings)
     except (ModelLoadError, ValueError) as exc:  # a model that breaks the contract, tiles it cannot take
         raise SystemExit(f"enhancer: {exc}") from None
     spec = models.select(None).spec

@@ -24,7 +24,9 @@ DEFAULT_MODEL_DIR = Path("weights") / "dejpeg-q"
 #: The previous restorer, weights/dejpeg, is not among the defaults: it is kept for comparisons.
 DEFAULT_UPSCALE_MODEL_DIRS = (Path("weights") / "upscale-x2", Path("weights") / "upscale-x4")
 #: Default of max_output_pixels: the largest answer an upload may ask for (scale² x its pixels).
-#: Measured peak memory per output pixel (benchmarks/RESULTS.md, "Upscaling") sets it; see the field.
+#: Measured (benchmarks/bench_upscale.py, README "Upscaling memory and speed"): a server with the
+#: three default models answering one 64 MP 4x request peaked at 2.03 GiB RSS (13.8 MB per answer
+#: megapixel at 4x, 12.3 at 2x), under the issue's 3 GB with room for other requests in flight.
 DEFAULT_MAX_OUTPUT_PIXELS = 64_000_000
 
 #: The source checkout this module was loaded from (…/src/enhancer/config.py → the repo root).
@@ -144,6 +146,17 @@ class Settings(BaseSettings):
         description="Largest tile edge fed to the model (a multiple of every served model's size multiple, "
         "4 for dejpeg; checked at start-up). Bigger tiles waste less compute on overlap but need more "
         "memory per batch and make small images wait for big batches.",
+    )
+    upscale_tile_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=4096,
+        description="Largest tile edge, in input pixels, for models that enlarge (scale 2 and 4). Per "
+        "input pixel a 4x tile costs 3-5x a restoring one (measured), and the batcher deals tiles one "
+        "per request per round, so a 1x request waits behind whole 4x tiles: with 576 px 4x tiles small "
+        "requests' p99 rose 7.3x beside a 4x job, with 288 px 2.1x (benchmarks/results/fairness_x4.json). "
+        "Unset: half of tile_size (288 on a CPU, 512 on a GPU), rounded down to the model's size "
+        "multiple and at least twice the overlap.",
     )
     tile_overlap: int = Field(
         default=32,
@@ -374,11 +387,13 @@ class Settings(BaseSettings):
     def _check_tiling(self) -> Settings:
         # The tile size's multiple and the overlap's minimum come from the served models' specs and
         # are checked against them at start-up (enhancer.models.contract.ModelSpec.check_tiling).
-        if 2 * self.tile_overlap > self.tile_size:
-            raise ValueError(
-                f"tile_overlap ({self.tile_overlap}) must be at most half of tile_size "
-                f"({self.tile_size}), or tiles would be mostly overlap"
-            )
+        for name in ("tile_size", "upscale_tile_size"):
+            size = getattr(self, name)
+            if size is not None and 2 * self.tile_overlap > size:
+                raise ValueError(
+                    f"tile_overlap ({self.tile_overlap}) must be at most half of {name} "
+                    f"({size}), or tiles would be mostly overlap"
+                )
         return self
 
     def for_device(self, device_kind: str) -> Settings:
@@ -421,9 +436,22 @@ class Settings(BaseSettings):
             f"GPU memory growth {'on' if self.gpu_memory_growth else 'off'}; "
             f"max_batch_size {self.max_batch_size} ({origin('max_batch_size')}), "
             f"batches_in_flight {self.batches_in_flight} ({origin('batches_in_flight')}); "
-            f"tile_size {self.tile_size} ({origin('tile_size')}), overlap {self.tile_overlap}; "
+            f"tile_size {self.tile_size} ({origin('tile_size')}), overlap {self.tile_overlap}, "
+            f"upscale_tile_size {self.upscale_tile_size if self.upscale_tile_size is not None else 'half'}; "
             f"max_batch_delay_ms {self.max_batch_delay_ms:g}"
         )
+
+    def tile_size_for(self, scale: int, multiple: int) -> int:
+        """Largest tile edge (input pixels) for a model of `scale` whose size multiple is `multiple`:
+        tile_size at scale 1; upscale_tile_size, or half of tile_size (a multiple of `multiple`, at
+        least twice the overlap, at most tile_size), for an enlarging model."""
+        if scale == 1:
+            return self.tile_size
+        if self.upscale_tile_size is not None:
+            return self.upscale_tile_size
+        half = self.tile_size // 2 // multiple * multiple
+        floor = -(-2 * self.tile_overlap // multiple) * multiple
+        return min(self.tile_size, max(half, floor, multiple))
 
     @property
     def max_batch_delay_s(self) -> float:

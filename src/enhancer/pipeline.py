@@ -128,6 +128,7 @@ class Pipeline:
         max_side: int | None = None,
         pass_through_jpeg_quality: int = 101,
         max_output_pixels: int | None = None,
+        tile_size_for: Callable[[int, int], int] | None = None,
     ):
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
@@ -135,6 +136,8 @@ class Pipeline:
         self.max_side = max_side
         self.pass_through_jpeg_quality = pass_through_jpeg_quality
         self.max_output_pixels = max_output_pixels
+        #: (scale, size multiple) -> tile edge for that model (Settings.tile_size_for); None: tile_size for all
+        self.tile_size_for = tile_size_for or (lambda scale, multiple: tile_size)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -146,6 +149,7 @@ class Pipeline:
             max_side=settings.max_image_side,
             pass_through_jpeg_quality=settings.pass_through_jpeg_quality,
             max_output_pixels=settings.max_output_pixels,
+            tile_size_for=settings.tile_size_for,
         )
 
     def prepare(self, data: bytes, spec: ModelSpec, strength: Strength = Strength.auto) -> Prepared:
@@ -174,7 +178,8 @@ class Pipeline:
             return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.pixels, passed_through=reason)
         t = clock()
         plan = tiling.plan_tiles(
-            image.info.height, image.info.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple
+            image.info.height, image.info.width, self.tile_size_for(scale, spec.size_multiple), self.tile_overlap,
+            multiple=spec.size_multiple,
         )
         job = TileJob(model=spec.name, tiles=tiling.split(image.pixels, plan), inputs=model_inputs(spec, image.info, strength))
         timings["tile"] = clock() - t

@@ -171,7 +171,7 @@ class Runtime:
             models = self.models
             # tile and batch sizes that were not set follow the device the models run on
             self.settings = s = self.settings.for_device(models.device_kind).for_models(models.reach, models.size_multiple)
-            models.check_tiling(s.tile_size, s.tile_overlap)
+            models.check_tiling(s)
         except Exception as exc:
             self.lifecycle.fail(f"start-up failed: {exc}")
             raise
@@ -204,7 +204,8 @@ class Runtime:
         assert self.models is not None and self.batcher is not None
         try:
             for name, model in self.models.items():
-                shapes = tiling.bucket_shapes(self.settings.tile_size, model.spec.size_multiple)
+                tile = self.settings.tile_size_for(model.spec.scale, model.spec.size_multiple)
+                shapes = tiling.bucket_shapes(tile, model.spec.size_multiple)
                 log.info("warming up model %s: %d tile shapes on %s", name, len(shapes), model.device)
                 await asyncio.to_thread(model.warm_up, shapes, self.settings.max_batch_size)
                 self.warmed.append(name)
@@ -231,7 +232,8 @@ class Runtime:
                 continue
             last_probe = loop.time()
             model = self.models[self.lifecycle.last_failed_model or self.models.default]
-            shape = min(tiling.bucket_shapes(self.settings.tile_size, model.spec.size_multiple))
+            tile = self.settings.tile_size_for(model.spec.scale, model.spec.size_multiple)
+            shape = min(tiling.bucket_shapes(tile, model.spec.size_multiple))
             probe = np.full((1, *shape, 3), 0.5, np.float32)
             inputs = {name: np.zeros(length, np.float32) for name, length in model.spec.inputs.items()}
             try:

@@ -211,7 +211,9 @@ class ModelRegistry(Mapping[str, Model]):
         """A multiple of every served model's size multiple (tile sizes and origins must be one)."""
         return math.lcm(*(model.spec.size_multiple for model in self._models.values()))
 
-    def check_tiling(self, tile_size: int, tile_overlap: int) -> None:
-        """Refuse tile settings any served model cannot be served with (see ModelSpec.check_tiling)."""
+    def check_tiling(self, settings: Settings) -> None:
+        """Refuse tile settings any served model cannot be served with (see ModelSpec.check_tiling),
+        each model with its own tile size (Settings.tile_size_for: enlarging models take smaller tiles)."""
         for model in self._models.values():
-            model.spec.check_tiling(tile_size, tile_overlap)
+            spec = model.spec
+            spec.check_tiling(settings.tile_size_for(spec.scale, spec.size_multiple), settings.tile_overlap)
