@@ -85,6 +85,9 @@ def make_settings(**overrides):
         model_dir=MODEL_DIR,
         tile_size=TEST_TILE_SIZE,
         tile_overlap=TEST_TILE_OVERLAP,
+        # the tiling module's own default, which the tests' expected outputs and tile counts use
+        # (the server's default is no context: tests/test_border_and_png_settings.py)
+        border_context=TEST_TILE_OVERLAP,
         max_batch_size=4,
         max_batch_delay_ms=2,
         max_queue_tiles=512,

@@ -28,6 +28,8 @@ from conftest import MODEL_DIR, REPO_ROOT, decode_bytes, encode_bgr, photo_like
 from enhancer import imaging, tiling
 
 TILE, OVERLAP, MULTIPLE = 128, 32, 4  # both models' size multiple is 4 (their specs)
+#: How the server tiles with these settings: no border context (the default), bucketed shapes (batch 2).
+PLAN = dict(multiple=MULTIPLE, context=0, buckets=True)
 
 
 def damaged_png(height: int, width: int, seed: int) -> bytes:
@@ -137,11 +139,11 @@ def test_each_request_runs_on_its_own_model_and_batches_never_mix_them(server, s
         assert answer.headers["x-enhancer-model"] == name
         sent, got = decode_bytes(data), decode_bytes(answer.content)
         image = imaging.decode(data)
-        tiles[name] += tiling.plan_tiles(image.info.height, image.info.width, TILE, OVERLAP, multiple=MULTIPLE).num_tiles
+        tiles[name] += tiling.plan_tiles(image.info.height, image.info.width, TILE, OVERLAP, **PLAN).num_tiles
         if name == "identity":
             np.testing.assert_array_equal(got, sent)  # every one of its tiles ran through the identity
         else:
-            rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, TILE, OVERLAP, 2, multiple=MULTIPLE)
+            rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, TILE, OVERLAP, 2, **PLAN)
             expected = decode_bytes(imaging.encode(rgb, imaging.OutputFormat.png, info=image.info))
             assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # ... through dejpeg
             assert np.abs(got.astype(int) - sent.astype(int)).mean() > 0.5  # which really changes pixels
@@ -153,7 +155,7 @@ def test_each_request_runs_on_its_own_model_and_batches_never_mix_them(server, s
 
 def test_a_big_image_on_one_model_does_not_starve_small_requests_on_the_other(server):
     big = damaged_png(1100, 1100, seed=50)
-    big_tiles = tiling.plan_tiles(1100, 1100, TILE, OVERLAP, multiple=MULTIPLE).num_tiles
+    big_tiles = tiling.plan_tiles(1100, 1100, TILE, OVERLAP, **PLAN).num_tiles
     small = damaged_png(60, 60, seed=51)
 
     async def scenario():

@@ -137,6 +137,27 @@ class Settings(BaseSettings):
         "work. When not set: 32, or the served models' largest reach rounded up to their size multiple.",
     )
 
+    border_context: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Mirrored pixels given to the model beyond every image border (rounded up to the "
+        "model's size multiple, at most 1/8 of the side); 0 = none, the model's own zero padding. "
+        "Measured with dejpeg-q on held-out photos at JPEG q10-q50: mirrored context changed the PSNR "
+        "of the outer 32 px by +0.005 to +0.015 dB on average, while it made a 512x512 image cost "
+        "1.16x (16 px) to 1.74x (the 48 px overlap, as before) the model time of the image alone "
+        "(benchmarks/RESULTS.md).",
+    )
+    tile_buckets: bool | None = Field(
+        default=None,
+        description="Round tile sides up to a short ladder of sizes (buckets) so tiles of different "
+        "images share a shape, hence a batch, and warm-up covers every shape; off, a tile side is any "
+        "multiple of the model's size multiple, as small as the image allows (a 512x512 image runs "
+        "as 512x512, not 576x576). Unset: on when max_batch_size > 1 (the GPU default) and off at "
+        "batch 1 (the CPU default), where no tiles share a batch and TensorFlow needs no warm-up per "
+        "shape. Always on with XLA, which compiles per shape.",
+    )
+
     # --- batching --------------------------------------------------------------------------
     max_batch_size: int = Field(
         default=1,
@@ -201,6 +222,16 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a request may wait for its tiles to be enhanced before a 504. "
         "Short values shed load sooner; too short fails large images on a busy CPU.",
+    )
+
+    # --- answers ---------------------------------------------------------------------------
+    png_compression: int | None = Field(
+        default=None,
+        ge=0,
+        le=9,
+        description="zlib level of PNG answers, 0-9: higher makes smaller files (same pixels) for "
+        "more CPU, which on a CPU server is taken from the model. Unset: OpenCV's preset for speed "
+        "(level 1, the 'sub' filter, run-length strategy), the fastest measured (benchmarks/RESULTS.md).",
     )
 
     # --- accelerator -----------------------------------------------------------------------
@@ -369,9 +400,17 @@ class Settings(BaseSettings):
             f"GPU memory growth {'on' if self.gpu_memory_growth else 'off'}; "
             f"max_batch_size {self.max_batch_size} ({origin('max_batch_size')}), "
             f"batches_in_flight {self.batches_in_flight} ({origin('batches_in_flight')}); "
-            f"tile_size {self.tile_size} ({origin('tile_size')}), overlap {self.tile_overlap}; "
+            f"tile_size {self.tile_size} ({origin('tile_size')}), overlap {self.tile_overlap}, "
+            f"border context {self.border_context}, {'bucketed' if self.uses_tile_buckets else 'exact'} tile shapes; "
             f"max_batch_delay_ms {self.max_batch_delay_ms:g}"
         )
+
+    @property
+    def uses_tile_buckets(self) -> bool:
+        """Whether tile sides are rounded up to bucket sizes (tile_buckets, resolved: see its description)."""
+        if self.xla:
+            return True
+        return self.max_batch_size > 1 if self.tile_buckets is None else self.tile_buckets
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -103,12 +103,18 @@ class Pipeline:
         max_pixels: int | None = None,
         max_side: int | None = None,
         pass_through_jpeg_quality: int = 101,
+        border_context: int | None = None,
+        tile_buckets: bool = True,
+        png_compression: int | None = None,
     ):
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.max_pixels = max_pixels
         self.max_side = max_side
         self.pass_through_jpeg_quality = pass_through_jpeg_quality
+        self.border_context = border_context  #: None: the overlap (enhancer.tiling.plan_axis)
+        self.tile_buckets = tile_buckets
+        self.png_compression = png_compression
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -119,6 +125,9 @@ class Pipeline:
             max_pixels=settings.max_pixels,
             max_side=settings.max_image_side,
             pass_through_jpeg_quality=settings.pass_through_jpeg_quality,
+            border_context=settings.border_context,
+            tile_buckets=settings.uses_tile_buckets,
+            png_compression=settings.png_compression,
         )
 
     def prepare(self, data: bytes, spec: ModelSpec, strength: Strength = Strength.auto) -> Prepared:
@@ -134,8 +143,9 @@ class Pipeline:
             return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.rgb, passed_through=reason)
         t = clock()
         plan = tiling.plan_tiles(
-            image.info.height, image.info.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple
-        )
+            image.info.height, image.info.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple,
+            context=self.border_context, buckets=self.tile_buckets,
+        )  # fmt: skip
         job = TileJob(model=spec.name, tiles=tiling.split(image.rgb, plan), inputs=model_inputs(spec, image.info, strength))
         timings["tile"] = clock() - t
         return Prepared(spec=spec, info=image.info, timings=timings, plan=plan, job=job)
@@ -155,7 +165,7 @@ class Pipeline:
             np.clip(rgb, 0.0, 1.0, out=rgb)  # in place: no second full-size copy
             prepared.timings["tile"] += clock() - t
         t = clock()
-        body = imaging.encode(rgb, fmt, quality=quality, info=prepared.info)
+        body = imaging.encode(rgb, fmt, quality=quality, info=prepared.info, png_compression=self.png_compression)
         prepared.timings["encode"] = clock() - t
         return EnhanceResult(
             body=body,

@@ -375,10 +375,13 @@ def enhance_tiled(
     multiple: int,
     scale: int = 1,
     progress: Callable[[int], None] | None = None,
+    context: int | None = None,
+    buckets: bool = True,
 ) -> np.ndarray:
     """Split an HxWxC array into tiles, run `forward` over them (see run_in_batches) and stitch:
-    the tiled computation on bare pixels, for tests and benchmarks. Whole images (decode, the
-    pass-through decision, encode) go through enhancer.pipeline."""
-    plan = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap, multiple=multiple)
+    the tiled computation on bare pixels, for tests and benchmarks (`context` and `buckets` as in
+    `plan_axis`). Whole images (decode, the pass-through decision, encode) go through
+    enhancer.pipeline."""
+    plan = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap, multiple=multiple, context=context, buckets=buckets)
     outputs = run_in_batches(split(image, plan), forward, batch_size, scale=scale, progress=progress)
     return stitch(outputs, plan, scale=scale)
