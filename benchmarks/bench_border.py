@@ -85,6 +85,7 @@ def measure_quality(runner, pipeline, qualities=QUALITIES) -> list[dict]:
 
     from enhancer import imaging
     from enhancer.conditioning import model_inputs
+    from enhancer.samples import to_unit_float
     from enhancer.training.testset import load_testset
 
     rows = []
@@ -97,13 +98,14 @@ def measure_quality(runner, pipeline, qualities=QUALITIES) -> list[dict]:
             assert ok
             data = buf.tobytes()
             image = imaging.decode(data)
+            rgb = to_unit_float(image.pixels)
             inputs = model_inputs(runner.spec, image.info)
-            outs = {"jpeg": _to8(image.rgb)}
+            outs = {"jpeg": _to8(rgb)}
             server_rgb, plan = _server(pipeline, runner, data)
             outs["server"] = _to8(server_rgb)
             for margin in MARGINS:
-                outs[f"mirror{margin}"] = _to8(mirrored_forward(runner, image.rgb, inputs, margin))
-            outs["whole"] = _to8(mirrored_forward(runner, image.rgb, inputs, 0))
+                outs[f"mirror{margin}"] = _to8(mirrored_forward(runner, rgb, inputs, margin))
+            outs["whole"] = _to8(mirrored_forward(runner, rgb, inputs, 0))
             row = {"image": name, "kind": kind, "width": w, "height": h, "quality": q,
                    "server_tiles": plan.num_tiles, "server_tile_shape": list(plan.tile_shape),
                    "server_margin": [plan.rows.pad_before, plan.cols.pad_before]}  # fmt: skip
@@ -144,6 +146,7 @@ def measure_time(runner, pipeline, rounds: int) -> dict:
 
     from enhancer import imaging
     from enhancer.conditioning import model_inputs
+    from enhancer.samples import to_unit_float
     from enhancer.training.testset import load_testset
 
     images = [(name, bgr) for name, _, bgr in load_testset(TESTSET) if bgr.shape[:2] == (512, 512)]
@@ -151,7 +154,7 @@ def measure_time(runner, pipeline, rounds: int) -> dict:
     for name, bgr in images:
         data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 30])[1].tobytes()
         image = imaging.decode(data)
-        prepared.append((data, image.rgb, model_inputs(runner.spec, image.info)))
+        prepared.append((data, to_unit_float(image.pixels), model_inputs(runner.spec, image.info)))
     ways = {
         "server": lambda d, rgb, inp: _server(pipeline, runner, d),
         **{f"mirror{m}": (lambda m: lambda d, rgb, inp: mirrored_forward(runner, rgb, inp, m))(m) for m in MARGINS},

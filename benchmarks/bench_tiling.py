@@ -35,6 +35,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure(names: list[str], repeats: int) -> dict:
     from enhancer import imaging, tiling
+    from enhancer.samples import to_unit_float
 
     from benchmarks.common import load_default_model
     from benchmarks.inputs import ensure_inputs
@@ -45,7 +46,7 @@ def measure(names: list[str], repeats: int) -> dict:
     rows = []
     for name in names:
         img = images[name]
-        rgb = imaging.decode(img.read()).rgb
+        rgb = to_unit_float(imaging.decode(img.read()).pixels)  # the whole image as the model sees it
         plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP, multiple=multiple)
         runner.warm_up([plan.tile_shape], BATCH)
         runner.forward(rgb[None])  # warm the whole-image shape too

@@ -188,13 +188,13 @@ async def test_the_server_runs_exact_tiles_at_batch_1(saved_model):
 def test_every_png_level_gives_the_same_pixels(level):
     pixels = photo_like(120, 160)
     image = imaging.decode(encode_bgr(pixels, ".png"))
-    body = imaging.encode(image.rgb, OutputFormat.png, info=image.info, png_compression=level)
+    body = imaging.encode(image.pixels, OutputFormat.png, info=image.info, png_compression=level)
     np.testing.assert_array_equal(decode_bytes(body), pixels)
 
 
 def test_a_higher_png_level_gives_a_smaller_file_and_level_0_stores():
     image = imaging.decode(encode_bgr(photo_like(200, 200), ".png"))
-    size = {lvl: len(imaging.encode(image.rgb, OutputFormat.png, info=image.info, png_compression=lvl)) for lvl in (0, 1, 9)}
+    size = {lvl: len(imaging.encode(image.pixels, OutputFormat.png, info=image.info, png_compression=lvl)) for lvl in (0, 1, 9)}
     assert size[0] > 200 * 200 * 3  # stored, not deflated
     assert size[9] < size[1] < size[0]
 
@@ -207,7 +207,7 @@ def test_the_pillow_path_takes_the_level_too():
     assert image.info.grayscale and image.info.alpha is not None
     sizes = {}
     for level in (0, 9):
-        body = imaging.encode(image.rgb, OutputFormat.png, info=image.info, png_compression=level)
+        body = imaging.encode(image.pixels, OutputFormat.png, info=image.info, png_compression=level)
         assert Image.open(io.BytesIO(body)).mode == "LA"
         sizes[level] = len(body)
     assert sizes[9] < sizes[0]
