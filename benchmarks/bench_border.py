@@ -24,6 +24,7 @@ each way interleaved (round-robin, several rounds, medians): what the context co
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -202,6 +203,8 @@ def main() -> None:
     result = {
         "machine": info,
         "model": runner.spec.name,
+        "model_metadata": {k: v for k, v in json.loads((settings.model_dir / "metadata.json").read_text()).items()
+                           if k in ("trained_steps", "weights", "exported", "architecture")},  # fmt: skip
         "model_reach": runner.spec.reach,
         "size_multiple": runner.spec.size_multiple,
         "precision": runner.precision,

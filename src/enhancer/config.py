@@ -144,8 +144,8 @@ class Settings(BaseSettings):
         description="Mirrored pixels given to the model beyond every image border (rounded up to the "
         "model's size multiple, at most 1/8 of the side); 0 = none, the model's own zero padding. "
         "Measured with dejpeg-q on held-out photos at JPEG q10-q50: mirrored context changed the PSNR "
-        "of the outer 32 px by +0.005 to +0.015 dB on average, while it made a 512x512 image cost "
-        "1.16x (16 px) to 1.74x (the 48 px overlap, as before) the model time of the image alone "
+        "of the outer 32 px by +0.007 to +0.018 dB on average, while it made a 512x512 image cost "
+        "1.14x (16 px) to 1.86x (the 48 px overlap, as before) the model time of the image alone "
         "(benchmarks/RESULTS.md).",
     )
     tile_buckets: bool | None = Field(

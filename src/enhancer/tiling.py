@@ -13,9 +13,9 @@ How an axis is planned (`plan_axis`):
   so border pixels see image-like context instead of the net's own zero padding. Unset, it is the
   overlap (which the caller keeps at or above the net's reach). The server passes its
   `border_context` setting, 0 by default: measured on the held-out test set with the served
-  dejpeg-q model, mirrored context bought +0.005 to +0.015 dB mean PSNR on the outer 32 px
-  (-0.02 to +0.06 dB per image) at JPEG q10-q50, while a 512x512 image cost 1.74x the model time of
-  one pass over it as it is (benchmarks/RESULTS.md, results/border.json). Whatever is still padded
+  dejpeg-q model, mirrored context bought +0.007 to +0.018 dB mean PSNR on the outer 32 px
+  (-0.015 to +0.094 dB per image) at JPEG q10-q50, while a 512x512 image cost 1.86x the model time
+  of one pass over it as it is (benchmarks/RESULTS.md, results/border.json). Whatever is still padded
   (rounding up to a segment) is mirrored too.
 * Segment lengths. The padded side is covered by segments of one length: one segment of the
   smallest allowed length that fits when the side fits in a tile, otherwise the fewest segments a
