@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import MODEL_DIR
+from helpers import MODEL_DIR
 from pydantic import ValidationError
 
 from enhancer.config import GPU_DEFAULTS, Settings, device_defaults

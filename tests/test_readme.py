@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from enhancer.config import Settings
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import encode_bgr, photo_like
+from helpers import encode_bgr, photo_like
 
 from enhancer import imaging, tiling
 from enhancer.config import Settings

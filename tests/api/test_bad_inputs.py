@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 import pytest
 import tifffile
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
+from helpers import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
 from PIL import Image
 
 from enhancer.api import create_app

@@ -21,8 +21,20 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_DIR, assert_documented, encode_bgr, make_settings, photo_like, running_app, serving
-from test_server_process import BOUNDARY, UPLOAD_HEADERS, multipart_body, read_response
+from helpers import (
+    BOUNDARY,
+    MODEL_DIR,
+    UPLOAD_HEADERS,
+    assert_documented,
+    encode_bgr,
+    free_port,
+    make_settings,
+    multipart_body,
+    photo_like,
+    read_response,
+    running_app,
+    serving,
+)
 
 from enhancer.api import auth, create_app
 
@@ -36,17 +48,11 @@ PROXY = "127.0.0.2"  # the keyless server's trusted proxy
 NOT_A_PROXY = "127.0.0.1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`python -m enhancer.cli serve` with the given ENHANCER_* settings, on a free port."""
 
     def __init__(self, workdir: Path, **settings):
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ENHANCER_", "OPENCV_"))}
         env.update(
             ENHANCER_MODEL_DIR=str(MODEL_DIR),

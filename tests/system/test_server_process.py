@@ -25,24 +25,28 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_DIR, assert_documented, encode_bgr, photo_like
+from helpers import (
+    BOUNDARY,
+    MODEL_DIR,
+    UPLOAD_HEADERS,
+    assert_documented,
+    encode_bgr,
+    free_port,
+    multipart_body,
+    multipart_head,
+    photo_like,
+    read_response,
+)
 
 UPLOAD_LIMIT = 200_000
 READ_TIMEOUT_S = 6
-BOUNDARY = "enhancer-socket-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     """`python -m enhancer.cli serve` in its own process, on a free port."""
 
     def __init__(self, workdir: Path, **settings):
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ENHANCER_", "OPENCV_"))}
         env.update(
             ENHANCER_MODEL_DIR=str(MODEL_DIR),
@@ -112,40 +116,6 @@ def server(tmp_path_factory):
         yield s
     finally:
         s.stop()
-
-
-def multipart_head(filename: str = "photo.png") -> bytes:
-    return (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-
-
-def multipart_body(data: bytes) -> bytes:
-    return multipart_head() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
-UPLOAD_HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-
-
-def read_response(sock: socket.socket, timeout: float = 120.0) -> tuple[int, dict, bytes]:
-    """Read one HTTP/1.1 response (Content-Length framed) from a raw socket."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-    length = int(headers.get("content-length", 0))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed in the middle of the response body"
-        body += chunk
-    return status, headers, body
 
 
 def readable(sock: socket.socket, wait: float) -> bool:

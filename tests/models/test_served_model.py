@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, decode_bytes, make_settings, running_app, serving
+from helpers import REPO_ROOT, decode_bytes, make_settings, running_app, serving
 from enhancer import imaging, tiling
 from enhancer.conditioning import Strength, quantization_vector
 from enhancer.config import Settings

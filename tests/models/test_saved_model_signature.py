@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import MODEL_DIR
 
 tf = pytest.importorskip("tensorflow")
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "dejpeg"
 
 
 @pytest.fixture(scope="module")

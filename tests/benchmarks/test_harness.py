@@ -8,23 +8,19 @@ batcher (tiles of different requests share batches, answers are exact).
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
+from helpers import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
+from benchmarks import bench_efficiency
+from benchmarks.common import metric_delta, parse_prometheus, percentiles
+from benchmarks.loadgen import Sample, _stable, parse_server_timing, summarize
+from benchmarks.simulated import SimulatedDevice, ceiling_ratio
 
-from benchmarks import bench_efficiency  # noqa: E402
-from benchmarks.common import metric_delta, parse_prometheus, percentiles  # noqa: E402
-from benchmarks.loadgen import Sample, _stable, parse_server_timing, summarize  # noqa: E402
-from benchmarks.simulated import SimulatedDevice, ceiling_ratio  # noqa: E402
-
-from enhancer import tiling  # noqa: E402
-from enhancer.api import create_app  # noqa: E402
+from enhancer import tiling
+from enhancer.api import create_app
 
 
 def test_server_timing_header_is_parsed_to_seconds():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import photo_like
+from helpers import photo_like
 
 from enhancer import tiling
 from enhancer.models.contract import ModelLoadError

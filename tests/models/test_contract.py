@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODEL_DIR, encode_bgr, photo_like
+from helpers import MODEL_DIR, encode_bgr, photo_like
 
 from enhancer import conditioning, imaging
 from enhancer.config import Settings

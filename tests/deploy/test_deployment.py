@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
+from helpers import REPO_ROOT
 
 yaml = pytest.importorskip("yaml")
 
@@ -26,7 +27,7 @@ from packaging.version import Version  # noqa: E402
 
 from enhancer.config import Settings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 READY_URL = "http://127.0.0.1:8000/readyz"
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 
 from benchmarks import scaleout_sim as S
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 RESULTS = ROOT / "benchmarks" / "results"
 
 

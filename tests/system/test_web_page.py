@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,9 +26,8 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from helpers import MODEL_DIR, REPO_ROOT, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = REPO_ROOT / "weights" / "dejpeg"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -62,17 +60,11 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _running_server(tmp_path_factory, **extra_env):
     """The real service on a free port, with `extra_env` on top; yields its base URL once /readyz
     answers 200."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = dict(os.environ)
     env.update(

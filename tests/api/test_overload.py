@@ -12,7 +12,7 @@ import re
 import threading
 
 import pytest
-from conftest import WrappedModel, decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
+from helpers import WrappedModel, decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
 
 from enhancer import runtime as runtime_module
 from enhancer.api import create_app

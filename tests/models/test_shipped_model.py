@@ -7,11 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 
 from enhancer.training.dataset import jpeg, psnr
 from enhancer.training.evaluate import load_forward
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 CROPS = sorted((ROOT / "tests/data").glob("held_out_*.png"))
 
 

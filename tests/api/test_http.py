@@ -14,7 +14,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     WrappedModel,
     assert_documented,
     decode_bytes,

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import schemathesis
-from conftest import assert_documented, decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
+from helpers import assert_documented, decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import (

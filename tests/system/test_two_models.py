@@ -14,7 +14,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest import MODEL_DIR, REPO_ROOT, decode_bytes, encode_bgr, photo_like
+from helpers import MODEL_DIR, REPO_ROOT, decode_bytes, encode_bgr, free_port, photo_like
 
 from enhancer import imaging, tiling
 
@@ -61,9 +60,7 @@ def models_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
     """`enhancer serve` in its own process, serving every model folder under `models_dir`."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENHANCER_", "OPENCV_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), env.get("PYTHONPATH", "")])
     env.update(

@@ -9,13 +9,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 from PIL import Image
 
 from enhancer.training import jpeg_damage, synthetic
 from enhancer.training.dataset import psnr
 from enhancer.training.mixture import MixtureSampler
 
-DATA = Path(__file__).parent / "data"
+DATA = REPO_ROOT / "tests" / "data"
 
 
 def _photo(h: int, w: int, seed: int) -> np.ndarray:

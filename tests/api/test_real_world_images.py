@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
+from helpers import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
 from PIL import Image, ImageCms, ImageOps
 
 from enhancer.api import create_app

@@ -14,9 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 yaml = pytest.importorskip("yaml")
 jsonschema = pytest.importorskip("jsonschema")
@@ -24,7 +24,7 @@ kv_utils = pytest.importorskip("kubernetes_validate.utils")
 
 from enhancer.config import Settings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 DEPLOY = ROOT / "deploy"
 SCHEMAS = DEPLOY / "schemas"
 #: Oldest and newest Kubernetes release the manifests are checked against.
