@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from helpers import (
+    MODEL_DIR,
     WrappedModel,
     assert_documented,
     decode_bytes,
@@ -28,6 +29,7 @@ from helpers import (
 
 from enhancer import imaging, tiling
 from enhancer.api import create_app
+from enhancer.config import Settings
 from enhancer.imaging import OutputFormat
 
 pytestmark = pytest.mark.anyio
@@ -471,8 +473,38 @@ async def test_readyz_is_503_until_warm_up_finishes(saved_model):
             "device": saved_model.device,
             "precision": saved_model.precision,
             "models": [{"name": "dejpeg", "scale": 1, "default": True}],
+            "settings": {
+                "tile_size": 128,
+                "tile_overlap": 32,
+                "max_batch_size": 4,
+                "max_batch_delay_ms": 2.0,
+                "batches_in_flight": 1,
+                "max_queue_tiles": 512,
+                "request_timeout_s": 120.0,
+                "xla": False,
+            },
         }
         assert metric_value((await c.get("/metrics")).text, "enhancer_ready") == 1
+
+
+async def test_readyz_reports_the_settings_resolved_for_the_device_not_the_unset_ones(saved_model):
+    """What a benchmark records: the device's defaults where nothing was set (here a model that
+    says it runs on a GPU: tile 1024, batch 8, two batches in flight), the set value where one was."""
+
+    class OnGpu(WrappedModel):
+        def __init__(self, inner):
+            super().__init__(inner)
+            self.device_kind = "gpu"
+
+        def warm_up(self, shapes, max_batch_size):
+            pass  # nothing runs here: only the settings are read
+
+    settings = Settings(_env_file=None, model_dir=MODEL_DIR, tile_overlap=40, max_batch_delay_ms=7, precision="float32")
+    app = create_app(settings, models=serving(OnGpu(saved_model)))
+    async with running_app(app) as c:
+        served = (await c.get("/readyz")).json()["settings"]
+    assert (served["tile_size"], served["max_batch_size"], served["batches_in_flight"]) == (1024, 8, 2)
+    assert (served["tile_overlap"], served["max_batch_delay_ms"]) == (40, 7.0)
 
 
 async def test_failed_warm_up_keeps_the_service_unready_and_unhealthy(saved_model):
