@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from helpers import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving, until
 
-from benchmarks import bench_efficiency
-from benchmarks.common import metric_delta, parse_prometheus, percentiles
-from benchmarks.loadgen import Sample, _stable, parse_server_timing, summarize
-from benchmarks.simulated import SimulatedDevice, ceiling_ratio
+from benchmarks.drivers import efficiency as bench_efficiency
+from benchmarks.harness.common import metric_delta, parse_prometheus, percentiles
+from benchmarks.harness.loadgen import Sample, _stable, parse_server_timing, summarize
+from benchmarks.baselines.simulated import SimulatedDevice, ceiling_ratio
 
 from enhancer import tiling
 from enhancer.api import create_app

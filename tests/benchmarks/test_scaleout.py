@@ -1,4 +1,4 @@
-"""The scale-out simulation (benchmarks/scaleout_sim.py): deterministic, calibrated, and it behaves
+"""The scale-out simulation (benchmarks/drivers/scaleout.py): deterministic, calibrated, and it behaves
 like the server it models; the committed results are what the committed code produces."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT
 
-from benchmarks import scaleout_sim as S
+from benchmarks.drivers import scaleout as S
 
 ROOT = REPO_ROOT
 RESULTS = ROOT / "benchmarks" / "results"

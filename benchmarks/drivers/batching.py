@@ -1,7 +1,7 @@
 """Target 2: what the micro-batcher buys where batching pays, on a simulated device.
 
 The real app (create_app, batcher, tiling, decode/encode, uvicorn, HTTP) runs on
-benchmarks/simulated.py's device: a batch of n tiles costs a + b*n (a = 5 ms, b = 0.25 ms) of
+benchmarks/baselines/simulated.py's device: a batch of n tiles costs a + b*n (a = 5 ms, b = 0.25 ms) of
 sleep on the model thread. Throughput at concurrency 32 with max batch 32 / with max batch 1;
 the cost model alone allows (32 / (a + 32 b)) / (1 / (a + b)) = 12.9x.
 
@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 
-from benchmarks.common import log
-from benchmarks.inputs import group
-from benchmarks.loadgen import LoadGenerator, Payload
-from benchmarks.profiles import Profile
-from benchmarks.server import simulated_server
-from benchmarks.simulated import ceiling_ratio
+from benchmarks.baselines.simulated import ceiling_ratio
+from benchmarks.harness.common import log
+from benchmarks.harness.inputs import group
+from benchmarks.harness.loadgen import LoadGenerator, Payload
+from benchmarks.harness.profiles import Profile
+from benchmarks.harness.server import simulated_server
 
 A_MS, B_MS = 5.0, 0.25
 WORKLOADS = {
@@ -55,8 +55,11 @@ def _measure(workload: str, concurrency: int, max_batch: int, delay_ms: float, p
         result = asyncio.run(lg.closed_loop(concurrency, window_s=profile.batching_window_s,
                                             min_requests=max(profile.min_requests, concurrency),
                                             max_windows=profile.max_windows))
+        result["served"] = server.served
     sm = result["server_metrics"]
-    result.update(workload=workload, max_batch_size=max_batch, max_batch_delay_ms=delay_ms, batches_in_flight=in_flight,
+    ran = result["served"]["settings"]  # as the server reports them, not as asked
+    result.update(workload=workload, max_batch_size=ran["max_batch_size"], max_batch_delay_ms=ran["max_batch_delay_ms"],
+                  batches_in_flight=ran["batches_in_flight"],
                   tiles_per_s=(sm.get("tiles") or 0) / sm["wall_s"] if sm else None)
     return result
 

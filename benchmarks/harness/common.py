@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: Generated inputs and scratch files (gitignored: `benchmarks/out/`).
 OUT_DIR = REPO / "benchmarks" / "out"
 INPUT_DIR = OUT_DIR / "inputs"
@@ -132,6 +132,27 @@ def load_default_model():
     from enhancer.models.registry import ModelRegistry
 
     return ModelRegistry.load(Settings()).select(None)
+
+
+def bound_forward(runner, info=None):
+    """`runner.forward` for batches of one kind of image: the model's extra inputs (e.g. the
+    `quantization` vector of a model told the file's tables) are computed once from `info`, an
+    `ImageInfo` (every tile of the batch gets the same vector), or are the blind all-zero vector
+    when `info` is None (what the server gives an image that is not a JPEG file)."""
+    from enhancer.conditioning import model_inputs
+
+    spec = runner.spec
+    if not spec.inputs:
+        return runner.forward
+    if info is None:
+        vectors = {name: np.zeros(length, np.float32) for name, length in spec.inputs.items()}
+    else:
+        vectors = model_inputs(spec, info)
+
+    def forward(batch):
+        return runner.forward(batch, {name: np.repeat(v[None], len(batch), axis=0) for name, v in vectors.items()})
+
+    return forward
 
 
 def metric_delta(before: dict, after: dict, name: str, **labels: str) -> float:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.common import read_json  # noqa: E402
+from benchmarks.harness.common import read_json  # noqa: E402
 
 GiB = 2**30
 

@@ -7,7 +7,7 @@ pipeline, its tiles run directly tile batch by tile batch, before the next reque
 requests never share a batch. Unlike the server it runs the model on every image (no
 pass-through), as the prototype did.
 
-    python -m benchmarks.proto_server --port 8001
+    python -m benchmarks.baselines.proto_server --port 8001
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ def create_app(tile_size: int, tile_overlap: int, batch_size: int) -> Flask:
 
     @app.get("/readyz")
     def readyz():
-        return jsonify(status="ready", device=runner.device)
+        return jsonify(
+            status="ready", device=runner.device, precision=runner.precision,
+            models=[{"name": runner.spec.name, "scale": runner.spec.scale, "default": True}],
+            settings={"tile_size": tile_size, "tile_overlap": tile_overlap, "max_batch_size": batch_size},
+        )
 
     @app.post("/upscale")
     def upscale():

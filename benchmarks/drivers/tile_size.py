@@ -7,7 +7,7 @@ size (overlap 32, batch 1: the CPU defaults), the sizes interleaved in each repe
 a shared machine's speed hits them alike; median time per (image, tile size), and the waste.
 Inputs are uniform noise (the net's cost does not depend on content).
 
-    python -m benchmarks.bench_tile_size --json benchmarks/results/tile_size.json
+    python -m benchmarks.drivers.tile_size --json benchmarks/results/tile_size.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import log, machine_info, write_json
+from benchmarks.harness.common import log, machine_info, write_json
+from benchmarks.harness.profiles import Profile
 
 SIZES = ((512, 512), (480, 640), (600, 800), (768, 1024), (1080, 1920), (3000, 4000))  # (height, width)
 TILE_SIZES = (512, 576, 640)
@@ -28,9 +29,10 @@ OVERLAP, BATCH = 32, 1
 def measure(repeats: int) -> dict:
     from enhancer import tiling
 
-    from benchmarks.common import load_default_model
+    from benchmarks.harness.common import bound_forward, load_default_model
 
     runner = load_default_model()
+    forward = bound_forward(runner)  # noise, not a JPEG file: the blind inputs, if the model takes any
     multiple = runner.spec.size_multiple
     for tile in TILE_SIZES:
         runner.warm_up(tiling.bucket_shapes(tile, multiple), BATCH)
@@ -42,7 +44,7 @@ def measure(repeats: int) -> dict:
         for _ in range(repeats if h * w < 2e6 else 1):
             for tile in TILE_SIZES:
                 start = time.perf_counter()
-                tiling.enhance_tiled(image, runner.forward, tile, OVERLAP, BATCH, multiple=multiple)
+                tiling.enhance_tiled(image, forward, tile, OVERLAP, BATCH, multiple=multiple)
                 times[tile].append(time.perf_counter() - start)
         row = {"width": w, "height": h, "megapixels": w * h / 1e6}
         for tile in TILE_SIZES:
@@ -51,7 +53,13 @@ def measure(repeats: int) -> dict:
                               "tiles": plan.num_tiles, "waste_ratio": plan.waste_ratio}  # fmt: skip
         rows.append(row)
         log(f"{w}x{h}: " + ", ".join(f"{t}: {row[str(t)]['median_s']:.3f} s" for t in TILE_SIZES))
-    return {"machine": machine_info(), "settings": {"overlap": OVERLAP, "batch": BATCH}, "images": rows}
+    return {"machine": machine_info(), "settings": {"overlap": OVERLAP, "batch": BATCH}, "images": rows,
+            "model": {"name": runner.spec.name, "device": runner.device, "precision": runner.precision}}
+
+
+def run(profile: Profile) -> dict:
+    """For `python -m benchmarks.run` (results/tile_size.json)."""
+    return measure(profile.tile_size_repeats)
 
 
 def main() -> None:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from benchmarks.common import log, percentiles
-from benchmarks.inputs import ensure_inputs, group
-from benchmarks.loadgen import LoadGenerator, Payload, Sample, summarize
-from benchmarks.profiles import Profile
-from benchmarks.server import enhancer_server
+from benchmarks.harness.common import log, percentiles
+from benchmarks.harness.inputs import ensure_inputs, group
+from benchmarks.harness.loadgen import LoadGenerator, Payload, Sample, summarize
+from benchmarks.harness.profiles import Profile
+from benchmarks.harness.server import enhancer_server
 
 SMALL, BIG, CONCURRENCY = "crop256", "mosaic_24mp", 4
 
@@ -77,10 +77,11 @@ def run(profile: Profile) -> dict:
     flight (the GPU default) to see what it would cost small requests here."""
     with enhancer_server("enhancer-fairness") as server:
         result = asyncio.run(_measure(server, profile))
+        result["served"] = server.served
     log(f"fairness: p99 {result['baseline']['p99_s']:.3f} s alone, {result['during_big']['p99_s']:.3f} s during -> ratio {result['p99_ratio']:.2f}")
     with enhancer_server("enhancer-fairness-in-flight2", batches_in_flight=2) as server:
         variant = asyncio.run(_measure(server, profile))
+        variant["served"] = server.served
     log(f"fairness (batches_in_flight=2): p99 {variant['baseline']['p99_s']:.3f} s alone, {variant['during_big']['p99_s']:.3f} s during -> ratio {variant['p99_ratio']:.2f}")
-    result["settings"] = "server defaults (on a CPU: tile 576, max batch 1, one batch in flight)"
     result["variant"] = {"label": "ENHANCER_BATCHES_IN_FLIGHT=2", **variant}
     return result

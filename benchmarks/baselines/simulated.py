@@ -5,7 +5,7 @@ sleeps (`time.sleep`, no CPU burnt, like waiting on a device) for the cost of th
 returns its input unchanged. Everything else is the production path: `create_app` (through its
 `models=` hook), the micro-batcher, tiling, decode/encode, uvicorn, HTTP.
 
-    python -m benchmarks.simulated --port 8002 --batch-cost-ms 5 --per-tile-ms 0.25
+    python -m benchmarks.baselines.simulated --port 8002 --batch-cost-ms 5 --per-tile-ms 0.25
     # every other setting from ENHANCER_* as for `enhancer serve` (e.g. ENHANCER_MAX_BATCH_SIZE=32)
 """
 

@@ -6,12 +6,12 @@ into the KEDA / HPA manifests. Every service time comes from the project's commi
 (`benchmarks/results/*.json`), read and fitted at run time; `measured_model()` names the file and
 the figure behind each parameter, and the JSON this writes repeats them.
 
-    python -m benchmarks.scaleout_sim              # everything; writes results/scaleout.json + PNGs
-    python -m benchmarks.scaleout_sim --quick      # a 3-hour slice and fewer sweeps (smoke run)
-    python -m benchmarks.scaleout_sim calibrate    # only the one-replica calibration, printed
-    python -m benchmarks.scaleout_sim coldstart    # start `enhancer serve`, time load + warm-up
-    python -m benchmarks.scaleout_sim report       # the Markdown tables RESULTS.md quotes
-    python -m benchmarks.scaleout_sim plots        # redraw the PNGs from scaleout.json
+    python -m benchmarks.drivers.scaleout              # everything; writes results/scaleout.json + PNGs
+    python -m benchmarks.drivers.scaleout --quick      # a 3-hour slice and fewer sweeps (smoke run)
+    python -m benchmarks.drivers.scaleout calibrate    # only the one-replica calibration, printed
+    python -m benchmarks.drivers.scaleout coldstart    # start `enhancer serve`, time load + warm-up
+    python -m benchmarks.drivers.scaleout report       # the Markdown tables RESULTS.md quotes
+    python -m benchmarks.drivers.scaleout plots        # redraw the PNGs from scaleout.json
 
 The model of one replica mirrors `enhancer.batching` and `enhancer.service`:
 
@@ -26,7 +26,7 @@ The model of one replica mirrors `enhancer.batching` and `enhancer.service`:
   tile per request of that shape, round-robin, up to max batch (CPU 1, GPU 8); served requests go
   behind the unserved ones. CPU: a tile costs c0 + c1 * tile pixels, fitted to tile_size.json.
   GPU (an assumption, no GPU was measured): the simulated-device cost a + b * n of
-  benchmarks/simulated.py with a and b from batching.json.
+  benchmarks/baselines/simulated.py with a and b from batching.json.
 * **noise**: every tile (and host stage) is multiplied by a lognormal factor whose spread is that of
   one-request latencies measured alone (efficiency.json, server defaults, concurrency 1); each
   replica draws from its own stream, so results do not depend on the order replicas are advanced.
@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 if str(REPO / "src") not in sys.path:  # the tiling planner is the server's own
@@ -197,7 +197,7 @@ def measured_model(results: Path = RESULTS_DIR) -> ServiceModel:
 
     # -- GPU: the simulated-device cost model (an assumption: no GPU was measured)
     cm = _read(results, "batching.json")["cost_model"]
-    sources["gpu"] = ("batching.json cost_model (benchmarks/simulated.py): batch of n tiles = a + b * n; "
+    sources["gpu"] = ("batching.json cost_model (benchmarks/baselines/simulated.py): batch of n tiles = a + b * n; "
                       "ASSUMED to hold for the server's 1024 px GPU tiles")
 
     # -- cold start: the benchmark harness's start-up on the idle machine (process start to /readyz
@@ -1374,7 +1374,7 @@ def measure_cold_start(runs: int, port: int, results: Path) -> dict:
         print(out[-1], flush=True)
         time.sleep(3)
     sys.path.insert(0, str(REPO))
-    from benchmarks.common import machine_info
+    from benchmarks.harness.common import machine_info
 
     return {"benchmark": "coldstart", "what": "enhancer serve on this CPU, default settings: process start -> "
             "/healthz 200 (Python + TensorFlow import, model load) -> /readyz 200 (warm-up of every tile shape)",

@@ -2,7 +2,9 @@
 
 Each server runs in its own process (as in production), started with `enhancer serve` or the
 prototype-style Flask server, and is considered up when `/readyz` answers 200 (the model is loaded
-and every tile shape warmed up). Its log goes to `benchmarks/out/logs/`.
+and every tile shape warmed up). That answer is kept (`ServerProcess.served`): `enhancer serve`
+reports there the settings it resolved and runs with, which is what a result file records, never
+what the benchmark meant to set. Its log goes to `benchmarks/out/logs/`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import OUT_DIR, REPO, log
+from benchmarks.harness.common import OUT_DIR, REPO, log
 
 LOG_DIR = OUT_DIR / "logs"
 
@@ -41,6 +43,8 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path = LOG_DIR / f"{name}.log"
         self.startup_s: float | None = None
+        #: The server's /readyz answer once it was ready (`served` is what results record).
+        self.readyz: dict | None = None
 
     def start(self, timeout_s: float = 600.0) -> ServerProcess:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -55,8 +59,10 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}:\n{self.tail()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                answer = httpx.get(self.url + "/readyz", timeout=2)
+                if answer.status_code == 200:
                     self.startup_s = time.perf_counter() - started
+                    self.readyz = answer.json()
                     log(f"{self.name} ready after {self.startup_s:.1f} s")
                     return self
             except httpx.HTTPError:
@@ -64,6 +70,16 @@ class ServerProcess:
             time.sleep(0.25)
         self.stop()
         raise TimeoutError(f"{self.name} not ready within {timeout_s:.0f} s; see {self.log_path}")
+
+    @property
+    def served(self) -> dict:
+        """What the running server says it runs with, read back from its /readyz answer: the
+        settings after device defaults (tile, overlap, batch, delay, batches in flight, queue,
+        timeout, XLA), device, precision and models. For the result files: a benchmark records
+        this, not the ENHANCER_* values it passed (unset ones are resolved by the server)."""
+        if self.readyz is None:
+            raise RuntimeError(f"{self.name} has not answered /readyz with 200 yet")
+        return {"server": self.name, **{k: v for k, v in self.readyz.items() if k != "status"}}
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -116,9 +132,9 @@ def enhancer_server(name: str = "enhancer", port: int | None = None, **settings:
 
 
 def prototype_server(name: str = "prototype", port: int | None = None, **options: object) -> ServerProcess:
-    """The synchronous one-request-at-a-time Flask server of benchmarks/proto_server.py."""
+    """The synchronous one-request-at-a-time Flask server of benchmarks/baselines/proto_server.py."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "benchmarks.proto_server", "--port", str(port)]
+    argv = [sys.executable, "-m", "benchmarks.baselines.proto_server", "--port", str(port)]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     return ServerProcess(name, argv, child_env(), port)
@@ -186,12 +202,12 @@ def simulated_server(
     name: str = "simulated", port: int | None = None, *, batch_cost_ms: float = 5.0, per_tile_ms: float = 0.25,
     **settings: object,
 ) -> ServerProcess:
-    """The real app on benchmarks/simulated.py's device (batch of n tiles = a + b*n seconds)."""
+    """The real app on benchmarks/baselines/simulated.py's device (batch of n tiles = a + b*n seconds)."""
     port = port or free_port()
     env = child_env(**{f"ENHANCER_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("ENHANCER_LOG_LEVEL", "warning")
     argv = [
-        sys.executable, "-m", "benchmarks.simulated", "--port", str(port),
+        sys.executable, "-m", "benchmarks.baselines.simulated", "--port", str(port),
         "--batch-cost-ms", str(batch_cost_ms), "--per-tile-ms", str(per_tile_ms),
     ]
     return ServerProcess(name, argv, env, port)

@@ -8,7 +8,7 @@ waste, and the PSNR between the two outputs (clipped to [0, 1]) over the whole i
 over its interior (32 px in from each border, where only the tile seams can differ: at the
 image border the tiled path mirrors the image while the whole-image pass sees zero padding).
 
-    python -m benchmarks.bench_tiling --images crop512_0,hd1080 --repeats 3 --json out.json
+    python -m benchmarks.drivers.tiling --images crop512_0,hd1080 --repeats 3 --json out.json
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import OUT_DIR, REPO, log, machine_info, read_json, write_json
-from benchmarks.profiles import Profile
+from benchmarks.harness.common import OUT_DIR, REPO, log, machine_info, read_json, write_json
+from benchmarks.harness.profiles import Profile
 
 TILE_SIZE, TILE_OVERLAP, BATCH = 512, 32, 4
 BORDER = 32
@@ -36,8 +36,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def measure(names: list[str], repeats: int) -> dict:
     from enhancer import imaging, tiling
 
-    from benchmarks.common import load_default_model
-    from benchmarks.inputs import ensure_inputs
+    from benchmarks.harness.common import bound_forward, load_default_model
+    from benchmarks.harness.inputs import ensure_inputs
 
     images = ensure_inputs(names)
     runner = load_default_model()
@@ -45,18 +45,20 @@ def measure(names: list[str], repeats: int) -> dict:
     rows = []
     for name in names:
         img = images[name]
-        rgb = imaging.decode(img.read()).rgb
+        decoded = imaging.decode(img.read())
+        rgb = decoded.rgb
+        forward = bound_forward(runner, decoded.info)  # with the file's tables, as the server runs it
         plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP, multiple=multiple)
         runner.warm_up([plan.tile_shape], BATCH)
-        runner.forward(rgb[None])  # warm the whole-image shape too
+        forward(rgb[None])  # warm the whole-image shape too
 
         whole_times, tiled_times = [], []
         for _ in range(repeats):
             t = time.perf_counter()
-            whole = np.clip(runner.forward(rgb[None])[0], 0, 1)
+            whole = np.clip(forward(rgb[None])[0], 0, 1)
             whole_times.append(time.perf_counter() - t)
             t = time.perf_counter()
-            tiled = np.clip(tiling.enhance_tiled(rgb, runner.forward, TILE_SIZE, TILE_OVERLAP, BATCH, multiple=multiple), 0, 1)
+            tiled = np.clip(tiling.enhance_tiled(rgb, forward, TILE_SIZE, TILE_OVERLAP, BATCH, multiple=multiple), 0, 1)
             tiled_times.append(time.perf_counter() - t)
         inner = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
         row = {
@@ -79,15 +81,16 @@ def measure(names: list[str], repeats: int) -> dict:
             f"(x{row['tiled_over_whole']:.2f}, waste {row['waste_ratio']:.2f}), PSNR {row['psnr_db']:.1f} dB "
             f"(interior {row['psnr_interior_db']:.1f} dB)"
         )
-    return {"machine": machine_info(), "settings": {"tile_size": TILE_SIZE, "tile_overlap": TILE_OVERLAP, "batch": BATCH}, "images": rows}
+    return {"machine": machine_info(), "settings": {"tile_size": TILE_SIZE, "tile_overlap": TILE_OVERLAP, "batch": BATCH},
+            "model": {"name": runner.spec.name, "device": runner.device, "precision": runner.precision}, "images": rows}
 
 
 def run(profile: Profile) -> dict:
-    from benchmarks.server import child_env
+    from benchmarks.harness.server import child_env
 
     out = OUT_DIR / "tiling.json"
     env = child_env()
-    cmd = [sys.executable, "-m", "benchmarks.bench_tiling", "--images", ",".join(profile.tiling_images),
+    cmd = [sys.executable, "-m", "benchmarks.drivers.tiling", "--images", ",".join(profile.tiling_images),
            "--repeats", str(profile.tiling_repeats), "--json", str(out)]
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
     return read_json(out)

@@ -30,6 +30,11 @@ class Profile:
     # batching on the simulated device: max_batch_delay_ms values swept
     batching_delays_ms: tuple[float, ...]
     batching_window_s: float
+    # soak: requests after warm-up, warm-up requests (RSS growth measured between the two)
+    soak_requests: int
+    soak_warmup: int
+    # CPU tile size: timing repeats per image (the 12 MP image is timed once)
+    tile_size_repeats: int
     extra: dict = field(default_factory=dict)
 
 
@@ -49,6 +54,9 @@ QUICK = Profile(
     tiling_repeats=1,
     batching_delays_ms=(0.0, 5.0, 20.0),
     batching_window_s=2.0,
+    soak_requests=100,
+    soak_warmup=20,
+    tile_size_repeats=1,
 )
 
 FULL = Profile(
@@ -67,6 +75,9 @@ FULL = Profile(
     tiling_repeats=3,
     batching_delays_ms=(0.0, 2.0, 5.0, 20.0, 50.0),
     batching_window_s=4.0,
+    soak_requests=2000,
+    soak_warmup=200,
+    tile_size_repeats=3,
 )
 
 PROFILES = {p.name: p for p in (QUICK, FULL)}

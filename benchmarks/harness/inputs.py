@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.common import INPUT_DIR, REPO, log
+from benchmarks.harness.common import INPUT_DIR, REPO, log
 
 PHOTO_DIR = REPO / "data" / "photos"
 JPEG_QUALITY = 80

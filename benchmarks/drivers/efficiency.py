@@ -1,11 +1,11 @@
 """Targets 1 and 6, plus the concurrency sweep and the open-loop mode, all on 512x512 JPEGs.
 
 1. Raw limit: the SavedModel in-process on the server's own tiles and batch shapes
-   (benchmarks/raw_model.py, in a fresh process), before and after the HTTP runs.
+   (benchmarks/baselines/raw_model.py, in a fresh process), before and after the HTTP runs.
 2. `enhancer serve` at tile 512 and max batch 4 (the settings the targets were set against; the
    raw run and the prototype use the same): closed-loop windows at each concurrency level, then
    open-loop Poisson load at fractions of the concurrency-8 throughput.
-3. The prototype-style synchronous Flask server (benchmarks/proto_server.py), same model and
+3. The prototype-style synchronous Flask server (benchmarks/baselines/proto_server.py), same model and
    tiling, at concurrency 8 (and 1), in the same run.
 4. The same server at max batch 1, and with no settings at all (its own defaults for the device it
    finds: on a CPU a 576 tile, so a 512x512 upload is one tile, and batch 1), at concurrency 1 and 8.
@@ -20,11 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import OUT_DIR, REPO, log, read_json
-from benchmarks.loadgen import LoadGenerator, Payload
-from benchmarks.inputs import group
-from benchmarks.profiles import Profile
-from benchmarks.server import child_env, enhancer_server, prototype_server
+from benchmarks.harness.common import OUT_DIR, REPO, log, read_json
+from benchmarks.harness.inputs import group
+from benchmarks.harness.loadgen import LoadGenerator, Payload
+from benchmarks.harness.profiles import Profile
+from benchmarks.harness.server import child_env, enhancer_server, prototype_server
 
 IMAGES = "crop512"
 #: Pinned settings (the CPU defaults until the tile became 576 and the batch 1), so the raw run,
@@ -35,7 +35,7 @@ TILE_SIZE, TILE_OVERLAP, MAX_BATCH = 512, 32, 4
 def raw_model(profile: Profile, tag: str) -> dict:
     out = OUT_DIR / f"raw_model_{tag}.json"
     cmd = [
-        sys.executable, "-m", "benchmarks.raw_model", "--images", IMAGES,
+        sys.executable, "-m", "benchmarks.baselines.raw_model", "--images", IMAGES,
         "--batch-sizes", ",".join(str(b) for b in sorted({1, 2, MAX_BATCH})),
         "--tile-size", str(TILE_SIZE), "--tile-overlap", str(TILE_OVERLAP),
         "--min-seconds", str(profile.raw_min_seconds / 2), "--repeats", "2", "--json", str(out),
@@ -63,6 +63,7 @@ def run(profile: Profile) -> dict:
     )
     with server:
         result["server_startup_s"] = server.startup_s
+        result["served"] = server.served
         lg = LoadGenerator(server.url + "/upscale", payloads, metrics_url=server.url + "/metrics", server_pid=server.pid)
         result["sweep"] = asyncio.run(lg.sweep(list(profile.levels), **window))
         at8 = next((r for r in result["sweep"] if r["concurrency"] == 8), result["sweep"][-1])
@@ -80,6 +81,7 @@ def run(profile: Profile) -> dict:
 
     with prototype_server("prototype", tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, batch_size=MAX_BATCH) as proto:
         result["prototype_startup_s"] = proto.startup_s
+        result["prototype_served"] = proto.served
         lg = LoadGenerator(proto.url + "/upscale", payloads, server_pid=proto.pid)
         result["prototype"] = asyncio.run(lg.sweep([1, 8], **window))
 
@@ -88,12 +90,14 @@ def run(profile: Profile) -> dict:
         lg = LoadGenerator(server.url + "/upscale", payloads, metrics_url=server.url + "/metrics", server_pid=server.pid)
         log("enhancer serve with max_batch_size=1, concurrency 8")
         result["batch1_c8"] = asyncio.run(lg.closed_loop(8, **window))
+        result["batch1_served"] = server.served
 
     # The server as a user starts it: every setting left to the defaults for this device.
     with enhancer_server("enhancer-defaults") as server:
         lg = LoadGenerator(server.url + "/upscale", payloads, metrics_url=server.url + "/metrics", server_pid=server.pid)
         log("enhancer serve with its own defaults, concurrency 1 and 8")
         result["defaults"] = asyncio.run(lg.sweep([1, 8], **window))
+        result["defaults_served"] = server.served
 
     result["summary"] = summarize(result)
     return result

@@ -7,7 +7,7 @@ overlap are charged to both sides alike. Also times the per-image host work the 
 around the model (decode, split, stitch + clip, encode: the server's own pipeline with the model
 left out), single-threaded, for the breakdown.
 
-    python -m benchmarks.raw_model --images crop512 --batch-sizes 1,4 --json out.json
+    python -m benchmarks.baselines.raw_model --images crop512 --batch-sizes 1,4 --json out.json
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import log, machine_info, write_json
-from benchmarks.inputs import group
+from benchmarks.harness.common import log, machine_info, write_json
+from benchmarks.harness.inputs import group
 
 
 def _time_batches(forward, tiles: np.ndarray, batch: int, min_seconds: float, min_batches: int) -> tuple[int, float, list[float], float]:
@@ -50,7 +50,7 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
     from enhancer.imaging import OutputFormat
     from enhancer.pipeline import Pipeline
 
-    from benchmarks.common import load_default_model
+    from benchmarks.harness.common import bound_forward, load_default_model
 
     images = group(image_group)
     runner = load_default_model()
@@ -63,6 +63,8 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
     tiles_per_image = plans[0].num_tiles
     image_mp = images[0].megapixels
     runner.warm_up(sorted(shapes), max(batch_sizes))
+    # The group's crops are JPEGs saved alike (same tables): one image's extra inputs serve them all.
+    forward = bound_forward(runner, decoded[0].info)
 
     result = {
         "machine": machine_info(),
@@ -72,11 +74,12 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
         "tiles_per_image": tiles_per_image,
         "waste_ratio": plans[0].waste_ratio,
         "device": runner.device,
+        "model": {"name": runner.spec.name, "precision": runner.precision},
         "batches": [],
     }
     for repeat in range(repeats):
         for batch in batch_sizes:
-            done, elapsed, per_batch, cores = _time_batches(runner.forward, tiles, batch, min_seconds, min_batches)
+            done, elapsed, per_batch, cores = _time_batches(forward, tiles, batch, min_seconds, min_batches)
             mp_per_s = done / tiles_per_image * image_mp / elapsed
             entry = {
                 "repeat": repeat,

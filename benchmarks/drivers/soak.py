@@ -6,8 +6,9 @@ EXIF-rotated), plus bad inputs that end in 4xx (truncated files, text, a pixel b
 wrong field name). Requests run `--concurrency` at a time. Every answer must be 200 or the expected
 4xx; a 5xx fails the run.
 
-    python -m benchmarks.soak                       # 2000 requests after 200 warm-up ones
-    python -m benchmarks.soak --requests 400 --warmup 100   # a shorter run
+    python -m benchmarks.drivers.soak                       # 2000 requests after 200 warm-up ones
+    python -m benchmarks.drivers.soak --requests 400 --warmup 100   # a shorter run
+    python -m benchmarks.run --only soak            # the same through the runner (--quick: 100 after 20)
 
 Writes benchmarks/results/soak.json (RSS samples, status counts, machine facts) and prints a summary.
 """
@@ -28,8 +29,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import RESULTS_DIR, log, machine_info, write_json
-from benchmarks.server import enhancer_server, process_tree_rss
+from benchmarks.harness.common import RESULTS_DIR, log, machine_info, write_json
+from benchmarks.harness.profiles import Profile
+from benchmarks.harness.server import enhancer_server, process_tree_rss
 
 
 def _photo(h: int, w: int, seed: int, channels: int = 3) -> np.ndarray:
@@ -123,6 +125,62 @@ def rss_mib(pid: int, samples: int = 5, pause_s: float = 0.2) -> float:
     return statistics.median(values) / 2**20
 
 
+def soak(requests: int, warmup: int, concurrency: int = 4, checkpoints: int = 10, tolerance: float = 0.10) -> dict:
+    """Start `enhancer serve` (default settings), send `warmup` then `requests` requests of the mix,
+    and return what soak.json holds (`passed`: no 5xx, no unexpected answer, RSS growth within
+    `tolerance`)."""
+    mix = request_mix()
+    facts = machine_info()
+    statuses: dict[int, int] = {}
+    failures: list[str] = []
+    timeline = []
+    with enhancer_server("soak") as server:
+        served = server.served
+        rss_start = rss_mib(server.pid)
+        log(f"soak: server ready, RSS {rss_start:.0f} MiB; warm-up {warmup} requests")
+        asyncio.run(run_requests(server.url, mix, warmup, concurrency, 0, statuses, failures))
+        rss_warm = rss_mib(server.pid)
+        timeline.append({"requests": 0, "rss_mib": rss_warm})
+        log(f"soak: after warm-up RSS {rss_warm:.0f} MiB; {requests} requests")
+        done, seconds = 0, 0.0
+        step = max(1, requests // max(1, checkpoints))
+        while done < requests:
+            n = min(step, requests - done)
+            seconds += asyncio.run(run_requests(server.url, mix, n, concurrency, warmup + done, statuses, failures))
+            done += n
+            timeline.append({"requests": done, "rss_mib": rss_mib(server.pid, samples=3)})
+            log(f"soak: {done}/{requests} requests, RSS {timeline[-1]['rss_mib']:.0f} MiB")
+        rss_end = rss_mib(server.pid)
+
+    growth = rss_end / rss_warm - 1
+    passed = not failures and growth <= tolerance and not any(s >= 500 for s in statuses)
+    result = {
+        "benchmark": "soak",
+        "machine": facts,
+        "settings": {"requests": requests, "warmup": warmup, "concurrency": concurrency, "tolerance": tolerance,
+                     "mix": [name for name, _, _ in mix]},
+        "served": served,
+        "rss_mib": {"ready": rss_start, "after_warmup": rss_warm, "end": rss_end, "growth": growth},
+        "timeline": timeline,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "unexpected": failures[:50],
+        "requests_per_s": requests / seconds if seconds else None,
+        "passed": passed,
+    }
+    log(
+        f"soak: {requests} requests ({result['requests_per_s'] or 0:.1f}/s) after {warmup} warm-up; "
+        f"RSS ready {rss_start:.0f} MiB, after warm-up {rss_warm:.0f} MiB, end {rss_end:.0f} MiB "
+        f"({growth:+.1%}, limit +{tolerance:.0%}); statuses {result['statuses']}; "
+        f"{len(failures)} unexpected -> {'PASS' if passed else 'FAIL'}"
+    )
+    return result
+
+
+def run(profile: Profile) -> dict:
+    """For `python -m benchmarks.run` (results/soak.json): the profile's request counts."""
+    return soak(profile.soak_requests, profile.soak_warmup)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests after warm-up (default 2000)")
@@ -132,53 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.10, help="allowed RSS growth (default 10 %%)")
     parser.add_argument("--output", default=str(RESULTS_DIR / "soak.json"))
     args = parser.parse_args(argv)
-
-    mix = request_mix()
-    facts = machine_info()
-    statuses: dict[int, int] = {}
-    failures: list[str] = []
-    timeline = []
-    with enhancer_server("soak") as server:
-        rss_start = rss_mib(server.pid)
-        log(f"soak: server ready, RSS {rss_start:.0f} MiB; warm-up {args.warmup} requests")
-        asyncio.run(run_requests(server.url, mix, args.warmup, args.concurrency, 0, statuses, failures))
-        rss_warm = rss_mib(server.pid)
-        timeline.append({"requests": 0, "rss_mib": rss_warm})
-        log(f"soak: after warm-up RSS {rss_warm:.0f} MiB; {args.requests} requests")
-        done, seconds = 0, 0.0
-        step = max(1, args.requests // max(1, args.checkpoints))
-        while done < args.requests:
-            n = min(step, args.requests - done)
-            seconds += asyncio.run(
-                run_requests(server.url, mix, n, args.concurrency, args.warmup + done, statuses, failures)
-            )
-            done += n
-            timeline.append({"requests": done, "rss_mib": rss_mib(server.pid, samples=3)})
-            log(f"soak: {done}/{args.requests} requests, RSS {timeline[-1]['rss_mib']:.0f} MiB")
-        rss_end = rss_mib(server.pid)
-
-    growth = rss_end / rss_warm - 1
-    passed = not failures and growth <= args.tolerance and not any(s >= 500 for s in statuses)
-    result = {
-        "benchmark": "soak",
-        "machine": facts,
-        "settings": {"requests": args.requests, "warmup": args.warmup, "concurrency": args.concurrency,
-                     "mix": [name for name, _, _ in mix], "server": "enhancer serve, default settings"},
-        "rss_mib": {"ready": rss_start, "after_warmup": rss_warm, "end": rss_end, "growth": growth},
-        "timeline": timeline,
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "unexpected": failures[:50],
-        "requests_per_s": args.requests / seconds if seconds else None,
-        "passed": passed,
-    }
+    result = soak(args.requests, args.warmup, args.concurrency, args.checkpoints, args.tolerance)
     write_json(Path(args.output), result)
-    print(
-        f"soak: {args.requests} requests ({args.requests / seconds:.1f}/s) after {args.warmup} warm-up; "
-        f"RSS ready {rss_start:.0f} MiB, after warm-up {rss_warm:.0f} MiB, end {rss_end:.0f} MiB "
-        f"({growth:+.1%}, limit +{args.tolerance:.0%}); statuses {result['statuses']}; "
-        f"{len(failures)} unexpected -> {'PASS' if passed else 'FAIL'}"
-    )
-    return 0 if passed else 1
+    return 0 if result["passed"] else 1
 
 
 if __name__ == "__main__":

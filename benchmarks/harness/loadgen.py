@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
-from benchmarks.common import log, metric_delta, parse_prometheus, percentiles
-from benchmarks.inputs import InputImage
+from benchmarks.harness.common import log, metric_delta, parse_prometheus, percentiles
+from benchmarks.harness.inputs import InputImage
 
 STAGES = ("decode", "tile", "queue", "infer", "encode")
 

@@ -4,7 +4,8 @@ A fresh `enhancer serve` (default settings) gets the images one at a time, small
 each, the kernel's high-water mark (VmHWM) is reset just before the upload (`/proc/PID/clear_refs`
 = 5) and read after the answer, so short spikes between samples are caught too; a 20 ms RSS
 sampler records the curve for the plot. Reported: the peak, the idle RSS before the request, and
-their difference (what this image cost), against megapixels and tiles. Target: 48 MP <= 3 GB.
+their difference (what this image cost), against megapixels and tiles (planned with the tile size
+and overlap the server reports on /readyz, which the JSON records). Target: 48 MP <= 3 GB.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from benchmarks.common import log
-from benchmarks.inputs import ensure_inputs
-from benchmarks.loadgen import LoadGenerator, Payload
-from benchmarks.profiles import Profile
-from benchmarks.server import RssSampler, enhancer_server, kernel_peak_rss, process_tree_rss
-
-TILE_SIZE, TILE_OVERLAP, MAX_BATCH = 512, 32, 4
+from benchmarks.harness.common import log
+from benchmarks.harness.inputs import ensure_inputs
+from benchmarks.harness.loadgen import LoadGenerator, Payload
+from benchmarks.harness.profiles import Profile
+from benchmarks.harness.server import RssSampler, enhancer_server, kernel_peak_rss, process_tree_rss
 
 
 def _reset_peak(pid: int) -> bool:
@@ -39,6 +38,8 @@ def run(profile: Profile) -> dict:
     images = ensure_inputs(list(profile.memory_images))
     rows = []
     with enhancer_server("enhancer-memory") as server:
+        served = server.served
+        tile_size, tile_overlap = served["settings"]["tile_size"], served["settings"]["tile_overlap"]
         lg = LoadGenerator(server.url + "/upscale", [])
         idle_after_start = process_tree_rss(server.pid)
         for name in profile.memory_images:
@@ -53,7 +54,7 @@ def run(profile: Profile) -> dict:
                 raise RuntimeError(f"{name}: HTTP {sample.status} {sample.error}")
             hwm = kernel_peak_rss(server.pid) if reset else None
             peak = max(sampler.peak, hwm or 0)
-            plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP, multiple=multiple)
+            plan = tiling.plan_tiles(img.height, img.width, tile_size, tile_overlap, multiple=multiple)
             row = {
                 **img.row(plan),
                 "idle_rss_bytes": idle,
@@ -68,8 +69,7 @@ def run(profile: Profile) -> dict:
             rows.append(row)
             log(f"memory {name}: peak {peak / 2**30:.2f} GiB (idle {idle / 2**30:.2f} GiB, +{(peak - idle) / 2**20:.0f} MiB), {sample.latency:.1f} s")
     fit = _linear_fit([r["megapixels"] for r in rows], [r["growth_bytes"] for r in rows])
-    return {"idle_after_start_bytes": idle_after_start, "images": rows, "growth_fit": fit,
-            "settings": {"tile_size": TILE_SIZE, "tile_overlap": TILE_OVERLAP, "max_batch_size": MAX_BATCH}}
+    return {"idle_after_start_bytes": idle_after_start, "images": rows, "growth_fit": fit, "served": served}
 
 
 def _linear_fit(xs: list[float], ys: list[float]) -> dict:
