@@ -113,6 +113,9 @@ def test_training_runs_logs_and_resumes_exactly_where_it_stopped(tiny_dataset, t
 
     rows = (straight / "log.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[0].startswith("step,") and "gain_q10" in rows[0]
+    data = json.loads((straight / "data.json").read_text())  # which photos, for export's metadata.json
+    assert [i["name"] for i in data["train"]["images"]] == ["10.png", "11.png"] and data["train"]["count"] == 2
+    assert [i["name"] for i in data["val"]["images"]] == ["12.png"] and data["val"]["fingerprint"]
     assert len((resumed_dir / "log.csv").read_text().strip().splitlines()) == 3
     a, b = network.build("dejpeg"), network.build("dejpeg")
     a.load_weights(str(straight / "final.weights.h5"))
