@@ -111,13 +111,20 @@ def _run_record(run_dir: Path) -> dict:
 
 
 def _export(args) -> None:
+    import numpy as np
+
     from enhancer.training import model_card, network
     from enhancer.training.export import export_saved_model
 
     record = _run_record(args.run)
     model = network.build(record["recipe"]["architecture"])
-    weights = args.run / f"{args.weights}.weights.h5" if args.weights != "latest" else args.run / "checkpoint" / "model.weights.h5"
+    weights = args.run / f"{args.weights}.weights.h5" if args.weights in ("best", "final") else args.run / "checkpoint" / "model.weights.h5"
     model.load_weights(str(weights))
+    if args.weights == "average":  # the latest checkpoint's weight average: what its validation row measured
+        weights = args.run / "checkpoint" / "average.npz"
+        with np.load(weights) as saved:
+            for variable, i in zip(model.trainable_variables, range(len(saved.files)), strict=True):
+                variable.assign(saved[f"arr_{i}"])
     metadata = {
         **record,
         "weights": args.weights,
@@ -172,9 +179,16 @@ def _measure_bfloat16_command(args) -> None:
 
 
 def _evaluate(args) -> None:
+    if args.scale > 1:
+        return _evaluate_upscale(args)
     from enhancer.training import model_card
     from enhancer.training.evaluate import evaluate
 
+    args.model = args.model or DEFAULT_MODEL
+    meta = args.model / "metadata.json"
+    scale = json.loads(meta.read_text()).get("scale", 1) if meta.exists() else 1
+    if scale > 1:
+        raise SystemExit(f"enhancer: {args.model} enlarges {scale} times; evaluate it with --scale {scale}")
     models = {args.model.name: args.model}
     for spec in args.compare:
         name, _, path = spec.partition("=")
@@ -189,6 +203,27 @@ def _evaluate(args) -> None:
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     if out == args.model / "eval":
         model_card.write(args.model)
+    print((out / "evaluation.md").read_text())
+
+
+def _evaluate_upscale(args) -> None:
+    """`evaluate --scale 2|4`: the upscaler against bicubic, Lanczos and restore-then-bicubic."""
+    if args.compare or args.budget_runs:
+        raise SystemExit("enhancer: --compare and --budget-runs are for 1x models; with --scale the baselines are fixed")
+    from enhancer.models.contract import ModelLoadError
+    from enhancer.training import model_card
+    from enhancer.training.evaluate_upscale import evaluate_upscale
+
+    model = args.model or Path(f"weights/upscale-x{args.scale}")
+    out = args.out or model / "eval"
+    try:
+        result = evaluate_upscale(model, args.restorer, args.testset, out, scale=args.scale)
+    except (ModelLoadError, ValueError) as exc:
+        raise SystemExit(f"enhancer: {exc}") from None
+    result.update(machine=machine_description(), date=time.strftime("%Y-%m-%d"))
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    if out == model / "eval":
+        model_card.write(model)
     print((out / "evaluation.md").read_text())
 
 
@@ -246,7 +281,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("export", help="export a run as the served SavedModel + model card")
     p.add_argument("--run", type=Path, default=DEFAULT_RUN)
-    p.add_argument("--weights", choices=["best", "final", "latest"], default="final")
+    p.add_argument("--weights", choices=["best", "final", "latest", "average"], default="final",
+                   help="best/final: saved averages; latest: the checkpoint's raw weights; average: its weight average")
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--data", type=Path, help="photos whose val/ the bfloat16 change is measured on (default: the run's)")
     p.set_defaults(func=_export)
@@ -257,8 +293,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
     p.set_defaults(func=_measure_bfloat16_command)
 
-    p = subparsers.add_parser("evaluate", help="PSNR/SSIM on held-out photos per JPEG quality; table, plot, crops")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p = subparsers.add_parser("evaluate", help="PSNR/SSIM on held-out photos per JPEG quality (--scale 2|4: an upscaler "
+                              "against bicubic, Lanczos, restore+bicubic); table, crops")  # fmt: skip
+    p.add_argument("--scale", type=int, choices=(1, 2, 4), default=1,
+                   help="1: a restorer; 2 or 4: an upscaler of that scale (its metadata.json must say so)")
+    p.add_argument("--model", type=Path, help=f"model folder (default {DEFAULT_MODEL}, or weights/upscale-xSCALE)")
+    p.add_argument("--restorer", type=Path, default=DEFAULT_MODEL,
+                   help="with --scale: the 1x model of the restore-then-bicubic baseline")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=DIR", help="another SavedModel to put beside it")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training photos (NLM's strength is tuned on them)")
     p.add_argument("--testset", type=Path, default=DEFAULT_TESTSET, help="the test set (enhancer testset)")

@@ -305,19 +305,37 @@ def save_crops(keep, results: list[Result], model: str, path: Path, size: int = 
         ranked = sorted((r for r in results if r.method == model and r.quality == q), key=lambda r: r.gain)
         for r in (ranked[-1], ranked[0]):
             clean = keep[(r.image, q, "original")]
-            h, w = clean.shape[:2]
-            s = min(size, h, w)
-            gray = cv2.cvtColor(clean, cv2.COLOR_RGB2GRAY)
-            energy = cv2.boxFilter(np.abs(cv2.Laplacian(gray, cv2.CV_32F)), -1, (s, s))
-            y, x = np.unravel_index(np.argmax(energy[s // 2 : h - s // 2 + 1, s // 2 : w - s // 2 + 1]), (h - s + 1, w - s + 1))
-            tiles = [cv2.resize(keep[(r.image, q, k)][y : y + s, x : x + s], (size, size), interpolation=cv2.INTER_NEAREST)
-                     for k in ("jpeg", model, "original")]  # fmt: skip
-            row = np.hstack([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=1) for t in tiles])
-            row = cv2.resize(row, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
-            label = np.full((24, row.shape[1], 3), 255, np.uint8)
-            cv2.putText(label, f"q{q} {'best' if r is ranked[-1] else 'worst'}: {r.image} {r.gain:+.2f} dB", (6, 17),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)  # fmt: skip
-            rows += [label.astype(np.float32) / 255, row]
+            y, x, s = busiest_window(clean, size)
+            crops = [keep[(r.image, q, k)][y : y + s, x : x + s] for k in ("jpeg", model, "original")]
+            caption = f"q{q} {'best' if r is ranked[-1] else 'worst'}: {r.image} {r.gain:+.2f} dB"
+            rows += crop_row(crops, caption, size, zoom)
+    write_crop_grid(rows, path)
+
+
+def busiest_window(rgb: np.ndarray, size: int) -> tuple[int, int, int]:
+    """(y, x, side) of the side x side window (side = `size`, or less on a smaller image) with the
+    most detail (summed |Laplacian| of grey): where a method's differences show."""
+    h, w = rgb.shape[:2]
+    s = min(size, h, w)
+    gray = cv2.cvtColor(np.asarray(rgb, np.float32), cv2.COLOR_RGB2GRAY)
+    energy = cv2.boxFilter(np.abs(cv2.Laplacian(gray, cv2.CV_32F)), -1, (s, s))
+    y, x = np.unravel_index(np.argmax(energy[s // 2 : h - s // 2 + 1, s // 2 : w - s // 2 + 1]), (h - s + 1, w - s + 1))
+    return int(y), int(x), s
+
+
+def crop_row(crops: list[np.ndarray], caption: str, size: int, zoom: int) -> list[np.ndarray]:
+    """A caption bar and the crops (RGB in [0, 1]) side by side, each shown at `size` then zoomed
+    `zoom` times, nearest neighbour (pixels stay pixels); two float RGB rows for `write_crop_grid`."""
+    tiles = [cv2.resize(np.asarray(c, np.float32), (size, size), interpolation=cv2.INTER_NEAREST) for c in crops]
+    row = np.hstack([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=1) for t in tiles])
+    row = cv2.resize(row, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+    label = np.full((24, row.shape[1], 3), 255, np.uint8)
+    cv2.putText(label, caption, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    return [label.astype(np.float32) / 255, row]
+
+
+def write_crop_grid(rows: list[np.ndarray], path: Path) -> None:
+    """Stack `crop_row`s (all the same width) into one PNG."""
     grid = (np.clip(np.vstack(rows), 0, 1) * 255).round().astype(np.uint8)
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
 

@@ -17,7 +17,8 @@ def _log_table(log_csv: str) -> list[str]:
     """A run's log.csv as a Markdown table of step, minutes, loss and the validation gains."""
     rows = list(csv.DictReader(io.StringIO(log_csv)))
     columns = [c for c in ("gain_q10", "gain_q30", "gain_q75", "gain_q90", "gain_screen_q10", "gain_screen_q90",
-                           "gain_blind_q30", "psnr_out_clean") if rows and c in rows[0]]  # fmt: skip
+                           "gain_blind_q30", "psnr_out_clean", "gain_clean", "gain_screen_clean", "gain_q50")
+               if rows and c in rows[0]]  # fmt: skip
     head = " | ".join(c.replace("gain_", "gain ").replace("psnr_out_clean", "clean PSNR").replace("_", " ") for c in columns)
     out = [f"| step | minutes | loss | {head} |", "|---" * (3 + len(columns)) + "|"]
     for r in rows:
@@ -185,10 +186,93 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
     return "\n".join(lines)
 
 
+def _upscale_evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[str]:
+    """The `enhancer evaluate --scale N` section: the table, per kind and image, targets, crops."""
+    if not evaluation:
+        return ["## Evaluation on the test set", "",
+                f"Not evaluated yet: `enhancer evaluate --scale N --model {eval_dir.parent}` writes `eval/` and this section.", ""]  # fmt: skip
+    scale = evaluation["scale"]
+    return [
+        f"## Evaluation on the test set (`enhancer evaluate --scale {scale}`)",
+        "",
+        f"The {len(evaluation['test_images'])} test images (`enhancer testset`: photographs, man-made scenes, texture, text,",
+        "small web images, rendered screens; kinds and sources training never sees) are the ground truth, cropped to",
+        f"multiples of {scale}. Each is made {scale} times smaller with Pillow's antialiased bicubic and saved as PNG (`clean`:",
+        "the model is told nothing, as the server tells it for any non-JPEG file) or by OpenCV as JPEG at q75 and q50",
+        "(4:2:0; the model is told that file's tables, built as the server builds them). The model runs through the",
+        "server's own pipeline and tiler. Baselines on the same small file: OpenCV bicubic (INTER_CUBIC, the gain's",
+        f"reference) and Lanczos (INTER_LANCZOS4), and `{evaluation['restorer']}` + bicubic (the served 1x restorer, then",
+        "INTER_CUBIC). Every answer is rounded to 8 bits; PSNR and SSIM (11x11 Gaussian window) are on BT.601 luma",
+        f"with {scale} pixels cropped at each border, as the super-resolution literature reports them.",
+        "",
+        (eval_dir / "evaluation.md").read_text().strip(),
+        "",
+        f"Crops (bicubic | this model | ground truth, {scale}x enlarged inputs shown at 2x nearest-neighbour zoom): the",
+        "model's best and worst clean image, and its worst image at the lowest JPEG quality among the others:",
+        "",
+        "![crops](eval/crops.png)",
+        "",
+        f"Measured {evaluation.get('date', '')} on {evaluation.get('machine', 'this machine')}; the whole evaluation took "
+        f"{evaluation.get('seconds', 0) / 60:.1f} minutes (one-minute load average {evaluation.get('load_average', 0):.1f}).",
+        "",
+    ]
+
+
+def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str:
+    """The card of a model whose output is `scale` times larger (`upscale_x2`, `upscale_x4`)."""
+    scale = meta.get("scale")
+    recipe = meta.get("recipe", {})
+    lines = [
+        f"# Model card: `{model_dir.name}`",
+        "",
+        f"Enlarges images {scale} times and removes JPEG damage while it does, so the blocks of a small JPEG are not",
+        "magnified. It is told how the file was compressed (its quantisation tables); images that are not JPEG",
+        "files take the blind path (told nothing).",
+        "",
+        "## Interface",
+        "TensorFlow SavedModel, signature `serving_default`:",
+        "- `images` float32 `[N, H, W, 3]`, RGB in [0, 1], any N, H, W;",
+        "- `quantization` float32 `[N, 130]`: the file's luma and chroma tables and sampling factors (the layout of",
+        "  `dejpeg-q`'s card); all zeros for an image that is not a JPEG file;",
+        f"- output `enhanced` float32 `[N, {scale}H, {scale}W, 3]`, clipped to [0, 1].",
+        f"- H and W are padded to a multiple of {meta.get('size_multiple')} inside the signature; the server's tiles are",
+        f"  planned in input pixels and blended at output resolution. Receptive-field reach: {meta.get('reach')} input pixels.",
+        "",
+        "## Network",
+        f"- Architecture `{meta.get('architecture')}` (`build_upscaler` in `src/enhancer/training/network.py`): the",
+        "  `dejpeg_q` restorer (told the tables, projected onto them) on the small image, then a head at the small",
+        f"  image's resolution whose last, zero-initialised convolution predicts {scale}x{scale} sub-pixels per pixel",
+        "  (depth-to-space), added to TensorFlow's bicubic enlargement of the restored image (Keys' kernel, a = -0.5;",
+        "  OpenCV's INTER_CUBIC, the evaluation's reference, uses a = -0.75): untrained it is exactly \"restore, then",
+        "  TensorFlow's bicubic\".",
+        f"- Parameters: {meta.get('parameters', 0):,}"
+        + (f"; cost {meta['macs_per_pixel'] / 1000:.1f} k multiply-accumulates per input pixel." if "macs_per_pixel" in meta else "."),
+        "",
+    ]
+    if recipe:
+        lines += ["## Recipe", ""]
+        for key in ("data_dir", "steps", "batch_size", "patch_size", "learning_rate", "final_learning_rate", "warmup_steps",
+                    "ema_decay", "seed", "init_weights", "loss", "relative_floor"):  # fmt: skip
+            if recipe.get(key) is not None:
+                lines.append(f"- {key}: {recipe[key]}")
+        if "training_minutes" in meta:
+            lines.append(f"- Wall time: {meta['training_minutes']:.0f} minutes on {meta.get('training_machine', 'a 2-core CPU')}")
+        lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
+        if meta.get("log"):
+            lines += ["- Validation per epoch, from the run's log: gain in dB over bicubic (OpenCV) on held-out photos",
+                      "  and rendered screens made small with Pillow's bicubic, clean and as q75/q50 JPEGs:", "",
+                      *_log_table(meta["log"])]  # fmt: skip
+        lines.append("")
+    lines += _upscale_evaluation_lines(evaluation, model_dir / "eval")
+    return "\n".join(lines)
+
+
 def render(model_dir: Path) -> str:
     meta = json.loads((model_dir / "metadata.json").read_text())
     eval_dir = model_dir / "eval"
     evaluation = json.loads((eval_dir / "evaluation.json").read_text()) if (eval_dir / "evaluation.json").exists() else None
+    if meta.get("scale", 1) > 1:
+        return render_upscaler(model_dir, meta, evaluation)
     if meta.get("architecture") == "dejpeg_q":
         return render_conditioned(model_dir, meta, evaluation)
     recipe = meta.get("recipe", {})
