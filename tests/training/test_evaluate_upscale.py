@@ -10,8 +10,8 @@ import math
 import cv2
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 
-from conftest import REPO_ROOT
 from enhancer.training.evaluate_upscale import (
     METHODS,
     VARIANTS,
