@@ -139,3 +139,25 @@ async def test_simulated_device_behind_the_real_app_batches_tiles_across_request
         np.testing.assert_array_equal(decode_bytes(response.content), img)
     assert sum(device.batches) == 8 * per_request
     assert max(device.batches[1:]) == 32 > per_request  # later batches hold several requests' tiles
+
+
+def test_every_registered_benchmark_has_a_run_and_soak_and_tile_size_are_registered():
+    import importlib
+
+    from benchmarks.run import BENCHMARKS
+
+    assert {"soak", "tile_size"} <= set(BENCHMARKS)
+    for name, module in BENCHMARKS.items():
+        assert module == f"benchmarks.drivers.{name}"  # results/<name>.json comes from drivers/<name>.py
+        assert callable(importlib.import_module(module).run), name
+
+
+def test_a_server_process_reports_what_its_readyz_said_not_what_it_was_asked():
+    from benchmarks.harness.server import enhancer_server
+
+    server = enhancer_server("asked", tile_size=512)
+    with pytest.raises(RuntimeError, match="has not answered /readyz"):
+        server.served
+    server.readyz = {"status": "ready", "device": "CPU", "settings": {"tile_size": 576, "tile_overlap": 48}}
+    assert server.env["ENHANCER_TILE_SIZE"] == "512"
+    assert server.served == {"server": "asked", "device": "CPU", "settings": {"tile_size": 576, "tile_overlap": 48}}
