@@ -3,7 +3,8 @@
 1. Raw limit: the SavedModel in-process on the server's own tiles and batch shapes
    (benchmarks/baselines/raw_model.py, in a fresh process), before and after the HTTP runs.
 2. `enhancer serve` at tile 512 and max batch 4 (the settings the targets were set against; the
-   raw run and the prototype use the same): closed-loop windows at each concurrency level, then
+   raw run and the prototype use the same), overlap 32 or the model's reach where that is more
+   (`pinned_overlap`): closed-loop windows at each concurrency level, then
    open-loop Poisson load at fractions of the concurrency-8 throughput.
 3. The prototype-style synchronous Flask server (benchmarks/baselines/proto_server.py), same model and
    tiling, at concurrency 8 (and 1), in the same run.
@@ -32,12 +33,22 @@ IMAGES = "crop512"
 TILE_SIZE, TILE_OVERLAP, MAX_BATCH = 512, 32, 4
 
 
-def raw_model(profile: Profile, tag: str) -> dict:
+def pinned_overlap() -> int:
+    """TILE_OVERLAP, or the served default model's reach rounded up to its size multiple where
+    that is more (the server refuses an overlap below the reach: dejpeg-q's is 42 px)."""
+    from enhancer.config import Settings
+    from enhancer.models.contract import read_spec
+
+    spec = read_spec(Settings().model_dir)
+    return max(TILE_OVERLAP, -(-spec.reach // spec.size_multiple) * spec.size_multiple)
+
+
+def raw_model(profile: Profile, tag: str, overlap: int) -> dict:
     out = OUT_DIR / f"raw_model_{tag}.json"
     cmd = [
         sys.executable, "-m", "benchmarks.baselines.raw_model", "--images", IMAGES,
         "--batch-sizes", ",".join(str(b) for b in sorted({1, 2, MAX_BATCH})),
-        "--tile-size", str(TILE_SIZE), "--tile-overlap", str(TILE_OVERLAP),
+        "--tile-size", str(TILE_SIZE), "--tile-overlap", str(overlap),
         "--min-seconds", str(profile.raw_min_seconds / 2), "--repeats", "2", "--json", str(out),
     ]
     log(f"raw model ({tag})")
@@ -56,10 +67,11 @@ def run(profile: Profile) -> dict:
     window = dict(window_s=profile.window_s, min_requests=profile.min_requests, max_windows=profile.max_windows)
     result: dict = {"images": IMAGES, "image_megapixels": payloads[0].megapixels, "profile": profile.name}
 
-    result["raw_before"] = raw_model(profile, "before")
+    overlap = pinned_overlap()  # the raw run, the prototype and the servers cut the same tiles
+    result["raw_before"] = raw_model(profile, "before", overlap)
 
     server = enhancer_server(
-        "enhancer-efficiency", tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, max_batch_size=MAX_BATCH,
+        "enhancer-efficiency", tile_size=TILE_SIZE, tile_overlap=overlap, max_batch_size=MAX_BATCH,
     )
     with server:
         result["server_startup_s"] = server.startup_s
@@ -77,16 +89,16 @@ def run(profile: Profile) -> dict:
             log(f"  -> {entry['req_per_s']:.2f} req/s, p50 {entry['p50_s']}, p99 {entry['p99_s']}, errors {entry['errors']}")
             result["open_loop"].append(entry)
 
-    result["raw_after"] = raw_model(profile, "after")
+    result["raw_after"] = raw_model(profile, "after", overlap)
 
-    with prototype_server("prototype", tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, batch_size=MAX_BATCH) as proto:
+    with prototype_server("prototype", tile_size=TILE_SIZE, tile_overlap=overlap, batch_size=MAX_BATCH) as proto:
         result["prototype_startup_s"] = proto.startup_s
         result["prototype_served"] = proto.served
         lg = LoadGenerator(proto.url + "/upscale", payloads, server_pid=proto.pid)
         result["prototype"] = asyncio.run(lg.sweep([1, 8], **window))
 
     # The same server with max_batch_size=1: on a CPU a bigger batch need not be faster per tile.
-    with enhancer_server("enhancer-batch1", tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, max_batch_size=1) as server:
+    with enhancer_server("enhancer-batch1", tile_size=TILE_SIZE, tile_overlap=overlap, max_batch_size=1) as server:
         lg = LoadGenerator(server.url + "/upscale", payloads, metrics_url=server.url + "/metrics", server_pid=server.pid)
         log("enhancer serve with max_batch_size=1, concurrency 8")
         result["batch1_c8"] = asyncio.run(lg.closed_loop(8, **window))
