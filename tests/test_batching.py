@@ -687,3 +687,37 @@ def test_submit_checks_the_model_name_and_its_extra_inputs():
 
     run(scenario)
     assert model.batches == []
+
+
+def test_integer_tiles_reach_the_model_as_float32_and_outputs_can_be_kept_as_16_bit_samples():
+    """The server's batcher: tiles wait as the bytes they were decoded in, a batch becomes float32
+    [0, 1] when stacked (requests of one batch may differ in sample type), and outputs are stored
+    as 16-bit samples, converted off the model thread."""
+    seen: list[tuple[np.dtype, float, float]] = []
+    threads: set[str] = set()
+
+    class Halving:
+        spec = ModelSpec(name=M, reach=0)
+
+        def forward(self, batch, inputs=None):
+            seen.append((batch.dtype, float(batch.min()), float(batch.max())))
+            threads.add(threading.current_thread().name)
+            return batch / 2
+
+    async def scenario():
+        batcher = MicroBatcher({M: Halving()}, max_batch_size=4, max_batch_delay_s=0.05, max_queue_tiles=100, output_dtype=np.uint16)
+        await batcher.start()
+        try:
+            eight = np.full((2, 2, 2, 3), 255, np.uint8)
+            sixteen = np.full((2, 2, 2, 3), 65535, np.uint16)
+            (out8, _), (out16, _) = await asyncio.gather(batcher.submit(M, eight), batcher.submit(M, sixteen))
+        finally:
+            await batcher.stop()
+        return out8, out16
+
+    out8, out16 = asyncio.run(scenario())
+    assert all(dtype == np.float32 and top == 1.0 for dtype, _, top in seen)  # both read as white
+    assert len(seen) == 1  # one batch held both requests' tiles
+    assert out8.dtype == out16.dtype == np.uint16
+    assert (out8 == 32768).all() and (out16 == 32768).all()  # 0.5, rounded half up
+    assert threads == {"enhancer-model_0"}

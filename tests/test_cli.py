@@ -61,8 +61,12 @@ def test_enhance_matches_the_model_run_directly(tmp_path, saved_model):
     src = tmp_path / "x.png"
     src.write_bytes(encode_bgr(photo_like(150, 170, seed=7), ".png"))
     assert _run(str(src)) == 0
+    from enhancer.samples import OUTPUT_DTYPE, dtype_for_depth
+
     image = imaging.decode(src.read_bytes())
-    rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, 128, 32, 4, multiple=saved_model.spec.size_multiple)
+    plan = tiling.plan_tiles(150, 170, 128, 32, multiple=saved_model.spec.size_multiple)
+    outputs = tiling.run_in_batches(tiling.split(image.pixels, plan), saved_model.forward, 4, output_dtype=OUTPUT_DTYPE)
+    rgb = tiling.stitch(outputs, plan, dtype=dtype_for_depth(image.info.bit_depth))  # the model's outputs as 16-bit samples
     expected = imaging.encode(rgb, imaging.OutputFormat.png, info=image.info)
     np.testing.assert_array_equal(decode_bytes((tmp_path / "x_enhanced.png").read_bytes()), decode_bytes(expected))
 

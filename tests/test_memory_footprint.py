@@ -9,12 +9,14 @@ import sys
 import weakref
 
 import numpy as np
+import pytest
 
 from enhancer import imaging
 from enhancer.batching import BatchTimings, MicroBatcher
-from enhancer.imaging import OutputFormat
+from enhancer.imaging import ImageInfo, OutputFormat
 from enhancer.models.contract import ModelSpec
 from enhancer.imaging.encode import _quantize
+from enhancer.samples import to_unit_float
 
 
 def _reference_quantize(values: np.ndarray, depth: int) -> np.ndarray:
@@ -37,13 +39,32 @@ def test_encode_output_is_unchanged_for_out_of_range_rgb():
     rng = np.random.default_rng(1)
     rgb = rng.uniform(-0.1, 1.1, size=(16, 24, 3)).astype(np.float32)
     png = imaging.encode(rgb, OutputFormat.png)
-    decoded = imaging.decode(png).rgb
-    expected = _reference_quantize(np.clip(rgb, 0, 1), 8).astype(np.float32) / 255.0
-    np.testing.assert_array_equal(decoded, expected)
+    decoded = imaging.decode(png).pixels
+    np.testing.assert_array_equal(decoded, _reference_quantize(np.clip(rgb, 0, 1), 8))
+
+
+@pytest.mark.parametrize("fmt", [OutputFormat.png, OutputFormat.jpeg, OutputFormat.webp])
+@pytest.mark.parametrize("layout", ["grey", "grey+alpha", "rgba"])
+def test_grey_and_alpha_answers_are_the_same_in_bands(monkeypatch, fmt, layout):
+    """Grey and transparent answers are computed a band of rows at a time (no float copy of the
+    whole image); many bands give the bytes one band gives."""
+    rng = np.random.default_rng(2)
+    rgb = rng.uniform(-0.1, 1.1, size=(37, 23, 3)).astype(np.float32)
+    alpha = rng.integers(0, 256, size=(37, 23), dtype=np.uint8) if layout != "grey" else None
+    info = ImageInfo(
+        width=23, height=37, grayscale=layout.startswith("grey"), bit_depth=8, source_format="png",
+        alpha=alpha, icc_profile=None, jpeg=None,
+    )  # fmt: skip
+    whole = imaging.encode(rgb, fmt, info=info)
+    monkeypatch.setattr(sys.modules["enhancer.imaging.encode"], "_QUANTIZE_CHUNK", 50)  # many bands, a ragged last one
+    assert imaging.encode(rgb, fmt, info=info) == whole
+    untouched = rgb.copy()
+    imaging.encode(rgb, fmt, info=info)
+    np.testing.assert_array_equal(rgb, untouched)  # the caller's pixels are not clipped in place
 
 
 def test_the_service_frees_the_decoded_pixels_once_they_are_tiles(monkeypatch):
-    """After the split only the tiles and the ImageInfo are kept: the float image is not held."""
+    """After the split only the tiles and the ImageInfo are kept: the decoded image is not held."""
     from enhancer.pipeline import Pipeline
     from enhancer.service import EnhanceService
 
@@ -53,14 +74,14 @@ def test_the_service_frees_the_decoded_pixels_once_they_are_tiles(monkeypatch):
 
     def decode(*args, **kwargs):
         image = real_decode(*args, **kwargs)
-        decoded.append(weakref.ref(image.rgb))
+        decoded.append(weakref.ref(image.pixels))
         return image
 
     class Batcher:
         async def submit(self, model, tiles, inputs=None):
             gc.collect()
             freed_before_the_model.append(decoded[0]() is None)
-            return tiles, BatchTimings(queue_s=0.0, infer_s=0.0)
+            return to_unit_float(tiles), BatchTimings(queue_s=0.0, infer_s=0.0)
 
     monkeypatch.setattr(imaging, "decode", decode)
     service = EnhanceService(Pipeline(tile_size=64, tile_overlap=16), Batcher(), request_timeout_s=60)

@@ -15,6 +15,7 @@ from helpers import encode_bgr, photo_like
 
 from enhancer import imaging, tiling
 from enhancer.config import Settings
+from enhancer.samples import to_unit_float
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -23,9 +24,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def jpeg_damaged(height: int, width: int, seed: int) -> np.ndarray:
-    """A photo-like image after JPEG quality 20: the kind of input the model exists for."""
+    """A photo-like image after JPEG quality 20, as float [0, 1]: the kind of input the model exists for."""
     data = encode_bgr(photo_like(height, width, seed=seed), ".jpg", cv2.IMWRITE_JPEG_QUALITY, 20)
-    return imaging.decode(data).rgb
+    return to_unit_float(imaging.decode(data).pixels)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,11 @@ from enhancer.tiling import (
     enhance_tiled,
     plan_axis,
     plan_tiles,
+    run_in_batches,
     split,
     stitch,
 )
+from enhancer.samples import from_unit_float
 
 TILE, OVERLAP = 576, 32  # the server's CPU defaults
 MULTIPLE = 4  # the shipped model's size multiple (its spec); other multiples are swept below
@@ -54,11 +56,55 @@ def test_large_image_uses_several_tiles_of_one_shape():
     assert tiles.shape == (plan.num_tiles, *plan.tile_shape, 3)
 
 
-def test_single_channel_and_uint8_input_are_accepted():
+def test_single_channel_and_integer_samples_are_accepted():
     gray = random_image(40, 90, c=1)
     np.testing.assert_allclose(enhance_tiled(gray, identity, 64, 16, 2, multiple=MULTIPLE), gray, atol=1e-6)
-    as_uint8 = (random_image(30, 30) * 255).astype(np.uint8)
-    assert np.array_equal(enhance_tiled(as_uint8, identity, TILE, OVERLAP, 1, multiple=MULTIPLE), as_uint8.astype(np.float32))
+    for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):  # full-range samples, as decoded
+        samples = (random_image(30, 30) * top).astype(dtype)
+        out = enhance_tiled(samples, identity, TILE, OVERLAP, 1, multiple=MULTIPLE)
+        np.testing.assert_allclose(out, samples / np.float32(top), rtol=0, atol=1e-6)
+
+
+def test_tiles_keep_the_images_sample_type_and_the_model_sees_float32():
+    """Tiles of an 8-bit image cost a byte a sample; only a batch at a time becomes float32."""
+    image = (random_image(300, 200) * 255).astype(np.uint8)
+    plan = plan_tiles(300, 200, 128, OVERLAP, multiple=MULTIPLE)
+    tiles = split(image, plan)
+    assert tiles.dtype == np.uint8
+    seen = []
+
+    def model(batch):
+        seen.append((batch.dtype, len(batch), float(batch.max())))
+        return batch
+
+    outputs = run_in_batches(tiles, model, 2, output_dtype=np.uint16)
+    assert outputs.dtype == np.uint16 and tiles.dtype == np.uint8  # nothing written over the bytes
+    assert all(dtype == np.float32 and n <= 2 and top <= 1.0 for dtype, n, top in seen)
+    # 8-bit values are exact in 16 bits (65535 = 255 x 257), so the round trip loses nothing
+    np.testing.assert_array_equal(stitch(outputs, plan, dtype=np.uint8), image)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.uint16])
+def test_stitching_in_bands_equals_blending_the_whole_image_at_once(dtype):
+    """The banded stitch gives what one whole-image float accumulation gives, rounded once."""
+    rng = np.random.default_rng(5)
+    plan = plan_tiles(700, 333, 128, OVERLAP, multiple=MULTIPLE)
+    tiles = rng.uniform(-0.1, 1.1, size=(plan.num_tiles, *plan.tile_shape, 3)).astype(np.float32)
+    whole = np.zeros((700, 333, 3), np.float32)
+    k = 0
+    for y, wy in zip(plan.rows.starts, plan.rows.windows()):
+        for x, wx in zip(plan.cols.starts, plan.cols.windows()):
+            padded = np.zeros((plan.rows.length, plan.cols.length, 3), np.float32)
+            padded[y : y + plan.rows.tile, x : x + plan.cols.tile] = tiles[k] * np.outer(wy, wx).astype(np.float32)[..., None]
+            whole += padded[plan.rows.pad_before : plan.rows.pad_before + 700, plan.cols.pad_before : plan.cols.pad_before + 333]
+            k += 1
+    expected = from_unit_float(whole, dtype)
+    got = stitch(tiles, plan, dtype=dtype)
+    assert got.dtype == dtype
+    if dtype == np.float32:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    else:  # one rounding step at most where float sums in another order land on a boundary
+        assert np.abs(got.astype(np.int64) - expected.astype(np.int64)).max() <= 1
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 64, 300, 517, 1100, 4000])

@@ -49,6 +49,7 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
     from enhancer import imaging, tiling
     from enhancer.imaging import OutputFormat
     from enhancer.pipeline import Pipeline
+    from enhancer.samples import to_unit_float
 
     from benchmarks.harness.common import bound_forward, load_default_model
 
@@ -59,7 +60,7 @@ def measure(image_group: str, batch_sizes: list[int], tile_size: int, overlap: i
     shapes = {p.tile_shape for p in plans}
     if len(shapes) != 1:
         raise SystemExit(f"images of {image_group} give several tile shapes {shapes}; use one size per run")
-    tiles = np.concatenate([tiling.split(d.rgb, p) for d, p in zip(decoded, plans)])
+    tiles = to_unit_float(np.concatenate([tiling.split(d.pixels, p) for d, p in zip(decoded, plans)]))  # as the model sees them
     tiles_per_image = plans[0].num_tiles
     image_mp = images[0].megapixels
     runner.warm_up(sorted(shapes), max(batch_sizes))

@@ -35,6 +35,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure(names: list[str], repeats: int) -> dict:
     from enhancer import imaging, tiling
+    from enhancer.samples import to_unit_float
 
     from benchmarks.harness.common import bound_forward, load_default_model
     from benchmarks.harness.inputs import ensure_inputs
@@ -46,7 +47,7 @@ def measure(names: list[str], repeats: int) -> dict:
     for name in names:
         img = images[name]
         decoded = imaging.decode(img.read())
-        rgb = decoded.rgb
+        rgb = to_unit_float(decoded.pixels)  # the whole image as the model sees it
         forward = bound_forward(runner, decoded.info)  # with the file's tables, as the server runs it
         plan = tiling.plan_tiles(img.height, img.width, TILE_SIZE, TILE_OVERLAP, multiple=multiple)
         runner.warm_up([plan.tile_shape], BATCH)

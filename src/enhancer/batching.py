@@ -15,6 +15,11 @@ How it works:
   small request submitted behind a 50 MP one shares the very next batch instead of waiting for the
   big one to finish; requests served in a batch move behind those that were not, so other models
   and shapes get their turn too: a batch never mixes models, and no model starves another.
+* Tiles travel in their own sample type (e.g. uint8, see enhancer.samples) and become float32
+  [0, 1] only when their batch is stacked, so a request waiting in the queue costs its compact
+  tiles, not float copies. Outputs are stored per request as the model returned them, or (the
+  server's batcher, `output_dtype` uint16) as 16-bit samples, converted on a thread of their own:
+  not on the event loop, and not on the model thread, which meanwhile runs the next batch.
 * Extra model inputs (one float32 vector per image and input name) travel with their request's
   tiles and are stacked per batch: row i of each [batch, length] block belongs to tile i.
 * The model runs on one dedicated thread (the event loop never blocks, and a model that is not
@@ -27,8 +32,9 @@ How it works:
   the event loop (measured in benchmarks/RESULTS.md); the price is that a newcomer may wait one
   batch longer.
 * A request whose awaiting task is cancelled (client gone, timeout) loses its queued tiles at
-  once; tiles already picked for a batch are filtered out when the batch is stacked (with two in
-  flight that can be while the batch before it still runs; its tiles then run, unanswered).
+  once (logged with their number when there were any); tiles already picked for a batch are
+  filtered out when the batch is stacked (with two in flight that can be while the batch before it
+  still runs; its tiles then run, unanswered).
 * An exception in `forward` fails only the requests with tiles in that batch (`BatchFailedError`,
   caused by the original) and drops their remaining tiles; the worker goes on serving. Every
   batch's outcome goes to the observer (readiness and metrics live there, not here).
@@ -52,6 +58,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from enhancer.models.contract import Model
+from enhancer.samples import OUTPUT_DTYPE, from_unit_float, to_unit_float
 
 if TYPE_CHECKING:
     from enhancer.config import Settings
@@ -196,6 +203,7 @@ class MicroBatcher:
         max_queue_tiles: int,
         batches_in_flight: int = 1,
         observer: BatchObserver | None = None,
+        output_dtype: np.dtype = np.float32,
     ):
         if max_batch_size < 1 or max_queue_tiles < 1 or batches_in_flight < 1 or max_batch_delay_s < 0:
             raise ValueError(
@@ -209,6 +217,7 @@ class MicroBatcher:
         self._max_delay = max_batch_delay_s
         self._max_queue = max_queue_tiles
         self._observer = observer or BatchObserver()
+        self._output_dtype = np.dtype(output_dtype)
         self._intake: asyncio.Queue | None = None
         self._ring: deque[_Request] = deque()  # admitted requests with tiles left, in turn order
         self._live: set[_Request] = set()  # submitted and not yet answered
@@ -219,6 +228,7 @@ class MicroBatcher:
         self._drain = _DrainRate()
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._converter: ThreadPoolExecutor | None = None  # outputs to integer samples, if asked
 
     @classmethod
     def from_settings(
@@ -232,6 +242,7 @@ class MicroBatcher:
             max_queue_tiles=settings.max_queue_tiles,
             batches_in_flight=settings.batches_in_flight,
             observer=observer,
+            output_dtype=OUTPUT_DTYPE,  # the server stitches from 16-bit samples
         )
 
     @property
@@ -249,6 +260,8 @@ class MicroBatcher:
             raise RuntimeError("the batcher is already started")
         self._intake = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enhancer-model")
+        if not np.issubdtype(self._output_dtype, np.floating):
+            self._converter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enhancer-outputs")
         self._worker = asyncio.create_task(self._run(), name="enhancer-batcher")
 
     async def stop(self, drain: bool = True) -> None:
@@ -268,11 +281,14 @@ class MicroBatcher:
             await asyncio.gather(self._worker, return_exceptions=True)  # its CancelledError is expected
         self._stopped = True
         self._executor.shutdown(wait=drain, cancel_futures=True)
+        if self._converter is not None:
+            self._converter.shutdown(wait=drain, cancel_futures=True)
 
     async def submit(
         self, model: str, tiles: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None
     ) -> tuple[np.ndarray, BatchTimings]:
-        """Run every tile of one request ([T, h, w, C]) through `model`; outputs in tile order.
+        """Run every tile of one request ([T, h, w, C], samples of a type enhancer.samples knows)
+        through `model`; outputs in tile order, as `output_dtype` samples.
 
         `inputs` are the request's extra model inputs, one float32 vector per name the model's
         spec declares (the same for every tile of the request).
@@ -296,7 +312,9 @@ class MicroBatcher:
         try:
             return await request.future
         except asyncio.CancelledError:  # the caller went away: its queued tiles are not worth running
-            self._drop_queued(request)
+            dropped = self._drop_queued(request)
+            if dropped:
+                log.info("a request to model %s was cancelled: its %d queued tiles were dropped", model, dropped)
             raise
         finally:
             self._live.discard(request)
@@ -418,20 +436,24 @@ class MicroBatcher:
         if not live:
             return
         model = self._models[name]
-        tiles = np.stack([r.tiles[i] for r, i in live])
+        tiles = np.empty((len(live), *live[0][0].tiles.shape[1:]), np.float32)
+        for k, (request, index) in enumerate(live):  # requests of one batch may differ in sample type
+            to_unit_float(request.tiles[index], out=tiles[k])
         # row k of each extra input belongs to tile k (each request's vector, once per tile of it)
         extra = {key: np.stack([r.inputs[key] for r, _ in live]) for key in model.spec.inputs}
         requests = list(dict.fromkeys(r for r, _ in live))
         try:
             loop = asyncio.get_running_loop()
             outputs, infer_s = await loop.run_in_executor(self._executor, _timed, model.forward, tiles, extra)
-            outputs = np.asarray(outputs)
             n, h, w, c = tiles.shape
             scale = model.spec.scale
             if outputs.shape != (n, h * scale, w * scale, c):
                 raise ValueError(
                     f"model {name!r} returned shape {outputs.shape} for a batch of shape {tiles.shape} (scale {scale})"
                 )
+            del tiles  # the float copy of the batch is not needed any more
+            if self._converter is not None:
+                outputs = await loop.run_in_executor(self._converter, from_unit_float, outputs, self._output_dtype)
         except Exception as exc:
             log.error("model %s: batch of %d tiles from %d requests failed: %r", name, len(live), len(requests), exc)
             self._observer.on_batch_failed(name, len(live), exc)
@@ -465,15 +487,17 @@ class MicroBatcher:
         else:
             request.future.set_exception(error)
 
-    def _drop_queued(self, request: _Request) -> None:
+    def _drop_queued(self, request: _Request) -> int:
+        """Forget the request's tiles not yet taken into a batch; how many there were."""
         dropped = request.remaining
         if dropped == 0:
-            return
+            return 0
         request.next_tile = len(request.tiles)
         if request in self._ring:
             self._ring.remove(request)
         self._set_queued(self._queued - dropped)
         self._observer.on_tiles_dropped(request.model, dropped)
+        return dropped
 
     def _set_queued(self, tiles: int) -> None:
         self._queued = tiles
@@ -484,4 +508,4 @@ def _timed(forward, tiles: np.ndarray, extra: dict[str, np.ndarray]) -> tuple[np
     """Runs on the model thread, so the time excludes waiting for the thread."""
     started = time.perf_counter()
     outputs = forward(tiles, extra)
-    return outputs, time.perf_counter() - started
+    return np.asarray(outputs), time.perf_counter() - started

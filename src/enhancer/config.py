@@ -179,8 +179,20 @@ class Settings(BaseSettings):
         default=DEFAULT_MAX_PIXELS,
         ge=1,
         description="Largest accepted image in pixels (413 above it), checked from the header "
-        "before decoding. A 50 MP image needs about 1.5 GB of float32 working memory. Also "
-        "OpenCV's decode limit when set in the environment (read at import).",
+        "before decoding. What an image costs in memory while it is served is measured per pixel "
+        "(benchmarks/RESULTS.md) and bounded by max_pixels_in_flight. Also OpenCV's decode limit "
+        "when set in the environment (read at import).",
+    )
+    max_pixels_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Image pixels being decoded, split, queued as tiles, stitched and encoded at "
+        "once, charged from each upload's header before decoding and released when its answer has "
+        "been sent; an upload that does not fit gets 503 with Retry-After. It bounds the memory "
+        "images take. An image larger than the whole budget (within max_pixels) is served when "
+        "nothing else is in flight. Unset: half the memory the process may use (its cgroup limit, "
+        "else the machine's RAM) divided by the measured peak bytes per pixel in flight "
+        "(enhancer.pixel_budget); set it when other work shares the machine.",
     )
     max_image_side: int = Field(
         default=DEFAULT_MAX_IMAGE_SIDE,

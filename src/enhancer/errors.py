@@ -99,6 +99,11 @@ class OverloadedError(ServiceUnavailableError):
     """The tile queue is full."""
 
 
+class PixelBudgetError(ServiceUnavailableError):
+    """The pixels in flight are at the budget (ENHANCER_MAX_PIXELS_IN_FLIGHT): admitting this image
+    now could take more memory than the server has."""
+
+
 class NotReadyError(ServiceUnavailableError):
     """The model is still loading or warming up, or cannot run (see /readyz)."""
 

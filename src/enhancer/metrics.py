@@ -101,6 +101,18 @@ class Metrics:
             "Upload requests admitted and not yet answered (a shutdown waits for them).",
             registry=r,
         )
+        self.pixels_in_flight = Gauge(
+            "enhancer_pixels_in_flight",
+            "Image pixels admitted and not yet answered (decoded, being split, queued as tiles, "
+            "stitched or encoded), as charged from the uploads' headers.",
+            registry=r,
+        )
+        self.max_pixels_in_flight = Gauge(
+            "enhancer_max_pixels_in_flight",
+            "The budget on enhancer_pixels_in_flight (ENHANCER_MAX_PIXELS_IN_FLIGHT, or derived from "
+            "memory): an upload that does not fit gets 503.",
+            registry=r,
+        )
 
     # --- BatchObserver ---------------------------------------------------------------------
     def on_batch(self, model: str, size: int, infer_s: float) -> None:

@@ -7,8 +7,11 @@ its users: the server hands the tiles to the micro-batcher (enhancer.service), w
 server calls `prepare` and `finish` in worker threads and awaits the batcher between them; `run`
 is the same three steps for a caller that runs the tiles itself.
 
-Memory: every full-size array is dropped as soon as the next step has its own, so the peak is
-about two copies of the image (tiles in + tiles out), not five or six.
+Memory: pixels stay in compact sample types (enhancer.samples) from decoding to encoding: the
+decoded image and its tiles in the decoder's (a byte per sample for 8-bit images), the model's
+outputs as 16-bit samples, the stitched image at the answer's depth; float32 exists one batch or
+one band of rows at a time. Every full-size array is dropped as soon as the next step has its own. What that costs per
+pixel is measured in benchmarks/RESULTS.md and sets the default pixel budget (enhancer.pixel_budget).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from enhancer import imaging, tiling
 from enhancer.conditioning import Strength, model_inputs
 from enhancer.imaging import ImageInfo, OutputFormat
 from enhancer.models.contract import Model, ModelSpec
+from enhancer.samples import OUTPUT_DTYPE, dtype_for_depth
 
 if TYPE_CHECKING:
     from enhancer.config import Settings
@@ -53,7 +57,8 @@ class TileJob:
     inputs: Mapping[str, np.ndarray]
 
 
-#: "Run the tiles": [T, h, w, 3] in, [T, h * scale, w * scale, 3] out, in tile order.
+#: "Run the tiles": [T, h, w, 3] in, [T, h * scale, w * scale, 3] out, in tile order (samples of
+#: any type enhancer.samples knows; the model itself sees float32 batches).
 TileRunner = Callable[[TileJob], np.ndarray]
 
 
@@ -81,7 +86,7 @@ class Prepared:
     pixels: np.ndarray | None = None  #: the decoded pixels, kept only when passed through
     plan: tiling.TilePlan | None = None
     job: TileJob | None = None
-    outputs: np.ndarray | None = None  #: the model's tiles, set by whoever ran the job
+    outputs: np.ndarray | None = None  #: the model's tiles (float or integer samples), set by whoever ran the job
     passed_through: str | None = None
 
     def take_job(self) -> TileJob:
@@ -131,12 +136,12 @@ class Pipeline:
         reason = "strength=off" if strength is Strength.off else pass_through_reason(image.info, self.pass_through_jpeg_quality)
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
-            return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.rgb, passed_through=reason)
+            return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.pixels, passed_through=reason)
         t = clock()
         plan = tiling.plan_tiles(
             image.info.height, image.info.width, self.tile_size, self.tile_overlap, multiple=spec.size_multiple
         )
-        job = TileJob(model=spec.name, tiles=tiling.split(image.rgb, plan), inputs=model_inputs(spec, image.info, strength))
+        job = TileJob(model=spec.name, tiles=tiling.split(image.pixels, plan), inputs=model_inputs(spec, image.info, strength))
         timings["tile"] = clock() - t
         return Prepared(spec=spec, info=image.info, timings=timings, plan=plan, job=job)
 
@@ -150,9 +155,9 @@ class Pipeline:
             if outputs is None:
                 raise ValueError("finish() needs the model's tiles: run the job and set Prepared.outputs")
             t = clock()
-            rgb = tiling.stitch(outputs, prepared.plan, scale=prepared.spec.scale)
+            depth = imaging.answer_depth(fmt, prepared.info)  # rounded once, to what the answer keeps
+            rgb = tiling.stitch(outputs, prepared.plan, scale=prepared.spec.scale, dtype=dtype_for_depth(depth))
             del outputs
-            np.clip(rgb, 0.0, 1.0, out=rgb)  # in place: no second full-size copy
             prepared.timings["tile"] += clock() - t
         t = clock()
         body = imaging.encode(rgb, fmt, quality=quality, info=prepared.info)
@@ -197,4 +202,6 @@ class DirectTiles:
             rows = {name: np.broadcast_to(vector, (len(batch), len(vector))) for name, vector in job.inputs.items()}
             return model.forward(batch, rows)
 
-        return tiling.run_in_batches(job.tiles, forward, self.batch_size, scale=model.spec.scale, progress=self.progress)
+        return tiling.run_in_batches(
+            job.tiles, forward, self.batch_size, scale=model.spec.scale, progress=self.progress, output_dtype=OUTPUT_DTYPE
+        )

@@ -38,6 +38,7 @@ from enhancer.config import Settings
 from enhancer.errors import EnhancerError, NotReadyError, ShuttingDownError
 from enhancer.metrics import Metrics
 from enhancer.models.registry import ModelRegistry
+from enhancer.pixel_budget import PixelBudget, default_budget, memory_limit_bytes
 from enhancer.service import EnhanceService
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,17 @@ class Runtime:
         self._idle: asyncio.Event | None = None
         self._shutdown_deadline: float | None = None  # time.monotonic()
         metrics.ready.set_function(lambda: 1.0 if self.lifecycle.ready else 0.0)
+        self.pixel_budget, self._budget_origin = self._make_pixel_budget(settings)
+        metrics.pixels_in_flight.set_function(lambda: self.pixel_budget.in_flight)
+        metrics.max_pixels_in_flight.set(self.pixel_budget.limit)
+
+    @staticmethod
+    def _make_pixel_budget(settings: Settings) -> tuple[PixelBudget, str]:
+        """The budget on pixels in flight, and where its size came from (for the start-up log)."""
+        if settings.max_pixels_in_flight is not None:
+            return PixelBudget(settings.max_pixels_in_flight), "set"
+        memory = memory_limit_bytes()
+        return PixelBudget(default_budget(memory)), f"derived from {memory / 2**30:.1f} GiB of memory"
 
     @property
     def state(self) -> ServingState:
@@ -175,6 +187,14 @@ class Runtime:
         warning = limits.mismatch(s.max_pixels, s.max_image_side, OPENCV_LIMITS)
         if warning:
             log.warning("%s", warning)
+        budget = self.pixel_budget.limit
+        log.info("pixels in flight: at most %.1f MP (%s)", budget / 1e6, self._budget_origin)
+        if budget < s.max_pixels:
+            log.info(
+                "images over %.1f MP (the pixel budget) but within ENHANCER_MAX_PIXELS are served only "
+                "when nothing else is in flight",
+                budget / 1e6,
+            )
         self.batcher = MicroBatcher.from_settings(models, s, observer=BatchObservers(self.metrics, self.lifecycle))
         self.service = EnhanceService.from_settings(s, self.batcher, observer=self.metrics)
         self.lifecycle.loaded(f"{len(models)} model(s) loaded; warming up")

@@ -4,7 +4,10 @@ shared micro-batcher.
 It knows nothing of HTTP: it takes bytes and returns bytes plus stage timings, and fails with the
 `enhancer.errors` types (the batcher's exceptions are translated in one place, `batcher_error`).
 The CPU-heavy steps run in worker threads so the event loop keeps accepting requests and feeding
-the batcher while an image is decoded or encoded. What happened is reported to a
+the batcher while an image is decoded or encoded. A cancelled request (its client left) still
+waits for the step its thread is in to end: a thread cannot be stopped, and until it ends it holds
+the image's pixels, so `enhance` returns or raises only once they are let go (the pixel budget is
+released after that). What happened is reported to a
 `ServiceObserver` (the metrics), never written to metrics objects here.
 """
 
@@ -33,6 +36,17 @@ if TYPE_CHECKING:
 
 #: What the batcher raises for a request; `batcher_error` says what each means to the client.
 BATCHER_ERRORS = (QueueFullError, BatchFailedError, BatcherClosedError)
+
+
+async def _in_worker_thread(function, *args):
+    """`function(*args)` in a worker thread; if the caller is cancelled meanwhile, the cancellation
+    waits for the thread to end before it propagates (see the module docstring)."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        raise
 
 
 def batcher_error(exc: Exception) -> EnhancerError:
@@ -93,10 +107,10 @@ class EnhanceService:
     ) -> EnhanceResult:
         """Enhance encoded image bytes with the model `spec` describes and encode the result as `fmt`."""
         deadline = time.perf_counter() + self.request_timeout_s
-        prepared = await asyncio.to_thread(self.pipeline.prepare, data, spec, strength)
+        prepared = await _in_worker_thread(self.pipeline.prepare, data, spec, strength)
         if prepared.job is not None:
             await self._run_tiles(prepared, deadline)
-        result = await asyncio.to_thread(self.pipeline.finish, prepared, fmt, quality)
+        result = await _in_worker_thread(self.pipeline.finish, prepared, fmt, quality)
         if self.observer is not None:
             self.observer.on_enhanced(spec.name, result.timings, result.passed_through)
         return result

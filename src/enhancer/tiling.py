@@ -44,6 +44,8 @@ from typing import Callable
 
 import numpy as np
 
+from enhancer.samples import from_unit_float, to_unit_float
+
 #: Smallest bucket: tiny images are padded up to this rather than multiplying warm-up shapes.
 MIN_BUCKET = 64
 #: Largest ratio between neighbouring buckets; bounds the rounding waste per axis (~1.35x).
@@ -261,7 +263,8 @@ def _check_image(image: np.ndarray, plan: TilePlan) -> None:
 
 
 def split(image: np.ndarray, plan: TilePlan) -> np.ndarray:
-    """Cut an HxWxC image into the plan's tiles, [T, th, tw, C] float32, mirror-padded at borders.
+    """Cut an HxWxC image into the plan's tiles, [T, th, tw, C] in the image's sample type,
+    mirror-padded at borders.
 
     Tiles are gathered from the image one band of tile rows at a time (whole rows, then whole
     pixels: two 1-D `take`s copy contiguous runs, much faster than one 2-D fancy index; see
@@ -270,7 +273,7 @@ def split(image: np.ndarray, plan: TilePlan) -> np.ndarray:
     _check_image(image, plan)
     th, tw = plan.tile_shape
     rows, cols = plan.rows.source_index(), plan.cols.source_index()
-    tiles = np.empty((plan.num_tiles, th, tw, image.shape[2]), dtype=np.float32)
+    tiles = np.empty((plan.num_tiles, th, tw, image.shape[2]), dtype=image.dtype)
     k = 0
     for y in plan.rows.starts:
         band = np.take(image, rows[y : y + th], axis=0)
@@ -280,13 +283,16 @@ def split(image: np.ndarray, plan: TilePlan) -> np.ndarray:
     return tiles
 
 
-def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1) -> np.ndarray:
-    """Blend [T, th*scale, tw*scale, C] model outputs into an (H*scale)x(W*scale)xC float32 image
-    (weights sum to 1 everywhere). `scale` is the model's: its tiles are that much larger than the
-    plan's, and the blend windows are laid out at that (output) resolution.
+def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1, dtype: np.dtype = np.float32) -> np.ndarray:
+    """Blend [T, th*scale, tw*scale, C] model outputs into an (H*scale)x(W*scale)xC image (weights
+    sum to 1 everywhere). `scale` is the model's: its tiles are that much larger than the plan's,
+    and the blend windows are laid out at that (output) resolution.
 
-    Accumulates into the one output array; the weights are an outer product of per-axis windows,
-    so no full-size weight map exists.
+    Tiles may be float or integer samples (enhancer.samples); the result is `dtype`: float32 as
+    blended, or integer samples clipped and rounded. Blending runs in float32 over one band of
+    rows at a time: a band's rows are written out as soon as no later tile row reaches them, so
+    with an integer `dtype` no float copy of the whole image exists, and no full-size weight map
+    either (the weights are outer products of per-axis windows).
     """
     if scale < 1:
         raise ValueError(f"scale must be at least 1, got {scale}")
@@ -294,19 +300,37 @@ def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1) -> np.ndarray:
     th, tw = rows.tile, cols.tile
     if tiles.ndim != 4 or tiles.shape[0] != plan.num_tiles or tiles.shape[1:3] != (th, tw):
         raise ValueError(f"expected {plan.num_tiles} tiles of {th}x{tw}xC, got an array of shape {tiles.shape}")
-    out = np.zeros((rows.size, cols.size, tiles.shape[3]), dtype=np.float32)
+    channels = tiles.shape[3]
+    out = np.empty((rows.size, cols.size, channels), dtype=dtype)
+    # The rows still being blended: image rows [band_top, band_top + filled) are band[:filled]. A
+    # tile row's image rows start at or below the previous one's and span at most a tile.
+    band = np.zeros((min(th, rows.size), cols.size, channels), dtype=np.float32)
+    band_top, filled = 0, 0
     row_windows, col_windows = rows.windows(), cols.windows()
     k = 0
     for y, wy in zip(rows.starts, row_windows):
         # The part of this tile row that lands on the image, in tile and in image coordinates.
         y0, y1 = max(y, rows.pad_before), min(y + th, rows.pad_before + rows.size)
+        if y0 >= y1:  # a tile row of mirrored context only
+            k += cols.count
+            continue
+        top, bottom = y0 - rows.pad_before, y1 - rows.pad_before
+        if top > band_top:  # rows above this tile row get nothing more: write them out
+            done = top - band_top
+            from_unit_float(band[:done], out.dtype, out=out[band_top:top])
+            band[: filled - done] = band[done:filled]  # the rows still open move up
+            band[filled - done : filled] = 0.0
+            band_top, filled = top, filled - done
+        filled = max(filled, bottom - band_top)
         for x, wx in zip(cols.starts, col_windows):
             x0, x1 = max(x, cols.pad_before), min(x + tw, cols.pad_before + cols.size)
-            if y0 < y1 and x0 < x1:
+            if x0 < x1:
                 weight = np.outer(wy[y0 - y : y1 - y], wx[x0 - x : x1 - x]).astype(np.float32)
-                top, left = y0 - rows.pad_before, x0 - cols.pad_before
-                out[top : top + y1 - y0, left : left + x1 - x0] += tiles[k, y0 - y : y1 - y, x0 - x : x1 - x] * weight[..., None]
+                left = x0 - cols.pad_before
+                values = to_unit_float(tiles[k, y0 - y : y1 - y, x0 - x : x1 - x])
+                band[top - band_top : bottom - band_top, left : left + x1 - x0] += values * weight[..., None]
             k += 1
+    from_unit_float(band[:filled], out.dtype, out=out[band_top : band_top + filled])
     return out
 
 
@@ -317,23 +341,28 @@ def run_in_batches(
     *,
     scale: int = 1,
     progress: Callable[[int], None] | None = None,
+    output_dtype: np.dtype = np.float32,
 ) -> np.ndarray:
-    """Run `forward` ([N, th, tw, C] -> [N, th*scale, tw*scale, C]) over tiles, `batch_size` at a
-    time, synchronously; outputs in tile order. With scale 1 the outputs are written over `tiles`
-    (no second array of tiles). `progress`, if given, is called with the number of tiles finished
-    in each batch. (The server batches tiles across requests instead.)
+    """Run `forward` (float32 [N, th, tw, C] in [0, 1] -> [N, th*scale, tw*scale, C]) over tiles,
+    `batch_size` at a time, synchronously; outputs in tile order, as samples of `output_dtype`
+    (enhancer.samples). Tiles of integer samples become float32 one batch at a time. With float32
+    tiles, float32 outputs and scale 1 the outputs are written over `tiles` (no second array of
+    tiles). `progress`, if given, is called with the number of tiles finished in each batch. (The
+    server batches tiles across requests instead.)
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     n, h, w, c = tiles.shape
-    outputs = tiles if scale == 1 else np.empty((n, h * scale, w * scale, c), np.float32)  # in place when it fits
+    output_dtype = np.dtype(output_dtype)
+    in_place = scale == 1 and tiles.dtype == np.float32 and output_dtype == np.float32
+    outputs = tiles if in_place else np.empty((n, h * scale, w * scale, c), output_dtype)
     for begin in range(0, n, batch_size):
-        chunk = tiles[begin : begin + batch_size]
+        chunk = to_unit_float(tiles[begin : begin + batch_size])
         result = np.asarray(forward(chunk))
         expected = (len(chunk), h * scale, w * scale, c)
         if result.shape != expected:
             raise ValueError(f"forward returned shape {result.shape} for a batch of shape {chunk.shape} (expected {expected})")
-        outputs[begin : begin + batch_size] = result
+        from_unit_float(result, output_dtype, out=outputs[begin : begin + batch_size])
         if progress is not None:
             progress(len(chunk))
     return outputs
@@ -350,8 +379,9 @@ def enhance_tiled(
     scale: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Split an HxWxC array into tiles, run `forward` over them (see run_in_batches) and stitch:
-    the tiled computation on bare pixels, for tests and benchmarks. Whole images (decode, the
+    """Split an HxWxC array (any sample type of enhancer.samples) into tiles, run `forward` over
+    them (see run_in_batches) and stitch to float32: the tiled computation on bare pixels, for
+    tests and benchmarks. Whole images (decode, the
     pass-through decision, encode) go through enhancer.pipeline."""
     plan = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap, multiple=multiple)
     outputs = run_in_batches(split(image, plan), forward, batch_size, scale=scale, progress=progress)

@@ -31,6 +31,7 @@ from enhancer import imaging, tiling
 from enhancer.api import create_app
 from enhancer.config import Settings
 from enhancer.imaging import OutputFormat
+from enhancer.samples import OUTPUT_DTYPE, dtype_for_depth
 
 pytestmark = pytest.mark.anyio
 
@@ -83,9 +84,12 @@ def upload(data: bytes, name: str = "photo.jpg", content_type: str = "applicatio
 
 
 def expected_output(saved_model, data: bytes, fmt: OutputFormat, quality: int = 95, tile_size: int = 128):
-    """What the service must answer: the same decode -> tiles -> model -> stitch -> encode path."""
+    """What the service must answer: the same decode -> tiles -> model -> stitch -> encode path, with
+    the model's outputs kept as 16-bit samples and stitched to the answer's depth, as the server does."""
     image = imaging.decode(data)
-    rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, tile_size, 32, batch_size=4, multiple=MULTIPLE)
+    plan = tiling.plan_tiles(image.info.height, image.info.width, tile_size, 32, multiple=MULTIPLE)
+    outputs = tiling.run_in_batches(tiling.split(image.pixels, plan), saved_model.forward, 4, output_dtype=OUTPUT_DTYPE)
+    rgb = tiling.stitch(outputs, plan, dtype=dtype_for_depth(imaging.answer_depth(fmt, image.info)))
     return decode_bytes(imaging.encode(rgb, fmt, quality=quality, info=image.info))
 
 

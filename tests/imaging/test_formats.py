@@ -216,4 +216,4 @@ def test_animated_images_are_refused(fmt, name):
 
 def test_multi_page_tiff_gives_its_first_page():
     image = imaging.decode(_animated("TIFF"))
-    assert image.rgb.shape == (8, 8, 3) and image.rgb[..., 0].max() == 0  # page 1 is black
+    assert image.pixels.shape == (8, 8, 3) and image.pixels[..., 0].max() == 0  # page 1 is black

@@ -28,7 +28,7 @@ def test_rgb_icc_profile_is_carried_to_every_answer_format(source, fmt):
     Image.fromarray(photo_like(20, 30, seed=7)).save(buf, source, icc_profile=SRGB)
     image = imaging.decode(buf.getvalue())
     assert image.info.icc_profile == SRGB
-    answer = imaging.encode(image.rgb, fmt, info=image.info)
+    answer = imaging.encode(image.pixels, fmt, info=image.info)
     with Image.open(io.BytesIO(answer)) as im:
         assert im.info.get("icc_profile") == SRGB
         im.load()  # still a valid file
@@ -39,7 +39,7 @@ def test_icc_profile_with_alpha_in_webp():
     buf = io.BytesIO()
     Image.fromarray(photo_like(20, 30, seed=8, channels=4)).save(buf, "PNG", icc_profile=SRGB)
     image = imaging.decode(buf.getvalue())
-    answer = imaging.encode(image.rgb, OutputFormat.webp, info=image.info)
+    answer = imaging.encode(image.pixels, OutputFormat.webp, info=image.info)
     with Image.open(io.BytesIO(answer)) as im:
         assert im.mode == "RGBA" and im.info.get("icc_profile") == SRGB
 
@@ -50,9 +50,9 @@ def test_a_profile_that_does_not_fit_the_answer_is_dropped():
     buf = io.BytesIO()
     Image.fromarray(grey).save(buf, "PNG", icc_profile=grey_profile)
     image = imaging.decode(buf.getvalue())
-    png = imaging.encode(image.rgb, OutputFormat.png, info=image.info)  # grey answer: grey profile fits
+    png = imaging.encode(image.pixels, OutputFormat.png, info=image.info)  # grey answer: grey profile fits
     assert Image.open(io.BytesIO(png)).info.get("icc_profile") == grey_profile
-    webp = imaging.encode(image.rgb, OutputFormat.webp, info=image.info)  # WebP is RGB: it does not
+    webp = imaging.encode(image.pixels, OutputFormat.webp, info=image.info)  # WebP is RGB: it does not
     assert "icc_profile" not in Image.open(io.BytesIO(webp)).info
 
     cmyk_profile = SRGB[:16] + b"CMYK" + SRGB[20:]

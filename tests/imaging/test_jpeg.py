@@ -185,4 +185,4 @@ def test_the_smallest_real_jpegs_pass_the_size_floor(options):
     data = _black(1200, 1600, **options)
     assert 1600 * 1200 / len(data) < MAX_PIXELS_PER_BYTE
     image = imaging.decode(data)
-    assert image.rgb.max() < 2 / 255 and (image.info.height, image.info.width) == (1200, 1600)
+    assert image.pixels.max() < 2 and (image.info.height, image.info.width) == (1200, 1600)

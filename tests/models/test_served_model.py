@@ -149,8 +149,8 @@ def test_tiled_answer_equals_one_whole_tile_within_one_step(served):
     def forward(batch):
         return served.forward(batch, {QUANTIZATION_KEY: np.repeat(vector[None], len(batch), axis=0)})
 
-    tiled = tiling.enhance_tiled(image.rgb, forward, 128, overlap, batch_size=4, multiple=spec.size_multiple)
-    whole = tiling.enhance_tiled(image.rgb, forward, 512, overlap, batch_size=1, multiple=spec.size_multiple)
+    tiled = tiling.enhance_tiled(image.pixels, forward, 128, overlap, batch_size=4, multiple=spec.size_multiple)
+    whole = tiling.enhance_tiled(image.pixels, forward, 512, overlap, batch_size=1, multiple=spec.size_multiple)
     assert np.abs(np.clip(tiled, 0, 1) - np.clip(whole, 0, 1)).max() * 255 <= 1.0
 
 

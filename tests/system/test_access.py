@@ -400,5 +400,11 @@ async def test_openapi_declares_the_bearer_scheme_only_when_keys_are_on(saved_mo
 async def test_without_settings_no_access_middleware_is_installed(saved_model):
     app = create_app(make_settings(), models=serving(saved_model))
     names = {m.cls.__name__ for m in app.user_middleware}
-    assert names == {"MetricsMiddleware", "UploadGateMiddleware", "UploadLimitMiddleware", "MultipartFramingMiddleware"}
+    assert names == {
+        "MetricsMiddleware",
+        "MultipartFramingMiddleware",
+        "PixelHoldMiddleware",
+        "UploadGateMiddleware",
+        "UploadLimitMiddleware",
+    }
     assert app.state.client_limits is None and not app.state.api_keys.required

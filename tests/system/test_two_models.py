@@ -138,7 +138,7 @@ def test_each_request_runs_on_its_own_model_and_batches_never_mix_them(server, s
         if name == "identity":
             np.testing.assert_array_equal(got, sent)  # every one of its tiles ran through the identity
         else:
-            rgb = tiling.enhance_tiled(image.rgb, saved_model.forward, TILE, OVERLAP, 2, multiple=MULTIPLE)
+            rgb = tiling.enhance_tiled(image.pixels, saved_model.forward, TILE, OVERLAP, 2, multiple=MULTIPLE)
             expected = decode_bytes(imaging.encode(rgb, imaging.OutputFormat.png, info=image.info))
             assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # ... through dejpeg
             assert np.abs(got.astype(int) - sent.astype(int)).mean() > 0.5  # which really changes pixels

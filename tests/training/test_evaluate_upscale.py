@@ -121,7 +121,7 @@ def test_small_inputs_are_files_a_scale_smaller_and_the_model_is_told_their_tabl
     for variant, quality in VARIANTS.items():
         data = small_file(truth, 2, quality)
         decoded = imaging.decode(data)
-        assert decoded.rgb.shape == (49, 65, 3)
+        assert decoded.pixels.shape == (49, 65, 3)
         assert decoded.info.source_format == ("png" if quality is None else "jpeg")
         told = model.pipeline.prepare(data, model.spec).job.inputs[QUANTIZATION_KEY]  # what the server would send
         np.testing.assert_array_equal(told, file_quantization(data))
@@ -138,10 +138,11 @@ def test_untrained_upscaler_through_the_pipeline_is_bicubic_of_the_input(upscale
     import tensorflow as tf
 
     from enhancer import imaging
+    from enhancer.samples import to_unit_float
     from enhancer.training.evaluate_upscale import ServedModel
 
     data = small_file(ground_truth(_synthetic(1, (112, 101)), 2), 2, None)
-    small = imaging.decode(data).rgb
+    small = to_unit_float(imaging.decode(data).pixels)
     answer = ServedModel(upscaler)(data)
     assert answer.shape == (112, 100, 3)
     bicubic = to_8bit(tf.image.resize(small[None], (112, 100), method="bicubic").numpy()[0])

@@ -22,6 +22,7 @@ from enhancer.api.docs import install_docs
 from enhancer.api.errors import install_error_handlers
 from enhancer.api.middleware import MetricsMiddleware, UploadGateMiddleware, UploadLimitMiddleware
 from enhancer.api.multipart import MultipartFramingMiddleware
+from enhancer.api.pixel_budget import install_pixel_budget
 from enhancer.api.routes import UPLOAD_PATHS, router, static_dir
 from enhancer.config import Settings
 from enhancer.metrics import Metrics
@@ -70,7 +71,9 @@ def create_app(
     if static.is_dir():
         app.mount("/static", StaticFiles(directory=str(static)), name="static")
     install_docs(app, favicon_path="/static/favicon.svg" if (static / "favicon.svg").is_file() else None)
-    # Added first = innermost: the form parser reads the body through the framing check.
+    # Added first = innermost: the pixel charges are released once the route's answer is sent.
+    install_pixel_budget(app, UPLOAD_PATHS)
+    # Next: the form parser reads the body through the framing check.
     app.add_middleware(MultipartFramingMiddleware, paths=UPLOAD_PATHS)
     # Added last = outermost: metrics also see the 413/408/415/503s the middleware answers itself.
     app.add_middleware(

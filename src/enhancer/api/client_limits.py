@@ -4,12 +4,11 @@ A client is its API key when keys are on (ApiKeyMiddleware has accepted it by th
 address (X-Forwarded-For believed only from ENHANCER_FORWARDED_ALLOW_IPS). Both limits are checked
 before the image is decoded and before any tile is queued, so a client over a limit costs little:
 the in-flight limit before the body is read, the megapixel budget from the image header once the
-body has arrived (`charge_upload`, called by the route).
+body has arrived (`charge_upload`, called by the route with the size it read).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -17,7 +16,6 @@ from collections.abc import Iterable
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from enhancer import imaging
 from enhancer.api.auth import KEY_CLIENT_STATE
 from enhancer.api.errors import enhancer_error_response
 from enhancer.api.forwarded import TrustedProxies
@@ -74,17 +72,17 @@ class ClientLimitMiddleware:
             finished()
 
 
-async def charge_upload(request: Request, data: bytes) -> None:
-    """Charge the upload's megapixels, read from its header, to its client (429 when over budget).
+def charge_upload(request: Request, size: tuple[int, int] | None) -> None:
+    """Charge the upload's megapixels to its client (429 when over budget); `size` is the
+    (width, height) its header declares, read once the body has arrived and before decoding.
 
-    Called once the body has arrived and before decoding. A header Pillow cannot read is not
-    charged: decoding then refuses the file in almost every case.
+    A header Pillow cannot read (None) is not charged: decoding then refuses the file in almost
+    every case.
     """
     limits: ClientLimits | None = getattr(request.app.state, "client_limits", None)
     client = request.scope.get("state", {}).get(CLIENT_STATE)
     if limits is None or limits.bucket is None or client is None:
         return
-    size = await asyncio.to_thread(imaging.read_image_size, data)
     if size is not None:
         limits.charge_pixels(client, size[0] * size[1])
 

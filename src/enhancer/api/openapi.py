@@ -48,7 +48,8 @@ UPLOAD_ERRORS: dict[int, tuple[str, str]] = {
         "retrying may succeed; details are in the server log",
     ),
     503: (
-        "The queue is full, the model is still warming up, or the server is shutting down; see `Retry-After`.",
+        "The pixels in flight are at ENHANCER_MAX_PIXELS_IN_FLIGHT, the queue is full, the model is still "
+        "warming up, or the server is shutting down; see `Retry-After`.",
         "the server is busy: 510 tiles are queued (limit 512) and this image needs 4; retry in about 2.5 s",
     ),
     504: (

@@ -18,8 +18,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from enhancer import imaging
 from enhancer.api.client_limits import charge_upload
 from enhancer.api.openapi import RETRY_AFTER, SUCCESS_HEADERS, example_image, upload_error_responses
+from enhancer.api.pixel_budget import hold_pixels
 from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody, ServedModel, ServingSettings
 from enhancer.conditioning import Strength
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
@@ -84,7 +86,8 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def _cancel_if_client_leaves(request: Request, work):
-    """Await `work`, but cancel it (dropping its queued tiles) if the client disconnects first."""
+    """Await `work`, but cancel it (dropping its queued tiles) if the client disconnects first;
+    then wait for it to end, so its pixels are let go before the request's pixel charge is."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -93,7 +96,9 @@ async def _cancel_if_client_leaves(request: Request, work):
         watcher.cancel()
         if not task.done():
             task.cancel()
-    if task.cancelled() or not task.done():
+            await asyncio.wait({task})
+    if task.cancelled():
+        # the batcher logs any tiles it dropped
         log.info("client left before its image was ready; its work was cancelled (499)")
         return None
     return task.result()
@@ -160,7 +165,9 @@ async def upscale(
         )
     data = await image.read()
     await image.close()
-    await charge_upload(request, data)  # this client's megapixels per minute, before decoding
+    size = await asyncio.to_thread(imaging.read_image_size, data)  # the header only: nothing decoded yet
+    hold_pixels(request, data, size, chosen.spec.scale)  # the server's pixels in flight, until answered
+    charge_upload(request, size)  # this client's megapixels per minute
     result = await _cancel_if_client_leaves(request, service.enhance(data, chosen.spec, format, quality, strength))
     if result is None:  # nobody is listening; this status only shows up in logs and metrics
         return Response(status_code=499)

@@ -13,7 +13,7 @@ the same names are reached with `from enhancer.imaging.decode import ...`).
 from __future__ import annotations
 
 from enhancer.imaging.decode import DecodedImage, ImageInfo, decode
-from enhancer.imaging.encode import encode
+from enhancer.imaging.encode import answer_depth, encode
 from enhancer.imaging.formats import (
     INPUT_FORMATS,
     SUPPORTED_NAMES,
@@ -30,6 +30,7 @@ __all__ = [
     "ImageInfo",
     "JpegInfo",
     "OutputFormat",
+    "answer_depth",
     "decode",
     "encode",
     "read_image_size",

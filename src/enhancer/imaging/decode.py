@@ -1,4 +1,8 @@
-"""Upload bytes to float RGB pixels plus everything else about the image, kept apart (ImageInfo).
+"""Upload bytes to RGB pixels plus everything else about the image, kept apart (ImageInfo).
+
+The pixels keep the sample type they were decoded in (uint8 for 8-bit images, uint16 for 16-bit
+ones; floating-point TIFFs as float32 in [0, 1]): an image waiting to be tiled, and its tiles,
+cost one byte per sample instead of a float's four (enhancer.samples converts a batch at a time).
 
 Decoding is OpenCV (fast, handles 8/16-bit, alpha, grey) with the file's EXIF orientation applied
 here, because OpenCV only honours it when it also throws alpha and 16-bit depth away. The header is
@@ -51,7 +55,7 @@ class ImageInfo:
     grayscale: bool  # the input had one colour channel: answer with one too
     bit_depth: int  # 8 or 16: PNG answers keep 16-bit precision
     source_format: str  # the sniffed input format ("jpeg", "png", ...)
-    alpha: np.ndarray | None  # H x W float32 in [0, 1], passed through unchanged
+    alpha: np.ndarray | None  # H x W samples of the pixels' type, passed through unchanged
     icc_profile: bytes | None  # an RGB or grey profile, carried to answers it fits
     jpeg: JpegInfo | None  # a JPEG input's quantisation tables, sampling and quality
     orientation: int = 1  # the EXIF orientation (1-8) applied to make the pixels upright
@@ -61,7 +65,7 @@ class ImageInfo:
 class DecodedImage:
     """An upload decoded for the model: the pixels, and the rest apart so the pixels can be dropped."""
 
-    rgb: np.ndarray  # H x W x 3 float32 in [0, 1]
+    pixels: np.ndarray  # H x W x 3 RGB: uint8 or uint16 over their full range, or float32 in [0, 1]
     info: ImageInfo
 
 
@@ -84,15 +88,16 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels
 
 
-def _to_unit_float(pixels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Scale 8/16-bit unsigned or floating-point pixels to float32 [0, 1]; also report 8 or 16 bits.
+def _check_samples(pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Keep 8/16-bit unsigned samples as they are and bring floating-point ones to float32 [0, 1];
+    also report 8 or 16 bits (what a PNG answer keeps).
 
     Other sample types are refused here too, in case the header check could not read the file.
     """
     if pixels.dtype == np.uint8:
-        return pixels.astype(np.float32) / 255.0, 8
+        return pixels, 8
     if pixels.dtype == np.uint16:
-        return pixels.astype(np.float32) / 65535.0, 16
+        return pixels, 16
     if np.issubdtype(pixels.dtype, np.floating):
         return np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0), 16
     raise UnsupportedMediaTypeError(
@@ -126,7 +131,8 @@ def _tiff_alpha(data: bytes, grey: np.ndarray) -> np.ndarray | None:
 
 
 def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None = None) -> DecodedImage:
-    """Decode upload bytes to float32 RGB [0, 1], upright, refusing unsupported, huge or broken images."""
+    """Decode upload bytes to upright RGB pixels in their own sample type (see DecodedImage),
+    refusing unsupported, huge or broken images."""
     if not data:
         raise BadImageError("the uploaded file is empty; attach an image in the 'image' field")
     fmt = sniff_format(data)
@@ -174,7 +180,7 @@ def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None =
         pixels = np.dstack([pixels, extra_alpha])
     pixels = _apply_orientation(pixels, orientation)
 
-    values, depth = _to_unit_float(pixels)
+    values, depth = _check_samples(pixels)
     del pixels
     if values.ndim == 2:
         values = values[:, :, None]
@@ -195,7 +201,7 @@ def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None =
     profile = header.icc_profile if header is not None else None
     if icc.colour_space(profile) not in (b"RGB ", b"GRAY") or mode == "CMYK":
         profile = None  # a CMYK (or unreadable) profile does not describe the RGB we hand on
-    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    rgb = np.ascontiguousarray(rgb)
     info = ImageInfo(
         width=int(rgb.shape[1]),
         height=int(rgb.shape[0]),
@@ -207,4 +213,4 @@ def decode(data: bytes, *, max_pixels: int | None = None, max_side: int | None =
         jpeg=header.jpeg if header is not None else None,
         orientation=orientation,
     )
-    return DecodedImage(rgb=rgb, info=info)
+    return DecodedImage(pixels=rgb, info=info)

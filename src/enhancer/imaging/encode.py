@@ -1,4 +1,8 @@
-"""Float RGB pixels to answer bytes that look like the input: alpha, greyness, PNG depth, ICC profile.
+"""RGB pixels to answer bytes that look like the input: alpha, greyness, PNG depth, ICC profile.
+
+Pixels may be in any sample type enhancer.samples knows (the decoder's uint8/uint16 for an image
+passed through, the pipeline's 16-bit stitched result, or float [0, 1]); plain RGB is converted a
+band of rows at a time, so no float copy of the whole image is made.
 
 Only the input's ImageInfo is needed, not its pixels, so a caller can drop the decoded pixels as
 soon as they are cut into tiles. JPEG cannot store transparency, so a transparent input is
@@ -17,64 +21,97 @@ from PIL import Image
 from enhancer.imaging import icc
 from enhancer.imaging.decode import ImageInfo
 from enhancer.imaging.formats import OutputFormat
+from enhancer.samples import dtype_for_depth, from_unit_float, to_unit_float
 
 #: Values per chunk when quantizing: bounds the float temporaries whatever the image size.
 _QUANTIZE_CHUNK = 1 << 22
 
 
-def _quantize(values: np.ndarray, depth: int) -> np.ndarray:
-    """Clip to [0, 1] and round to 8 or 16 bit, a band of rows at a time.
+def answer_depth(fmt: OutputFormat, info: ImageInfo | None) -> int:
+    """Bits per sample of the answer: PNG keeps a 16-bit input's depth, everything else is 8-bit."""
+    return info.bit_depth if (info is not None and OutputFormat(fmt) is OutputFormat.png) else 8
 
-    Whole-image temporaries (clip, scale) would cost 8 bytes a value on top of the input; in bands
-    the only full-size allocation is the integer result.
+
+def _quantize(values: np.ndarray, depth: int) -> np.ndarray:
+    """Clip to [0, 1] and round to 8 or 16 bit, a band of rows at a time (samples of that depth
+    already are: they are copied).
+
+    Whole-image temporaries (float conversion, clip, scale) would cost 8 bytes a value on top of
+    the input; in bands the only full-size allocation is the integer result.
     """
-    top = 65535.0 if depth == 16 else 255.0
-    dtype = np.uint16 if depth == 16 else np.uint8
+    dtype = dtype_for_depth(depth)
+    if values.dtype == dtype:  # the formula below would give each sample back unchanged
+        return np.array(values, copy=True)
     out = np.empty(values.shape, dtype)
     rows = max(1, _QUANTIZE_CHUNK // max(1, values[0].size)) if len(values) else 1
     for y in range(0, len(values), rows):
-        band = np.clip(values[y : y + rows], 0.0, 1.0)
-        band *= top
-        band += 0.5
-        np.copyto(out[y : y + rows], band, casting="unsafe")  # truncates, as astype did
+        from_unit_float(to_unit_float(values[y : y + rows]), dtype, out=out[y : y + rows])
+    return out
+
+
+def _grey_or_alpha_samples(
+    rgb: np.ndarray, alpha: np.ndarray | None, *, grayscale: bool, composite: bool, pillow_la: bool, depth: int
+) -> np.ndarray:
+    """The answer's samples for a grey and/or transparent answer, a band of rows at a time: float
+    [0, 1] only per band (grey is the channels' mean; `composite` puts the colour over white by
+    `alpha`), then the layout the writer wants: grey+alpha for Pillow (`pillow_la`), else OpenCV's
+    grey, BGR or BGRA (grey+alpha as three equal channels plus alpha)."""
+    keep_alpha = alpha is not None and not composite
+    if pillow_la:
+        channels = 2
+    elif grayscale:
+        channels = 4 if keep_alpha else 1
+    else:
+        channels = 4 if keep_alpha else 3
+    out = np.empty((*rgb.shape[:2], channels), dtype_for_depth(depth))
+    rows = max(1, _QUANTIZE_CHUNK // max(1, rgb[0].size)) if len(rgb) else 1
+    for y in range(0, len(rgb), rows):
+        band = to_unit_float(rgb[y : y + rows])
+        values = np.clip(band, 0.0, 1.0, out=None if np.may_share_memory(band, rgb) else band)  # never the caller's
+        if grayscale:
+            values = values.mean(axis=2, keepdims=True)
+        opacity = None
+        if alpha is not None:
+            opacity = np.clip(to_unit_float(alpha[y : y + rows]), 0.0, 1.0)[:, :, None]
+        if composite:
+            values = values * opacity + (1.0 - opacity)
+            opacity = None
+        if grayscale and opacity is not None and not pillow_la:
+            values = np.repeat(values, 3, axis=2)  # OpenCV writes alpha only with three colour channels
+        elif values.shape[2] == 3:
+            values = values[:, :, ::-1]  # RGB -> OpenCV's BGR
+        if opacity is not None:
+            values = np.concatenate([values, opacity], axis=2)
+        from_unit_float(values, out.dtype, out=out[y : y + rows])
     return out
 
 
 def encode(rgb: np.ndarray, fmt: OutputFormat, *, quality: int = 95, info: ImageInfo | None = None) -> bytes:
-    """Encode float RGB [0, 1] as `fmt`, like the input `info` describes (plain RGB if None).
+    """Encode RGB pixels (uint8, uint16 or float [0, 1]) as `fmt`, like the input `info` describes
+    (plain RGB if None).
 
     `quality` (1-100) applies to JPEG and WebP; PNG is lossless and ignores it.
     """
     fmt = OutputFormat(fmt)
+    rgb = np.asarray(rgb)
     alpha = info.alpha if info is not None else None
     grayscale = info.grayscale if info is not None else False
-    depth = info.bit_depth if (info is not None and fmt is OutputFormat.png) else 8
+    depth = answer_depth(fmt, info)
     profile = info.icc_profile if info is not None else None
+    height, width = rgb.shape[:2]
     if grayscale or alpha is not None:
-        values = np.clip(rgb, 0.0, 1.0).astype(np.float32, copy=False)
-    else:  # plain RGB: no full-size copy, _quantize clips band by band
-        values = np.asarray(rgb, dtype=np.float32)
-    height, width = values.shape[:2]
-
-    if grayscale:
-        values = values.mean(axis=2, keepdims=True)
-    if alpha is not None and fmt is OutputFormat.jpeg:
-        values = values * alpha[:, :, None] + (1.0 - alpha[:, :, None])
-        alpha = None
-    if grayscale and alpha is not None and fmt is OutputFormat.png and depth == 8:
+        composite = alpha is not None and fmt is OutputFormat.jpeg  # JPEG has no alpha: over white
         # grey+alpha PNG: OpenCV cannot write it, Pillow can (8-bit only)
-        pixels = _quantize(np.concatenate([values, alpha[:, :, None]], axis=2), 8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
-        return icc.embed(buffer.getvalue(), fmt, profile, grey=True, size=(width, height), alpha=True)
-    if grayscale and alpha is not None:
-        values = np.repeat(values, 3, axis=2)  # OpenCV writes alpha only with three colour channels
-
-    if values.shape[2] == 3:
-        values = values[:, :, ::-1]  # RGB -> OpenCV's BGR
-    if alpha is not None:
-        values = np.concatenate([values, alpha[:, :, None]], axis=2)
-    pixels = _quantize(values, depth)
+        pillow_la = grayscale and alpha is not None and fmt is OutputFormat.png and depth == 8
+        pixels = _grey_or_alpha_samples(rgb, alpha, grayscale=grayscale, composite=composite, pillow_la=pillow_la, depth=depth)
+        if pillow_la:
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+            return icc.embed(buffer.getvalue(), fmt, profile, grey=True, size=(width, height), alpha=True)
+        if composite:
+            alpha = None
+    else:  # plain RGB: converted band by band, no float copy of the whole image
+        pixels = _quantize(rgb[:, :, ::-1], depth)  # RGB -> OpenCV's BGR
     if pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
 

@@ -147,8 +147,9 @@ class ServedModel:
 def run_methods(data: bytes, scale: int, model: ServedModel, restorer: ServedModel) -> dict[str, np.ndarray]:
     """Every method's answer (RGB float32 in [0, 1], 8-bit values) to one small image file."""
     from enhancer import imaging
+    from enhancer.samples import to_unit_float
 
-    small = imaging.decode(data).rgb  # the pixels the server decodes, for the interpolations
+    small = to_unit_float(imaging.decode(data).pixels)  # the pixels the server decodes, for the interpolations
     return {
         "model": model(data),
         "bicubic": enlarge(small, scale, cv2.INTER_CUBIC),
