@@ -24,14 +24,13 @@ DEFAULT_MODEL_DIR = Path("weights") / "dejpeg-q"
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 
 #: Tile and batch size on a GPU when ENHANCER_TILE_SIZE / ENHANCER_MAX_BATCH_SIZE are not set (on a
-#: CPU the field defaults apply). Reasoned, not measured (no GPU in CI; measure with the benchmarks):
-#: a 1024 tile recomputes 6 % of its pixels as overlap instead of 11 % for 576, and a batch of 8 is
-#: ~8.4 MP, ~0.26 TMAC for this net: enough work per pass to keep a GPU busy. Activations are about
-#: 150 MB per 1024 tile in float32 (~1.2 GB per batch); warm-up runs the full batch, so a GPU too
-#: small for it fails at start-up, not on a request.
-#: Two batches in flight let the model thread start the next batch the moment one returns (+10 % on
-#: the simulated device, benchmarks/RESULTS.md); on a CPU they move model time from small requests to
-#: big images (measured: small p99 beside a 24 MP image 2.29x its idle value instead of 2.13x).
+#: CPU the field defaults apply). Reasoned, not measured (no GPU in CI): a bigger tile recomputes a
+#: smaller share of its pixels as overlap, and a batch of 8 such tiles is enough work per pass to
+#: keep a GPU busy (the arithmetic is in docs/DEPLOYMENT.md); warm-up runs the full batch, so a GPU
+#: too small for it fails at start-up, not on a request.
+#: Two batches in flight let the model thread start the next batch the moment one returns; on a CPU
+#: they move model time from small requests to big images, so there it stays 1 (both measured:
+#: benchmarks/RESULTS.md, "Two batches in flight").
 GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8, "batches_in_flight": 2}
 
 

@@ -26,9 +26,9 @@ How an axis is planned (`plan_axis`):
   quarter on each side (`guard`) is given wholly to the tile that is *not* near its own edge, and
   the middle half is a raised-cosine cross-fade. The guard keeps the pixels a tile computed next to
   its (zero-padded) edge out of the result; the cross-fade hides whatever difference remains.
-  Windows are normalised explicitly so all weights sum to 1 at every pixel. Measured with a
-  randomly initialised dejpeg net (400x520 JPEG, tile 128, overlap 32), tiled vs one whole tile:
-  68.5 dB PSNR with a cross-fade over the whole overlap, 73 dB with the guard.
+  Windows are normalised explicitly so all weights sum to 1 at every pixel. The guard's gain over
+  a cross-fade across the whole overlap is in benchmarks/RESULTS.md ("Figures that were in code
+  comments"); tests/test_tiled_inference.py bounds the difference from an untiled run.
 
 Padding waste (tile pixels run / image pixels) with the CPU defaults (tile 576, overlap 32) is at
 most 2.8 for any image whose sides are both >= 64 px, i.e. the padding is at most 1.8x the image's
@@ -267,8 +267,8 @@ def split(image: np.ndarray, plan: TilePlan) -> np.ndarray:
     mirror-padded at borders.
 
     Tiles are gathered from the image one band of tile rows at a time (whole rows, then whole
-    pixels: two 1-D `take`s copy contiguous runs, ~5x faster than one 2-D fancy index for a
-    512x512 image), so no padded copy of the whole image is made, only one band of rows.
+    pixels: two 1-D `take`s copy contiguous runs, much faster than one 2-D fancy index; see
+    benchmarks/RESULTS.md), so no padded copy of the whole image is made, only one band of rows.
     """
     _check_image(image, plan)
     th, tw = plan.tile_shape
