@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like
+from helpers import decode_bytes, encode_bgr, make_settings, photo_like
 from PIL import Image
 from pydantic import ValidationError
 
@@ -162,7 +162,7 @@ def test_the_real_model_agrees_with_one_pass_over_the_image(saved_model):
 async def test_the_server_runs_exact_tiles_at_batch_1(saved_model):
     """Over HTTP with the CPU defaults' batch 1: a 100x120 upload reaches the model as one tile of
     its own size rounded to the size multiple, not a bucket."""
-    from conftest import WrappedModel, running_app, serving
+    from helpers import WrappedModel, running_app, serving
 
     from enhancer.api.app import create_app
 

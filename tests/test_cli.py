@@ -8,7 +8,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import MODEL_DIR, decode_bytes, encode_bgr, photo_like
+from helpers import MODEL_DIR, decode_bytes, encode_bgr, photo_like
 
 from enhancer import cli
 

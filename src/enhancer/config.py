@@ -24,14 +24,13 @@ DEFAULT_MODEL_DIR = Path("weights") / "dejpeg-q"
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 
 #: Tile and batch size on a GPU when ENHANCER_TILE_SIZE / ENHANCER_MAX_BATCH_SIZE are not set (on a
-#: CPU the field defaults apply). Reasoned, not measured (no GPU in CI; measure with the benchmarks):
-#: a 1024 tile recomputes 6 % of its pixels as overlap instead of 11 % for 576, and a batch of 8 is
-#: ~8.4 MP, ~0.26 TMAC for this net: enough work per pass to keep a GPU busy. Activations are about
-#: 150 MB per 1024 tile in float32 (~1.2 GB per batch); warm-up runs the full batch, so a GPU too
-#: small for it fails at start-up, not on a request.
-#: Two batches in flight let the model thread start the next batch the moment one returns (+10 % on
-#: the simulated device, benchmarks/RESULTS.md); on a CPU they move model time from small requests to
-#: big images (measured: small p99 beside a 24 MP image 2.29x its idle value instead of 2.13x).
+#: CPU the field defaults apply). Reasoned, not measured (no GPU in CI): a bigger tile recomputes a
+#: smaller share of its pixels as overlap, and a batch of 8 such tiles is enough work per pass to
+#: keep a GPU busy (the arithmetic is in docs/DEPLOYMENT.md); warm-up runs the full batch, so a GPU
+#: too small for it fails at start-up, not on a request.
+#: Two batches in flight let the model thread start the next batch the moment one returns; on a CPU
+#: they move model time from small requests to big images, so there it stays 1 (both measured:
+#: benchmarks/RESULTS.md, "Two batches in flight").
 GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8, "batches_in_flight": 2}
 
 
@@ -143,10 +142,9 @@ class Settings(BaseSettings):
         le=256,
         description="Mirrored pixels given to the model beyond every image border (rounded up to the "
         "model's size multiple, at most 1/8 of the side); 0 = none, the model's own zero padding. "
-        "Measured with dejpeg-q on held-out photos at JPEG q10-q50: mirrored context changed the PSNR "
-        "of the outer 32 px by +0.007 to +0.018 dB on average, while it made a 512x512 image cost "
-        "1.14x (16 px) to 1.86x (the 48 px overlap, as before) the model time of the image alone "
-        "(benchmarks/RESULTS.md).",
+        "Context makes every image run as more pixels than it has (a 512x512 image as 544x544 with "
+        "16 px); what it buys at the border was measured too small to see (benchmarks/RESULTS.md, "
+        "\"Border context\").",
     )
     tile_buckets: bool | None = Field(
         default=None,
@@ -243,7 +241,8 @@ class Settings(BaseSettings):
         le=9,
         description="zlib level of PNG answers, 0-9: higher makes smaller files (same pixels) for "
         "more CPU, which on a CPU server is taken from the model. Unset: OpenCV's preset for speed "
-        "(level 1, the 'sub' filter, run-length strategy), the fastest measured (benchmarks/RESULTS.md).",
+        "(level 1, the 'sub' filter, run-length strategy), faster than levels 1-3 and no larger "
+        "(benchmarks/RESULTS.md, \"PNG compression level\").",
     )
 
     # --- accelerator -----------------------------------------------------------------------

@@ -12,11 +12,9 @@ How an axis is planned (`plan_axis`):
   padding; "edge" for a 1 px side), rounded up to the size multiple and at most ~1/8 of the side,
   so border pixels see image-like context instead of the net's own zero padding. Unset, it is the
   overlap (which the caller keeps at or above the net's reach). The server passes its
-  `border_context` setting, 0 by default: measured on the held-out test set with the served
-  dejpeg-q model, mirrored context bought +0.007 to +0.018 dB mean PSNR on the outer 32 px
-  (-0.015 to +0.094 dB per image) at JPEG q10-q50, while a 512x512 image cost 1.86x the model time
-  of one pass over it as it is (benchmarks/RESULTS.md, results/border.json). Whatever is still padded
-  (rounding up to a segment) is mirrored too.
+  `border_context` setting, 0 by default: what context buys at the border and what it costs are
+  measured in benchmarks/RESULTS.md ("Border context"). Whatever is still padded (rounding up to
+  a segment) is mirrored too.
 * Segment lengths. The padded side is covered by segments of one length: one segment of the
   smallest allowed length that fits when the side fits in a tile, otherwise the fewest segments a
   full tile would need, each of the smallest allowed length with which that many still overlap by
@@ -34,9 +32,9 @@ How an axis is planned (`plan_axis`):
   quarter on each side (`guard`) is given wholly to the tile that is *not* near its own edge, and
   the middle half is a raised-cosine cross-fade. The guard keeps the pixels a tile computed next to
   its (zero-padded) edge out of the result; the cross-fade hides whatever difference remains.
-  Windows are normalised explicitly so all weights sum to 1 at every pixel. Measured with a
-  randomly initialised dejpeg net (400x520 JPEG, tile 128, overlap 32), tiled vs one whole tile:
-  68.5 dB PSNR with a cross-fade over the whole overlap, 73 dB with the guard.
+  Windows are normalised explicitly so all weights sum to 1 at every pixel. The guard's gain over
+  a cross-fade across the whole overlap is in benchmarks/RESULTS.md ("Figures that were in code
+  comments"); tests/test_tiled_inference.py bounds the difference from an untiled run.
 
 Padding waste (tile pixels run / image pixels) with buckets, tile 576 and overlap 32 as context is at
 most 2.8 for any image whose sides are both >= 64 px, i.e. the padding is at most 1.8x the image's
@@ -293,8 +291,8 @@ def split(image: np.ndarray, plan: TilePlan) -> np.ndarray:
     mirror-padded at borders.
 
     Tiles are gathered from the image one band of tile rows at a time (whole rows, then whole
-    pixels: two 1-D `take`s copy contiguous runs, ~5x faster than one 2-D fancy index for a
-    512x512 image), so no padded copy of the whole image is made, only one band of rows.
+    pixels: two 1-D `take`s copy contiguous runs, much faster than one 2-D fancy index; see
+    benchmarks/RESULTS.md), so no padded copy of the whole image is made, only one band of rows.
     """
     _check_image(image, plan)
     th, tw = plan.tile_shape
