@@ -16,7 +16,7 @@
 #   (through nvidia-container-toolkit). No CUDA base image, no LD_LIBRARY_PATH.
 # - Python 3.11 is what the test suite runs on (pyproject: >=3.11,<3.14; TF 2.21 wheels: 3.10-3.13).
 # - TF_VERSION pins the exact TensorFlow inside pyproject's range (tensorflow>=2.18,<2.22) that the
-#   tests ran against; tests/test_deployment.py checks it stays inside that range.
+#   tests ran against; tests/deploy/test_deployment.py checks it stays inside that range.
 # - deploy/image-constraints.txt pins every other Python package of both variants (PIP_CONSTRAINT),
 #   so a rebuild installs what was built and checked before, not whatever is newest that day.
 #

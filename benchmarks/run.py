@@ -18,18 +18,21 @@ import os
 import sys
 import time
 
-from benchmarks.common import RESULTS_DIR, log, machine_info, other_heavy_processes, write_json
-from benchmarks.profiles import PROFILES
+from benchmarks.harness.common import RESULTS_DIR, log, machine_info, other_heavy_processes, write_json
+from benchmarks.harness.profiles import PROFILES
 
-#: name -> module; run in this order (in-process measurements first, simulated device last).
+#: name -> module with `run(profile) -> dict`, saved as results/<name>.json; run in this order
+#: (in-process measurements first, the simulated device, then the long soak last).
 BENCHMARKS = {
-    "tiling": "benchmarks.bench_tiling",
-    "efficiency": "benchmarks.bench_efficiency",
-    "fairness": "benchmarks.bench_fairness",
-    "fairness_x4": "benchmarks.bench_fairness_x4",
-    "memory": "benchmarks.bench_memory",
-    "upscale": "benchmarks.bench_upscale",
-    "batching": "benchmarks.bench_batching",
+    "tiling": "benchmarks.drivers.tiling",
+    "tile_size": "benchmarks.drivers.tile_size",
+    "efficiency": "benchmarks.drivers.efficiency",
+    "fairness": "benchmarks.drivers.fairness",
+    "fairness_x4": "benchmarks.drivers.fairness_x4",
+    "memory": "benchmarks.drivers.memory",
+    "upscale": "benchmarks.drivers.upscale",
+    "batching": "benchmarks.drivers.batching",
+    "soak": "benchmarks.drivers.soak",
 }
 
 
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         info["other_heavy_processes_at_end"] = other_heavy_processes()
         write_json(results / "machine.json", info)
 
-    from benchmarks import report
+    from benchmarks.harness import report
 
     summary = report.build(results)
     print(summary)

@@ -4,7 +4,7 @@
     python deploy/compose_versions.py        # fetch (once) and print where each binary is
 
 The compose files need Docker Compose v2.24.1 or newer (the oldest release we check; see
-docs/DEPLOYMENT.md). tests/test_deployment.py runs `docker-compose config` of that minimum
+docs/DEPLOYMENT.md). tests/deploy/test_deployment.py runs `docker-compose config` of that minimum
 version on them, and of the release before it (v2.23.3) to show that the minimum is needed. `config`
 parses, validates and merges the files without a Docker engine.
 

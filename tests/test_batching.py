@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import until
+from helpers import until
 
 from enhancer.batching import (
     BatcherClosedError,

@@ -8,7 +8,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import MODEL_DIR, decode_bytes, encode_bgr, photo_like
+from helpers import MODEL_DIR, decode_bytes, encode_bgr, photo_like
 
 from enhancer import cli
 
@@ -64,7 +64,11 @@ def test_enhance_matches_the_model_run_directly(tmp_path, saved_model):
     from enhancer.samples import OUTPUT_DTYPE, dtype_for_depth
 
     image = imaging.decode(src.read_bytes())
-    plan = tiling.plan_tiles(150, 170, 128, 32, multiple=saved_model.spec.size_multiple)
+    # tiled as the CLI's settings say: no border context, bucketed shapes only where batches are > 1 (GPU)
+    from enhancer.config import Settings
+
+    buckets = Settings(_env_file=None).for_device(saved_model.device_kind).uses_tile_buckets
+    plan = tiling.plan_tiles(150, 170, 128, 32, multiple=saved_model.spec.size_multiple, context=0, buckets=buckets)
     outputs = tiling.run_in_batches(tiling.split(image.pixels, plan), saved_model.forward, 4, output_dtype=OUTPUT_DTYPE)
     rgb = tiling.stitch(outputs, plan, dtype=dtype_for_depth(image.info.bit_depth))  # the model's outputs as 16-bit samples
     expected = imaging.encode(rgb, imaging.OutputFormat.png, info=image.info)

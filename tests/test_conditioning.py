@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode_bgr, photo_like
+from helpers import encode_bgr, photo_like
 from enhancer import imaging
 from enhancer.conditioning import Strength, model_inputs, no_damage_vector, quantization_vector
 from enhancer.errors import InvalidParameterError

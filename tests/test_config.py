@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_DIR, REPO_ROOT
+from helpers import MODEL_DIR, REPO_ROOT
 from pydantic import ValidationError
 
 from enhancer.config import GPU_DEFAULTS, Settings

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import MODEL_DIR
+from helpers import MODEL_DIR
 from pydantic import ValidationError
 
 from enhancer.config import GPU_DEFAULTS, Settings, device_defaults
@@ -101,7 +101,9 @@ tf = pytest.importorskip("tensorflow")
 def perturbed_model_dir(tmp_path_factory):
     """A small net with random weights, exported by the project's own export code.
 
-    The committed placeholder is the identity, on which any two paths agree trivially.
+    Small, so XLA compiles its shapes quickly on a CPU; random, so every layer moves the answer (an
+    untrained net is exactly the identity, its last layer starting at zero, and on the identity
+    any two paths agree trivially).
     """
     from enhancer.training.export import export_saved_model
     from enhancer.training.network import build_dejpeg

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 HEAVY = ("tensorflow", "keras", "fastapi", "starlette")
 

@@ -1,36 +1,18 @@
 """The one pipeline (decode -> pass-through -> split -> run tiles -> stitch -> clip -> encode) with
-fake models, and the serving layer around it with a fake batcher: which errors the client sees,
-what the observer is told. The real SavedModel path is covered over HTTP (test_http.py)."""
+fake models, its tiles run directly (`DirectTiles`, as `enhancer enhance` runs them). The serving
+layer around it, with a fake batcher, is test_service.py; the real SavedModel path is covered over
+HTTP (api/test_http.py)."""
 
 from __future__ import annotations
-
-import asyncio
 
 import cv2
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, photo_like
+from helpers import NearestModel, decode_bytes, encode_bgr, photo_like
 
-from enhancer import conditioning, tiling
-from enhancer.batching import BatcherClosedError, BatchFailedError, BatchTimings, QueueFullError
-from enhancer.errors import InferenceFailedError, OverloadedError, RequestTimeoutError, ServiceUnavailableError
+from enhancer import conditioning
 from enhancer.imaging import OutputFormat
-from enhancer.models.contract import ModelSpec
 from enhancer.pipeline import DirectTiles, Pipeline
-from enhancer.service import EnhanceService, batcher_error
-
-
-class NearestModel:
-    """Keeps the model contract: upsamples by `scale` (nearest neighbour) and records its calls."""
-
-    def __init__(self, scale: int = 1, inputs=None):
-        self.spec = ModelSpec(name=f"nearest{scale}x", reach=0, scale=scale, inputs=inputs or {})
-        self.calls: list[tuple[int, dict]] = []
-
-    def forward(self, batch, inputs=None):
-        self.calls.append((len(batch), {k: np.array(v) for k, v in (inputs or {}).items()}))
-        s = self.spec.scale
-        return np.repeat(np.repeat(batch, s, axis=1), s, axis=2)
 
 
 def pipeline(**overrides) -> Pipeline:
@@ -80,83 +62,3 @@ def test_the_tiles_can_be_taken_once_and_finish_needs_the_outputs():
         prepared.take_job()
     with pytest.raises(ValueError, match="needs the model's tiles"):
         p.finish(prepared, OutputFormat.png)
-
-
-# --- the service around it, with a fake batcher ------------------------------------------------
-
-
-class FakeBatcher:
-    """Answers `submit` with the identity, or raises what the test sets; records what it got."""
-
-    def __init__(self, error: Exception | None = None, delay_s: float = 0.0):
-        self.error = error
-        self.delay_s = delay_s
-        self.submitted: list[tuple[str, tuple, dict]] = []
-
-    async def submit(self, model, tiles, inputs=None):
-        self.submitted.append((model, tiles.shape, dict(inputs or {})))
-        await asyncio.sleep(self.delay_s)
-        if self.error is not None:
-            raise self.error
-        return tiles.copy(), BatchTimings(queue_s=0.25, infer_s=0.5)
-
-
-class Observed:
-    def __init__(self):
-        self.seen = []
-
-    def on_enhanced(self, model, timings, passed_through):
-        self.seen.append((model, dict(timings), passed_through))
-
-
-def _enhance(batcher, timeout_s: float = 30.0, observer=None):
-    service = EnhanceService(pipeline(), batcher, request_timeout_s=timeout_s, observer=observer)
-    data = encode_bgr(photo_like(200, 200), ".png")
-    return asyncio.run(service.enhance(data, NearestModel().spec, OutputFormat.png))
-
-
-def test_the_service_runs_the_tiles_on_the_batcher_and_tells_the_observer():
-    batcher, observer = FakeBatcher(), Observed()
-    result = _enhance(batcher, observer=observer)
-    tiles = tiling.plan_tiles(200, 200, 128, 32, multiple=4).num_tiles
-    assert tiles > 1 and [(m, shape[0]) for m, shape, _ in batcher.submitted] == [("nearest1x", tiles)]  # one submit
-    assert (result.timings["queue"], result.timings["infer"]) == (0.25, 0.5)  # the batcher's own figures
-    assert observer.seen == [("nearest1x", result.timings, None)]
-
-
-@pytest.mark.parametrize(
-    ("error", "expected", "status", "detail"),
-    [
-        (QueueFullError(10, 4, 12, drain_rate=2.0), OverloadedError, 503, "the server is busy"),
-        (BatchFailedError("boom"), InferenceFailedError, 500, "the model failed while processing this image"),
-        (BatcherClosedError("closed"), ServiceUnavailableError, 503, "the server is shutting down"),
-    ],
-)
-def test_batcher_errors_become_client_errors_in_one_place(error, expected, status, detail):
-    translated = batcher_error(error)
-    assert type(translated) is expected and translated.status_code == status and translated.detail.startswith(detail)
-    with pytest.raises(expected) as raised:
-        _enhance(FakeBatcher(error))
-    assert raised.value.detail == translated.detail
-    if isinstance(error, QueueFullError):
-        assert translated.headers["Retry-After"] == "1"  # (10 + 4 - 12) tiles at 2 tiles/s
-
-
-def test_batch_failure_names_its_cause_and_a_slow_batcher_times_out():
-    failed = BatchFailedError("boom")
-    failed.__cause__ = MemoryError("device")
-    assert "(MemoryError)" in batcher_error(failed).detail
-    with pytest.raises(TypeError):
-        batcher_error(ValueError("not from the batcher"))
-    with pytest.raises(RequestTimeoutError, match="within 0.2 s"):
-        _enhance(FakeBatcher(delay_s=5.0), timeout_s=0.2)
-
-
-def test_the_service_hands_the_image_s_extra_inputs_to_the_batcher(monkeypatch):
-    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image, strength: [image.height, image.width])
-    batcher = FakeBatcher()
-    service = EnhanceService(pipeline(), batcher, request_timeout_s=30)
-    spec = NearestModel(inputs={"size": 2}).spec
-    asyncio.run(service.enhance(encode_bgr(photo_like(90, 70), ".png"), spec, OutputFormat.png))
-    ((model, _, inputs),) = batcher.submitted
-    assert model == spec.name and list(inputs) == ["size"] and inputs["size"].tolist() == [90.0, 70.0]

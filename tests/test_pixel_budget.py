@@ -14,7 +14,7 @@ import re
 import threading
 
 import pytest
-from conftest import WrappedModel, encode_bgr, make_settings, photo_like, running_app, serving, until
+from helpers import WrappedModel, encode_bgr, make_settings, photo_like, running_app, serving, until
 
 from enhancer import imaging
 from enhancer import pixel_budget as budget_module

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODEL_DIR, REPO_ROOT
+from helpers import MODEL_DIR, REPO_ROOT
 from pydantic import ValidationError
 
 from enhancer import precision

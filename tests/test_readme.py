@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from enhancer.config import Settings
 
@@ -35,3 +35,13 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_every_setting_is_in_the_readme_table():
     for name in Settings.model_fields:
         assert f"| `ENHANCER_{name.upper()}` |" in README, name
+
+
+def test_the_metrics_endpoint_row_names_every_metric_the_server_registers():
+    from enhancer.metrics import Metrics
+
+    (row,) = [line for line in README.splitlines() if line.startswith("| `GET /metrics` | Prometheus text")]
+    for family in Metrics().registry.collect():
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{name}" in row, name
+    assert 'status="499"' in row  # the status only logs and metrics ever show

@@ -16,7 +16,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
+from helpers import decode_bytes, encode_bgr, make_settings, photo_like, running_app, serving
 from PIL import Image, ImageCms
 
 from enhancer import imaging, tiling
@@ -33,7 +33,8 @@ SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def upscale_settings(**overrides):
-    return make_settings(**{"tile_size": TILE, "tile_overlap": OVERLAP, "max_output_pixels": MAX_OUTPUT, **overrides})
+    # border context = the overlap: what tiling.enhance_tiled (the expected answers) uses
+    return make_settings(**{"tile_size": TILE, "tile_overlap": OVERLAP, "border_context": OVERLAP, "max_output_pixels": MAX_OUTPUT, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ DEFAULT_MODEL_DIR = Path("weights") / "dejpeg-q"
 #: The previous restorer, weights/dejpeg, is not among the defaults: it is kept for comparisons.
 DEFAULT_UPSCALE_MODEL_DIRS = (Path("weights") / "upscale-x2", Path("weights") / "upscale-x4")
 #: Default of max_output_pixels: the largest answer an upload may ask for (scale² x its pixels).
-#: Measured (benchmarks/bench_upscale.py, README "Upscaling memory and speed"): a server with the
+#: Measured (benchmarks/drivers/upscale.py, README "Upscaling memory and speed"): a server with the
 #: three default models answering one 64 MP 4x request peaked at 2.03 GiB RSS (13.8 MB per answer
 #: megapixel at 4x, 12.3 at 2x), under the issue's 3 GB with room for other requests in flight.
 DEFAULT_MAX_OUTPUT_PIXELS = 64_000_000
@@ -33,14 +33,13 @@ DEFAULT_MAX_OUTPUT_PIXELS = 64_000_000
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 
 #: Tile and batch size on a GPU when ENHANCER_TILE_SIZE / ENHANCER_MAX_BATCH_SIZE are not set (on a
-#: CPU the field defaults apply). Reasoned, not measured (no GPU in CI; measure with the benchmarks):
-#: a 1024 tile recomputes 6 % of its pixels as overlap instead of 11 % for 576, and a batch of 8 is
-#: ~8.4 MP, ~0.26 TMAC for this net: enough work per pass to keep a GPU busy. Activations are about
-#: 150 MB per 1024 tile in float32 (~1.2 GB per batch); warm-up runs the full batch, so a GPU too
-#: small for it fails at start-up, not on a request.
-#: Two batches in flight let the model thread start the next batch the moment one returns (+10 % on
-#: the simulated device, benchmarks/RESULTS.md); on a CPU they move model time from small requests to
-#: big images (measured: small p99 beside a 24 MP image 2.29x its idle value instead of 2.13x).
+#: CPU the field defaults apply). Reasoned, not measured (no GPU in CI): a bigger tile recomputes a
+#: smaller share of its pixels as overlap, and a batch of 8 such tiles is enough work per pass to
+#: keep a GPU busy (the arithmetic is in docs/DEPLOYMENT.md); warm-up runs the full batch, so a GPU
+#: too small for it fails at start-up, not on a request.
+#: Two batches in flight let the model thread start the next batch the moment one returns; on a CPU
+#: they move model time from small requests to big images, so there it stays 1 (both measured:
+#: benchmarks/RESULTS.md, "Two batches in flight").
 GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8, "batches_in_flight": 2}
 
 
@@ -166,6 +165,26 @@ class Settings(BaseSettings):
         "work. When not set: 32, or the served models' largest reach rounded up to their size multiple.",
     )
 
+    border_context: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Mirrored pixels given to the model beyond every image border (rounded up to the "
+        "model's size multiple, at most 1/8 of the side); 0 = none, the model's own zero padding. "
+        "Context makes every image run as more pixels than it has (a 512x512 image as 544x544 with "
+        "16 px); what it buys at the border was measured too small to see (benchmarks/RESULTS.md, "
+        "\"Border context\").",
+    )
+    tile_buckets: bool | None = Field(
+        default=None,
+        description="Round tile sides up to a short ladder of sizes (buckets) so tiles of different "
+        "images share a shape, hence a batch, and warm-up covers every shape; off, a tile side is any "
+        "multiple of the model's size multiple, as small as the image allows (a 512x512 image runs "
+        "as 512x512, not 576x576). Unset: on when max_batch_size > 1 (the GPU default) and off at "
+        "batch 1 (the CPU default), where no tiles share a batch and TensorFlow needs no warm-up per "
+        "shape. Always on with XLA, which compiles per shape.",
+    )
+
     # --- batching --------------------------------------------------------------------------
     max_batch_size: int = Field(
         default=1,
@@ -251,6 +270,17 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a request may wait for its tiles to be enhanced before a 504. "
         "Short values shed load sooner; too short fails large images on a busy CPU.",
+    )
+
+    # --- answers ---------------------------------------------------------------------------
+    png_compression: int | None = Field(
+        default=None,
+        ge=0,
+        le=9,
+        description="zlib level of PNG answers, 0-9: higher makes smaller files (same pixels) for "
+        "more CPU, which on a CPU server is taken from the model. Unset: OpenCV's preset for speed "
+        "(level 1, the 'sub' filter, run-length strategy), faster than levels 1-3 and no larger "
+        "(benchmarks/RESULTS.md, \"PNG compression level\").",
     )
 
     # --- accelerator -----------------------------------------------------------------------
@@ -437,7 +467,8 @@ class Settings(BaseSettings):
             f"max_batch_size {self.max_batch_size} ({origin('max_batch_size')}), "
             f"batches_in_flight {self.batches_in_flight} ({origin('batches_in_flight')}); "
             f"tile_size {self.tile_size} ({origin('tile_size')}), overlap {self.tile_overlap}, "
-            f"upscale_tile_size {self.upscale_tile_size if self.upscale_tile_size is not None else 'half'}; "
+            f"upscale_tile_size {self.upscale_tile_size if self.upscale_tile_size is not None else 'half'}, "
+            f"border context {self.border_context}, {'bucketed' if self.uses_tile_buckets else 'exact'} tile shapes; "
             f"max_batch_delay_ms {self.max_batch_delay_ms:g}"
         )
 
@@ -452,6 +483,13 @@ class Settings(BaseSettings):
         half = self.tile_size // 2 // multiple * multiple
         floor = -(-2 * self.tile_overlap // multiple) * multiple
         return min(self.tile_size, max(half, floor, multiple))
+
+    @property
+    def uses_tile_buckets(self) -> bool:
+        """Whether tile sides are rounded up to bucket sizes (tile_buckets, resolved: see its description)."""
+        if self.xla:
+            return True
+        return self.max_batch_size > 1 if self.tile_buckets is None else self.tile_buckets
 
     @property
     def max_batch_delay_s(self) -> float:

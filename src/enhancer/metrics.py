@@ -81,7 +81,8 @@ class Metrics:
         )
         self.passed_through = Counter(
             "enhancer_images_passed_through",
-            "Images answered without the model (JPEG quality at or above ENHANCER_PASS_THROUGH_JPEG_QUALITY).",
+            "Images answered with their own pixels, without the model (a JPEG at or above "
+            "ENHANCER_PASS_THROUGH_JPEG_QUALITY, or strength=off).",
             registry=r,
         )
         self.tiles_dropped = Counter(

@@ -129,6 +129,9 @@ class Pipeline:
         pass_through_jpeg_quality: int = 101,
         max_output_pixels: int | None = None,
         tile_size_for: Callable[[int, int], int] | None = None,
+        border_context: int | None = None,
+        tile_buckets: bool = True,
+        png_compression: int | None = None,
     ):
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
@@ -138,6 +141,9 @@ class Pipeline:
         self.max_output_pixels = max_output_pixels
         #: (scale, size multiple) -> tile edge for that model (Settings.tile_size_for); None: tile_size for all
         self.tile_size_for = tile_size_for or (lambda scale, multiple: tile_size)
+        self.border_context = border_context  #: None: the overlap (enhancer.tiling.plan_axis)
+        self.tile_buckets = tile_buckets
+        self.png_compression = png_compression
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -150,6 +156,9 @@ class Pipeline:
             pass_through_jpeg_quality=settings.pass_through_jpeg_quality,
             max_output_pixels=settings.max_output_pixels,
             tile_size_for=settings.tile_size_for,
+            border_context=settings.border_context,
+            tile_buckets=settings.uses_tile_buckets,
+            png_compression=settings.png_compression,
         )
 
     def prepare(self, data: bytes, spec: ModelSpec, strength: Strength = Strength.auto) -> Prepared:
@@ -179,8 +188,8 @@ class Pipeline:
         t = clock()
         plan = tiling.plan_tiles(
             image.info.height, image.info.width, self.tile_size_for(scale, spec.size_multiple), self.tile_overlap,
-            multiple=spec.size_multiple,
-        )
+            multiple=spec.size_multiple, context=self.border_context, buckets=self.tile_buckets,
+        )  # fmt: skip
         job = TileJob(model=spec.name, tiles=tiling.split(image.pixels, plan), inputs=model_inputs(spec, image.info, strength))
         timings["tile"] = clock() - t
         return Prepared(spec=spec, info=image.info, timings=timings, plan=plan, job=job)
@@ -208,7 +217,7 @@ class Pipeline:
                 )
             prepared.timings["tile"] += clock() - t
         t = clock()
-        body = imaging.encode(rgb, fmt, quality=quality, info=info)
+        body = imaging.encode(rgb, fmt, quality=quality, info=info, png_compression=self.png_compression)
         prepared.timings["encode"] = clock() - t
         return EnhanceResult(
             body=body,

@@ -8,15 +8,21 @@ at output resolution.
 
 How an axis is planned (`plan_axis`):
 
-* Context margin. Every image border gets at least `margin` pixels of mirrored image ("reflect"
-  padding; "edge" for a 1 px side) so border pixels see plausible context instead of the net's own
-  zero padding. The margin is the overlap (which the caller keeps at or above the net's 29 px
-  reach) but at most ~1/8 of the side, so a thumbnail is not dominated by invented context.
-* Buckets. The padded side is covered by segments whose length comes from a short geometric
-  ladder of sizes (`bucket_sizes`): one segment of the smallest bucket that fits when the side
-  fits in a tile, otherwise the fewest segments a full tile would need, each of the smallest
-  bucket with which that many still overlap by `overlap`. Small images therefore do not pay for a
-  whole tile, and the model runner can warm every shape up front (`bucket_shapes`).
+* Context margin. Every image border gets at least `context` pixels of mirrored image ("reflect"
+  padding; "edge" for a 1 px side), rounded up to the size multiple and at most ~1/8 of the side,
+  so border pixels see image-like context instead of the net's own zero padding. Unset, it is the
+  overlap (which the caller keeps at or above the net's reach). The server passes its
+  `border_context` setting, 0 by default: what context buys at the border and what it costs are
+  measured in benchmarks/RESULTS.md ("Border context"). Whatever is still padded (rounding up to
+  a segment) is mirrored too.
+* Segment lengths. The padded side is covered by segments of one length: one segment of the
+  smallest allowed length that fits when the side fits in a tile, otherwise the fewest segments a
+  full tile would need, each of the smallest allowed length with which that many still overlap by
+  `overlap`. With `buckets` the allowed lengths are a short geometric ladder (`bucket_sizes`), so
+  tiles of different images share a shape (and a batch) and the model runner can warm every shape
+  up front (`bucket_shapes`); without, any multiple of the size multiple up to the tile size, so
+  a 512x512 image runs as 512x512 rather than the next bucket, 576x576 (for a model that needs no
+  warm-up per shape and runs one tile at a time, as TensorFlow on a CPU at batch 1).
 * Alignment. Tile sides, tile origins and margins are multiples of the model's `size_multiple`
   (from its spec; e.g. 4 for a net working at 1/2 and 1/4 resolution by space-to-depth): such a
   net is only shift-equivariant in those steps, so aligned tiles see the image in the same phase as
@@ -26,11 +32,11 @@ How an axis is planned (`plan_axis`):
   quarter on each side (`guard`) is given wholly to the tile that is *not* near its own edge, and
   the middle half is a raised-cosine cross-fade. The guard keeps the pixels a tile computed next to
   its (zero-padded) edge out of the result; the cross-fade hides whatever difference remains.
-  Windows are normalised explicitly so all weights sum to 1 at every pixel. Measured with a
-  randomly initialised dejpeg net (400x520 JPEG, tile 128, overlap 32), tiled vs one whole tile:
-  68.5 dB PSNR with a cross-fade over the whole overlap, 73 dB with the guard.
+  Windows are normalised explicitly so all weights sum to 1 at every pixel. The guard's gain over
+  a cross-fade across the whole overlap is in benchmarks/RESULTS.md ("Figures that were in code
+  comments"); tests/test_tiled_inference.py bounds the difference from an untiled run.
 
-Padding waste (tile pixels run / image pixels) with the CPU defaults (tile 576, overlap 32) is at
+Padding waste (tile pixels run / image pixels) with buckets, tile 576 and overlap 32 as context is at
 most 2.8 for any image whose sides are both >= 64 px, i.e. the padding is at most 1.8x the image's
 own pixels; for sides >= 512 it is at most 2.4 and for a 4000x3000 photo 1.33. `tests/test_tiling.py`
 checks the bound `MAX_WASTE_RATIO` over a sweep of sizes.
@@ -188,14 +194,29 @@ class AxisPlan:
         return factor
 
 
-def plan_axis(size: int, tile_size: int, overlap: int, *, multiple: int) -> AxisPlan:
-    """Plan one axis: context margin, bucket, number and origins of segments (see module doc)."""
+def segment_lengths(tile_size: int, multiple: int, *, buckets: bool = True) -> list[int]:
+    """The segment lengths a plan may use, ascending: the bucket ladder, or with `buckets` off
+    every multiple of `multiple` up to `tile_size`."""
+    if buckets:
+        return bucket_sizes(tile_size, multiple)
+    _check_multiple(tile_size, multiple)
+    return list(range(multiple, tile_size + 1, multiple))
+
+
+def plan_axis(
+    size: int, tile_size: int, overlap: int, *, multiple: int, context: int | None = None, buckets: bool = True
+) -> AxisPlan:
+    """Plan one axis: context margin, segment length, number and origins of segments (see module
+    doc). `context`: mirrored pixels wanted beyond each end (None: `overlap`)."""
     _check_settings(tile_size, overlap, multiple)
     if size < 1:
         raise ValueError(f"image side must be at least 1 pixel, got {size}")
-    margin = min(_ceil_to(overlap, multiple), _ceil_to(size // MARGIN_DIVISOR, multiple))
+    if context is not None and context < 0:
+        raise ValueError(f"border context must be at least 0 pixels, got {context}")
+    wanted = overlap if context is None else context
+    margin = min(_ceil_to(wanted, multiple), _ceil_to(size // MARGIN_DIVISOR, multiple))
     need = size + 2 * margin
-    ladder = bucket_sizes(tile_size, multiple)
+    ladder = segment_lengths(tile_size, multiple, buckets=buckets)
     if need <= tile_size:
         tile = next(b for b in ladder if b >= need)
         starts: tuple[int, ...] = (0,)
@@ -248,12 +269,15 @@ class TilePlan:
         return self.num_tiles * self.rows.tile * self.cols.tile / (self.height * self.width)
 
 
-def plan_tiles(height: int, width: int, tile_size: int, overlap: int, *, multiple: int) -> TilePlan:
+def plan_tiles(
+    height: int, width: int, tile_size: int, overlap: int, *, multiple: int, context: int | None = None,
+    buckets: bool = True,
+) -> TilePlan:  # fmt: skip
     """Plan the tiles for a height x width image (all tiles share one shape); `multiple` is the
-    model's size multiple."""
+    model's size multiple; `context` and `buckets` as in `plan_axis`."""
     return TilePlan(
-        rows=plan_axis(height, tile_size, overlap, multiple=multiple),
-        cols=plan_axis(width, tile_size, overlap, multiple=multiple),
+        rows=plan_axis(height, tile_size, overlap, multiple=multiple, context=context, buckets=buckets),
+        cols=plan_axis(width, tile_size, overlap, multiple=multiple, context=context, buckets=buckets),
     )
 
 
@@ -267,8 +291,8 @@ def split(image: np.ndarray, plan: TilePlan) -> np.ndarray:
     mirror-padded at borders.
 
     Tiles are gathered from the image one band of tile rows at a time (whole rows, then whole
-    pixels: two 1-D `take`s copy contiguous runs, ~5x faster than one 2-D fancy index for a
-    512x512 image), so no padded copy of the whole image is made, only one band of rows.
+    pixels: two 1-D `take`s copy contiguous runs, much faster than one 2-D fancy index; see
+    benchmarks/RESULTS.md), so no padded copy of the whole image is made, only one band of rows.
     """
     _check_image(image, plan)
     th, tw = plan.tile_shape
@@ -378,11 +402,13 @@ def enhance_tiled(
     multiple: int,
     scale: int = 1,
     progress: Callable[[int], None] | None = None,
+    context: int | None = None,
+    buckets: bool = True,
 ) -> np.ndarray:
     """Split an HxWxC array (any sample type of enhancer.samples) into tiles, run `forward` over
     them (see run_in_batches) and stitch to float32: the tiled computation on bare pixels, for
-    tests and benchmarks. Whole images (decode, the
+    tests and benchmarks (`context` and `buckets` as in `plan_axis`). Whole images (decode, the
     pass-through decision, encode) go through enhancer.pipeline."""
-    plan = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap, multiple=multiple)
+    plan = plan_tiles(image.shape[0], image.shape[1], tile_size, overlap, multiple=multiple, context=context, buckets=buckets)
     outputs = run_in_batches(split(image, plan), forward, batch_size, scale=scale, progress=progress)
     return stitch(outputs, plan, scale=scale)

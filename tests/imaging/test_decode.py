@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import tifffile
-from conftest import encode_bgr, photo_like
+from helpers import encode_bgr, photo_like
 from PIL import Image, ImageOps
 
 from enhancer import imaging

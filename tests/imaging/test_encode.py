@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 import pytest
-from conftest import decode_bytes, encode_bgr, photo_like
+from helpers import decode_bytes, encode_bgr, photo_like
 from PIL import Image
 
 from enhancer import imaging

@@ -12,7 +12,7 @@ import zlib
 
 import cv2
 import pytest
-from conftest import REPO_ROOT, encode_bgr, photo_like
+from helpers import REPO_ROOT, encode_bgr, photo_like
 from PIL import Image
 
 from enhancer import imaging

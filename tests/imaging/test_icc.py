@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import decode_bytes, photo_like
+from helpers import decode_bytes, photo_like
 from PIL import Image, ImageCms
 
 from enhancer import imaging

@@ -8,7 +8,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
-from conftest import encode_bgr, photo_like
+from helpers import encode_bgr, photo_like
 from PIL import Image
 
 from enhancer import imaging

@@ -22,7 +22,7 @@ from enhancer import imaging
 from enhancer.api.client_limits import charge_upload
 from enhancer.api.openapi import RETRY_AFTER, SUCCESS_HEADERS, example_image, upload_error_responses
 from enhancer.api.pixel_budget import hold_pixels
-from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody, ServedModel
+from enhancer.api.schemas import ErrorBody, HealthBody, ReadyBody, ServedModel, ServingSettings
 from enhancer.conditioning import Strength
 from enhancer.errors import InvalidParameterError, PayloadTooLargeError
 from enhancer.imaging import SUPPORTED_NAMES, OutputFormat
@@ -247,7 +247,9 @@ async def readyz(request: Request):
         raise error
     models = runtime.models
     served = [ServedModel(name=name, scale=m.spec.scale, default=name == models.default) for name, m in models.items()]
-    return ReadyBody(status="ready", device=models.device, precision=models.precision, models=served)
+    s = runtime.settings  # resolved for the device at start-up
+    settings = ServingSettings(**{name: getattr(s, name) for name in ServingSettings.model_fields})
+    return ReadyBody(status="ready", device=models.device, precision=models.precision, models=served, settings=settings)
 
 
 @router.get(

@@ -27,6 +27,21 @@ class ServedModel(BaseModel):
     default: bool = Field(description="Whether a request that names no model gets this one.")
 
 
+class ServingSettings(BaseModel):
+    """The tiling and batching settings the server runs with: the ENHANCER_* values after the
+    device's defaults were applied to those not set (so a client, a benchmark for one, can record
+    what it measured instead of what it meant to set)."""
+
+    tile_size: int = Field(examples=[576])
+    tile_overlap: int = Field(examples=[32])
+    max_batch_size: int = Field(examples=[1])
+    max_batch_delay_ms: float = Field(examples=[5.0])
+    batches_in_flight: int = Field(examples=[1])
+    max_queue_tiles: int = Field(examples=[512])
+    request_timeout_s: float = Field(examples=[120.0])
+    xla: bool = Field(examples=[False])
+
+
 class ReadyBody(BaseModel):
     """Readiness: every model is loaded and has run every tile shape once."""
 
@@ -37,6 +52,7 @@ class ReadyBody(BaseModel):
         examples=["bfloat16 (auto: CPU has avx512_bf16, amx_bf16; oneDNN BF16 math, float32 in and out)"],
     )
     models: list[ServedModel]
+    settings: ServingSettings
 
 
 class AccessBody(BaseModel):

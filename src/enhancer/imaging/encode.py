@@ -86,12 +86,19 @@ def _grey_or_alpha_samples(
     return out
 
 
-def encode(rgb: np.ndarray, fmt: OutputFormat, *, quality: int = 95, info: ImageInfo | None = None) -> bytes:
+def encode(
+    rgb: np.ndarray, fmt: OutputFormat, *, quality: int = 95, info: ImageInfo | None = None,
+    png_compression: int | None = None,
+) -> bytes:  # fmt: skip
     """Encode RGB pixels (uint8, uint16 or float [0, 1]) as `fmt`, like the input `info` describes
     (plain RGB if None).
 
-    `quality` (1-100) applies to JPEG and WebP; PNG is lossless and ignores it.
+    `quality` (1-100) applies to JPEG and WebP; PNG is lossless and ignores it. `png_compression`
+    is the PNG's zlib level (0-9; same pixels, smaller file, more CPU); None is OpenCV's preset
+    for speed (zlib level 1, the "sub" filter, run-length strategy).
     """
+    if png_compression is not None and not 0 <= png_compression <= 9:
+        raise ValueError(f"png_compression must be between 0 and 9 (or None), got {png_compression}")
     fmt = OutputFormat(fmt)
     rgb = np.asarray(rgb)
     alpha = info.alpha if info is not None else None
@@ -106,7 +113,7 @@ def encode(rgb: np.ndarray, fmt: OutputFormat, *, quality: int = 95, info: Image
         pixels = _grey_or_alpha_samples(rgb, alpha, grayscale=grayscale, composite=composite, pillow_la=pillow_la, depth=depth)
         if pillow_la:
             buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+            Image.fromarray(pixels).save(buffer, "PNG", compress_level=1 if png_compression is None else png_compression)
             return icc.embed(buffer.getvalue(), fmt, profile, grey=True, size=(width, height), alpha=True)
         if composite:
             alpha = None
@@ -120,6 +127,8 @@ def encode(rgb: np.ndarray, fmt: OutputFormat, *, quality: int = 95, info: Image
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     elif fmt is OutputFormat.webp:
         params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
+    elif png_compression is not None:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)]
     ok, buffer = cv2.imencode("." + fmt.extension, np.ascontiguousarray(pixels), params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {pixels.shape} image as {fmt.value}")

@@ -133,18 +133,23 @@ def measure_psnr_change(
     photos); `psnr_change_db` is the per-quality change of largest magnitude (bfloat16 minus float32)."""
     import cv2
 
+    from enhancer.models.contract import read_spec
     from enhancer.training import jpeg_damage
+    from enhancer.training.upscale_data import downscale
 
     if not photos_bgr:
         raise ValueError("no photos to measure the bfloat16 change on")
     pair = SignaturePair(model_dir)
+    scale = read_spec(Path(model_dir)).scale  # an upscaler gets the crop made `scale` times smaller
     per_quality, closest = {}, float("inf")
     for q in qualities:
         recipe = jpeg_damage.ijg_recipe(q)
         f32_scores, bf16_scores = [], []
         for photo in photos_bgr:
-            clean_bgr = _centre(photo, crop)
-            damaged_bgr = jpeg_damage.jpeg_round_trip(clean_bgr, recipe)
+            clean_bgr = _centre(photo, crop * scale)
+            clean_bgr = clean_bgr[: clean_bgr.shape[0] // (16 * scale) * 16 * scale, : clean_bgr.shape[1] // (16 * scale) * 16 * scale]
+            small_bgr = clean_bgr if scale == 1 else downscale(clean_bgr, scale, "pil_bicubic")
+            damaged_bgr = jpeg_damage.jpeg_round_trip(small_bgr, recipe)
             clean, damaged = (cv2.cvtColor(im, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0 for im in (clean_bgr, damaged_bgr))
             table = recipe.condition()[None]
             f32 = pair.float32(damaged[None], table)[0]
@@ -163,7 +168,9 @@ def measure_psnr_change(
         "per_quality": per_quality,
         "lowest_psnr_bfloat16_vs_float32_db": round(closest, 2) if np.isfinite(closest) else None,
         "method": f"{METHOD}; {pair.rounded_ops} ops rounded",
-        "images": f"{len(photos_bgr)} validation photos, centre crops up to {crop} px, JPEG q{' and q'.join(map(str, qualities))}",
+        "images": f"{len(photos_bgr)} validation photos, centre crops up to {crop} px"
+        + (f" (made {scale} times smaller from crops {scale} times larger)" if scale > 1 else "")
+        + f", JPEG q{' and q'.join(map(str, qualities))}",
         "measured": time.strftime("%Y-%m-%d"),
     }
 

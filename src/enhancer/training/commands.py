@@ -58,10 +58,14 @@ def _testset(args) -> None:
 
 
 def _dataset(args) -> None:
-    from enhancer.training.dataset import DEFAULT_VALIDATION, prepare_photos
+    from enhancer.training.dataset import DEFAULT_VALIDATION, SplitOverlapError, prepare_photos
 
     validation = tuple(args.val.split(",")) if args.val else DEFAULT_VALIDATION
-    print(prepare_photos(args.source, args.out, validation, args.min_downscale, args.max_side))
+    testset = args.testset if args.testset is not None else (DEFAULT_TESTSET if DEFAULT_TESTSET.is_dir() else None)
+    try:
+        print(prepare_photos(args.source, args.out, validation, args.min_downscale, args.max_side, testset=testset))
+    except SplitOverlapError as exc:
+        raise SystemExit(f"enhancer dataset: {exc}") from None
 
 
 def _train(args) -> None:
@@ -78,8 +82,10 @@ def _train(args) -> None:
 
 
 def _run_record(run_dir: Path) -> dict:
-    """What a run directory says about its training: recipe, log, steps and minutes reached, and
-    (for a fine-tune, nested) the run it started from, so the model card tells the whole recipe."""
+    """What a run directory says about its training: recipe, log, steps and minutes reached, the
+    training and validation photos (names, content hashes and a fingerprint, from the run's
+    data.json), and (for a fine-tune, nested) the run it started from, so the model card tells the
+    whole recipe."""
     recipe = json.loads((run_dir / "config.json").read_text())
     state_path = run_dir / "checkpoint" / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -89,6 +95,11 @@ def _run_record(run_dir: Path) -> dict:
         "trained_steps": state.get("step"),
         "training_minutes": state.get("elapsed_s", 0) / 60,
     }
+    data_path = run_dir / "data.json"
+    if data_path.exists():  # runs before the photo lists were recorded have counts and a fingerprint only
+        data = json.loads(data_path.read_text())
+        record["data"] = {key: data[key] for key in ("train", "val", "train_images", "val_images", "data_fingerprint")
+                          if key in data}  # fmt: skip
     init_weights = Path(recipe["init_weights"]) if recipe.get("init_weights") else None
     if init_weights is not None and (init_weights.parent / "config.json").exists():
         record["base_run"] = {**_run_record(init_weights.parent), "weights_file": init_weights.name}
@@ -236,6 +247,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val", help="comma-separated file stems to hold out (default: a fixed set of 4)")
     p.add_argument("--min-downscale", type=float, default=2.0)
     p.add_argument("--max-side", type=int, default=2048)
+    p.add_argument("--testset", type=Path, default=None,
+                   help=f"test set folder no photo may also be in (default {DEFAULT_TESTSET} when it exists)")
     p.set_defaults(func=_dataset)
 
     p = subparsers.add_parser("train", help="train (or resume) a restoration network")

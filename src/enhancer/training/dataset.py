@@ -26,35 +26,126 @@ PROTOTYPE_QUALITIES = (5, 10, 30, 50, 70)
 DEFAULT_VALIDATION = ("plasma-Path", "plasma-ColorfulCups", "mate-LadyBird", "mate-Dune")
 
 
+class SplitOverlapError(ValueError):
+    """The same photo (by content) would be in two of train, validation and test."""
+
+
+def content_hash(image: np.ndarray) -> str:
+    """SHA-256 of decoded pixels (shape and samples): the same picture under any file name, in any
+    lossless format, has the same hash; a re-encoded JPEG of it does not."""
+    h = hashlib.sha256(repr((image.shape, image.dtype.str)).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """File name -> content hash of every decodable image in `folder` (empty if it does not exist)."""
+    if not Path(folder).is_dir():
+        return {}
+    hashes = {}
+    for path in sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        image = _imread(path)
+        if image is not None:
+            hashes[path.name] = content_hash(image)
+    return hashes
+
+
+def _overlaps(a: dict[str, str], b: dict[str, str]) -> list[tuple[str, str]]:
+    """Pairs of names (one from each) whose contents are identical."""
+    by_hash: dict[str, list[str]] = {}
+    for name, digest in b.items():
+        by_hash.setdefault(digest, []).append(name)
+    return [(name, other) for name, digest in a.items() for other in by_hash.get(digest, [])]
+
+
+def check_disjoint(splits: dict[str, dict[str, str]]) -> None:
+    """Raise SplitOverlapError when a photo's content is in two of `splits` (split -> name -> hash)."""
+    names = list(splits)
+    clashes = [
+        f"{x} ({first}) = {y} ({second})"
+        for i, first in enumerate(names)
+        for second in names[i + 1:]
+        for x, y in _overlaps(splits[first], splits[second])
+    ]  # fmt: skip
+    if clashes:
+        raise SplitOverlapError(
+            "the same photo would be in two splits (identical pixels): " + "; ".join(clashes[:10])
+            + (f"; and {len(clashes) - 10} more" if len(clashes) > 10 else "")
+            + ". Remove the copies, or hold out the photo under every name it has"
+        )
+
+
 def prepare_photos(
     src_dir: Path,
     out_dir: Path,
     validation: tuple[str, ...] = DEFAULT_VALIDATION,
     min_downscale: float = 2.0,
     max_side: int = 2048,
+    testset: Path | None = None,
 ) -> dict[str, int]:
     """Downscale every photo in `src_dir` (area interpolation) into `out_dir/{train,val}/*.png`.
 
     A photo whose stem is in `validation` goes to val/, the rest to train/. The factor is at least
     `min_downscale`, more if needed to bring the longer side under `max_side`.
+
+    Refused (SplitOverlapError, before anything is written) when a photo would be in both train
+    and val: the same pixels under two names in `src_dir` with one name held out, a photo that is
+    also in the test set folder `testset` (when given), or a file left in `out_dir` by an earlier
+    run in the other split than this run puts it (training reads every file of its folder).
+    Afterwards the written folders are checked again by content.
     """
-    counts = {"train": 0, "val": 0}
-    for split in counts:
-        (out_dir / split).mkdir(parents=True, exist_ok=True)
+    sources = {"train": {}, "val": {}}
+    paths = {}
     for path in sorted(p for p in Path(src_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         image = _imread(path)
         if image is None:
             log.warning("skipping %s: OpenCV cannot decode it", path)
             continue
+        split = "val" if path.stem in validation else "train"
+        sources[split][path.name] = content_hash(image)
+        paths[path] = split
+    splits = dict(sources)
+    if testset is not None:
+        splits["test"] = folder_hashes(testset)
+    check_disjoint(splits)
+    stale = []
+    for split, other in (("train", "val"), ("val", "train")):
+        stems = {path.stem for path, chosen in paths.items() if chosen == split}
+        names = sorted(p.name for p in (Path(out_dir) / other).glob("*.png") if p.stem in stems)
+        if names:
+            stale.append(f"{Path(out_dir) / other} already holds {', '.join(names)}, which this run puts in {split}/")
+    if stale:
+        raise SplitOverlapError(
+            "; ".join(stale) + " (left by an earlier run with another hold-out?); remove them or use an empty --out"
+        )
+
+    counts = {"train": 0, "val": 0}
+    for split in counts:
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+    for path, split in paths.items():
+        image = _imread(path)
         h, w = image.shape[:2]
         factor = max(min_downscale, max(h, w) / max_side)
         size = (max(1, round(w / factor)), max(1, round(h / factor)))
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        split = "val" if path.stem in validation else "train"
         cv2.imwrite(str(out_dir / split / f"{path.stem}.png"), small)
         counts[split] += 1
+    check_disjoint({split: folder_hashes(out_dir / split) for split in counts})
     log.info("prepared %s photos into %s", counts, out_dir)
     return counts
+
+
+def data_record(folder: Path) -> dict:
+    """What a training run records about one split's folder: its images' names with their content
+    hashes, and one fingerprint of the whole list (names and contents, in name order)."""
+    hashes = folder_hashes(folder)
+    whole = hashlib.sha256("".join(f"{name}\0{digest}\n" for name, digest in hashes.items()).encode())
+    return {
+        "folder": str(folder),
+        "count": len(hashes),
+        "fingerprint": whole.hexdigest()[:16],
+        "images": [{"name": name, "sha256": digest[:16]} for name, digest in hashes.items()],
+    }
 
 
 def _imread(path: Path) -> np.ndarray | None:

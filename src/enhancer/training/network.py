@@ -1,8 +1,9 @@
 """The restoration networks: our residual two-level net and the prototype's CNN for comparison.
 
 Why this shape: JPEG damage lives on the 8x8 block grid, so the net needs a reach of a few blocks,
-but a 2-core CPU affords only ~60 kFLOP per pixel for 1.5 MP/s. Working at half and quarter
-resolution (space-to-depth, no information lost) buys a 29 px reach for 31 k MACs per pixel. The net predicts
+but a 2-core CPU affords little arithmetic per pixel at the speed a server needs (the budget it
+was designed to, and the speeds measured since, are in benchmarks/RESULTS.md). Working at half and
+quarter resolution (space-to-depth, no information lost) buys a 29 px reach for 31 k MACs per pixel. The net predicts
 a correction that is added to the input; the last convolution starts at zero, so an untrained net
 is exactly the identity and training can only move away from "change nothing" where that helps.
 """

@@ -304,7 +304,7 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     from tqdm import tqdm
 
     from enhancer.training import network
-    from enhancer.training.dataset import PatchSampler, fingerprint, load_images, validation_pairs
+    from enhancer.training.dataset import PatchSampler, data_record, fingerprint, load_images, validation_pairs
     from enhancer.training.mixture import MixtureSampler
     from enhancer.training.synthetic import list_fonts
     from enhancer.training.upscale_data import UpscaleSampler, upscale_validation
@@ -338,7 +338,10 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
                for q, items in validation_pairs(val_images, VALIDATION_QUALITIES, cfg.val_crop).items()}  # fmt: skip
     if not config_path.exists():
         record = {**asdict(cfg), "train_images": len(train_images), "val_images": len(val_images),
-                  "data_fingerprint": fingerprint(train_images)}  # fmt: skip
+                  "data_fingerprint": fingerprint(train_images),
+                  # which photos, by name and content: `enhancer export` copies this into metadata.json
+                  "train": data_record(Path(cfg.data_dir) / "train"),
+                  "val": data_record(Path(cfg.data_dir) / "val")}  # fmt: skip
         config_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         (run_dir / "data.json").write_text(json.dumps(record, indent=2) + "\n")
 

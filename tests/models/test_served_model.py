@@ -1,0 +1,175 @@
+"""The served default model (`weights/dejpeg-q`, told the file's tables): its signature, that the
+tables reach it, its blind path, never-worse on good JPEGs, seams, and the HTTP strength control.
+
+The never-worse crops come from the test set's sources (scikit-image's grass and page, where the
+previous model lost most at high quality) plus a rendered screenshot; they choose nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers import REPO_ROOT, decode_bytes, make_settings, running_app, serving
+from enhancer import imaging, tiling
+from enhancer.conditioning import Strength, quantization_vector
+from enhancer.config import Settings
+from enhancer.imaging import OutputFormat
+from enhancer.models.contract import QUANTIZATION_KEY, read_spec
+from enhancer.pipeline import DirectTiles, Pipeline
+from enhancer.training.dataset import psnr
+
+SERVED_DIR = REPO_ROOT / "weights" / "dejpeg-q"
+
+
+@pytest.fixture(scope="module")
+def served():
+    from enhancer.models.saved_model import SavedModelRunner, configure_device
+
+    return SavedModelRunner(SERVED_DIR, device=configure_device(Settings(_env_file=None)))
+
+
+def _crops() -> dict[str, np.ndarray]:
+    """Small BGR crops of test-set kinds: fine texture, a text scan, a photo, screen content."""
+    import skimage
+
+    from enhancer.training.testset import _terminal
+
+    data = __import__("pathlib").Path(skimage.__file__).parent / "data"
+    grass = cv2.imread(str(data / "grass.png"), cv2.IMREAD_COLOR)  # a JPEG once: downscaled, as in the test set
+    grass = cv2.resize(grass, (256, 256), interpolation=cv2.INTER_AREA)[:160, :160]
+    page = cv2.imread(str(data / "page.png"), cv2.IMREAD_COLOR)[:160, :192]
+    astronaut = cv2.imread(str(data / "astronaut.png"), cv2.IMREAD_COLOR)[32:192, 160:320]
+    return {"grass": grass, "page": page, "astronaut": astronaut, "terminal": _terminal()[:160, :240]}
+
+
+def _jpeg(bgr: np.ndarray, quality: int) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buffer.tobytes()
+
+
+def _rgb01(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def _served_pipeline() -> Pipeline:
+    spec = read_spec(SERVED_DIR)
+    settings = Settings(_env_file=None, model_dir=SERVED_DIR).for_models(spec.reach, spec.size_multiple)
+    return Pipeline.from_settings(settings)
+
+
+def _enhance(served, data: bytes, strength: Strength = Strength.auto) -> np.ndarray:
+    result = _served_pipeline().run(data, served.spec, OutputFormat.png, 95, DirectTiles({served.spec.name: served}, 1), strength)
+    return _rgb01(decode_bytes(result.body))
+
+
+def test_signature_and_metadata_declare_the_contract(served):
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(SERVED_DIR)).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    assert inputs["images"].shape.as_list() == [None, None, None, 3]
+    assert inputs[QUANTIZATION_KEY].shape.as_list() == [None, 130]
+    assert list(signature.structured_outputs) == ["enhanced"]
+    meta = json.loads((SERVED_DIR / "metadata.json").read_text())
+    assert meta["size_multiple"] == 16 and meta["inputs"] == {QUANTIZATION_KEY: 130} and meta["scale"] == 1
+    assert served.spec.reach >= 42  # the projection's blocks widen the convolutions' 29 px
+
+
+def test_the_file_s_tables_reach_the_model(served):
+    """The same q90 pixels told 'q90' (their own tables) and 'q10' give different answers; told
+    q10, the model changes the image more."""
+    data = _jpeg(_crops()["astronaut"], 90)
+    pixels = _rgb01(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))[:160, :160]
+    own = quantization_vector(imaging.decode(data).info)
+    q10 = quantization_vector(imaging.decode(_jpeg(_crops()["astronaut"], 10)).info)
+    as_q90 = served.forward(pixels[None], {QUANTIZATION_KEY: own[None]})[0]
+    as_q10 = served.forward(pixels[None], {QUANTIZATION_KEY: q10[None]})[0]
+    assert np.abs(as_q90 - as_q10).mean() > 1e-3
+    assert np.abs(as_q10 - pixels).mean() > 2 * np.abs(as_q90 - pixels).mean()
+
+
+def test_clean_images_on_the_blind_path_come_back_unchanged(served):
+    for name, bgr in _crops().items():
+        png = imaging.encode(_rgb01(bgr), OutputFormat.png)
+        assert psnr(_enhance(served, png), _rgb01(bgr)) >= 45, name
+
+
+def test_the_blind_path_restores_a_png_made_from_a_jpeg(served):
+    bgr = _crops()["astronaut"]
+    damaged = cv2.imdecode(np.frombuffer(_jpeg(bgr, 15), np.uint8), cv2.IMREAD_COLOR)
+    png = imaging.encode(_rgb01(damaged), OutputFormat.png)
+    assert psnr(_enhance(served, png), _rgb01(bgr)) > psnr(_rgb01(damaged), _rgb01(bgr))
+
+
+#: Crops and qualities where the shipped checkpoint does not yet meet the issue's bound (strict:
+#: once the model meets it, the mark must go). Quality 95 is above the default pass-through
+#: (ENHANCER_PASS_THROUGH_JPEG_QUALITY 92): there the served answer is the file's own pixels.
+NOT_YET = {
+    ("grass", 90): "fine grass texture at q90 loses more than 0.1 dB with the shipped checkpoint (issue 13 target)",
+    ("page", 90): "a scanned text page at q90 loses more than 0.1 dB with the shipped checkpoint (issue 13 target)",
+}
+
+
+@pytest.mark.parametrize(
+    "name,quality",
+    [
+        pytest.param(name, q, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[(name, q)]) if (name, q) in NOT_YET else ())
+        for name in ("grass", "page", "astronaut", "terminal")
+        for q in (50, 70, 90, 95)
+    ],
+)
+def test_never_worse_than_the_jpeg_on_good_files(served, name, quality):
+    bgr = _crops()[name]
+    data = _jpeg(bgr, quality)
+    damaged = _rgb01(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    gain = psnr(_enhance(served, data), _rgb01(bgr)) - psnr(damaged, _rgb01(bgr))
+    assert gain >= -0.1, f"{name} at q{quality}: {gain:+.3f} dB"
+
+
+def test_strength_off_returns_the_input_pixels_exactly(served):
+    data = _jpeg(_crops()["page"], 30)
+    decoded = _rgb01(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    np.testing.assert_array_equal(_enhance(served, data, Strength.off), decoded)
+
+
+def test_tiled_answer_equals_one_whole_tile_within_one_step(served):
+    """Tiles start on the file's 16 px grid and overlap by the model's reach: no seams."""
+    bgr = cv2.resize(_crops()["astronaut"], (300, 260), interpolation=cv2.INTER_CUBIC)
+    data = _jpeg(bgr, 20)
+    image = imaging.decode(data)
+    vector = quantization_vector(image.info)
+    spec = served.spec
+    overlap = -(-spec.reach // spec.size_multiple) * spec.size_multiple
+
+    def forward(batch):
+        return served.forward(batch, {QUANTIZATION_KEY: np.repeat(vector[None], len(batch), axis=0)})
+
+    tiled = tiling.enhance_tiled(image.pixels, forward, 128, overlap, batch_size=4, multiple=spec.size_multiple)
+    whole = tiling.enhance_tiled(image.pixels, forward, 512, overlap, batch_size=1, multiple=spec.size_multiple)
+    assert np.abs(np.clip(tiled, 0, 1) - np.clip(whole, 0, 1)).max() * 255 <= 1.0
+
+
+@pytest.mark.anyio
+async def test_http_strength_control_on_the_served_model(served):
+    """Over HTTP: strong restores more than auto, off answers the decoded input, a bad value is 422."""
+    spec = served.spec
+    settings = make_settings(model_dir=SERVED_DIR, tile_overlap=-(-spec.reach // 16) * 16)
+    bgr = _crops()["astronaut"]
+    data = _jpeg(bgr, 40)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    async with running_app(__import__("enhancer.api", fromlist=["create_app"]).create_app(settings, models=serving(served))) as client:
+        answers = {}
+        for strength in ("auto", "strong", "off"):
+            r = await client.post(f"/upscale?strength={strength}", files={"image": ("a.jpg", data, "image/jpeg")})
+            assert r.status_code == 200, r.text
+            answers[strength] = decode_bytes(r.content).astype(np.int16)
+        bad = await client.post("/upscale?strength=max", files={"image": ("a.jpg", data, "image/jpeg")})
+    assert bad.status_code == 422 and "strength" in bad.text
+    np.testing.assert_array_equal(answers["off"], decoded)
+    change = {k: np.abs(v - decoded).mean() for k, v in answers.items()}
+    assert change["strong"] > change["auto"] > 0

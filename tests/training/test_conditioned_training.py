@@ -1,0 +1,182 @@
+"""The conditioned model's training side: JPEG damage with its true tables, the projection onto
+the file's quantisation intervals, the content mixture, and the conditioned network."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import REPO_ROOT
+from PIL import Image
+
+from enhancer.training import jpeg_damage, synthetic
+from enhancer.training.dataset import psnr
+from enhancer.training.mixture import MixtureSampler
+
+DATA = REPO_ROOT / "tests" / "data"
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth random colour field with edges (BGR uint8), enough texture for JPEG to damage."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3)).astype(np.uint8)
+    image = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    cv2.rectangle(image, (w // 4, h // 4), (w // 2, h // 2), (20, 200, 40), -1)
+    return image
+
+
+def _fonts() -> list[Path]:
+    import matplotlib
+
+    return [Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"]
+
+
+@pytest.mark.parametrize("quality,subsampling", [(10, 2), (50, 1), (90, 0)])
+def test_saved_file_carries_exactly_the_recipe_tables(quality, subsampling):
+    recipe = jpeg_damage.ijg_recipe(quality, subsampling)
+    picture = Image.open(io.BytesIO(jpeg_damage.save_jpeg(_photo(64, 64, 0), recipe)))
+    luma_table, chroma_table = picture.layer[0][3], picture.layer[1][3]
+    assert list(picture.quantization[luma_table]) == recipe.luma.astype(int).tolist()
+    assert list(picture.quantization[chroma_table]) == recipe.chroma.astype(int).tolist()
+    h_factor, v_factor = picture.layer[0][1] // picture.layer[1][1], picture.layer[0][2] // picture.layer[1][2]
+    condition = recipe.condition()
+    assert condition.shape == (jpeg_damage.QUANTIZATION_LENGTH,)
+    assert tuple(condition[128:]) == (h_factor, v_factor) == jpeg_damage.SAMPLING[subsampling]
+
+
+def test_ijg_tables_match_what_opencv_writes():
+    ok, data = cv2.imencode(".jpg", _photo(64, 64, 1), [cv2.IMWRITE_JPEG_QUALITY, 37])
+    picture = Image.open(io.BytesIO(data.tobytes()))
+    assert list(picture.quantization[0]) == jpeg_damage.ijg_scale(jpeg_damage.IJG_LUMA, 37).astype(int).tolist()
+    assert list(picture.quantization[1]) == jpeg_damage.ijg_scale(jpeg_damage.IJG_CHROMA, 37).astype(int).tolist()
+
+
+def test_greyscale_recipe_marks_chroma_unknown():
+    condition = jpeg_damage.ijg_recipe(30, grayscale=True).condition()
+    assert condition[:64].min() >= 1 and not condition[64:128].any() and tuple(condition[128:]) == (1, 1)
+
+
+def test_every_table_family_saves_and_decodes():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        recipe = jpeg_damage.sample_recipe(rng, grayscale=bool(rng.random() < 0.2))
+        decoded = jpeg_damage.jpeg_round_trip(_photo(48, 48, 2), recipe)
+        assert decoded.shape == (48, 48, 3)
+        assert 1 <= recipe.luma.min() and recipe.luma.max() <= 255
+
+
+def _project(restored, damaged, condition):
+    import tensorflow as tf
+
+    from enhancer.training.projection import project
+
+    return project(tf.constant(restored[None]), tf.constant(damaged[None]), tf.constant(condition[None])).numpy()[0]
+
+
+def _rgb(bgr):
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("quality,subsampling", [(20, 2), (75, 1), (90, 0)])
+def test_projection_keeps_the_original_and_pulls_a_blur_back(quality, subsampling):
+    clean_bgr = _photo(128, 128, 4)
+    recipe = jpeg_damage.ijg_recipe(quality, subsampling)
+    damaged = _rgb(jpeg_damage.jpeg_round_trip(clean_bgr, recipe))
+    clean = _rgb(clean_bgr)
+    # The original lies inside the file's intervals (up to the decoder's rounding): kept.
+    assert psnr(_project(clean, damaged, recipe.condition()), clean) > 55
+    # A blurred guess lies outside them: projecting brings it back towards the file.
+    blurred = cv2.GaussianBlur(damaged, (0, 0), 2.0)
+    projected = np.clip(_project(blurred, damaged, recipe.condition()), 0, 1)
+    assert psnr(projected, clean) > psnr(blurred, clean) + 0.1
+
+
+def test_projection_with_unknown_tables_changes_nothing():
+    damaged = _rgb(_photo(64, 64, 5))
+    guess = np.clip(damaged + 0.05, 0, 1)
+    out = _project(guess, damaged, np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32))
+    np.testing.assert_allclose(out, guess, atol=1e-5)
+
+
+def test_projection_bounds_luma_coefficients_to_half_a_step():
+    from enhancer.training.projection import _RGB_TO_YCC, dct_matrix
+
+    recipe = jpeg_damage.ijg_recipe(60, 0)
+    damaged = _rgb(jpeg_damage.jpeg_round_trip(_photo(64, 64, 6), recipe))
+    wild = np.random.default_rng(0).uniform(0, 1, damaged.shape).astype(np.float32)
+    out = _project(wild, damaged, recipe.condition())
+    d = dct_matrix()
+
+    def luma_coefficients(rgb):
+        y = (rgb @ _RGB_TO_YCC.T)[..., 0] * 255
+        blocks = y.reshape(8, 8, 8, 8).transpose(0, 2, 1, 3)
+        return np.einsum("ui,abij,vj->abuv", d, blocks, d)
+
+    distance = np.abs(luma_coefficients(out) - luma_coefficients(damaged))
+    assert np.all(distance <= recipe.luma.reshape(8, 8) / 2 + 1e-3)
+
+
+def test_mixture_batches_are_reproducible_and_shaped():
+    photos = [_photo(600, 640, 7), _photo(640, 600, 8)]
+    sampler = MixtureSampler(photos, _fonts(), patch_size=32, batch_size=6, seed=11)
+    a, b = sampler.batch(3), sampler.batch(3)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    damaged, clean, condition = a
+    assert damaged.shape == clean.shape == (6, 32, 32, 3) and condition.shape == (6, jpeg_damage.QUANTIZATION_LENGTH)
+    assert not np.array_equal(sampler.batch(4)[0], damaged)
+
+
+def test_mixture_draws_every_kind_and_both_paths():
+    photos = [_photo(600, 640, 9)]
+    sampler = MixtureSampler(photos, _fonts(), patch_size=32, batch_size=1, seed=0)
+    rng = np.random.default_rng(1)
+    samples = [sampler.sample(rng) for _ in range(300)]
+    kinds = {s.kind.split("/")[0] for s in samples}
+    assert kinds == {"photo", "rephoto", "dead_leaves", "text", "screen"}
+    blind = [s for s in samples if s.kind.endswith("/blind")]
+    assert 0.1 < len(blind) / len(samples) < 0.35
+    assert all(not s.quantization.any() for s in blind)
+    assert any(np.array_equal(s.damaged, s.clean) for s in blind)  # some blind patches are clean
+    told = [s for s in samples if not s.kind.endswith("/blind")]
+    assert all(s.quantization[:64].min() >= 1 for s in told)
+
+
+def test_mixture_refuses_a_patch_off_the_chroma_grid():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=40, batch_size=1, seed=0)
+
+
+def test_synthetic_generators_give_bgr_images_of_the_asked_size():
+    rng = np.random.default_rng(0)
+    for make in (lambda: synthetic.dead_leaves(rng, 96), lambda: synthetic.text_page(rng, 96, _fonts()),
+                 lambda: synthetic.screen(rng, 96, _fonts())):  # fmt: skip
+        image = make()
+        assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+        assert image.std() > 1  # not a flat colour
+
+
+def test_conditioned_net_starts_as_the_served_base_net():
+    """Zero-initialised FiLM heads and the body copied from the shipped SavedModel: with no
+    tables (projection off) the new net answers exactly as the shipped model does."""
+    import tensorflow as tf
+
+    from enhancer.training import network
+
+    model = network.build("dejpeg_q")
+    filled = network.load_body_weights(model, "weights/dejpeg")
+    assert "half_out" in filled and "quarter_0" in filled
+    x = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    served = tf.saved_model.load("weights/dejpeg").signatures["serving_default"](images=tf.constant(x))["enhanced"]
+    ours = model([x, np.zeros((1, jpeg_damage.QUANTIZATION_LENGTH), np.float32)])
+    np.testing.assert_allclose(np.clip(ours, 0, 1), served.numpy(), atol=1e-5)
+
+
+def test_conditioned_reach_covers_the_projection_blocks():
+    from enhancer.training import network
+
+    base, conditioned = network.build("dejpeg"), network.build("dejpeg_q")
+    assert network.receptive_field_reach(conditioned) > network.receptive_field_reach(base)
