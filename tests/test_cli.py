@@ -141,6 +141,7 @@ def test_enhance_scale_2_uses_the_configured_upscaler_and_names_the_outputs_x2(t
     rgb = tiling.enhance_tiled(
         image.pixels, lambda b: upscalers[2].forward(b, {"quantization": np.broadcast_to(vector, (len(b), 130))}),
         96, 48, 1, multiple=16, scale=2,  # the upscaler's tiles: half of 128, at least twice the overlap
+        context=0, buckets=False,  # the CLI's defaults: no mirrored border context, no buckets at batch 1
     )  # fmt: skip
     expected = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)[:, :, ::-1]
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1

@@ -611,7 +611,7 @@ async def test_openapi_declares_a_file_upload_and_docs_are_served(client):
     image = schema["properties"]["image"]
     assert image.get("format") == "binary" or image.get("contentMediaType") == "application/octet-stream"
     assert schema["required"] == ["image"]
-    assert {p["name"] for p in op["parameters"]} == {"format", "quality", "model", "strength"}
+    assert {p["name"] for p in op["parameters"]} == {"format", "quality", "model", "strength", "scale"}
     assert {"200", "400", "408", "413", "415", "422", "500", "503", "504"} <= set(op["responses"])
     assert set(op["responses"]["200"]["content"]) == {"image/png", "image/jpeg", "image/webp"}
     docs = await client.get("/docs")
