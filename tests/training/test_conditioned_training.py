@@ -180,3 +180,58 @@ def test_conditioned_reach_covers_the_projection_blocks():
 
     base, conditioned = network.build("dejpeg"), network.build("dejpeg_q")
     assert network.receptive_field_reach(conditioned) > network.receptive_field_reach(base)
+
+
+def test_mix_2_saves_grey_content_as_colour_files_too():
+    """Mix 1 saved every grey patch as a one-channel file (chroma steps unknown); mix 2 also saves
+    grey pixels in colour files (chroma steps known), as scanners and phones do."""
+    photos = [_photo(600, 640, 5)]
+
+    def grey_told(mix):
+        sampler = MixtureSampler(photos, _fonts(), patch_size=32, batch_size=1, seed=0, mix=mix)
+        rng = np.random.default_rng(2)
+        samples = [sampler.sample(rng) for _ in range(400)]
+        return [s for s in samples if not s.kind.endswith("/blind") and np.ptp(s.clean, axis=-1).max() == 0]
+
+    assert all(s.quantization[64] == 0 for s in grey_told(1))
+    told = grey_told(2)
+    assert any(s.quantization[64] == 0 for s in told) and any(s.quantization[64] > 0 for s in told)
+
+
+def test_mix_2_grain_stays_in_the_clean_target():
+    """Grain is content: the clean target carries it (more fine detail than the source region)."""
+    rng = np.random.default_rng(4)
+    flat = np.full((64, 64, 3), 120, np.uint8)
+    grainy = synthetic.grain(flat, rng)
+    assert grainy.shape == flat.shape and grainy.dtype == np.uint8
+    assert 0.5 < grainy.astype(np.float32).std() < 15
+
+
+def test_scanned_pages_are_blurred_and_noisy_but_still_text():
+    rng = np.random.default_rng(6)
+    page = synthetic.text_page(rng, 96, _fonts())
+    scan = synthetic.scanned(page, rng)
+    assert scan.shape == page.shape and scan.dtype == np.uint8
+    edges = lambda im: np.abs(np.diff(im.astype(np.float32), axis=1)).mean()  # noqa: E731
+    assert 0 < np.abs(scan.astype(np.float32) - page).mean() and edges(scan) > 0.2 * edges(page)
+
+
+def test_unknown_mix_is_refused():
+    with pytest.raises(ValueError, match="unknown training mix"):
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=3)
+
+
+def test_grey_tiles_come_back_grey_and_colour_tiles_untouched():
+    """KeepNeutral: a tile whose pixels are all grey answers with the restoration's luma in every
+    channel; a tile with any colour keeps the restoration as it is."""
+    from enhancer.training.network import KeepNeutral
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.uniform(0, 1, (1, 16, 16, 1)), 3, axis=-1).astype(np.float32)
+    colour = grey.copy()
+    colour[0, 3, 5, 2] += 0.01
+    restored = rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    out = np.asarray(KeepNeutral()([restored, np.concatenate([grey, colour])]))
+    luma = restored[0] @ np.array([0.299, 0.587, 0.114], np.float32)
+    np.testing.assert_allclose(out[0], np.repeat(luma[..., None], 3, axis=-1), atol=1e-6)
+    np.testing.assert_array_equal(out[1], restored[1])

@@ -76,7 +76,7 @@ def _train(args) -> None:
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patch_size=args.patch_size,
         learning_rate=args.learning_rate, seed=args.seed, loss=args.loss, warmup_steps=args.warmup_steps,
         init_weights=str(args.init_weights) if args.init_weights else None, ema_decay=args.ema_decay,
-        fonts_dir=str(args.fonts), relative_floor=args.relative_floor,
+        fonts_dir=str(args.fonts), relative_floor=args.relative_floor, mix=args.mix,
     )  # fmt: skip
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
@@ -259,6 +259,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "upscale_x2/x4 enlarge (--init-weights: a dejpeg_q .weights.h5 for their restorer; --patch-size "
                    "is the small image's)")
     p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir), help="training fonts (enhancer fetch-fonts)")
+    p.add_argument("--mix", type=int, choices=(1, 2), default=TRAIN_DEFAULTS.mix,
+                   help="dejpeg_q's training mix: 1 as the first runs, 2 adds grain, scans and grey colour files")
     p.add_argument("--relative-floor", type=float, default=TRAIN_DEFAULTS.relative_floor,
                    help="floor under the input's MSE in the relative loss")
     p.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)

@@ -98,6 +98,8 @@ def export_saved_model(
         shutil.rmtree(tmp)
     tf.saved_model.save(servable, str(tmp), signatures={SIGNATURE_KEY: servable.serve})
     info = {"architecture": model.name, "parameters": int(model.count_params()), **(metadata or {}), **spec.metadata()}
+    if any(layer.name == "keep_neutral" for layer in model.layers):
+        info["keeps_neutral"] = True  # grey tiles come back grey (network.KeepNeutral)
     (tmp / METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if measure is not None:
         info.update(measure(tmp))

@@ -30,6 +30,17 @@ BLIND_CLEAN_SHARE = 0.35
 DOUBLE_SHARE = 0.12
 GREY_SHARE = 0.08
 
+#: Mix 2 (`TrainConfig.mix`; mix 1 is the above, kept so its runs resume as they started) adds what
+#: a model trained on mix 1 got wrong on good files: it smoothed noise that belongs to the picture
+#: and tinted grey pictures. Photo and dead-leaves content carries sensor noise or grain in its
+#: clean target (`synthetic.grain`); rendered text is half the time a scan (`synthetic.scanned`);
+#: grey content is more common and is saved half the time as a colour JPEG (neutral chroma), as
+#: scanners and phones save documents and black-and-white photos.
+GRAIN_SHARE = 0.25
+SCANNED_SHARE = 0.5
+GREY_SHARE_MIX2 = 0.15
+GREY_AS_COLOUR_FILE = 0.5
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -52,7 +63,8 @@ class MixtureSampler:
     """Deterministic stream of batches: batch `step` depends only on (seed, step), so a resumed
     run sees the data an uninterrupted run would have seen."""
 
-    def __init__(self, photos: list[np.ndarray], fonts: list[Path], patch_size: int, batch_size: int, seed: int):
+    def __init__(self, photos: list[np.ndarray], fonts: list[Path], patch_size: int, batch_size: int, seed: int,
+                 mix: int = 1):
         if patch_size % 16:
             raise ValueError(f"patch size must be a multiple of 16 (the 4:2:0 block grid), got {patch_size}")
         need = 3 * (patch_size + 16)  # a re-photographed crop at half scale, rotated, needs this much
@@ -65,6 +77,9 @@ class MixtureSampler:
         self.photo_weights = areas / areas.sum()
         self.fonts = list(fonts)
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+        if mix not in (1, 2):
+            raise ValueError(f"unknown training mix {mix} (1 or 2)")
+        self.mix = mix
         self.kinds = list(CONTENT_WEIGHTS)
         self.kind_weights = np.array([CONTENT_WEIGHTS[k] for k in self.kinds])
 
@@ -87,7 +102,8 @@ class MixtureSampler:
         if kind == "dead_leaves":
             return synthetic.dead_leaves(rng, size)
         if kind == "text":
-            return synthetic.text_page(rng, size, self.fonts)
+            page = synthetic.text_page(rng, size, self.fonts)
+            return synthetic.scanned(page, rng) if self.mix >= 2 and rng.random() < SCANNED_SHARE else page
         return synthetic.screen(rng, size, self.fonts)
 
     def sample(self, rng: np.random.Generator) -> Sample:
@@ -97,9 +113,13 @@ class MixtureSampler:
         region = _dihedral(self.content(rng, kind, size + 16), int(rng.integers(0, 8)))
         if rng.random() < 0.5:  # colours our few photos lack (saturated purples, cyans)
             region = np.ascontiguousarray(region[..., list(rng.permutation(3))])
-        grey = rng.random() < GREY_SHARE
+        if self.mix >= 2 and kind in ("photo", "rephoto", "dead_leaves") and rng.random() < GRAIN_SHARE:
+            region = synthetic.grain(region, rng)
+        grey = rng.random() < (GREY_SHARE_MIX2 if self.mix >= 2 else GREY_SHARE)
         if grey:
             region = cv2.cvtColor(cv2.cvtColor(region, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+            if self.mix >= 2 and rng.random() < GREY_AS_COLOUR_FILE:
+                grey = False  # grey pixels in a colour file: the file's chroma is flat
         if rng.random() < BLIND_SHARE:
             condition = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
             dy, dx = (int(v) for v in rng.integers(0, 16, 2))

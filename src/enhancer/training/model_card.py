@@ -113,6 +113,21 @@ def _evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _mix_lines(meta: dict) -> list[str]:
+    """What the recipe's training mix (`TrainConfig.mix`) adds to the content above."""
+    recipe = meta.get("recipe", {})
+    if recipe.get("mix", 1) < 2:
+        return []
+    start = recipe.get("init_weights")
+    return [
+        "- Mix 2 (this run): a quarter of photo and dead-leaves patches carry sensor noise or film grain in their clean",
+        "  target (Gaussian, sigma 1-7 levels, some spatially correlated, mostly luminance), so grain is content to keep;",
+        "  half the rendered text is a scan (blurred strokes, uneven light, paper texture, noise, half of it grey);",
+        "  15 % of patches are grey, half of them saved as colour JPEGs (flat chroma), as scanners and phones save them.",
+        *([f"- Started from `{start}` (the mix-1 run's weight average)."] if start else []),
+    ]
+
+
 def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> str:
     """The card of a model told the file's quantisation tables (`dejpeg_q`)."""
     lines = [
@@ -141,6 +156,8 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "  the projection: per 8x8 block, in the file's YCbCr planes, each DCT coefficient is clipped to within half a",
         "  quantisation step of the file's; chroma at the file's chroma resolution (approximately: the decoded",
         "  chroma is averaged back to that grid and the correction resized bilinearly).",
+        *(["- A tile whose pixels are all grey (R = G = B) answers with the result's luma in every channel, so a grey",
+           "  picture saved as a colour JPEG never comes back tinted."] if meta.get("keeps_neutral") else []),
         f"- Parameters: {meta.get('parameters'):,}; cost {meta.get('macs_per_pixel', 0) / 1000:.1f} k multiply-accumulates per pixel",
         "  (the FiLM heads run once per tile; the projection adds a few hundred operations per pixel).",
         f"- Receptive-field reach: {meta.get('receptive_field_reach')} px at the worst grid phase (measured with a gradient;",
@@ -154,6 +171,7 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "- Made on the fly (`training/synthetic.py`, `training/mixture.py`), weighted so photographs dominate:",
         "  photo crops 55 %, re-photographed crops (rotated up to 30 degrees, rescaled 0.5-1x) 10 %, dead leaves 12 %,",
         "  rendered text in 12 Debian font families 11 %, interface and chart layouts 12 %.",
+        *_mix_lines(meta),
         "",
         "## Degradations (one fresh recipe per patch)",
         "- JPEG saved by libjpeg through Pillow with recorded tables from four families: libjpeg's quality scaling of",

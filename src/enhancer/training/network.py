@@ -143,6 +143,24 @@ class JpegProjection(layers.Layer):
         return input_shapes[0]
 
 
+class KeepNeutral(layers.Layer):
+    """A tile whose pixels are all grey (R = G = B everywhere) comes back grey: the answer's luma
+    in every channel. Why: a grey picture (a scan, a black-and-white photo) saved as a colour JPEG
+    has flat chroma, so any colour the net adds is error, and a user sees it as a tint or fringes."""
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        restored, image = inputs
+        spread = tf.reduce_max(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1), axis=[1, 2])
+        luma = tf.reduce_sum(restored * tf.constant([0.299, 0.587, 0.114], restored.dtype), axis=-1, keepdims=True)
+        grey = tf.concat([luma, luma, luma], axis=-1)
+        return tf.where((spread == 0)[:, None, None, None], grey, restored)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
 def build_dejpeg_q(
     half_channels: int = 32,
     quarter_channels: int = 96,
@@ -192,7 +210,8 @@ def build_dejpeg_q(
     correction = DepthToSpace(2, name="to_full")(correction)
     restored = layers.Add(name="residual")([image, correction])
     projected = JpegProjection(name="projection")([restored, image, quantization])
-    return keras.Model([image, quantization], projected, name=name)
+    answer = KeepNeutral(name="keep_neutral")([projected, image])
+    return keras.Model([image, quantization], answer, name=name)
 
 
 class BicubicUpsample(layers.Layer):

@@ -177,3 +177,38 @@ def screen(rng: np.random.Generator, size: int, fonts: list[Path]) -> np.ndarray
         x, y = (int(v) for v in rng.integers(-10, size, 2))
         draw.text((x, y), _sentence(rng, int(rng.integers(1, 5))), font=font, fill=_colour(rng, dark=not dark))
     return cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+
+
+def grain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sensor noise or film grain that belongs to the picture (the clean target keeps it).
+
+    Why: our photos are downscaled at least 2x, which washes their noise out, so a net trained on
+    them learns that fine noise is compression damage and smooths it away even in a good file.
+    Gaussian, sometimes spatially correlated (grain), mostly in luminance.
+    """
+    h, w = image.shape[:2]
+    sigma = rng.uniform(1.0, 7.0)
+    luma = rng.normal(0, 1, (h, w, 1)).astype(np.float32)
+    chroma = rng.normal(0, rng.uniform(0.0, 0.5), (h, w, 3)).astype(np.float32)
+    noise = luma + chroma
+    if rng.random() < 0.4:
+        spread = rng.uniform(0.5, 1.2)
+        noise = cv2.GaussianBlur(noise, (0, 0), spread) * (1 + spread)  # keep about the same strength
+    return np.clip(image.astype(np.float32) + sigma * noise, 0, 255).astype(np.uint8)
+
+
+def scanned(page: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A rendered page as a scanner or a phone camera returns it: slightly blurred strokes, paper
+    that is neither flat nor white (uneven light, fibre texture), noise, often greyscale."""
+    h, w = page.shape[:2]
+    image = page.astype(np.float32)
+    sigma = rng.uniform(0.3, 1.2)
+    image = cv2.GaussianBlur(image, (0, 0), sigma)
+    light = cv2.resize(rng.uniform(0.75, 1.1, (3, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    fibre = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), rng.uniform(0.7, 2.5))
+    image = image * light[..., None] + rng.uniform(0, 6) * fibre[..., None]
+    image = image + rng.normal(0, rng.uniform(0.5, 4.0), image.shape[:2])[..., None]
+    if rng.random() < 0.5:
+        image = cv2.cvtColor(np.clip(image, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY)
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return np.clip(image, 0, 255).astype(np.uint8)

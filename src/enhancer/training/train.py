@@ -65,6 +65,9 @@ class TrainConfig:
     fonts_dir: str = "data/fonts"
     #: Floor under the input's MSE in the relative loss (see RELATIVE_LOSS_FLOOR).
     relative_floor: float = 1e-4
+    #: Training mix of a conditioned model (enhancer.training.mixture): 1 as the first runs were
+    #: made (a saved recipe without this field is mix 1), 2 with grain, scans and grey colour files.
+    mix: int = 1
 
 
 #: Floor under a patch's MSE in the psnr loss (a 50 dB cap), so flat patches cannot dominate.
@@ -251,11 +254,16 @@ def evaluate_gain(predict, pairs: dict[str, list[tuple[tuple, np.ndarray]]]) -> 
     return row
 
 
+#: Validation labels where any loss counts as harm in the checkpoint score.
+HIGH_QUALITY_LABELS = ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q90",
+                       "gain_grey_q90", "gain_grain_q90", "gain_scan_q75", "gain_scan_q90")  # fmt: skip
+
+
 def _score(row: dict[str, float]) -> float:
     """Best = highest worst-case-aware gain: mean of the low-quality gains, penalised for any
     harm at high quality and for changing a clean image by more than 45 dB's worth."""
     gains = [row[k] for k in ("gain_q10", "gain_q30", "gain_screen_q10", "gain_screen_q30") if k in row]
-    harm = sum(min(0.0, row[k]) for k in ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q90") if k in row)
+    harm = sum(min(0.0, row[k]) for k in HIGH_QUALITY_LABELS if k in row)
     clean = min(0.0, row.get("psnr_out_clean", 99.0) - 45.0) * 0.1
     return float(np.mean(gains)) + 4 * harm + clean
 
@@ -266,10 +274,14 @@ def _score_upscale(row: dict[str, float]) -> float:
     return float(np.mean(gains)) + 4 * sum(min(0.0, g) for g in gains)
 
 
-def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512) -> dict[str, list]:
+def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
+                           extended: bool = False) -> dict[str, list]:
     """Fixed validation pairs for a conditioned model: held-out photos and rendered screen content
     saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and on
-    clean images. Screen content is rendered with seeds the training stream never draws."""
+    clean images. Screen content is rendered with seeds the training stream never draws.
+
+    `extended` (runs on mix 2) adds the good files mix 1 harmed: the photos in grey saved as
+    colour JPEGs, the photos with grain (q90), and scanned pages (q75, q90)."""
     from enhancer.training import jpeg_damage, synthetic
 
     def rgb(bgr):
@@ -291,6 +303,14 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
             pairs[label] = [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
     pairs["blind_q30"] = [((rgb(jpeg_damage.jpeg_round_trip(im, jpeg_damage.ijg_recipe(30))), blind), rgb(im)) for im in photos]
     pairs["clean"] = [((rgb(im), blind), rgb(im)) for im in photos + screens]
+    if extended:
+        grey = [cv2.cvtColor(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for p in photos]
+        grainy = [synthetic.grain(p, rng) for p in photos]
+        scans = [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)]
+        for label, images, q in (("grey_q90", grey, 90), ("grain_q90", grainy, 90), ("scan_q75", scans, 75),
+                                 ("scan_q90", scans, 90)):  # fmt: skip
+            recipe = jpeg_damage.ijg_recipe(q)
+            pairs[label] = [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
     return pairs
 
 
@@ -330,8 +350,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         val = upscale_validation(val_images, fonts, scale, cfg.val_crop)
     elif conditioned:
         fonts = list_fonts(Path(cfg.fonts_dir))
-        sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed)
-        val = conditioned_validation(val_images, fonts, cfg.val_crop)
+        sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix)
+        val = conditioned_validation(val_images, fonts, cfg.val_crop, extended=cfg.mix >= 2)
     else:
         sampler = PatchSampler(train_images, cfg.patch_size, cfg.batch_size, cfg.seed)
         val = {f"q{q}": [((d,), c) for d, c in items]
