@@ -196,6 +196,9 @@ USER_VIEW_SERVERS: dict[str, dict[str, object]] = {
     "defaults": {},
     "before": {"border_context": 48, "tile_buckets": "true"},
 }
+#: `--against float32`: the defaults beside the same server held to float32, on a CPU where the
+#: defaults run bfloat16 (what `auto` buys end to end; the raw worker stays at the defaults' precision).
+FLOAT32_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "float32": {"precision": "float32"}}
 
 
 def user_view(profile: Profile, rounds: int = 3, big_rounds: int = 2, servers=USER_VIEW_SERVERS) -> dict:
@@ -388,10 +391,13 @@ def main() -> None:
     parser.add_argument("--profile", default="full", choices=sorted(PROFILES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default=str(RESULTS_DIR / "efficiency_user.json"))
+    parser.add_argument("--against", choices=("before", "float32"), default="before",
+                        help="the second server: the tiling before issue 15, or the defaults held to float32")
     args = parser.parse_args()
     import os
 
-    data = user_view(PROFILES[args.profile], rounds=args.rounds)
+    servers = FLOAT32_SERVERS if args.against == "float32" else USER_VIEW_SERVERS
+    data = user_view(PROFILES[args.profile], rounds=args.rounds, servers=servers)
     data["load_average_at_end"] = list(os.getloadavg())
     write_json(Path(args.json), data)
     for name, summary in data["summary"].items():

@@ -150,7 +150,10 @@ def measure(models: list[str], rounds: int, seconds: float) -> dict:
                 entry["between_db"].append(_psnr(f32[label], b16[label]))
             for entry in quality.values():
                 entry["change_db"] = float(np.mean(entry["bfloat16_psnr_db"]) - np.mean(entry["float32_psnr_db"]))
-                entry["lowest_between_db"] = float(min(entry["between_db"]))
+                lowest = float(min(entry["between_db"]))
+                entry["bit_identical"] = bool(np.isinf(lowest))  # every answer equal in both precisions
+                entry["lowest_between_db"] = None if np.isinf(lowest) else lowest
+                entry["between_db"] = [None if np.isinf(v) else v for v in entry["between_db"]]
             result["models"][model] = {
                 "runs": runs, "speedup_per_round": ratios, "speedup_median": float(np.median(ratios)),
                 "psnr": quality,
@@ -182,7 +185,7 @@ def main() -> None:
         return
     if not args.json:
         parser.error("--json is required")
-    write_json(args.json, measure(args.models.split(","), args.rounds, args.seconds))
+    write_json(Path(args.json), measure(args.models.split(","), args.rounds, args.seconds))
 
 
 if __name__ == "__main__":

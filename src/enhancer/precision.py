@@ -11,14 +11,19 @@ once. This module imports neither TensorFlow nor anything that does.
 
 `ENHANCER_PRECISION`:
 
-* `auto` (default): bfloat16 on CPUs with bfloat16 instructions (`avx512_bf16` or `amx_bf16`),
-  unless a served model's metadata.json records a bfloat16 PSNR change over
-  `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured by `enhancer export`); float32 on other CPUs; on a GPU
+* `auto` (default): bfloat16 on CPUs with AMX (`amx_bf16`), unless a served model's metadata.json records a bfloat16 PSNR change over
+  `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured by `enhancer export`); float32 on other CPUs, including
+  those with `avx512_bf16` alone: there TensorFlow's oneDNN takes the BF16 math mode and still runs
+  its float32 convolution and matmul kernels (measured on an AMD EPYC with avx512_bf16 and no AMX:
+  bit-identical answers, no speed-up; benchmarks/RESULTS.md), so calling that bfloat16 would be
+  false; on a GPU
   the mixed_float16 path (decided later, once TensorFlow sees the GPU: `saved_model.configure_device`).
 * `float32`, `mixed_float16`: as before.
 * `bfloat16`: bfloat16 CPU math, even for a model whose record is over the limit. On a CPU without
   bfloat16 instructions (or with oneDNN switched off) it is a start-up error, not a fallback: oneDNN
-  would silently run float32, and whoever set it explicitly expects the speed it does not get.
+  would silently run float32, and whoever set it explicitly expects the speed it does not get. With
+  `avx512_bf16` and no AMX it is allowed (a later oneDNN may use it) with a warning that today's
+  runs float32 kernels there.
 
 The mode is process-wide, so with several models one over the limit keeps all of them in float32.
 """
@@ -38,8 +43,15 @@ log = logging.getLogger(__name__)
 SETTINGS = ("auto", "float32", "bfloat16", "mixed_float16")
 #: oneDNN's environment variable for its default floating-point math mode.
 FPMATH_VARIABLE = "ONEDNN_DEFAULT_FPMATH_MODE"
-#: /proc/cpuinfo flags of x86 CPUs with bfloat16 dot-product instructions oneDNN uses.
+#: /proc/cpuinfo flags of x86 CPUs with bfloat16 dot-product instructions.
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+#: The flag `auto` needs: the one with which oneDNN's BF16 math mode changes the kernels it runs.
+AUTO_BFLOAT16_FLAG = "amx_bf16"
+#: Why `auto` passes over avx512_bf16 alone (the start-up log and /readyz say it).
+NO_AMX_REASON = (
+    "this CPU has avx512_bf16 but no AMX (amx_bf16); oneDNN runs its float32 convolution kernels there "
+    "even in BF16 math mode (no speed-up, bit-identical answers), so bfloat16 is not claimed"
+)
 #: A model whose recorded float32 -> bfloat16 PSNR change is larger than this (either sign) gets
 #: float32 under `auto` (the issue's tolerance for a change nobody should see).
 MAX_BFLOAT16_PSNR_CHANGE_DB = 0.05
@@ -130,6 +142,8 @@ def resolve(
         return Precision(setting, "bfloat16", f"set; CPU has {', '.join(flags)}")
     if missing:
         return Precision(setting, "float32", f"auto: {missing}")
+    if setting == "auto" and AUTO_BFLOAT16_FLAG not in flags:
+        return Precision(setting, "float32", f"auto: {NO_AMX_REASON}")
     over = {
         name: change
         for name, change in (model_changes or {}).items()
@@ -194,6 +208,12 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
                 f"bfloat16 allowed for {', '.join(unmeasured)}: no bfloat16 PSNR change recorded in "
                 "metadata.json (`enhancer measure-bfloat16` records one)",
             )
+    if plan.name == "bfloat16" and setting == "bfloat16" and AUTO_BFLOAT16_FLAG not in plan.reason:
+        _log_once(
+            logging.WARNING,
+            "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16): TensorFlow's oneDNN is expected "
+            "to run its float32 kernels here, without a speed-up (auto would choose float32)",
+        )
     if plan.name == "float32" and "refused bfloat16" in plan.reason:
         _log_once(logging.WARNING, f"precision {plan.describe()}")
     return plan

@@ -206,6 +206,24 @@ def _evaluate(args) -> None:
     print((out / "evaluation.md").read_text())
 
 
+def _validate_high_quality(args) -> None:
+    """`validate-high-quality`: the validation gains at qualities 85-98 that set the pass-through."""
+    from enhancer.training.evaluate import high_quality_validation
+
+    result = high_quality_validation(args.model, args.data, args.fonts)
+    result.update(machine=machine_description(), date=time.strftime("%Y-%m-%d"))
+    out = args.model / "eval" / "high_quality_validation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    qualities = result["qualities"]
+    print("| kind | " + " | ".join(f"q{q}" for q in qualities) + " |")
+    print("|---|" + "---|" * len(qualities))
+    for kind, row in result["gain_db"].items():
+        cells = [f"{row[f'q{q}']['mean']:+.3f} / {row[f'q{q}']['worst']:+.3f}" for q in qualities]
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+    print(f"(mean / worst image, dB; written to {out})")
+
+
 def _evaluate_upscale(args) -> None:
     """`evaluate --scale 2|4`: the upscaler against bicubic, Lanczos and restore-then-bicubic."""
     if args.compare or args.budget_runs:
@@ -294,6 +312,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
     p.set_defaults(func=_measure_bfloat16_command)
+
+    p = subparsers.add_parser("validate-high-quality",
+                              help="a restorer's gains on the validation set's good JPEGs (q85-98): where pass-through should start")  # fmt: skip
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
+    p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
+    p.set_defaults(func=_validate_high_quality)
 
     p = subparsers.add_parser("evaluate", help="PSNR/SSIM on held-out photos per JPEG quality (--scale 2|4: an upscaler "
                               "against bicubic, Lanczos, restore+bicubic); table, crops")  # fmt: skip

@@ -373,3 +373,49 @@ def budget_comparison(runs: list[Path]) -> str:
                 f"{float(r['gain_q90']):+.2f} | {speed:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+#: Qualities the pass-through decision looks at (validation only, see `high_quality_validation`).
+PASS_THROUGH_QUALITIES = (85, 90, 92, 95, 98)
+
+
+def high_quality_validation(model_dir: Path, data_dir: Path, fonts_dir: Path, crop: int = 512) -> dict:
+    """Gain (dB) of a conditioned model on the validation set's good files, per kind and quality:
+    the evidence for where the server's pass-through starts. Validation, never the test set, chooses.
+
+    Kinds: the held-out photos, rendered screens, the photos in grey saved as colour JPEGs, the
+    photos with grain, scanned pages (the `extended` validation of training mix 2); OpenCV's 4:2:0
+    JPEG at each quality, told its tables. Reported per kind: the mean and the worst image.
+    """
+    from enhancer.training import jpeg_damage, synthetic
+    from enhancer.training.dataset import psnr
+
+    photos = load_images(data_dir / "val")
+    fonts = synthetic.list_fonts(fonts_dir)
+
+    def centre(image):
+        h, w = image.shape[:2]
+        ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
+        return image[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw]
+
+    rng = np.random.default_rng(987_654_321)  # the training validation's seed: the same renders
+    photos = [centre(p) for p in photos]
+    kinds = {
+        "photo": photos,
+        "screen": [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen) * 2],
+        "grey": [cv2.cvtColor(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for p in photos],
+        "grain": [synthetic.grain(p, rng) for p in photos],
+        "scan": [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)],
+    }
+    forward = ImageForward(model_dir)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, images in kinds.items():
+        for q in PASS_THROUGH_QUALITIES:
+            recipe = jpeg_damage.ijg_recipe(q)
+            gains = []
+            for image in images:
+                damaged = _rgb01(jpeg_damage.jpeg_round_trip(image, recipe))
+                clean = _rgb01(image)
+                gains.append(psnr(forward(damaged, recipe.condition()), clean) - psnr(damaged, clean))
+            table.setdefault(kind, {})[f"q{q}"] = {"mean": float(np.mean(gains)), "worst": float(np.min(gains))}
+    return {"model": str(model_dir), "qualities": list(PASS_THROUGH_QUALITIES), "gain_db": table}

@@ -113,6 +113,14 @@ def _evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _unfinished_lines(meta: dict) -> list[str]:
+    planned = meta.get("recipe", {}).get("steps")
+    if planned is None or meta.get("trained_steps", planned) >= planned:
+        return []
+    return [f"- Training unfinished: these weights are from step {meta.get('trained_steps')} of the {planned} the recipe",
+            "  plans; the run resumes from `training-runs/`."]  # fmt: skip
+
+
 def _mix_lines(meta: dict) -> list[str]:
     """What the recipe's training mix (`TrainConfig.mix`) adds to the content above."""
     recipe = meta.get("recipe", {})
@@ -189,10 +197,9 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "",
         *_evaluation_lines(evaluation, model_dir / "eval"),
         "## Limits",
-        f"- Training unfinished: these are the best weights (by validation) at step {meta.get('trained_steps')} of the",
-        f"  {meta.get('recipe', {}).get('steps')} the recipe plans; the run resumes from `training-runs/`.",
-        "- Scanned text and fine grey texture still lose PSNR at qualities 75-95 (per-image table above); the server",
-        "  answers JPEGs of quality >= ENHANCER_PASS_THROUGH_JPEG_QUALITY (92) with their own pixels.",
+        *_unfinished_lines(meta),
+        "- Scanned text and fine grey texture are where it can still lose PSNR at high qualities (per-image table",
+        "  above); the server answers JPEGs of quality >= ENHANCER_PASS_THROUGH_JPEG_QUALITY with their own pixels.",
         "- A JPEG re-saved at the quality it was made with carries almost no new damage, and nothing in the file says",
         "  so (scikit-image's grass.png re-saved at q90 is 52 dB, against 40-42 dB at q88 and q92).",
         "- The blind path (images that are not JPEG files) is conservative: it restores far less than the told path.",

@@ -268,7 +268,8 @@ def build_upscaler(
     detail = DepthToSpace(scale, name="to_output")(sub_pixels)
     base = BicubicUpsample(scale, name="bicubic")(restored)
     enlarged = layers.Add(name="enlarged")([base, detail])
-    return keras.Model([image, quantization], enlarged, name=name or f"upscale_x{scale}")
+    answer = KeepNeutral(name="keep_neutral")([enlarged, image])
+    return keras.Model([image, quantization], answer, name=name or f"upscale_x{scale}")
 
 
 def load_restorer_weights(model: keras.Model, weights: str) -> None:
