@@ -390,6 +390,7 @@ def main() -> None:
     parser.add_argument("--user-view", action="store_true", required=True)
     parser.add_argument("--profile", default="full", choices=sorted(PROFILES))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-rounds", type=int, default=2, help="rounds of the 12 MP photo alone")
     parser.add_argument("--json", default=str(RESULTS_DIR / "efficiency_user.json"))
     parser.add_argument("--against", choices=("before", "float32"), default="before",
                         help="the second server: the tiling before issue 15, or the defaults held to float32")
@@ -397,7 +398,7 @@ def main() -> None:
     import os
 
     servers = FLOAT32_SERVERS if args.against == "float32" else USER_VIEW_SERVERS
-    data = user_view(PROFILES[args.profile], rounds=args.rounds, servers=servers)
+    data = user_view(PROFILES[args.profile], rounds=args.rounds, big_rounds=args.big_rounds, servers=servers)
     data["load_average_at_end"] = list(os.getloadavg())
     write_json(Path(args.json), data)
     for name, summary in data["summary"].items():

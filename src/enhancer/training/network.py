@@ -377,7 +377,7 @@ def receptive_field_reach(model: keras.Model, size: int = 192) -> int:
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    custom = (SpaceToDepth, DepthToSpace, BicubicUpsample, QuantizationFeatures, FiLM, JpegProjection)
+    custom = (SpaceToDepth, DepthToSpace, BicubicUpsample, QuantizationFeatures, FiLM, JpegProjection, KeepNeutral)
     with keras.saving.custom_object_scope({cls.__name__: cls for cls in custom}):  # nested nets are rebuilt from config
         probe = keras.models.clone_model(model)
     probe.set_weights([rng.normal(0, 0.1, w.shape).astype("float32") for w in probe.get_weights()])
