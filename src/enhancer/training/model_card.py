@@ -17,7 +17,8 @@ def _log_table(log_csv: str) -> list[str]:
     """A run's log.csv as a Markdown table of step, minutes, loss and the validation gains."""
     rows = list(csv.DictReader(io.StringIO(log_csv)))
     columns = [c for c in ("gain_q10", "gain_q30", "gain_q75", "gain_q90", "gain_screen_q10", "gain_screen_q90",
-                           "gain_blind_q30", "psnr_out_clean", "gain_clean", "gain_screen_clean", "gain_q50")
+                           "gain_blind_q30", "gain_grey_q90", "gain_grain_q90", "gain_scan_q90", "psnr_out_clean",
+                           "gain_clean", "gain_screen_clean", "gain_q50")
                if rows and c in rows[0]]  # fmt: skip
     head = " | ".join(c.replace("gain_", "gain ").replace("psnr_out_clean", "clean PSNR").replace("_", " ") for c in columns)
     out = [f"| step | minutes | loss | {head} |", "|---" * (3 + len(columns)) + "|"]
@@ -113,6 +114,35 @@ def _evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _high_quality_validation_lines(path: Path) -> list[str]:
+    """`enhancer validate-high-quality`'s table: the validation evidence for the pass-through."""
+    if not path.exists():
+        return []
+    result = json.loads(path.read_text())
+    qualities = result["qualities"]
+    lines = [
+        "## Good JPEGs: where the server skips the model (validation, not the test set)",
+        "",
+        "`enhancer validate-high-quality`: gain over the JPEG (dB, mean / worst image) on the validation set's good",
+        "files, OpenCV 4:2:0 at each quality, told its tables (photos: the 4 held-out photos; grey, grain: those photos",
+        "in grey saved as colour JPEGs, and with grain; screen, scan: rendered from seeds training never draws):",
+        "",
+        "| kind | " + " | ".join(f"q{q}" for q in qualities) + " |",
+        "|---" * (len(qualities) + 1) + "|",
+    ]
+    for kind, row in result["gain_db"].items():
+        lines.append(f"| {kind} | " + " | ".join(f"{row[f'q{q}']['mean']:+.2f} / {row[f'q{q}']['worst']:+.2f}" for q in qualities) + " |")
+    lines += [
+        "",
+        "The server answers JPEGs of quality >= `ENHANCER_PASS_THROUGH_JPEG_QUALITY` (default 96) with their own",
+        "pixels: q95 is the highest quality measured where every validation image stays above -0.1 dB, and q98 is",
+        "not. Validation's rendered scans gain up to q95 while the test set's scanned page loses from q75 (per-image",
+        "table above): the pass-through does not protect that kind.",
+        "",
+    ]
+    return lines
+
+
 def _unfinished_lines(meta: dict) -> list[str]:
     planned = meta.get("recipe", {}).get("steps")
     if planned is None or meta.get("trained_steps", planned) >= planned:
@@ -168,7 +198,7 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
            "  picture saved as a colour JPEG never comes back tinted."] if meta.get("keeps_neutral") else []),
         f"- Parameters: {meta.get('parameters'):,}; cost {meta.get('macs_per_pixel', 0) / 1000:.1f} k multiply-accumulates per pixel",
         "  (the FiLM heads run once per tile; the projection adds a few hundred operations per pixel).",
-        f"- Receptive-field reach: {meta.get('receptive_field_reach')} px at the worst grid phase (measured with a gradient;",
+        f"- Receptive-field reach: {meta.get('reach', meta.get('receptive_field_reach'))} px at the worst grid phase (measured with a gradient;",
         "  the projection's blocks add to the convolutions' reach); the server's tile overlap must be at least this.",
         "",
         "## Data",
@@ -196,6 +226,7 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "  with the floor above) charges harm to a good image as much as failure on a bad one.",
         "",
         *_evaluation_lines(evaluation, model_dir / "eval"),
+        *_high_quality_validation_lines(model_dir / "eval" / "high_quality_validation.json"),
         "## Limits",
         *_unfinished_lines(meta),
         "- Scanned text and fine grey texture are where it can still lose PSNR at high qualities (per-image table",
@@ -203,7 +234,7 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "- A JPEG re-saved at the quality it was made with carries almost no new damage, and nothing in the file says",
         "  so (scikit-image's grass.png re-saved at q90 is 52 dB, against 40-42 dB at q88 and q92).",
         "- The blind path (images that are not JPEG files) is conservative: it restores far less than the told path.",
-        "- Trained on 19 photographs plus synthetic content; faces and people are rare in it.",
+        f"- Trained on {meta.get('data', {}).get('train_images', 19)} photographs plus synthetic content; faces and people are rare in it.",
         "- The chroma projection is approximate (the decoder's chroma upsampling is not inverted exactly).",
         "- Not an upscaler: output size equals input size.",
         "",
