@@ -294,3 +294,30 @@ def test_export_records_the_chain_of_runs_a_fine_tune_started_from(tmp_path):
     oldest = middle["base_run"]
     assert (oldest["recipe"]["run_dir"], oldest["weights_file"], oldest["training_minutes"]) == (str(first), "final.weights.h5", 82.0)
     assert "base_run" not in oldest
+
+
+def test_prefetcher_ends_at_stop_and_at_once_for_a_finished_run():
+    """A rerun of a finished run used to wait forever for a batch (the stream never ended)."""
+    from enhancer.training.train import _Prefetcher
+
+    class Counting:
+        def batch(self, step):
+            return step * 10
+
+    assert list(_Prefetcher(Counting(), 3, 6)) == [(3, 30), (4, 40), (5, 50)]
+    assert list(_Prefetcher(Counting(), 6, 6)) == []
+
+
+def test_prefetcher_raises_the_sampler_s_error_in_the_training_loop():
+    from enhancer.training.train import _Prefetcher
+
+    class Broken:
+        def batch(self, step):
+            if step == 2:
+                raise ValueError("no photo is large enough")
+            return step
+
+    stream = _Prefetcher(Broken(), 0, 5)
+    assert next(stream) == (0, 0) and next(stream) == (1, 1)
+    with pytest.raises(ValueError, match="no photo is large enough"):
+        next(stream)

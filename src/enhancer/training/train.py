@@ -117,7 +117,14 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 class _Prefetcher:
-    """Builds upcoming batches on a thread while TensorFlow (which releases the GIL) trains."""
+    """Builds upcoming batches on a thread while TensorFlow (which releases the GIL) trains.
+
+    The stream ends after `stop` (at once for a run that already reached it, which a rerun of a
+    finished run is), and a sampler error is raised in the training loop rather than leaving it
+    waiting for a batch that will never come.
+    """
+
+    _END = object()
 
     def __init__(self, sampler, start: int, stop: int, depth: int = 4):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -125,14 +132,24 @@ class _Prefetcher:
         self._thread.start()
 
     def _fill(self, sampler, start: int, stop: int) -> None:
-        for step in range(start, stop):
-            self._queue.put((step, sampler.batch(step)))
+        try:
+            for step in range(start, stop):
+                self._queue.put((step, sampler.batch(step)))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._queue.put(exc)
+            return
+        self._queue.put(self._END)
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return self._queue.get()
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 class _Checkpoint:
