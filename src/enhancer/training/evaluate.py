@@ -388,25 +388,9 @@ def high_quality_validation(model_dir: Path, data_dir: Path, fonts_dir: Path, cr
     JPEG at each quality, told its tables. Reported per kind: the mean and the worst image.
     """
     from enhancer.training import jpeg_damage, synthetic
-    from enhancer.training.dataset import psnr
+    from enhancer.training.train import validation_content
 
-    photos = load_images(data_dir / "val")
-    fonts = synthetic.list_fonts(fonts_dir)
-
-    def centre(image):
-        h, w = image.shape[:2]
-        ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
-        return image[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw]
-
-    rng = np.random.default_rng(987_654_321)  # the training validation's seed: the same renders
-    photos = [centre(p) for p in photos]
-    kinds = {
-        "photo": photos,
-        "screen": [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen) * 2],
-        "grey": [cv2.cvtColor(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for p in photos],
-        "grain": [synthetic.grain(p, rng) for p in photos],
-        "scan": [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)],
-    }
+    kinds = validation_content(load_images(data_dir / "val"), synthetic.list_fonts(fonts_dir), crop, extended=True)
     forward = ImageForward(model_dir)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for kind, images in kinds.items():

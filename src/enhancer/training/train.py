@@ -291,18 +291,12 @@ def _score_upscale(row: dict[str, float]) -> float:
     return float(np.mean(gains)) + 4 * sum(min(0.0, g) for g in gains)
 
 
-def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
-                           extended: bool = False) -> dict[str, list]:
-    """Fixed validation pairs for a conditioned model: held-out photos and rendered screen content
-    saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and on
-    clean images. Screen content is rendered with seeds the training stream never draws.
-
-    `extended` (runs on mix 2) adds the good files mix 1 harmed: the photos in grey saved as
-    colour JPEGs, the photos with grain (q90), and scanned pages (q75, q90)."""
-    from enhancer.training import jpeg_damage, synthetic
-
-    def rgb(bgr):
-        return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
+                       extended: bool = False) -> dict[str, list[np.ndarray]]:
+    """The clean validation images of a conditioned model, per kind (BGR uint8): the held-out
+    photos' centre crops and rendered screen content (seeds the training stream never draws);
+    `extended` (training mix 2) adds those photos in grey and with grain, and scanned pages."""
+    from enhancer.training import synthetic
 
     def centre(image):
         h, w = image.shape[:2]
@@ -312,22 +306,41 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
     rng = np.random.default_rng(987_654_321)
     screens = [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen) * 2]
     photos = [centre(p) for p in photos]
+    content = {"photo": photos, "screen": screens}
+    if extended:
+        content["grey"] = [cv2.cvtColor(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for p in photos]
+        content["grain"] = [synthetic.grain(p, rng) for p in photos]
+        content["scan"] = [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)]
+    return content
+
+
+def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
+                           extended: bool = False) -> dict[str, list]:
+    """Fixed validation pairs for a conditioned model (`validation_content`): photos and screen
+    content saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and
+    on clean images. `extended` (runs on mix 2) adds the good files mix 1 harmed: the photos in
+    grey saved as colour JPEGs and with grain (q90), and scanned pages (q75, q90)."""
+    from enhancer.training import jpeg_damage
+
+    def rgb(bgr):
+        return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+    def told(images, quality):
+        recipe = jpeg_damage.ijg_recipe(quality)
+        return [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
+
+    content = validation_content(photos, fonts, crop, extended)
+    photos, screens = content["photo"], content["screen"]
     blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
     pairs: dict[str, list] = {}
     for q in CONDITIONED_VALIDATION_QUALITIES:
-        recipe = jpeg_damage.ijg_recipe(q)
-        for label, images in ((f"q{q}", photos), (f"screen_q{q}", screens)):
-            pairs[label] = [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
+        pairs[f"q{q}"], pairs[f"screen_q{q}"] = told(photos, q), told(screens, q)
     pairs["blind_q30"] = [((rgb(jpeg_damage.jpeg_round_trip(im, jpeg_damage.ijg_recipe(30))), blind), rgb(im)) for im in photos]
     pairs["clean"] = [((rgb(im), blind), rgb(im)) for im in photos + screens]
     if extended:
-        grey = [cv2.cvtColor(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for p in photos]
-        grainy = [synthetic.grain(p, rng) for p in photos]
-        scans = [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)]
-        for label, images, q in (("grey_q90", grey, 90), ("grain_q90", grainy, 90), ("scan_q75", scans, 75),
-                                 ("scan_q90", scans, 90)):  # fmt: skip
-            recipe = jpeg_damage.ijg_recipe(q)
-            pairs[label] = [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
+        for label, kind, q in (("grey_q90", "grey", 90), ("grain_q90", "grain", 90), ("scan_q75", "scan", 75),
+                               ("scan_q90", "scan", 90)):  # fmt: skip
+            pairs[label] = told(content[kind], q)
     return pairs
 
 
