@@ -183,6 +183,17 @@ def test_prepare_sets_bf16_math_for_auto_on_a_bfloat16_cpu(tmp_path, before_tens
     assert "bfloat16 allowed for unmeasured: no bfloat16 PSNR change recorded" in caplog.text
 
 
+def test_prepare_warns_when_bfloat16_is_set_on_a_cpu_without_amx(before_tensorflow, caplog):
+    with caplog.at_level(logging.INFO, logger="enhancer.precision"):
+        chosen = precision.prepare("bfloat16", cpuinfo=EPYC_ZEN4)
+    assert chosen.name == "bfloat16" and os.environ[FPMATH_VARIABLE] == "BF16"
+    assert "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="enhancer.precision"):
+        precision.prepare("bfloat16", cpuinfo=XEON_AMX)
+    assert "without AMX" not in caplog.text
+
+
 def test_prepare_refuses_a_model_recorded_over_the_limit_and_logs_why(tmp_path, before_tensorflow, caplog):
     folders = [_model_copy(tmp_path, "fine", -0.002), _model_copy(tmp_path, "touchy", -0.08)]
     with caplog.at_level(logging.INFO, logger="enhancer.precision"):

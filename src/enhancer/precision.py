@@ -11,8 +11,9 @@ once. This module imports neither TensorFlow nor anything that does.
 
 `ENHANCER_PRECISION`:
 
-* `auto` (default): bfloat16 on CPUs with AMX (`amx_bf16`), unless a served model's metadata.json records a bfloat16 PSNR change over
-  `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured by `enhancer export`); float32 on other CPUs, including
+* `auto` (default): bfloat16 on CPUs with AMX (`amx_bf16`), unless a served model's metadata.json
+  records a bfloat16 PSNR change over `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured by `enhancer
+  export`); float32 on other CPUs, including
   those with `avx512_bf16` alone: there TensorFlow's oneDNN takes the BF16 math mode and still runs
   its float32 convolution and matmul kernels (measured on an AMD EPYC with avx512_bf16 and no AMX:
   bit-identical answers, no speed-up; benchmarks/RESULTS.md), so calling that bfloat16 would be
@@ -173,7 +174,8 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
     falls back to float32, and an explicit `bfloat16` is an error.
     """
     changes = {Path(d).name: recorded_change(d) for d in model_dirs}
-    plan = resolve(setting, read_cpuinfo() if cpuinfo is None else cpuinfo, changes, onednn=_onednn_enabled(os.environ))
+    cpuinfo = read_cpuinfo() if cpuinfo is None else cpuinfo
+    plan = resolve(setting, cpuinfo, changes, onednn=_onednn_enabled(os.environ))
     current = os.environ.get(FPMATH_VARIABLE, "").strip().upper()
     if "tensorflow" in sys.modules:
         if plan.name == "bfloat16" and current != "BF16":
@@ -208,7 +210,7 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
                 f"bfloat16 allowed for {', '.join(unmeasured)}: no bfloat16 PSNR change recorded in "
                 "metadata.json (`enhancer measure-bfloat16` records one)",
             )
-    if plan.name == "bfloat16" and setting == "bfloat16" and AUTO_BFLOAT16_FLAG not in plan.reason:
+    if plan.name == "bfloat16" and AUTO_BFLOAT16_FLAG not in cpu_bfloat16_flags(cpuinfo):  # set explicitly
         _log_once(
             logging.WARNING,
             "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16): TensorFlow's oneDNN is expected "
