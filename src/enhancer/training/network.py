@@ -153,7 +153,9 @@ class KeepNeutral(layers.Layer):
 
         restored, image = inputs
         spread = tf.reduce_max(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1), axis=[1, 2])
-        luma = tf.reduce_sum(restored * tf.constant([0.299, 0.587, 0.114], restored.dtype), axis=-1, keepdims=True)
+        from enhancer.training.projection import LUMA_WEIGHTS
+
+        luma = tf.reduce_sum(restored * tf.constant(LUMA_WEIGHTS, restored.dtype), axis=-1, keepdims=True)
         grey = tf.concat([luma, luma, luma], axis=-1)
         return tf.where((spread == 0)[:, None, None, None], grey, restored)
 
@@ -377,8 +379,10 @@ def receptive_field_reach(model: keras.Model, size: int = 192) -> int:
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    custom = (SpaceToDepth, DepthToSpace, BicubicUpsample, QuantizationFeatures, FiLM, JpegProjection, KeepNeutral)
-    with keras.saving.custom_object_scope({cls.__name__: cls for cls in custom}):  # nested nets are rebuilt from config
+    # Every layer class this module defines, so a new one cannot be forgotten here.
+    custom = {name: obj for name, obj in globals().items()
+              if isinstance(obj, type) and issubclass(obj, layers.Layer) and obj.__module__ == __name__}  # fmt: skip
+    with keras.saving.custom_object_scope(custom):  # nested nets are rebuilt from config
         probe = keras.models.clone_model(model)
     probe.set_weights([rng.normal(0, 0.1, w.shape).astype("float32") for w in probe.get_weights()])
     inputs = _probe_inputs(model, size, lambda shape: rng.uniform(0.2, 0.8, shape).astype("float32"))

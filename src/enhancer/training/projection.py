@@ -22,6 +22,8 @@ _RGB_TO_YCC = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32
 )
 _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC.astype(np.float64)).astype(np.float32)
+#: RGB -> Y (JFIF luma), also what KeepNeutral makes a grey answer from.
+LUMA_WEIGHTS = _RGB_TO_YCC[0]
 
 
 def dct_matrix() -> np.ndarray:
