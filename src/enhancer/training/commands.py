@@ -208,6 +208,7 @@ def _evaluate(args) -> None:
 
 def _validate_high_quality(args) -> None:
     """`validate-high-quality`: the validation gains at qualities 85-98 that set the pass-through."""
+    from enhancer.training import model_card
     from enhancer.training.evaluate import high_quality_validation
 
     result = high_quality_validation(args.model, args.data, args.fonts)
@@ -215,12 +216,7 @@ def _validate_high_quality(args) -> None:
     out = args.model / "eval" / "high_quality_validation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    qualities = result["qualities"]
-    print("| kind | " + " | ".join(f"q{q}" for q in qualities) + " |")
-    print("|---|" + "---|" * len(qualities))
-    for kind, row in result["gain_db"].items():
-        cells = [f"{row[f'q{q}']['mean']:+.3f} / {row[f'q{q}']['worst']:+.3f}" for q in qualities]
-        print(f"| {kind} | " + " | ".join(cells) + " |")
+    print("\n".join(model_card.high_quality_table(result, digits=3)))
     print(f"(mean / worst image, dB; written to {out})")
 
 

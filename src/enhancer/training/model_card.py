@@ -114,12 +114,21 @@ def _evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
+def high_quality_table(result: dict, digits: int = 2) -> list[str]:
+    """`high_quality_validation`'s result as a Markdown table: kind x quality, mean / worst image."""
+    qualities = result["qualities"]
+    lines = ["| kind | " + " | ".join(f"q{q}" for q in qualities) + " |", "|---" * (len(qualities) + 1) + "|"]
+    for kind, row in result["gain_db"].items():
+        cells = [f"{row[f'q{q}']['mean']:+.{digits}f} / {row[f'q{q}']['worst']:+.{digits}f}" for q in qualities]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _high_quality_validation_lines(path: Path) -> list[str]:
     """`enhancer validate-high-quality`'s table: the validation evidence for the pass-through."""
     if not path.exists():
         return []
     result = json.loads(path.read_text())
-    qualities = result["qualities"]
     lines = [
         "## Good JPEGs: where the server skips the model (validation, not the test set)",
         "",
@@ -127,11 +136,8 @@ def _high_quality_validation_lines(path: Path) -> list[str]:
         "files, OpenCV 4:2:0 at each quality, told its tables (photos: the 4 held-out photos; grey, grain: those photos",
         "in grey saved as colour JPEGs, and with grain; screen, scan: rendered from seeds training never draws):",
         "",
-        "| kind | " + " | ".join(f"q{q}" for q in qualities) + " |",
-        "|---" * (len(qualities) + 1) + "|",
+        *high_quality_table(result),
     ]
-    for kind, row in result["gain_db"].items():
-        lines.append(f"| {kind} | " + " | ".join(f"{row[f'q{q}']['mean']:+.2f} / {row[f'q{q}']['worst']:+.2f}" for q in qualities) + " |")
     lines += [
         "",
         "The server answers JPEGs of quality >= `ENHANCER_PASS_THROUGH_JPEG_QUALITY` (default 96) with their own",
