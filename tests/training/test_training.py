@@ -321,3 +321,39 @@ def test_prefetcher_raises_the_sampler_s_error_in_the_training_loop():
     assert next(stream) == (0, 0) and next(stream) == (1, 1)
     with pytest.raises(ValueError, match="no photo is large enough"):
         next(stream)
+
+
+def test_an_upscaler_starts_from_a_restorer_or_continues_from_its_own_weights(tmp_path):
+    """`--init-weights` for an upscaler: a restorer's file fills only its front; an upscaler's file
+    (a run to continue) fills every layer."""
+
+    def upscaler():
+        return network.build_upscaler(2, head_channels=8, head_blocks=1, restorer=network.build_dejpeg_q(8, 16, 1, name="restorer"))
+
+    def perturbed(model):
+        rng = np.random.default_rng(0)
+        for var in model.weights:
+            var.assign(rng.normal(0, 0.1, var.shape).astype("float32"))
+        return model
+
+    trained = perturbed(upscaler())
+    trained.save_weights(tmp_path / "upscaler.weights.h5")
+    trained.get_layer("restorer").save_weights(tmp_path / "restorer.weights.h5")
+    assert network.holds_upscaler(str(tmp_path / "upscaler.weights.h5"))
+    assert not network.holds_upscaler(str(tmp_path / "restorer.weights.h5"))
+
+    continued = upscaler()
+    network.load_init_weights(continued, str(tmp_path / "upscaler.weights.h5"), scale=2)
+    for got, want in zip(continued.weights, trained.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+    fresh = upscaler()
+    front = {id(w) for w in fresh.get_layer("restorer").weights}
+    head_before = [w.numpy() for w in fresh.weights if id(w) not in front]
+    network.load_init_weights(fresh, str(tmp_path / "restorer.weights.h5"), scale=2)
+    for got, want in zip(fresh.get_layer("restorer").weights, trained.get_layer("restorer").weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    head_after = [w.numpy() for w in fresh.weights if id(w) not in front]
+    assert len(head_after) > 0
+    for before, after in zip(head_before, head_after):
+        np.testing.assert_array_equal(before, after)  # the head keeps its own initialisation

@@ -270,7 +270,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
     p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "dejpeg_q", "prototype", "upscale_x2", "upscale_x4"],
                    help="dejpeg_q is told the file's quantisation tables (its training mixes in rendered content); "
-                   "upscale_x2/x4 enlarge (--init-weights: a dejpeg_q .weights.h5 for their restorer; --patch-size "
+                   "upscale_x2/x4 enlarge (--init-weights: a dejpeg_q .weights.h5 for their restorer, or a same-scale "
+                   "upscaler's .weights.h5 to continue it; --patch-size "
                    "is the small image's)")
     p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir), help="training fonts (enhancer fetch-fonts)")
     p.add_argument("--mix", type=int, choices=(1, 2), default=TRAIN_DEFAULTS.mix,

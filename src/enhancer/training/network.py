@@ -10,6 +10,8 @@ is exactly the identity and training can only move away from "change nothing" wh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 from keras import layers
 
@@ -277,6 +279,28 @@ def build_upscaler(
 def load_restorer_weights(model: keras.Model, weights: str) -> None:
     """Fill an upscaler's nested `restorer` from a trained `dejpeg_q` (a .weights.h5 file)."""
     model.get_layer("restorer").load_weights(weights)
+
+
+def holds_upscaler(weights: str) -> bool:
+    """Whether a .weights.h5 file is a whole upscaler's (to continue it), not a restorer's.
+
+    Keras stores a nested model as a `functional` group; only an upscaler nests one.
+    """
+    import h5py
+
+    with h5py.File(weights, "r") as stored:
+        return "functional" in stored["layers"]
+
+
+def load_init_weights(model: keras.Model, weights: str, scale: int) -> None:
+    """Start a training run from `weights`: a served SavedModel folder's convolutions, a trained
+    restorer's .weights.h5 for an upscaler's front, or a same-architecture .weights.h5 to continue."""
+    if Path(weights).is_dir():
+        load_body_weights(model, weights)
+    elif scale > 1 and not holds_upscaler(weights):
+        load_restorer_weights(model, weights)
+    else:
+        model.load_weights(weights)
 
 
 def load_body_weights(model: keras.Model, saved_model_dir: str) -> list[str]:

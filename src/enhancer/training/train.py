@@ -403,12 +403,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         state = checkpoint.load(model, optimizer, average)
         log.info("resumed %s at step %d", run_dir, state["step"])
     else:
-        if cfg.init_weights and scale > 1:  # a trained restorer's weights for the upscaler's front
-            network.load_restorer_weights(model, cfg.init_weights)
-        elif cfg.init_weights and Path(cfg.init_weights).is_dir():  # a served SavedModel's body
-            network.load_body_weights(model, cfg.init_weights)
-        elif cfg.init_weights:
-            model.load_weights(cfg.init_weights)
+        if cfg.init_weights:
+            network.load_init_weights(model, cfg.init_weights, scale)
         optimizer.build(model.trainable_variables)
         average = _WeightAverage(model, cfg.ema_decay)
 
