@@ -36,8 +36,7 @@ class Recorder:
 
 def served_pipeline(**env) -> Pipeline:
     """The pipeline `enhancer serve` builds on a CPU for the served model, from these settings."""
-    settings = Settings(_env_file=None, **env).for_device("cpu").for_models(SERVED.reach, SERVED.size_multiple)
-    return Pipeline.from_settings(settings)
+    return Pipeline.from_settings(Settings(_env_file=None, **env).for_device("cpu"))
 
 
 # ---------------------------------------------------------------------------- settings

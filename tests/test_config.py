@@ -9,6 +9,7 @@ from helpers import MODEL_DIR, REPO_ROOT
 from pydantic import ValidationError
 
 from enhancer.config import GPU_DEFAULTS, Settings
+from enhancer.models.contract import ModelSpec
 
 
 def _example_values() -> dict[str, str]:
@@ -41,6 +42,17 @@ def test_env_example_lists_every_setting_with_its_default(monkeypatch):
     assert from_example.model_dump() == Settings(_env_file=None).model_dump()
 
 
+def test_a_copied_env_example_leaves_each_model_its_own_overlap(monkeypatch):
+    """.env.example copied to .env must start the shipped models: an overlap set there would apply
+    to every model, below dejpeg-q's reach."""
+    for key, value in _example_values().items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)
+    spec = ModelSpec(name="dejpeg-q", reach=42, size_multiple=16)
+    spec.check_tiling(*settings.tiling_for(spec))
+    assert settings.tiling_for(spec).tile_overlap == 48
+
+
 def test_documented_defaults():
     s = Settings(_env_file=None)
     assert (s.tile_size, s.tile_overlap) == (576, 32)
@@ -65,16 +77,45 @@ def test_upscale_model_dirs_default_to_the_shipped_folders_and_read_a_comma_list
     assert len(Settings(_env_file=None).upscale_model_dirs) == 2
 
 
+def _spec(scale: int = 1, reach: int = 0, multiple: int = 16) -> ModelSpec:
+    return ModelSpec(name=f"x{scale}", reach=reach, scale=scale, size_multiple=multiple)
+
+
 def test_enlarging_models_take_half_the_tile_edge():
     cpu = Settings(_env_file=None)
-    assert (cpu.tile_size_for(1, 16), cpu.tile_size_for(2, 16), cpu.tile_size_for(4, 16)) == (576, 288, 288)
-    assert cpu.for_device("gpu").tile_size_for(4, 16) == 512
+    assert [cpu.tiling_for(_spec(scale)).tile_size for scale in (1, 2, 4)] == [576, 288, 288]
+    assert cpu.for_device("gpu").tiling_for(_spec(4)).tile_size == 512
     small = Settings(_env_file=None, tile_size=128, tile_overlap=48)
-    assert small.tile_size_for(4, 16) == 96  # half would be 64: tiles of mostly overlap; twice the overlap
-    assert Settings(_env_file=None, tile_size=100, tile_overlap=4).tile_size_for(2, 16) == 48  # a multiple of 16
-    assert Settings(_env_file=None, upscale_tile_size=320).tile_size_for(2, 16) == 320
+    assert small.tiling_for(_spec(4)).tile_size == 96  # half would be 64: tiles of mostly overlap; twice the overlap
+    assert Settings(_env_file=None, tile_size=100, tile_overlap=4).tiling_for(_spec(2)).tile_size == 48  # a multiple of 16
+    assert Settings(_env_file=None, upscale_tile_size=320).tiling_for(_spec(2)).tile_size == 320
     with pytest.raises(ValidationError, match="at most half of upscale_tile_size"):
         Settings(_env_file=None, upscale_tile_size=48, tile_overlap=32)
+
+
+def test_each_model_gets_the_overlap_its_own_reach_needs():
+    cpu = Settings(_env_file=None)
+    # unset: the default 32, raised to each model's reach rounded up to its size multiple
+    assert cpu.tiling_for(_spec(1, reach=20)) == (576, 32)
+    assert cpu.tiling_for(_spec(1, reach=42)) == (576, 48)
+    assert cpu.tiling_for(_spec(2, reach=48)) == (288, 48)
+    assert cpu.tiling_for(_spec(4, reach=50)) == (288, 64)  # a far-seeing model does not raise the others'
+    assert cpu.tiling_for(_spec(1, reach=42, multiple=4)) == (576, 44)
+    # an upscaler's half tile still holds twice its own overlap
+    assert Settings(_env_file=None, tile_size=160).tiling_for(_spec(4, reach=50)) == (128, 64)
+    # set: the same for every model (start-up refuses it below a model's reach)
+    explicit = Settings(_env_file=None, tile_overlap=40)
+    assert explicit.tiling_for(_spec(1, reach=42)) == (576, 40)
+    with pytest.raises(ValueError, match="below the receptive-field reach"):
+        _spec(1, reach=42).check_tiling(*explicit.tiling_for(_spec(1, reach=42)))
+
+
+def test_a_reach_that_fills_half_the_tile_is_refused_at_start_up():
+    tiny = Settings(_env_file=None, tile_size=96)
+    spec = _spec(1, reach=50)
+    assert tiny.tiling_for(spec) == (96, 64)
+    with pytest.raises(ValueError, match="more than half its tile size"):
+        spec.check_tiling(*tiny.tiling_for(spec))
 
 
 def test_max_output_pixels_default_and_override(monkeypatch):

@@ -27,7 +27,7 @@ from enhancer.samples import to_unit_float
 pytestmark = pytest.mark.anyio
 
 TILE, OVERLAP, MULTIPLE = 128, 48, 16  # the upscalers' size multiple is 16; overlap >= their reach
-UP_TILE = 96  # their tile edge: half of TILE, but at least twice the overlap (Settings.tile_size_for)
+UP_TILE = 96  # their tile edge: half of TILE, but at least twice the overlap (Settings.tiling_for)
 MAX_OUTPUT = 1_000_000
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -138,7 +138,10 @@ async def test_a_scale_no_served_model_has_is_422_naming_the_scales_served(saved
             "(models: dejpeg x1, upscale-x2 x2)"
         )
         ready = (await client.get("/readyz")).json()["models"]
-        assert ready == [{"name": "dejpeg", "scale": 1, "default": True}, {"name": "upscale-x2", "scale": 2, "default": False}]
+        assert ready == [
+            {"name": "dejpeg", "scale": 1, "default": True, "tile_size": TILE, "tile_overlap": OVERLAP},
+            {"name": "upscale-x2", "scale": 2, "default": False, "tile_size": UP_TILE, "tile_overlap": OVERLAP},
+        ]
 
 
 # --- the output pixel limit ----------------------------------------------------------------------

@@ -42,7 +42,7 @@ class Worker:
         registry = ModelRegistry.load(Settings())
         self.runner = registry.select(None)
         spec = self.runner.spec
-        self.settings = Settings().for_device(registry.device_kind).for_models(registry.reach, registry.size_multiple)
+        self.settings = Settings().for_device(registry.device_kind)
         self.pipeline = Pipeline.from_settings(self.settings)
         self.batch = self.settings.max_batch_size
 
@@ -83,8 +83,7 @@ class Worker:
             "model": self.runner.spec.name,
             "precision": self.runner.precision,
             "device": self.runner.device,
-            "tile_size": self.settings.tile_size,
-            "tile_overlap": self.settings.tile_overlap,
+            **self.settings.tiling_for(self.runner.spec)._asdict(),
             "border_context": self.settings.border_context,
             "tile_buckets": self.settings.uses_tile_buckets,
             "max_batch_size": self.batch,

@@ -197,9 +197,10 @@ def main() -> None:
 
     info = machine_info()
     runner = load_default_model()
-    settings = Settings().for_device("cpu").for_models(runner.spec.reach, runner.spec.size_multiple)
+    settings = Settings().for_device("cpu")
+    tile_size, overlap = settings.tiling_for(runner.spec)
     # the tiling before ENHANCER_BORDER_CONTEXT / ENHANCER_TILE_BUCKETS: context = overlap, buckets
-    pipeline = Pipeline(tile_size=settings.tile_size, tile_overlap=settings.tile_overlap, border_context=None, tile_buckets=True)
+    pipeline = Pipeline(tile_size=tile_size, tile_overlap=overlap, border_context=None, tile_buckets=True)
     result = {
         "machine": info,
         "model": runner.spec.name,
@@ -208,7 +209,7 @@ def main() -> None:
         "model_reach": runner.spec.reach,
         "size_multiple": runner.spec.size_multiple,
         "precision": runner.precision,
-        "settings": {k: getattr(settings, k) for k in ("tile_size", "tile_overlap", "max_batch_size")},
+        "settings": {"tile_size": tile_size, "tile_overlap": overlap, "max_batch_size": settings.max_batch_size},
         "band_px": BAND,
         "qualities": list(QUALITIES),
     }

@@ -41,7 +41,7 @@ def _answer(name: str) -> tuple[np.ndarray, object]:
     info = imaging.decode(data).info
     if not cache.exists():
         runner = load_default_model()
-        settings = Settings().for_device("cpu").for_models(runner.spec.reach, runner.spec.size_multiple)
+        settings = Settings().for_device("cpu")
         pipeline = Pipeline.from_settings(settings)
         prepared = pipeline.prepare(data, runner.spec)
         log(f"running the model on {name} ({prepared.plan.num_tiles} tiles) for its answer")

@@ -77,7 +77,7 @@ def child(model_dir: Path, setting: str, seconds: float, out: Path) -> None:
     spec = read_spec(model_dir)
     settings = Settings(_env_file=None, precision=setting)
     runner = SavedModelRunner(model_dir, device=configure_device(settings, plan))
-    tile = settings.for_models(spec.reach, spec.size_multiple).tile_size_for(spec.scale, spec.size_multiple)
+    tile = settings.tiling_for(spec).tile_size
 
     def run(data: bytes, strength: Strength = Strength.auto) -> np.ndarray:
         image = imaging.decode(data)

@@ -180,8 +180,8 @@ def _enhance(args: argparse.Namespace) -> int:
 
     try:
         models = ModelRegistry.load(settings, {folder.name: folder})
-        # unset tile/batch sizes follow the device, an unset overlap the models' reach
-        settings = settings.for_device(models.device_kind).for_models(models.reach, models.size_multiple)
+        # unset tile/batch sizes follow the device (an unset overlap each model's reach: tiling_for)
+        settings = settings.for_device(models.device_kind)
         models.check_tiling(settings)
     except (ModelLoadError, ValueError) as exc:  # a model that breaks the contract, tiles it cannot take
         raise SystemExit(f"enhancer: {exc}") from None

@@ -10,12 +10,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from enhancer.limits import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from enhancer.models.contract import ModelSpec
 
 #: Where the model lives when nothing else is configured (relative to the repository root).
 DEFAULT_MODEL_DIR = Path("weights") / "dejpeg-q"
@@ -41,6 +44,13 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 #: they move model time from small requests to big images, so there it stays 1 (both measured:
 #: benchmarks/RESULTS.md, "Two batches in flight").
 GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8, "batches_in_flight": 2}
+
+
+class Tiling(NamedTuple):
+    """How one model's images are cut, in input pixels (Settings.tiling_for)."""
+
+    tile_size: int  #: largest tile edge
+    tile_overlap: int  #: pixels neighbouring tiles share
 
 
 def device_defaults(device_kind: str, explicit: Iterable[str] = ()) -> dict[str, int]:
@@ -163,7 +173,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Pixels neighbouring tiles share. Must be at least every served model's "
         "receptive-field reach (checked at start-up) or seams appear; every extra pixel is recomputed "
-        "work. When not set: 32, or the served models' largest reach rounded up to their size multiple.",
+        "work. When not set, each model gets its own: 32, or its reach rounded up to its size multiple "
+        "(/readyz lists each model's).",
     )
 
     border_context: int = Field(
@@ -438,19 +449,6 @@ class Settings(BaseSettings):
         values = {**self.model_dump(), **update}
         return type(self).model_construct(_fields_set=set(self.model_fields_set), **values)._check_tiling()
 
-    def for_models(self, reach: int, multiple: int) -> Settings:
-        """These settings with the tile overlap raised to the served models' reach (rounded up to
-        their size multiple) where the overlap was not set: a model that sees farther gets the
-        overlap it needs instead of a refusal at start-up. An overlap that was set is kept (and
-        checked against every model's reach)."""
-        if "tile_overlap" in self.model_fields_set:
-            return self
-        needed = -(-reach // multiple) * multiple
-        if needed <= self.tile_overlap:
-            return self
-        values = {**self.model_dump(), "tile_overlap": needed}
-        return type(self).model_construct(_fields_set=set(self.model_fields_set), **values)._check_tiling()
-
     def describe_inference(self, device_kind: str, device: str, precision: str | None = None) -> str:
         """One log line: where and how the models run, and the batch and tile settings in use.
 
@@ -467,23 +465,36 @@ class Settings(BaseSettings):
             f"GPU memory growth {'on' if self.gpu_memory_growth else 'off'}; "
             f"max_batch_size {self.max_batch_size} ({origin('max_batch_size')}), "
             f"batches_in_flight {self.batches_in_flight} ({origin('batches_in_flight')}); "
-            f"tile_size {self.tile_size} ({origin('tile_size')}), overlap {self.tile_overlap}, "
+            f"tile_size {self.tile_size} ({origin('tile_size')}), "
+            f"overlap {self.tile_overlap if 'tile_overlap' in self.model_fields_set else 'per model (its reach)'}, "
             f"upscale_tile_size {self.upscale_tile_size if self.upscale_tile_size is not None else 'half'}, "
             f"border context {self.border_context}, {'bucketed' if self.uses_tile_buckets else 'exact'} tile shapes; "
             f"max_batch_delay_ms {self.max_batch_delay_ms:g}"
         )
 
-    def tile_size_for(self, scale: int, multiple: int) -> int:
-        """Largest tile edge (input pixels) for a model of `scale` whose size multiple is `multiple`:
-        tile_size at scale 1; upscale_tile_size, or half of tile_size (a multiple of `multiple`, at
-        least twice the overlap, at most tile_size), for an enlarging model."""
-        if scale == 1:
-            return self.tile_size
-        if self.upscale_tile_size is not None:
-            return self.upscale_tile_size
-        half = self.tile_size // 2 // multiple * multiple
-        floor = -(-2 * self.tile_overlap // multiple) * multiple
-        return min(self.tile_size, max(half, floor, multiple))
+    def tiling_for(self, spec: ModelSpec) -> Tiling:
+        """How one served model's images are cut (input pixels).
+
+        Overlap: tile_overlap where it was set (start-up refuses it below any served model's
+        reach); otherwise the default raised to this model's own reach, rounded up to its size
+        multiple, so each model recomputes only the border its own receptive field needs and a
+        far-seeing upscaler does not make every restoring tile pay for its reach.
+        Tile edge: tile_size at scale 1; for an enlarging model upscale_tile_size, or half of
+        tile_size (a multiple of the size multiple, at least twice the overlap, at most tile_size).
+        """
+        multiple = spec.size_multiple
+        overlap = self.tile_overlap
+        if "tile_overlap" not in self.model_fields_set:
+            overlap = max(overlap, -(-spec.reach // multiple) * multiple)
+        if spec.scale == 1:
+            size = self.tile_size
+        elif self.upscale_tile_size is not None:
+            size = self.upscale_tile_size
+        else:
+            half = self.tile_size // 2 // multiple * multiple
+            floor = -(-2 * overlap // multiple) * multiple
+            size = min(self.tile_size, max(half, floor, multiple))
+        return Tiling(tile_size=size, tile_overlap=overlap)
 
     @property
     def uses_tile_buckets(self) -> bool:

@@ -128,7 +128,7 @@ class Pipeline:
         max_side: int | None = None,
         pass_through_jpeg_quality: int = 101,
         max_output_pixels: int | None = None,
-        tile_size_for: Callable[[int, int], int] | None = None,
+        tiling_for: Callable[[ModelSpec], tuple[int, int]] | None = None,
         border_context: int | None = None,
         tile_buckets: bool = True,
         png_compression: int | None = None,
@@ -139,8 +139,8 @@ class Pipeline:
         self.max_side = max_side
         self.pass_through_jpeg_quality = pass_through_jpeg_quality
         self.max_output_pixels = max_output_pixels
-        #: (scale, size multiple) -> tile edge for that model (Settings.tile_size_for); None: tile_size for all
-        self.tile_size_for = tile_size_for or (lambda scale, multiple: tile_size)
+        #: model spec -> (tile edge, overlap) for that model (Settings.tiling_for); None: the same for all
+        self.tiling_for = tiling_for or (lambda spec: (tile_size, tile_overlap))
         self.border_context = border_context  #: None: the overlap (enhancer.tiling.plan_axis)
         self.tile_buckets = tile_buckets
         self.png_compression = png_compression
@@ -155,7 +155,7 @@ class Pipeline:
             max_side=settings.max_image_side,
             pass_through_jpeg_quality=settings.pass_through_jpeg_quality,
             max_output_pixels=settings.max_output_pixels,
-            tile_size_for=settings.tile_size_for,
+            tiling_for=settings.tiling_for,
             border_context=settings.border_context,
             tile_buckets=settings.uses_tile_buckets,
             png_compression=settings.png_compression,
@@ -186,8 +186,9 @@ class Pipeline:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
             return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.pixels, passed_through=reason)
         t = clock()
+        tile_size, overlap = self.tiling_for(spec)
         plan = tiling.plan_tiles(
-            image.info.height, image.info.width, self.tile_size_for(scale, spec.size_multiple), self.tile_overlap,
+            image.info.height, image.info.width, tile_size, overlap,
             multiple=spec.size_multiple, context=self.border_context, buckets=self.tile_buckets,
         )  # fmt: skip
         job = TileJob(model=spec.name, tiles=tiling.split(image.pixels, plan), inputs=model_inputs(spec, image.info, strength))

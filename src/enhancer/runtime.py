@@ -170,7 +170,7 @@ class Runtime:
                 self.models = await asyncio.to_thread(ModelRegistry.load, self.settings)
             models = self.models
             # tile and batch sizes that were not set follow the device the models run on
-            self.settings = s = self.settings.for_device(models.device_kind).for_models(models.reach, models.size_multiple)
+            self.settings = s = self.settings.for_device(models.device_kind)
             models.check_tiling(s)
         except Exception as exc:
             self.lifecycle.fail(f"start-up failed: {exc}")
@@ -179,7 +179,8 @@ class Runtime:
         log.info(
             "serving %s; default model %s",
             ", ".join(
-                f"{m.spec.name} (scale {m.spec.scale}, reach {m.spec.reach} px, size multiple {m.spec.size_multiple})"
+                f"{m.spec.name} (scale {m.spec.scale}, reach {m.spec.reach} px, size multiple {m.spec.size_multiple}, "
+                "tile {} overlap {})".format(*s.tiling_for(m.spec))
                 for m in models.values()
             ),
             models.default,
@@ -204,7 +205,7 @@ class Runtime:
         assert self.models is not None and self.batcher is not None
         try:
             for name, model in self.models.items():
-                tile = self.settings.tile_size_for(model.spec.scale, model.spec.size_multiple)
+                tile = self.settings.tiling_for(model.spec).tile_size
                 shapes = tiling.bucket_shapes(tile, model.spec.size_multiple)
                 log.info("warming up model %s: %d tile shapes on %s", name, len(shapes), model.device)
                 await asyncio.to_thread(model.warm_up, shapes, self.settings.max_batch_size)
@@ -232,7 +233,7 @@ class Runtime:
                 continue
             last_probe = loop.time()
             model = self.models[self.lifecycle.last_failed_model or self.models.default]
-            tile = self.settings.tile_size_for(model.spec.scale, model.spec.size_multiple)
+            tile = self.settings.tiling_for(model.spec).tile_size
             shape = min(tiling.bucket_shapes(tile, model.spec.size_multiple))
             probe = np.full((1, *shape, 3), 0.5, np.float32)
             inputs = {name: np.zeros(length, np.float32) for name, length in model.spec.inputs.items()}

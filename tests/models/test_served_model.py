@@ -18,7 +18,7 @@ from enhancer import imaging, tiling
 from enhancer.conditioning import Strength, quantization_vector
 from enhancer.config import Settings
 from enhancer.imaging import OutputFormat
-from enhancer.models.contract import QUANTIZATION_KEY, read_spec
+from enhancer.models.contract import QUANTIZATION_KEY
 from enhancer.pipeline import DirectTiles, Pipeline
 from enhancer.training.dataset import psnr
 
@@ -57,9 +57,7 @@ def _rgb01(bgr: np.ndarray) -> np.ndarray:
 
 
 def _served_pipeline() -> Pipeline:
-    spec = read_spec(SERVED_DIR)
-    settings = Settings(_env_file=None, model_dir=SERVED_DIR).for_models(spec.reach, spec.size_multiple)
-    return Pipeline.from_settings(settings)
+    return Pipeline.from_settings(Settings(_env_file=None, model_dir=SERVED_DIR))
 
 
 def _enhance(served, data: bytes, strength: Strength = Strength.auto) -> np.ndarray:

@@ -110,8 +110,8 @@ def test_readyz_lists_both_models_and_an_unknown_model_is_refused(server):
     r = httpx.get(f"{server}/readyz", timeout=30)
     assert r.status_code == 200
     assert r.json()["models"] == [
-        {"name": "dejpeg", "scale": 1, "default": True},
-        {"name": "identity", "scale": 1, "default": False},
+        {"name": "dejpeg", "scale": 1, "default": True, "tile_size": TILE, "tile_overlap": OVERLAP},
+        {"name": "identity", "scale": 1, "default": False, "tile_size": TILE, "tile_overlap": OVERLAP},
     ]
     r = httpx.post(f"{server}/upscale", params={"model": "sr4"}, files={"image": ("x.png", damaged_png(20, 20, 0), "image/png")}, timeout=60)
     assert r.status_code == 422

@@ -246,8 +246,11 @@ async def readyz(request: Request):
     if error is not None:
         raise error
     models = runtime.models
-    served = [ServedModel(name=name, scale=m.spec.scale, default=name == models.default) for name, m in models.items()]
     s = runtime.settings  # resolved for the device at start-up
+    served = [
+        ServedModel(name=name, scale=m.spec.scale, default=name == models.default, **s.tiling_for(m.spec)._asdict())
+        for name, m in models.items()
+    ]
     settings = ServingSettings(**{name: getattr(s, name) for name in ServingSettings.model_fields})
     return ReadyBody(status="ready", device=models.device, precision=models.precision, models=served, settings=settings)
 

@@ -25,6 +25,10 @@ class ServedModel(BaseModel):
     name: str = Field(examples=["dejpeg"], description="What `?model=` takes (the model folder's name).")
     scale: int = Field(examples=[1], description="Output pixels per input pixel along each side.")
     default: bool = Field(description="Whether a request that names no model gets this one.")
+    tile_size: int = Field(examples=[576], description="Largest tile edge this model runs on, in input pixels.")
+    tile_overlap: int = Field(
+        examples=[48], description="Input pixels its neighbouring tiles share (at least the model's receptive-field reach)."
+    )
 
 
 class ServingSettings(BaseModel):
@@ -33,7 +37,7 @@ class ServingSettings(BaseModel):
     what it measured instead of what it meant to set)."""
 
     tile_size: int = Field(examples=[576])
-    tile_overlap: int = Field(examples=[32])
+    tile_overlap: int = Field(examples=[32], description="The setting; unset, each model raises it to its own reach (models[].tile_overlap).")
     max_batch_size: int = Field(examples=[1])
     max_batch_delay_ms: float = Field(examples=[5.0])
     batches_in_flight: int = Field(examples=[1])

@@ -84,6 +84,11 @@ class ModelSpec:
                 f"ENHANCER_TILE_SIZE ({tile_size}) must be a multiple of {self.size_multiple}, the size "
                 f"multiple of model {self.name!r}"
             )
+        if 2 * tile_overlap > tile_size:
+            raise ValueError(
+                f"model {self.name!r} needs a tile overlap of {tile_overlap} px, more than half its tile "
+                f"size ({tile_size}): tiles would be mostly overlap; raise ENHANCER_TILE_SIZE"
+            )
         if tile_overlap < self.reach:
             raise ValueError(
                 f"ENHANCER_TILE_OVERLAP ({tile_overlap}) is below the receptive-field reach of model "

@@ -13,7 +13,6 @@ says to set it. A request for a scale gets `for_scale`'s model. TensorFlow is im
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -201,19 +200,8 @@ class ModelRegistry(Mapping[str, Model]):
     def precision(self) -> str:
         return self._models[self.default].precision
 
-    @property
-    def reach(self) -> int:
-        """The largest receptive-field reach of the served models (the overlap they need)."""
-        return max(model.spec.reach for model in self._models.values())
-
-    @property
-    def size_multiple(self) -> int:
-        """A multiple of every served model's size multiple (tile sizes and origins must be one)."""
-        return math.lcm(*(model.spec.size_multiple for model in self._models.values()))
-
     def check_tiling(self, settings: Settings) -> None:
         """Refuse tile settings any served model cannot be served with (see ModelSpec.check_tiling),
-        each model with its own tile size (Settings.tile_size_for: enlarging models take smaller tiles)."""
+        each model with its own tile size and overlap (Settings.tiling_for)."""
         for model in self._models.values():
-            spec = model.spec
-            spec.check_tiling(settings.tile_size_for(spec.scale, spec.size_multiple), settings.tile_overlap)
+            model.spec.check_tiling(*settings.tiling_for(model.spec))

@@ -126,9 +126,9 @@ class ServedModel:
         self.runner = load_forward(Path(model_dir), settings)
         self.spec = self.runner.spec
         # the tile settings the server would use for this model on this device
-        settings = settings.for_device(self.runner.device_kind).for_models(self.spec.reach, self.spec.size_multiple)
-        self.tile_size, self.tile_overlap = settings.tile_size, settings.tile_overlap
-        self.pipeline = Pipeline(tile_size=settings.tile_size, tile_overlap=settings.tile_overlap, pass_through_jpeg_quality=101)
+        settings = settings.for_device(self.runner.device_kind)
+        self.tile_size, self.tile_overlap = settings.tiling_for(self.spec)
+        self.pipeline = Pipeline(tile_size=self.tile_size, tile_overlap=self.tile_overlap, pass_through_jpeg_quality=101)
         self.tiles = DirectTiles({self.spec.name: self.runner}, settings.max_batch_size)
         self.seconds = 0.0  #: time spent in __call__ (decode, tiles, model, stitch)
 
