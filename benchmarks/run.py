@@ -29,6 +29,7 @@ BENCHMARKS = {
     "efficiency": "benchmarks.drivers.efficiency",
     "fairness": "benchmarks.drivers.fairness",
     "fairness_x4": "benchmarks.drivers.fairness_x4",
+    "fairness_x2": "benchmarks.drivers.fairness_x2",
     "memory": "benchmarks.drivers.memory",
     "upscale": "benchmarks.drivers.upscale",
     "batching": "benchmarks.drivers.batching",

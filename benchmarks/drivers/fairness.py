@@ -9,8 +9,8 @@ Only small requests that started and finished inside that interval count as "dur
 Ratio = p99 latency of small requests during / p99 of the baseline. Target <= 3.
 
 Upscaling (issue 14): the same measurement with the big job a 4x upscale whose answer has the same
-24 MP (a 1500x1000 JPEG, `?scale=4`, on the 4x model served beside the restorer), while the small
-requests stay at scale 1: batches never mix models, and tiles are dealt round-robin per request
+24 MP (a 1500x1000 JPEG, `?scale=4`, on the 4x model served beside the restorer), or a 2x upscale
+of a 3000x2000 JPEG (`?scale=2`), while the small requests stay at scale 1: batches never mix models, and tiles are dealt round-robin per request
 whatever their model, so a 4x job must not starve 1x requests either. The server serves the 2x
 and 4x models of drivers/upscale.py (trained, or the untrained architecture of the same cost).
 """
@@ -27,8 +27,8 @@ from benchmarks.harness.profiles import Profile
 from benchmarks.harness.server import enhancer_server
 
 SMALL, BIG, CONCURRENCY = "crop256", "mosaic_24mp", 4
-#: The 4x job: its answer has BIG's 24 MP.
-BIG_X4 = (1500, 1000)
+#: The upscaling jobs (scale -> input width, height): each answer has BIG's 24 MP.
+BIG_UPSCALE = {2: (3000, 2000), 4: (1500, 1000)}
 
 
 def _series(samples: list[Sample], t0: float) -> list[list[float]]:
@@ -42,7 +42,7 @@ async def _measure(server, profile: Profile, big_scale: int = 1) -> dict:
     else:
         from benchmarks.drivers.upscale import input_of
 
-        big_image = input_of(*BIG_X4)
+        big_image = input_of(*BIG_UPSCALE[big_scale])
     big = Payload.from_image(big_image)
     label = big_image.name if big_scale == 1 else f"{big_image.name} at {big_scale}x"
     lg = LoadGenerator(server.url + "/upscale", small, metrics_url=server.url + "/metrics")
@@ -103,28 +103,43 @@ def run(profile: Profile) -> dict:
     return result
 
 
-def run_x4(profile: Profile) -> dict:
-    """The 4x job beside 1x requests (see the module docstring), server defaults plus the upscalers;
-    then the same with the upscalers' tiles as large as the restorer's (ENHANCER_UPSCALE_TILE_SIZE
-    = ENHANCER_TILE_SIZE), to show what the smaller default buys. `python -m benchmarks.run --only
-    fairness_x4` (results/fairness_x4.json)."""
+def run_upscale(profile: Profile, scale: int, variant_tile: int) -> dict:
+    """A `scale`x job beside 1x requests (see the module docstring), server defaults plus the
+    upscalers; then the same with the upscalers' tiles `variant_tile` px (ENHANCER_UPSCALE_TILE_SIZE),
+    to show what the default's tile edge buys or costs small requests."""
     from benchmarks.drivers.upscale import read_back_settings, upscaler_dirs
-    from enhancer.config import Settings
 
     dirs, weights = upscaler_dirs()
     upscalers = ",".join(str(d) for d in dirs.values())
-    with enhancer_server("enhancer-fairness-x4", upscale_model_dirs=upscalers, log_level="info") as server:
+    with enhancer_server(f"enhancer-fairness-x{scale}", upscale_model_dirs=upscalers, log_level="info") as server:
         settings = read_back_settings(server)
-        result = asyncio.run(_measure(server, profile, big_scale=4))
-    log(f"fairness (4x job): p99 {result['baseline']['p99_s']:.3f} s alone, {result['during_big']['p99_s']:.3f} s during -> ratio {result['p99_ratio']:.2f}")
-    same = Settings.model_fields["tile_size"].default
-    with enhancer_server("enhancer-fairness-x4-same-tiles", upscale_model_dirs=upscalers, upscale_tile_size=same, log_level="info") as server:
+        result = asyncio.run(_measure(server, profile, big_scale=scale))
+    log(f"fairness ({scale}x job): p99 {result['baseline']['p99_s']:.3f} s alone, {result['during_big']['p99_s']:.3f} s during -> ratio {result['p99_ratio']:.2f}")
+    with enhancer_server(f"enhancer-fairness-x{scale}-tiles{variant_tile}", upscale_model_dirs=upscalers,
+                         upscale_tile_size=variant_tile, log_level="info") as server:  # fmt: skip
         variant_settings = read_back_settings(server)
-        variant = asyncio.run(_measure(server, profile, big_scale=4))
-    log(f"fairness (4x job, upscale tiles {same}): p99 {variant['baseline']['p99_s']:.3f} s alone, {variant['during_big']['p99_s']:.3f} s during -> ratio {variant['p99_ratio']:.2f}")
+        variant = asyncio.run(_measure(server, profile, big_scale=scale))
+    log(f"fairness ({scale}x job, upscale tiles {variant_tile}): p99 {variant['baseline']['p99_s']:.3f} s alone, {variant['during_big']['p99_s']:.3f} s during -> ratio {variant['p99_ratio']:.2f}")
+    width, height = BIG_UPSCALE[scale]
     return {
-        "label": f"a {BIG_X4[0]}x{BIG_X4[1]} JPEG at ?scale=4 (24 MP answer)", "weights": weights,
+        "label": f"a {width}x{height} JPEG at ?scale={scale} (24 MP answer)", "weights": weights,
         "settings_read_back": settings, **result,
-        "variant": {"label": f"ENHANCER_UPSCALE_TILE_SIZE={same} (4x tiles as large as 1x tiles)",
+        "variant": {"label": f"ENHANCER_UPSCALE_TILE_SIZE={variant_tile}",
                     "settings_read_back": variant_settings, **variant},
     }  # fmt: skip
+
+
+def run_x4(profile: Profile) -> dict:
+    """The 4x job, and the same with 4x tiles as large as the restorer's (ENHANCER_UPSCALE_TILE_SIZE
+    = ENHANCER_TILE_SIZE). `python -m benchmarks.run --only fairness_x4` (results/fairness_x4.json)."""
+    from enhancer.config import Settings
+
+    return run_upscale(profile, 4, Settings.model_fields["tile_size"].default)
+
+
+def run_x2(profile: Profile) -> dict:
+    """The 2x job, and the same with 2x tiles as large as the restorer's. `python -m benchmarks.run
+    --only fairness_x2` (results/fairness_x2.json)."""
+    from enhancer.config import Settings
+
+    return run_upscale(profile, 2, Settings.model_fields["tile_size"].default)
