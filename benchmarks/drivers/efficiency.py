@@ -199,6 +199,10 @@ USER_VIEW_SERVERS: dict[str, dict[str, object]] = {
 #: `--against float32`: the defaults beside the same server held to float32, on a CPU where the
 #: defaults run bfloat16 (what `auto` buys end to end; the raw worker stays at the defaults' precision).
 FLOAT32_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "float32": {"precision": "float32"}}
+#: `--against overlap64`: the defaults (each model's own overlap, 48 for dejpeg-q) beside the overlap
+#: every model had while it followed the largest reach among the served models (64, the upscalers').
+OVERLAP64_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "overlap64": {"tile_overlap": 64}}
+AGAINST = {"before": USER_VIEW_SERVERS, "float32": FLOAT32_SERVERS, "overlap64": OVERLAP64_SERVERS}
 
 
 def user_view(profile: Profile, rounds: int = 3, big_rounds: int = 2, servers=USER_VIEW_SERVERS) -> dict:
@@ -392,12 +396,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big-rounds", type=int, default=2, help="rounds of the 12 MP photo alone")
     parser.add_argument("--json", default=str(RESULTS_DIR / "efficiency_user.json"))
-    parser.add_argument("--against", choices=("before", "float32"), default="before",
-                        help="the second server: the tiling before issue 15, or the defaults held to float32")
+    parser.add_argument("--against", choices=sorted(AGAINST), default="before",
+                        help="the second server: the tiling before issue 15, the defaults held to float32, "
+                        "or every model's overlap at 64")
     args = parser.parse_args()
     import os
 
-    servers = FLOAT32_SERVERS if args.against == "float32" else USER_VIEW_SERVERS
+    servers = AGAINST[args.against]
     data = user_view(PROFILES[args.profile], rounds=args.rounds, big_rounds=args.big_rounds, servers=servers)
     data["load_average_at_end"] = list(os.getloadavg())
     write_json(Path(args.json), data)
