@@ -296,6 +296,24 @@ def test_export_records_the_chain_of_runs_a_fine_tune_started_from(tmp_path):
     assert "base_run" not in oldest
 
 
+def test_a_committed_run_record_without_its_checkpoint_reports_its_log_s_last_epoch(tmp_path):
+    """training-runs/ keeps a finished run's recipe, log and weights, not its checkpoint: a run
+    continued from there still records how far and how long its base trained."""
+    from enhancer.training.commands import _run_record
+
+    base = tmp_path / "training-runs" / "upscale-x2"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text(json.dumps({"run_dir": "runs/upscale-x2", "init_weights": None}))
+    (base / "log.csv").write_text("step,elapsed_s\n500,300.0\n4000,6574.8\n")
+    run = tmp_path / "upscale-x2b"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"run_dir": str(run), "init_weights": str(base / "best.weights.h5")}))
+    (run / "checkpoint" / "state.json").write_text(json.dumps({"step": 9000, "elapsed_s": 3536.0}))
+
+    record = _run_record(run)
+    assert (record["base_run"]["trained_steps"], round(record["base_run"]["training_minutes"], 2)) == (4000, 109.58)
+
+
 def test_prefetcher_ends_at_stop_and_at_once_for_a_finished_run():
     """A rerun of a finished run used to wait forever for a batch (the stream never ended)."""
     from enhancer.training.train import _Prefetcher

@@ -6,6 +6,8 @@ Heavy imports (TensorFlow, scikit-image) happen inside each command so `enhancer
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import platform
@@ -87,11 +89,16 @@ def _run_record(run_dir: Path) -> dict:
     data.json), and (for a fine-tune, nested) the run it started from, so the model card tells the
     whole recipe."""
     recipe = json.loads((run_dir / "config.json").read_text())
+    log = (run_dir / "log.csv").read_text() if (run_dir / "log.csv").exists() else ""
     state_path = run_dir / "checkpoint" / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+    else:  # a committed record whose checkpoint was deleted: its log's last epoch
+        rows = list(csv.DictReader(io.StringIO(log)))
+        state = {"step": int(rows[-1]["step"]), "elapsed_s": float(rows[-1]["elapsed_s"])} if rows else {}
     record = {
         "recipe": recipe,
-        "log": (run_dir / "log.csv").read_text() if (run_dir / "log.csv").exists() else "",
+        "log": log,
         "trained_steps": state.get("step"),
         "training_minutes": state.get("elapsed_s", 0) / 60,
     }

@@ -37,6 +37,30 @@ def _base_runs(meta: dict) -> list[dict]:
     return chain
 
 
+def _wall_time_line(meta: dict) -> str:
+    """This run's training time, with the runs it fine-tunes added where there are any."""
+    minutes = meta["training_minutes"]
+    base_minutes = sum(base.get("training_minutes") or 0 for base in _base_runs(meta))
+    total = f" ({minutes + base_minutes:.0f} minutes with the runs it fine-tunes, below)" if base_minutes else ""
+    return f"- Wall time: {minutes:.0f} minutes{total} on {meta.get('training_machine', 'a 2-core CPU')}"
+
+
+def _base_run_lines(meta: dict) -> list[str]:
+    """Each run the exported one fine-tunes, nearest first: its recipe in one line and its log."""
+    lines = []
+    for base in _base_runs(meta):
+        b = base["recipe"]
+        lines += [
+            f"- It fine-tunes `{base['weights_file']}` from the run `{b['run_dir']}`: {b['architecture']}, "
+            f"loss `{b.get('loss')}`, {b['steps']} planned steps (stopped at {base.get('trained_steps')}), "
+            f"batch {b['batch_size']} x {b['patch_size']}^2, lr {b['learning_rate']}, seed {b['seed']}. Its log:",
+            "",
+            *_log_table(base.get("log", "")),
+            "",
+        ]
+    return lines
+
+
 def _pass_through_section(evaluation: dict) -> list[str]:
     """Gains at high JPEG qualities and the server's pass-through threshold they justify."""
     gains = evaluation.get("high_quality_gains")
@@ -68,13 +92,13 @@ def _recipe_lines(meta: dict) -> list[str]:
         if recipe.get(key) is not None:
             lines.append(f"- {key}: {recipe[key]}")
     if "training_minutes" in meta:
-        lines.append(f"- Wall time: {meta['training_minutes']:.0f} minutes on {meta.get('training_machine', 'a 2-core CPU')}")
+        lines.append(_wall_time_line(meta))
     lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
     if meta.get("log"):
         lines += ["- Validation (weights averaged) per epoch, from the run's log: gains in dB over the JPEG on the held-out",
                   "  photos and rendered screen content, the blind path on a q30 JPEG, and the PSNR of clean images",
                   "  passed through the blind path:", "", *_log_table(meta["log"]), ""]  # fmt: skip
-    return lines
+    return lines + _base_run_lines(meta)
 
 
 def _evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[str]:
@@ -318,13 +342,13 @@ def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str
             if recipe.get(key) is not None:
                 lines.append(f"- {key}: {recipe[key]}")
         if "training_minutes" in meta:
-            lines.append(f"- Wall time: {meta['training_minutes']:.0f} minutes on {meta.get('training_machine', 'a 2-core CPU')}")
+            lines.append(_wall_time_line(meta))
         lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
         if meta.get("log"):
             lines += ["- Validation per epoch, from the run's log: gain in dB over bicubic (OpenCV) on held-out photos",
                       "  and rendered screens made small with Pillow's bicubic, clean and as q75/q50 JPEGs:", "",
                       *_log_table(meta["log"])]  # fmt: skip
-        lines.append("")
+        lines += ["", *_base_run_lines(meta)]
     lines += _upscale_evaluation_lines(evaluation, model_dir / "eval")
     return "\n".join(lines)
 
@@ -379,24 +403,12 @@ def render(model_dir: Path) -> str:
         if key in recipe:
             lines.append(f"- {key}: {recipe[key]}")
     if "training_minutes" in meta:
-        minutes = meta["training_minutes"]
-        base_minutes = sum(base.get("training_minutes") or 0 for base in _base_runs(meta))
-        total = f" ({minutes + base_minutes:.0f} minutes with the runs it fine-tunes, below)" if base_minutes else ""
-        lines.append(f"- Wall time: {minutes:.0f} minutes{total} on {meta.get('training_machine', 'a 2-core CPU')}")
+        lines.append(_wall_time_line(meta))
     lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
     if meta.get("log"):
         lines += ["- Validation gains (dB) per epoch, the log the run wrote (weights averaged where ema_decay > 0):", "",
                   *_log_table(meta["log"]), ""]  # fmt: skip
-    for base in _base_runs(meta):
-        b = base["recipe"]
-        lines += [
-            f"- It fine-tunes `{base['weights_file']}` from the run `{b['run_dir']}`: {b['architecture']}, "
-            f"loss `{b.get('loss')}`, {b['steps']} planned steps (stopped at {base.get('trained_steps')}), "
-            f"batch {b['batch_size']} x {b['patch_size']}^2, lr {b['learning_rate']}, seed {b['seed']}. Its log:",
-            "",
-            *_log_table(base.get("log", "")),
-            "",
-        ]
+    lines += _base_run_lines(meta)
     lines += [
         "- Adam; linear warm-up then cosine decay; losses as described in `training/train.py` (`TrainConfig.loss`).",
         "",
