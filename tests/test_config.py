@@ -114,8 +114,12 @@ def test_a_reach_that_fills_half_the_tile_is_refused_at_start_up():
     tiny = Settings(_env_file=None, tile_size=96)
     spec = _spec(1, reach=50)
     assert tiny.tiling_for(spec) == (96, 64)
-    with pytest.raises(ValueError, match="more than half its tile size"):
+    with pytest.raises(ValueError, match="more than half its tile size .96.: tiles would be mostly overlap; raise ENHANCER_TILE_SIZE$"):
         spec.check_tiling(*tiny.tiling_for(spec))
+    upscaler = _spec(4, reach=50)
+    small_up = Settings(_env_file=None, upscale_tile_size=96)
+    with pytest.raises(ValueError, match="raise ENHANCER_UPSCALE_TILE_SIZE$"):
+        upscaler.check_tiling(*small_up.tiling_for(upscaler))
 
 
 def test_max_output_pixels_default_and_override(monkeypatch):

@@ -85,9 +85,10 @@ class ModelSpec:
                 f"multiple of model {self.name!r}"
             )
         if 2 * tile_overlap > tile_size:
+            setting = "ENHANCER_TILE_SIZE" if self.scale == 1 else "ENHANCER_UPSCALE_TILE_SIZE"
             raise ValueError(
                 f"model {self.name!r} needs a tile overlap of {tile_overlap} px, more than half its tile "
-                f"size ({tile_size}): tiles would be mostly overlap; raise ENHANCER_TILE_SIZE"
+                f"size ({tile_size}): tiles would be mostly overlap; raise {setting}"
             )
         if tile_overlap < self.reach:
             raise ValueError(
