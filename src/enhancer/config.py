@@ -131,8 +131,8 @@ class Settings(BaseSettings):
         le=101,
         description="JPEG uploads whose quality (estimated from their quantisation table) is at "
         "least this are answered with their own pixels, without running the model. 96: on the "
-        "validation set the served model's worst image stays above -0.1 dB up to q95 and drops to "
-        "-0.25 dB at q98 (`enhancer validate-high-quality`, weights/dejpeg-q/MODEL_CARD.md); "
+        "validation set the served model's worst image stays above -0.1 dB up to q95 and falls below "
+        "it at q98 (`enhancer validate-high-quality`, weights/dejpeg-q/MODEL_CARD.md); "
         "skipping such files also saves the compute. 101 = always run the model.",
     )
     intra_op_threads: int = Field(

@@ -192,7 +192,7 @@ def _mix_lines(meta: dict) -> list[str]:
         "  target (Gaussian, sigma 1-7 levels, some spatially correlated, mostly luminance), so grain is content to keep;",
         "  half the rendered text is a scan (blurred strokes, uneven light, paper texture, noise, half of it grey);",
         "  15 % of patches are grey, half of them saved as colour JPEGs (flat chroma), as scanners and phones save them.",
-        *([f"- Started from `{start}` (the mix-1 run's weight average)."] if start else []),
+        *([f"- Started from `{start}` (what that is: the runs it fine-tunes, under Recipe)."] if start else []),
     ]
 
 
