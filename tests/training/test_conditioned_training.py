@@ -221,6 +221,18 @@ def test_unknown_mix_is_refused():
         MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=3)
 
 
+def test_an_upscaler_trains_on_the_mix_its_recipe_names():
+    """`--mix` reaches an upscaler's content too (it once fell back to mix 1 while the run's
+    config.json said 2)."""
+    from enhancer.training.upscale_data import UpscaleSampler
+
+    photos = [_photo(600, 640, 5)]
+    batches = {mix: UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=mix).batch(0) for mix in (1, 2)}
+    assert any(not np.array_equal(a, b) for a, b in zip(batches[1], batches[2]))
+    with pytest.raises(ValueError, match="unknown training mix"):
+        UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=3)
+
+
 def test_grey_tiles_come_back_grey_and_colour_tiles_untouched():
     """KeepNeutral: a tile whose pixels are all grey answers with the restoration's luma in every
     channel; a tile with any colour keeps the restoration as it is."""

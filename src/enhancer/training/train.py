@@ -376,7 +376,7 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     scale = network.output_scale(model)
     if scale > 1:
         fonts = list_fonts(Path(cfg.fonts_dir))
-        sampler = UpscaleSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, scale)
+        sampler = UpscaleSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, scale, cfg.mix)
         val = upscale_validation(val_images, fonts, scale, cfg.val_crop)
     elif conditioned:
         fonts = list_fonts(Path(cfg.fonts_dir))

@@ -52,10 +52,11 @@ class UpscaleSampler:
     """Deterministic stream of (small, large, condition) batches; batch `step` depends only on
     (seed, step), so a resumed run sees what an uninterrupted one would have."""
 
-    def __init__(self, photos: list[np.ndarray], fonts: list[Path], patch_size: int, batch_size: int, seed: int, scale: int):
+    def __init__(self, photos: list[np.ndarray], fonts: list[Path], patch_size: int, batch_size: int, seed: int, scale: int,
+                 mix: int = 1):
         if patch_size % 16:
             raise ValueError(f"patch size (of the small image) must be a multiple of 16, got {patch_size}")
-        self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed)
+        self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed, mix)
         self.patch_size, self.batch_size, self.seed, self.scale = patch_size, batch_size, seed, scale
         self.kinds = list(CONTENT_WEIGHTS)
         self.kind_weights = np.array([CONTENT_WEIGHTS[k] for k in self.kinds])
