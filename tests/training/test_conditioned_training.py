@@ -218,7 +218,66 @@ def test_scanned_pages_are_blurred_and_noisy_but_still_text():
 
 def test_unknown_mix_is_refused():
     with pytest.raises(ValueError, match="unknown training mix"):
-        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=3)
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=4)
+
+
+def test_mix_3_without_scanned_pages_is_refused_with_the_command_that_fetches_them():
+    small_page = np.full((40, 40, 3), 200, np.uint8)  # below patch + 16: unusable
+    with pytest.raises(ValueError, match="enhancer fetch-scans"):
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=3, pages=[small_page])
+
+
+def test_mix_3_trains_on_the_scanned_pages_it_is_given():
+    """A tenth of mix 3's patches are crops of the pages: with a page of one grey level, every
+    document patch's clean target is that level (no grain, tint or other content mixed in)."""
+    page = np.full((400, 300, 3), 123, np.uint8)
+    sampler = MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=3, pages=[page])
+    rng = np.random.default_rng(8)
+    documents = [s for s in (sampler.sample(rng) for _ in range(300)) if s.kind.startswith("document")]
+    assert 10 <= len(documents) <= 60
+    for sample in documents:
+        np.testing.assert_allclose(sample.clean, 123 / 255, atol=1e-6)
+    mix_2 = MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=2, pages=[page])
+    assert not any(mix_2.sample(rng).kind.startswith("document") for _ in range(200))
+
+
+def test_document_crops_shrink_the_page_and_never_enlarge_it():
+    from enhancer.training.documents import document_crop
+
+    rng = np.random.default_rng(2)
+    stripes = np.zeros((300, 300, 3), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: any enlargement would show whole-pixel runs of one level
+    for _ in range(20):
+        crop = document_crop(rng, [stripes], 200)
+        assert crop.shape == (200, 200, 3)
+        # shrinking averages neighbouring stripes toward grey; enlarging would keep pure black and white
+        assert (np.abs(crop.astype(int) - 127.5) < 127).mean() > 0.5
+
+
+def test_the_jpeg_inside_a_scanned_pdf_is_read_whole():
+    from enhancer.training.documents import pdf_jpeg
+
+    page = _photo(64, 48, 3)
+    ok, jpeg_file = cv2.imencode(".jpg", page)
+    pdf = b"%PDF-1.4\n4 0 obj <</Type/XObject/Subtype/Image/Filter/DCTDecode>>\nstream\n" + jpeg_file.tobytes()
+    pdf += b"\r\nendstream\nendobj\n%%EOF"
+    assert pdf_jpeg(pdf) == jpeg_file.tobytes()
+    with pytest.raises(ValueError, match="no JPEG"):
+        pdf_jpeg(b"%PDF-1.4\n%%EOF")
+
+
+def test_validation_reports_the_held_out_scans_only_when_given():
+    from enhancer.training.train import HIGH_QUALITY_LABELS, conditioned_validation
+
+    photos = [_photo(256, 256, 1)]
+    page = np.full((300, 300, 3), 230, np.uint8)
+    page[100:110, 20:280] = 20
+    without = conditioned_validation(photos, _fonts(), crop=128, extended=True)
+    with_pages = conditioned_validation(photos, _fonts(), crop=128, extended=True, pages=[page])
+    assert not any(label.startswith("document") for label in without)
+    assert {"document_q75", "document_q90"} <= set(with_pages)
+    assert len(with_pages["document_q90"]) == 2  # the page at full and half size
+    assert {"gain_document_q75", "gain_document_q90"} <= set(HIGH_QUALITY_LABELS)
 
 
 def test_an_upscaler_trains_on_the_mix_its_recipe_names():
@@ -229,7 +288,7 @@ def test_an_upscaler_trains_on_the_mix_its_recipe_names():
     photos = [_photo(600, 640, 5)]
     batches = {mix: UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=mix).batch(0) for mix in (1, 2)}
     assert any(not np.array_equal(a, b) for a, b in zip(batches[1], batches[2]))
-    with pytest.raises(ValueError, match="unknown training mix"):
+    with pytest.raises(ValueError, match="an upscaler trains on mix 1 or 2, not 3"):
         UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=3)
 
 

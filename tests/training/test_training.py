@@ -262,6 +262,18 @@ def test_model_card_reports_the_runs_own_log_and_recipe(tmp_path):
     assert "| 16000 | 82 | relative | +1.22 | +0.77 | -0.01 |" in card
 
 
+def test_model_card_names_the_training_mix_and_its_scanned_pages():
+    from enhancer.training import model_card
+
+    mix_2 = "\n".join(model_card._mix_lines({"recipe": {"mix": 2}}))
+    mix_3 = "\n".join(model_card._mix_lines({"recipe": {"mix": 3, "init_weights": "training-runs/a/best.weights.h5"}}))
+    assert "Mix 2 (this run)" in mix_2 and "Mix 3" not in mix_2
+    assert "Mix 2:" in mix_3 and "Mix 3 (this run) adds real scanned pages as 10 % of patches" in mix_3
+    assert "`linn.png`, `c02-22.png`" in mix_3 and "(`typewriter.png`) at q75 and q90" in mix_3
+    assert "Started from `training-runs/a/best.weights.h5`" in mix_3
+    assert model_card._mix_lines({"recipe": {"mix": 1}}) == []
+
+
 def test_pass_through_threshold_is_where_the_gain_stays_negative():
     from enhancer.training.evaluate import suggested_pass_through
 

@@ -52,6 +52,12 @@ def _fetch_fonts(args) -> None:
     print(f"{len(fetch_fonts(args.out))} fonts in {args.out}")
 
 
+def _fetch_scans(args) -> None:
+    from enhancer.training.documents import fetch_scans
+
+    print(f"{len(fetch_scans(args.out))} scanned pages in {args.out}")
+
+
 def _testset(args) -> None:
     from enhancer.training.testset import build_testset
 
@@ -78,7 +84,7 @@ def _train(args) -> None:
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patch_size=args.patch_size,
         learning_rate=args.learning_rate, seed=args.seed, loss=args.loss, warmup_steps=args.warmup_steps,
         init_weights=str(args.init_weights) if args.init_weights else None, ema_decay=args.ema_decay,
-        fonts_dir=str(args.fonts), relative_floor=args.relative_floor, mix=args.mix,
+        fonts_dir=str(args.fonts), relative_floor=args.relative_floor, mix=args.mix, scans_dir=str(args.scans),
     )  # fmt: skip
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
@@ -105,7 +111,7 @@ def _run_record(run_dir: Path) -> dict:
     data_path = run_dir / "data.json"
     if data_path.exists():  # runs before the photo lists were recorded have counts and a fingerprint only
         data = json.loads(data_path.read_text())
-        record["data"] = {key: data[key] for key in ("train", "val", "train_images", "val_images", "data_fingerprint")
+        record["data"] = {key: data[key] for key in ("train", "val", "scans", "train_images", "val_images", "data_fingerprint")
                           if key in data}  # fmt: skip
     init_weights = Path(recipe["init_weights"]) if recipe.get("init_weights") else None
     if init_weights is not None and (init_weights.parent / "config.json").exists():
@@ -218,7 +224,7 @@ def _validate_high_quality(args) -> None:
     from enhancer.training import model_card
     from enhancer.training.evaluate import high_quality_validation
 
-    result = high_quality_validation(args.model, args.data, args.fonts)
+    result = high_quality_validation(args.model, args.data, args.fonts, scans_dir=args.scans)
     result.update(machine=machine_description(), date=time.strftime("%Y-%m-%d"))
     out = args.model / "eval" / "high_quality_validation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +264,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
     p.set_defaults(func=_fetch_fonts)
 
+    p = subparsers.add_parser("fetch-scans", help="download real scanned pages for training mix 3 (OCRmyPDF's test resources, PyPI)")
+    p.add_argument("--out", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir))
+    p.set_defaults(func=_fetch_scans)
+
     p = subparsers.add_parser("testset", help="build the test set (kinds training lacks, from sources it never uses)")
     p.add_argument("--out", type=Path, default=DEFAULT_TESTSET)
     p.set_defaults(func=_testset)
@@ -281,8 +291,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "upscaler's .weights.h5 to continue it; --patch-size "
                    "is the small image's)")
     p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir), help="training fonts (enhancer fetch-fonts)")
-    p.add_argument("--mix", type=int, choices=(1, 2), default=TRAIN_DEFAULTS.mix,
-                   help="dejpeg_q's training mix: 1 as the first runs, 2 adds grain, scans and grey colour files")
+    p.add_argument("--mix", type=int, choices=(1, 2, 3), default=TRAIN_DEFAULTS.mix,
+                   help="dejpeg_q's training mix: 1 as the first runs, 2 adds grain, simulated scans and grey colour "
+                   "files, 3 adds real scanned pages (restorers only)")
+    p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir), help="scanned pages for mix 3 (enhancer fetch-scans)")
     p.add_argument("--relative-floor", type=float, default=TRAIN_DEFAULTS.relative_floor,
                    help="floor under the input's MSE in the relative loss")
     p.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)
@@ -322,6 +334,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
     p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
+    p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir),
+                   help="scanned pages (enhancer fetch-scans); their val/ is used where it exists")
     p.set_defaults(func=_validate_high_quality)
 
     p = subparsers.add_parser("evaluate", help="PSNR/SSIM on held-out photos per JPEG quality (--scale 2|4: an upscaler "

@@ -379,18 +379,21 @@ def budget_comparison(runs: list[Path]) -> str:
 PASS_THROUGH_QUALITIES = (85, 90, 92, 95, 98)
 
 
-def high_quality_validation(model_dir: Path, data_dir: Path, fonts_dir: Path, crop: int = 512) -> dict:
+def high_quality_validation(model_dir: Path, data_dir: Path, fonts_dir: Path, crop: int = 512,
+                            scans_dir: Path | None = None) -> dict:
     """Gain (dB) of a conditioned model on the validation set's good files, per kind and quality:
     the evidence for where the server's pass-through starts. Validation, never the test set, chooses.
 
     Kinds: the held-out photos, rendered screens, the photos in grey saved as colour JPEGs, the
-    photos with grain, scanned pages (the `extended` validation of training mix 2); OpenCV's 4:2:0
+    photos with grain, simulated scans (the `extended` validation of training mix 2), and the held-out
+    real scans of `scans_dir`/val where that folder exists (mix 3's validation); OpenCV's 4:2:0
     JPEG at each quality, told its tables. Reported per kind: the mean and the worst image.
     """
     from enhancer.training import jpeg_damage, synthetic
     from enhancer.training.train import validation_content
 
-    kinds = validation_content(load_images(data_dir / "val"), synthetic.list_fonts(fonts_dir), crop, extended=True)
+    pages = load_images(scans_dir / "val") if scans_dir is not None and (scans_dir / "val").is_dir() else []
+    kinds = validation_content(load_images(data_dir / "val"), synthetic.list_fonts(fonts_dir), crop, extended=True, pages=pages)
     forward = ImageForward(model_dir)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for kind, images in kinds.items():

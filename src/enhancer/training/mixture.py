@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from enhancer.training import jpeg_damage, synthetic
+from enhancer.training import documents, jpeg_damage, synthetic
 
 CONTENT_WEIGHTS = {"photo": 0.55, "rephoto": 0.1, "dead_leaves": 0.12, "text": 0.11, "screen": 0.12}
 #: Share of patches on the blind path, and of those, the share left clean.
@@ -40,6 +40,11 @@ GRAIN_SHARE = 0.25
 SCANNED_SHARE = 0.5
 GREY_SHARE_MIX2 = 0.15
 GREY_AS_COLOUR_FILE = 0.5
+
+#: Mix 3 adds real scanned pages (`training.documents`), which mix 2's simulated scans did not
+#: teach: models trained on mix 2 smoothed them at high quality. Everything else is mix 2.
+CONTENT_WEIGHTS_MIX3 = {"photo": 0.5, "rephoto": 0.09, "dead_leaves": 0.11, "text": 0.09, "screen": 0.11,
+                        "document": 0.1}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class MixtureSampler:
     run sees the data an uninterrupted run would have seen."""
 
     def __init__(self, photos: list[np.ndarray], fonts: list[Path], patch_size: int, batch_size: int, seed: int,
-                 mix: int = 1):
+                 mix: int = 1, pages: list[np.ndarray] = ()):
         if patch_size % 16:
             raise ValueError(f"patch size must be a multiple of 16 (the 4:2:0 block grid), got {patch_size}")
         need = 3 * (patch_size + 16)  # a re-photographed crop at half scale, rotated, needs this much
@@ -77,11 +82,16 @@ class MixtureSampler:
         self.photo_weights = areas / areas.sum()
         self.fonts = list(fonts)
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
-        if mix not in (1, 2):
-            raise ValueError(f"unknown training mix {mix} (1 or 2)")
+        if mix not in (1, 2, 3):
+            raise ValueError(f"unknown training mix {mix} (1, 2 or 3)")
+        self.pages = [p for p in pages if min(p.shape[:2]) >= patch_size + 16]
+        if mix >= 3 and not self.pages:
+            raise ValueError(f"training mix 3 needs scanned pages at least {patch_size + 16} px on their short side "
+                             "(run `enhancer fetch-scans`)")  # fmt: skip
         self.mix = mix
-        self.kinds = list(CONTENT_WEIGHTS)
-        self.kind_weights = np.array([CONTENT_WEIGHTS[k] for k in self.kinds])
+        weights = CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS
+        self.kinds = list(weights)
+        self.kind_weights = np.array([weights[k] for k in self.kinds])
 
     def content(self, rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
         """A clean BGR region of `size` x `size` pixels of the given kind."""
@@ -101,6 +111,8 @@ class MixtureSampler:
             return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
         if kind == "dead_leaves":
             return synthetic.dead_leaves(rng, size)
+        if kind == "document":
+            return documents.document_crop(rng, self.pages, size)
         if kind == "text":
             page = synthetic.text_page(rng, size, self.fonts)
             return synthetic.scanned(page, rng) if self.mix >= 2 and rng.random() < SCANNED_SHARE else page

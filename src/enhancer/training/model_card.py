@@ -187,12 +187,29 @@ def _mix_lines(meta: dict) -> list[str]:
     if recipe.get("mix", 1) < 2:
         return []
     start = recipe.get("init_weights")
+    mix = recipe["mix"]
     return [
-        "- Mix 2 (this run): a quarter of photo and dead-leaves patches carry sensor noise or film grain in their clean",
+        f"- Mix 2{' (this run)' if mix == 2 else ''}: a quarter of photo and dead-leaves patches carry sensor noise or film grain in their clean",
         "  target (Gaussian, sigma 1-7 levels, some spatially correlated, mostly luminance), so grain is content to keep;",
         "  half the rendered text is a scan (blurred strokes, uneven light, paper texture, noise, half of it grey);",
         "  15 % of patches are grey, half of them saved as colour JPEGs (flat chroma), as scanners and phones save them.",
+        *(_document_lines() if mix >= 3 else []),
         *([f"- Started from `{start}` (what that is: the runs it fine-tunes, under Recipe)."] if start else []),
+    ]
+
+
+def _document_lines() -> list[str]:
+    from enhancer.training import documents
+    from enhancer.training.mixture import CONTENT_WEIGHTS_MIX3
+
+    weight = round(100 * CONTENT_WEIGHTS_MIX3["document"])
+    train = ", ".join(f"`{name}`" for name, _, _ in documents.PAGES["train"])
+    val = ", ".join(f"`{name}`" for name, _, _ in documents.PAGES["val"])
+    low, high = (round(100 * v) for v in documents.SCALE_RANGE)
+    return [
+        f"- Mix 3 (this run) adds real scanned pages as {weight} % of patches ({documents.SDIST}'s test resources:",
+        f"  {train}; stored at about 150 dpi, drawn at {low}-{high} % of that); validation adds another scanned",
+        f"  document ({val}) at q75 and q90, counted as harm in the checkpoint choice.",
     ]
 
 

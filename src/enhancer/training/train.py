@@ -66,8 +66,11 @@ class TrainConfig:
     #: Floor under the input's MSE in the relative loss (see RELATIVE_LOSS_FLOOR).
     relative_floor: float = 1e-4
     #: Training mix of a conditioned model (enhancer.training.mixture): 1 as the first runs were
-    #: made (a saved recipe without this field is mix 1), 2 with grain, scans and grey colour files.
+    #: made (a saved recipe without this field is mix 1), 2 with grain, scans and grey colour files,
+    #: 3 adds real scanned pages (from `scans_dir`).
     mix: int = 1
+    #: Scanned pages for mix 3 (`enhancer fetch-scans`): train/ is trained on, val/ validated on.
+    scans_dir: str = "data/scans"
 
 
 #: Floor under a patch's MSE in the psnr loss (a 50 dB cap), so flat patches cannot dominate.
@@ -273,7 +276,8 @@ def evaluate_gain(predict, pairs: dict[str, list[tuple[tuple, np.ndarray]]]) -> 
 
 #: Validation labels where any loss counts as harm in the checkpoint score.
 HIGH_QUALITY_LABELS = ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q90",
-                       "gain_grey_q90", "gain_grain_q90", "gain_scan_q75", "gain_scan_q90")  # fmt: skip
+                       "gain_grey_q90", "gain_grain_q90", "gain_scan_q75", "gain_scan_q90",
+                       "gain_document_q75", "gain_document_q90")  # fmt: skip
 
 
 def _score(row: dict[str, float]) -> float:
@@ -292,11 +296,12 @@ def _score_upscale(row: dict[str, float]) -> float:
 
 
 def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
-                       extended: bool = False) -> dict[str, list[np.ndarray]]:
+                       extended: bool = False, pages: list[np.ndarray] = ()) -> dict[str, list[np.ndarray]]:
     """The clean validation images of a conditioned model, per kind (BGR uint8): the held-out
     photos' centre crops and rendered screen content (seeds the training stream never draws);
-    `extended` (training mix 2) adds those photos in grey and with grain, and scanned pages."""
-    from enhancer.training import synthetic
+    `extended` (training mix 2) adds those photos in grey and with grain, and simulated scans;
+    `pages` (mix 3: the held-out real scans) adds them as "document"."""
+    from enhancer.training import documents, synthetic
 
     def centre(image):
         h, w = image.shape[:2]
@@ -311,15 +316,18 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
         content["grey"] = [cv2.cvtColor(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for p in photos]
         content["grain"] = [synthetic.grain(p, rng) for p in photos]
         content["scan"] = [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)]
+    if len(pages):
+        content["document"] = documents.validation_pages(pages, crop)
     return content
 
 
 def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
-                           extended: bool = False) -> dict[str, list]:
+                           extended: bool = False, pages: list[np.ndarray] = ()) -> dict[str, list]:
     """Fixed validation pairs for a conditioned model (`validation_content`): photos and screen
     content saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and
     on clean images. `extended` (runs on mix 2) adds the good files mix 1 harmed: the photos in
-    grey saved as colour JPEGs and with grain (q90), and scanned pages (q75, q90)."""
+    grey saved as colour JPEGs and with grain (q90), and simulated scans (q75, q90); `pages` (mix 3)
+    the held-out real scans (q75, q90)."""
     from enhancer.training import jpeg_damage
 
     def rgb(bgr):
@@ -329,7 +337,7 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
         recipe = jpeg_damage.ijg_recipe(quality)
         return [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
 
-    content = validation_content(photos, fonts, crop, extended)
+    content = validation_content(photos, fonts, crop, extended, pages)
     photos, screens = content["photo"], content["screen"]
     blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
     pairs: dict[str, list] = {}
@@ -341,6 +349,9 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
         for label, kind, q in (("grey_q90", "grey", 90), ("grain_q90", "grain", 90), ("scan_q75", "scan", 75),
                                ("scan_q90", "scan", 90)):  # fmt: skip
             pairs[label] = told(content[kind], q)
+    if "document" in content:
+        for q in (75, 90):
+            pairs[f"document_q{q}"] = told(content["document"], q)
     return pairs
 
 
@@ -374,14 +385,16 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     conditioned = cfg.architecture in network.CONDITIONED
     model = network.build(cfg.architecture)
     scale = network.output_scale(model)
+    scans = Path(cfg.scans_dir)
+    pages = {split: load_images(scans / split) if cfg.mix >= 3 else [] for split in ("train", "val")}
     if scale > 1:
         fonts = list_fonts(Path(cfg.fonts_dir))
         sampler = UpscaleSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, scale, cfg.mix)
         val = upscale_validation(val_images, fonts, scale, cfg.val_crop)
     elif conditioned:
         fonts = list_fonts(Path(cfg.fonts_dir))
-        sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix)
-        val = conditioned_validation(val_images, fonts, cfg.val_crop, extended=cfg.mix >= 2)
+        sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix, pages["train"])
+        val = conditioned_validation(val_images, fonts, cfg.val_crop, extended=cfg.mix >= 2, pages=pages["val"])
     else:
         sampler = PatchSampler(train_images, cfg.patch_size, cfg.batch_size, cfg.seed)
         val = {f"q{q}": [((d,), c) for d, c in items]
@@ -391,7 +404,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
                   "data_fingerprint": fingerprint(train_images),
                   # which photos, by name and content: `enhancer export` copies this into metadata.json
                   "train": data_record(Path(cfg.data_dir) / "train"),
-                  "val": data_record(Path(cfg.data_dir) / "val")}  # fmt: skip
+                  "val": data_record(Path(cfg.data_dir) / "val"),
+                  **({"scans": {split: data_record(scans / split) for split in pages}} if cfg.mix >= 3 else {})}  # fmt: skip
         config_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         (run_dir / "data.json").write_text(json.dumps(record, indent=2) + "\n")
 

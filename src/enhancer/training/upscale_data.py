@@ -56,6 +56,8 @@ class UpscaleSampler:
                  mix: int = 1):
         if patch_size % 16:
             raise ValueError(f"patch size (of the small image) must be a multiple of 16, got {patch_size}")
+        if mix not in (1, 2):
+            raise ValueError(f"an upscaler trains on mix 1 or 2, not {mix} (mix 3's scanned pages are for restorers)")
         self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed, mix)
         self.patch_size, self.batch_size, self.seed, self.scale = patch_size, batch_size, seed, scale
         self.kinds = list(CONTENT_WEIGHTS)
