@@ -88,14 +88,7 @@ def document_crop(rng: np.random.Generator, pages: list[np.ndarray], size: int) 
     return cv2.resize(page[top : top + span, left : left + span], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def validation_pages(pages: list[np.ndarray], crop: int) -> list[np.ndarray]:
-    """Fixed validation images from the held-out pages: the centre at full and at half size."""
-    out = []
-    for page in pages:
-        for factor in (1, 2):
-            h, w = page.shape[:2]
-            small = cv2.resize(page, (w // factor, h // factor), interpolation=cv2.INTER_AREA) if factor > 1 else page
-            h, w = small.shape[:2]
-            ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
-            out.append(small[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw])
-    return out
+def validation_pages(pages: list[np.ndarray]) -> list[np.ndarray]:
+    """The held-out pages at their stored size and at half of it (two sizes of text)."""
+    halves = [cv2.resize(p, (p.shape[1] // 2, p.shape[0] // 2), interpolation=cv2.INTER_AREA) for p in pages]
+    return [image for pair in zip(pages, halves) for image in pair]

@@ -317,7 +317,7 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
         content["grain"] = [synthetic.grain(p, rng) for p in photos]
         content["scan"] = [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)]
     if len(pages):
-        content["document"] = documents.validation_pages(pages, crop)
+        content["document"] = [centre(p) for p in documents.validation_pages(pages)]
     return content
 
 
