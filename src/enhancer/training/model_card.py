@@ -355,9 +355,12 @@ def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str
     if recipe:
         lines += ["## Recipe", ""]
         for key in ("data_dir", "steps", "batch_size", "patch_size", "learning_rate", "final_learning_rate", "warmup_steps",
-                    "ema_decay", "seed", "init_weights", "loss", "relative_floor"):  # fmt: skip
+                    "ema_decay", "seed", "init_weights", "loss", "relative_floor", "mix"):  # fmt: skip
             if recipe.get(key) is not None:
                 lines.append(f"- {key}: {recipe[key]}")
+        if recipe.get("mix", 1) >= 2:
+            lines.append("  (training mix 2, as `dejpeg-q`'s card describes: grain kept in the clean target, scanned text, "
+                         "more grey content)")  # fmt: skip
         if "training_minutes" in meta:
             lines.append(_wall_time_line(meta))
         lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
