@@ -306,3 +306,31 @@ def test_grey_tiles_come_back_grey_and_colour_tiles_untouched():
     luma = restored[0] @ np.array([0.299, 0.587, 0.114], np.float32)
     np.testing.assert_allclose(out[0], np.repeat(luma[..., None], 3, axis=-1), atol=1e-6)
     np.testing.assert_array_equal(out[1], restored[1])
+
+
+def test_fetch_scans_stores_each_page_downscaled_in_its_split(tmp_path, monkeypatch):
+    """fetch-scans takes the pages out of OCRmyPDF's source archive (here a stand-in archive:
+    tests fetch nothing) and stores training and validation pages apart, at about 150 dpi."""
+    import tarfile
+
+    from enhancer.training import documents
+
+    staging = tmp_path / "staging"
+
+    def fake_pip_download(command, check):
+        folder = Path(command[command.index("-d") + 1])  # only the archive lands there, as pip leaves it
+        resources = staging / documents.RESOURCES
+        resources.mkdir(parents=True)
+        cv2.imwrite(str(resources / "linn.png"), _photo(400, 300, 1))
+        cv2.imwrite(str(resources / "typewriter.png"), _photo(400, 600, 2))
+        ok, jpeg_file = cv2.imencode(".jpg", _photo(200, 160, 3))
+        (resources / "c02-22.pdf").write_bytes(b"%PDF-1.3\nstream\n" + jpeg_file.tobytes() + b"\nendstream\n")
+        with tarfile.open(folder / "ocrmypdf-16.5.0.tar.gz", "w:gz") as tar:
+            tar.add(staging / "ocrmypdf-16.5.0", arcname="ocrmypdf-16.5.0")
+
+    monkeypatch.setattr(documents.subprocess, "run", fake_pip_download)
+    written = documents.fetch_scans(tmp_path / "scans")
+    assert sorted(p.relative_to(tmp_path / "scans").as_posix() for p in written) == [
+        "train/c02-22.png", "train/linn.png", "val/typewriter.png"]  # fmt: skip
+    shapes = {p.name: cv2.imread(str(p)).shape for p in written}
+    assert shapes == {"linn.png": (200, 150, 3), "c02-22.png": (100, 80, 3), "typewriter.png": (100, 150, 3)}
