@@ -270,6 +270,7 @@ def test_model_card_names_the_training_mix_and_its_scanned_pages():
     assert "Mix 2 (this run)" in mix_2 and "Mix 3" not in mix_2
     assert "Mix 2:" in mix_3 and "Mix 3 (this run) adds real scanned pages as 10 % of patches" in mix_3
     assert "`linn.png`, `c02-22.png`" in mix_3 and "(`typewriter.png`) at q75 and q90" in mix_3
+    assert "the other kinds make room (photos\n  50 %)" in mix_3
     assert "Started from `training-runs/a/best.weights.h5`" in mix_3
     assert model_card._mix_lines({"recipe": {"mix": 1}}) == []
 

@@ -208,8 +208,9 @@ def _document_lines() -> list[str]:
     low, high = (round(100 * v) for v in documents.SCALE_RANGE)
     return [
         f"- Mix 3 (this run) adds real scanned pages as {weight} % of patches ({documents.SDIST}'s test resources:",
-        f"  {train}; stored at about 150 dpi, drawn at {low}-{high} % of that); validation adds another scanned",
-        f"  document ({val}) at q75 and q90, counted as harm in the checkpoint choice.",
+        f"  {train}; stored at about 150 dpi, drawn at {low}-{high} % of that); the other kinds make room (photos",
+        f"  {round(100 * CONTENT_WEIGHTS_MIX3['photo'])} %). Validation adds another scanned document ({val}) at q75 and q90,",
+        "  counted as harm in the checkpoint choice.",
     ]
 
 
