@@ -199,6 +199,7 @@ def _mix_lines(meta: dict) -> list[str]:
 
 
 def _document_lines() -> list[str]:
+    """What mix 3 adds, read from the page list and weights the sampler uses, so the card cannot drift from them."""
     from enhancer.training import documents
     from enhancer.training.mixture import CONTENT_WEIGHTS_MIX3
 
