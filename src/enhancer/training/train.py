@@ -386,7 +386,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     model = network.build(cfg.architecture)
     scale = network.output_scale(model)
     scans = Path(cfg.scans_dir)
-    pages = {split: load_images(scans / split) if cfg.mix >= 3 else [] for split in ("train", "val")}
+    uses_pages = conditioned and scale == 1 and cfg.mix >= 3  # only a restorer's mix 3 draws scanned pages
+    pages = {split: load_images(scans / split) if uses_pages else [] for split in ("train", "val")}
     if scale > 1:
         fonts = list_fonts(Path(cfg.fonts_dir))
         sampler = UpscaleSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, scale, cfg.mix)
@@ -405,7 +406,7 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
                   # which photos, by name and content: `enhancer export` copies this into metadata.json
                   "train": data_record(Path(cfg.data_dir) / "train"),
                   "val": data_record(Path(cfg.data_dir) / "val"),
-                  **({"scans": {split: data_record(scans / split) for split in pages}} if cfg.mix >= 3 else {})}  # fmt: skip
+                  **({"scans": {split: data_record(scans / split) for split in pages}} if uses_pages else {})}  # fmt: skip
         config_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         (run_dir / "data.json").write_text(json.dumps(record, indent=2) + "\n")
 
