@@ -285,10 +285,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train (or resume) a restoration network")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
-    p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "dejpeg_q", "prototype", "upscale_x2", "upscale_x4"],
+    p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "dejpeg_q", "prototype", "upscale_x2", "upscale_x4",
+                                                                "upscale_x2_slim", "upscale_x4_slim"],
                    help="dejpeg_q is told the file's quantisation tables (its training mixes in rendered content); "
                    "upscale_x2/x4 enlarge (--init-weights: a dejpeg_q .weights.h5 for their restorer, or a same-scale "
-                   "upscaler's .weights.h5 to continue it; --patch-size "
+                   "upscaler's .weights.h5 to continue it, or a wider one's to start a _slim head from its strongest channels; "
+                   "--patch-size "
                    "is the small image's)")
     p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir), help="training fonts (enhancer fetch-fonts)")
     p.add_argument("--mix", type=int, choices=(1, 2, 3), default=TRAIN_DEFAULTS.mix,

@@ -294,11 +294,16 @@ def holds_upscaler(weights: str) -> bool:
 
 def load_init_weights(model: keras.Model, weights: str, scale: int) -> None:
     """Start a training run from `weights`: a served SavedModel folder's convolutions, a trained
-    restorer's .weights.h5 for an upscaler's front, or a same-architecture .weights.h5 to continue."""
+    restorer's .weights.h5 for an upscaler's front, a wider upscaler's .weights.h5 for a narrower
+    head (`head_pruning`), or a same-architecture .weights.h5 to continue."""
+    from enhancer.training import head_pruning
+
     if Path(weights).is_dir():
         load_body_weights(model, weights)
     elif scale > 1 and not holds_upscaler(weights):
         load_restorer_weights(model, weights)
+    elif scale > 1 and head_pruning.stored_head(weights)[0] != head_pruning.head_of(model)[0]:
+        head_pruning.load_pruned(model, weights, scale)
     else:
         model.load_weights(weights)
 
@@ -330,10 +335,13 @@ ARCHITECTURES = {
     "prototype": build_prototype,
     "upscale_x2": lambda: build_upscaler(2, head_channels=40, head_blocks=4),
     "upscale_x4": lambda: build_upscaler(4, head_channels=56, head_blocks=6),
+    # The same nets with narrower heads, for the speed targets (started by `head_pruning`).
+    "upscale_x2_slim": lambda: build_upscaler(2, head_channels=32, head_blocks=4, name="upscale_x2_slim"),
+    "upscale_x4_slim": lambda: build_upscaler(4, head_channels=48, head_blocks=6, name="upscale_x4_slim"),
 }
 
 #: Architectures told the file's quantisation tables (a second input, `quantization`).
-CONDITIONED = frozenset({"dejpeg_q", "upscale_x2", "upscale_x4"})
+CONDITIONED = frozenset({"dejpeg_q", "upscale_x2", "upscale_x4", "upscale_x2_slim", "upscale_x4_slim"})
 #: A conditioned net's height/width multiple: its projection works on 4:2:0 chroma blocks (16 px).
 CONDITIONED_SIZE_MULTIPLE = 16
 

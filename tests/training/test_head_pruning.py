@@ -1,0 +1,76 @@
+"""Starting a narrower upscaler head from a trained wider one (`training.head_pruning`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from enhancer.training import head_pruning, network
+
+
+def _upscaler(channels: int, blocks: int = 2):
+    restorer = network.build_dejpeg_q(8, 16, 1, name="restorer")
+    return network.build_upscaler(2, head_channels=channels, head_blocks=blocks, restorer=restorer)
+
+
+def _randomised(model, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        var.assign(rng.normal(0, 0.1, var.shape).astype("float32"))
+    return model
+
+
+def _silence(model, dead: dict[str, list[int]]) -> None:
+    """Zero the weights and bias that make the given output channels of head layers."""
+    for name, channels in dead.items():
+        kernel, bias = model.get_layer(name).get_weights()
+        kernel[..., channels] = 0
+        bias[channels] = 0
+        model.get_layer(name).set_weights([kernel, bias])
+
+
+def test_pruning_away_dead_channels_keeps_the_wide_net_s_answer(tmp_path):
+    """Channels that carry nothing score zero, so they are the ones dropped, and the narrower
+    net answers exactly as the wide one; the skip pair (up_in, last block) drops one shared set."""
+    wide = _randomised(_upscaler(8))
+    _silence(wide, {"up_in": [1, 6], "up_0": [0, 3], "up_1": [1, 6]})
+    wide.save_weights(tmp_path / "wide.weights.h5")
+    assert head_pruning.stored_head(str(tmp_path / "wide.weights.h5")) == (8, 2)
+
+    slim = _randomised(_upscaler(6), seed=1)
+    network.load_init_weights(slim, str(tmp_path / "wide.weights.h5"), scale=2)
+    assert head_pruning.head_of(slim) == (6, 2)
+
+    rng = np.random.default_rng(2)
+    image = rng.uniform(0, 1, (1, 32, 32, 3)).astype("float32")
+    quantization = np.zeros((1, network.QUANTIZATION_LENGTH), "float32")
+    want = wide.predict([image, quantization], verbose=0)
+    got = slim.predict([image, quantization], verbose=0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_kept_channels_are_the_strongest_and_shared_across_the_skip():
+    rng = np.random.default_rng(3)
+    kernels = [rng.normal(0, 1, (3, 3, 3, 6)), rng.normal(0, 1, (3, 3, 6, 6)), rng.normal(0, 1, (3, 3, 6, 12))]
+    kernels[0][..., 4] *= 100  # up_in's channel 4 is made strongly and read by up_out through the skip
+    kernels[1][..., 2] *= 1e-3  # the block's channel 2 is nearly dead, but shares the skip's set
+    kept = head_pruning.kept_channels(kernels, 4)
+    assert len(kept) == 2 and all(len(k) == 4 for k in kept)
+    assert 4 in kept[0]
+    np.testing.assert_array_equal(kept[0], kept[1])
+
+
+def test_a_head_cannot_be_started_from_a_narrower_or_shallower_one(tmp_path):
+    _upscaler(6).save_weights(tmp_path / "six.weights.h5")
+    with pytest.raises(ValueError, match="narrower head of the same depth"):
+        head_pruning.load_pruned(_upscaler(8), str(tmp_path / "six.weights.h5"), scale=2)
+    with pytest.raises(ValueError, match="narrower head of the same depth"):
+        head_pruning.load_pruned(_upscaler(4, blocks=1), str(tmp_path / "six.weights.h5"), scale=2)
+
+
+def test_the_slim_architectures_cost_less_than_the_shipped_ones():
+    for scale in (2, 4):
+        wide, slim = network.build(f"upscale_x{scale}"), network.build(f"upscale_x{scale}_slim")
+        assert network.output_scale(slim) == scale
+        assert network.macs_per_pixel(slim) < 0.8 * network.macs_per_pixel(wide)
+        assert network.takes_quantization(slim)
