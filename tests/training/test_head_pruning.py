@@ -74,3 +74,12 @@ def test_the_slim_architectures_cost_less_than_the_shipped_ones():
         assert network.output_scale(slim) == scale
         assert network.macs_per_pixel(slim) < 0.8 * network.macs_per_pixel(wide)
         assert network.takes_quantization(slim)
+
+
+def test_an_upscaler_card_says_where_a_slim_head_started():
+    from enhancer.training import model_card
+
+    slim = {"architecture": "upscale_x2_slim", "scale": 2, "recipe": {"init_weights": "training-runs/upscale-x2c/best.weights.h5"}}
+    lines = "\n".join(model_card._slim_head_lines(slim))
+    assert "training-runs/upscale-x2c/best.weights.h5" in lines and "head_pruning" in lines
+    assert model_card._slim_head_lines({"architecture": "upscale_x2", "scale": 2}) == []

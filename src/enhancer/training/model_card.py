@@ -323,6 +323,18 @@ def _upscale_evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[s
     ]
 
 
+def _slim_head_lines(meta: dict) -> list[str]:
+    """How a narrower (`_slim`) head began: the strongest channels of the wider trained one."""
+    if not str(meta.get("architecture", "")).endswith("_slim"):
+        return []
+    start = meta.get("recipe", {}).get("init_weights")
+    return [
+        f"- A narrower head than `upscale_x{meta.get('scale')}`'s, for speed. It started from {f'`{start}`' if start else 'a wider trained upscaler'}:",
+        "  the restorer whole, and in each head convolution the output channels with the largest product of the",
+        "  weight norms that make and that read them (`src/enhancer/training/head_pruning.py`), then fine-tuned.",
+    ]
+
+
 def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str:
     """The card of a model whose output is `scale` times larger (`upscale_x2`, `upscale_x4`)."""
     scale = meta.get("scale")
@@ -352,6 +364,7 @@ def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str
         "  TensorFlow's bicubic\".",
         f"- Parameters: {meta.get('parameters', 0):,}"
         + (f"; cost {meta['macs_per_pixel'] / 1000:.1f} k multiply-accumulates per input pixel." if "macs_per_pixel" in meta else "."),
+        *_slim_head_lines(meta),
         "",
     ]
     if recipe:
