@@ -83,3 +83,18 @@ def test_an_upscaler_card_says_where_a_slim_head_started():
     lines = "\n".join(model_card._slim_head_lines(slim))
     assert "training-runs/upscale-x2c/best.weights.h5" in lines and "head_pruning" in lines
     assert model_card._slim_head_lines({"architecture": "upscale_x2", "scale": 2}) == []
+
+
+def test_every_architecture_is_offered_by_the_cli_and_conditioned_as_built():
+    """The CLI lists architectures without importing TensorFlow, so it keeps its own copy of the names;
+    `CONDITIONED` is derived from the names: both must agree with what the builders make."""
+    import argparse
+
+    from enhancer.training import commands
+
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    commands.register(subparsers)
+    (action,) = (a for a in subparsers.choices["train"]._actions if a.dest == "architecture")
+    assert sorted(action.choices) == sorted(network.ARCHITECTURES)
+    for name in ("dejpeg_q", "upscale_x2", "upscale_x4_slim", "dejpeg"):
+        assert (name in network.CONDITIONED) == network.takes_quantization(network.build(name))

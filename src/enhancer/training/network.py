@@ -340,8 +340,9 @@ ARCHITECTURES = {
     "upscale_x4_slim": lambda: build_upscaler(4, head_channels=48, head_blocks=6, name="upscale_x4_slim"),
 }
 
-#: Architectures told the file's quantisation tables (a second input, `quantization`).
-CONDITIONED = frozenset({"dejpeg_q", "upscale_x2", "upscale_x4", "upscale_x2_slim", "upscale_x4_slim"})
+#: Architectures told the file's quantisation tables (a second input, `quantization`): the
+#: conditioned restorer and every upscaler, which nests it.
+CONDITIONED = frozenset({"dejpeg_q", *(name for name in ARCHITECTURES if name.startswith("upscale_"))})
 #: A conditioned net's height/width multiple: its projection works on 4:2:0 chroma blocks (16 px).
 CONDITIONED_SIZE_MULTIPLE = 16
 
