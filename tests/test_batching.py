@@ -21,6 +21,7 @@ from enhancer.batching import (
     BatchObserver,
     MicroBatcher,
     QueueFullError,
+    TileCosts,
 )
 from enhancer.models.contract import ModelSpec
 
@@ -114,10 +115,21 @@ async def hold_model(batcher: MicroBatcher, model: FakeModel, count: int) -> asy
     return task
 
 
-def make(*models, batch=4, delay=5.0, queue=1000, observer=None, in_flight=1) -> MicroBatcher:
+class PixelCosts(TileCosts):
+    """Every tile costs its pixel count, whatever the model and however long it took: turn order
+    without the timing noise (a gated batch would otherwise price the next tiles 1000x)."""
+
+    def cost(self, model, tile_shape):
+        return float(tile_shape[0] * tile_shape[1])
+
+    def observe(self, model, tiles, tile_shape, seconds):
+        pass
+
+
+def make(*models, batch=4, delay=5.0, queue=1000, observer=None, in_flight=1, costs=None) -> MicroBatcher:
     return MicroBatcher(
         {model.spec.name: model for model in models}, max_batch_size=batch, max_batch_delay_s=delay,
-        max_queue_tiles=queue, batches_in_flight=in_flight, observer=observer,
+        max_queue_tiles=queue, batches_in_flight=in_flight, observer=observer, costs=costs or PixelCosts(),
     )  # fmt: skip
 
 
@@ -167,8 +179,64 @@ def test_small_request_is_not_starved_by_a_huge_one():
         return small_done_first
 
     assert run(scenario)
-    assert model.batches[1] == [(H, 4), (S, 0), (H, 5), (S, 1)]
+    # the newcomer's tag is where the running batch started, so it goes before the huge one's next tile
+    assert model.batches[1] == [(S, 0), (H, 4), (S, 1), (H, 5)]
     assert len(model.batches) == 11  # 42 tiles, 4 per batch
+
+
+def test_a_newcomer_runs_right_after_the_tile_in_progress():
+    """One tile per batch (the CPU default): a small request that arrives while a big one's tile
+    runs is next, not after another of the big one's tiles."""
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=1, delay=0.0)
+        await batcher.start()
+        big = asyncio.create_task(batcher.submit(M, tiles(H, 6, LARGE)))
+        await until(lambda: len(model.batches) == 1)
+        small = asyncio.create_task(batcher.submit(M, tiles(S, 1)))
+        await until(lambda: batcher.queued_tiles == 5 + 1)
+        model.gate.set()
+        await asyncio.gather(big, small)
+        await batcher.stop()
+
+    run(scenario)
+    assert model.batches[:3] == [[(H, 0)], [(S, 0)], [(H, 1)]]
+
+
+def test_model_time_is_shared_by_cost_not_by_tiles():
+    """A tile four times dearer is dealt a quarter as often while both requests wait, so the cheap
+    request gets as much model time as the dear one, not a quarter of it."""
+    model = FakeModel(gated=True)
+
+    async def scenario():
+        batcher = make(model, batch=1, delay=0.0)
+        await batcher.start()
+        blocker = await hold_model(batcher, model, 1)
+        dear = asyncio.create_task(batcher.submit(M, tiles(B, 3, LARGE)))  # 16 px tiles
+        cheap = asyncio.create_task(batcher.submit(M, tiles(A, 12, SMALL)))  # 4 px tiles
+        await until(lambda: batcher.queued_tiles == 15)
+        model.gate.set()
+        await asyncio.gather(blocker, dear, cheap)
+        await batcher.stop()
+
+    run(scenario)
+    order = "".join("B" if batch[0][0] == B else "a" for batch in model.batches[1:])
+    assert order == "Baaaa" "Baaaa" "Baaaa"
+
+
+def test_tile_costs_follow_each_models_measured_time_per_pixel():
+    costs = TileCosts()
+    assert costs.cost("restore", (100, 100)) == pytest.approx(100 * 100 * 1e-6)  # the prior, 1 MP/s
+    costs.observe("restore", tiles=2, tile_shape=(100, 100), seconds=0.02)  # 1 us per pixel
+    costs.observe("upscale", tiles=1, tile_shape=(100, 100), seconds=0.05)  # 5 us per pixel
+    assert costs.cost("restore", (200, 100)) == pytest.approx(0.02)
+    assert costs.cost("upscale", (100, 100)) == pytest.approx(0.05)
+    assert costs.cost("untimed", (100, 100)) == pytest.approx(0.05)  # priced like the dearest timed
+    costs.observe("upscale", tiles=1, tile_shape=(100, 100), seconds=0.10)  # slower now: moves a fifth
+    assert costs.cost("upscale", (100, 100)) == pytest.approx(0.05 + 0.2 * 0.05)
+    costs.observe("restore", tiles=1, tile_shape=(10, 10), seconds=0.0)  # a timer of coarse grain
+    assert costs.cost("restore", (10, 10)) > 0
 
 
 def test_a_batch_holds_one_shape_and_shapes_take_turns():

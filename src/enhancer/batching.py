@@ -8,13 +8,19 @@ How it works:
 
 * `submit` checks the tile budget (`QueueFullError` at once when full), puts the request on an
   `asyncio.Queue` and awaits the request's future.
-* One worker coroutine admits queued requests into a round-robin ring. It takes the first tile,
-  then fills the batch with tiles of the same model and shape (the batch key) until
-  `max_batch_size` tiles or until `max_batch_delay_s` after that first tile - one deadline per
-  batch, each wait is given only the time left. Tiles are dealt one per request per round, so a
-  small request submitted behind a 50 MP one shares the very next batch instead of waiting for the
-  big one to finish; requests served in a batch move behind those that were not, so other models
-  and shapes get their turn too: a batch never mixes models, and no model starves another.
+* One worker coroutine admits queued requests and shares the model's time fairly among them, as
+  fair-queueing network schedulers share a link (start-time fair queueing): every request carries
+  a tag, the model time it has been given so far counted from when it arrived, in the virtual time
+  of an ideal scheduler that gives each waiting request an equal share. The request with the
+  smallest tag has the next turn: the batch takes its model and tile shape (the batch key) and is
+  filled, smallest tag first, with tiles of that key until `max_batch_size` tiles or until
+  `max_batch_delay_s` after the first tile - one deadline per batch, each wait is given only the
+  time left. A tile's cost is its pixels times its model's measured seconds per pixel
+  (`TileCosts`), so a request on a model four times dearer per tile gets a quarter of the tiles,
+  and a newcomer's tag is the virtual time when the tile now running started: a small request that
+  arrives while a 4x upscale is being served runs right after the tile in progress, not after a
+  round of everyone's tiles. Tiles of equal cost are dealt round-robin in arrival order. A batch
+  never mixes models, and no model or request starves another.
 * Tiles travel in their own sample type (e.g. uint8, see enhancer.samples) and become float32
   [0, 1] only when their batch is stacked, so a request waiting in the queue costs its compact
   tiles, not float copies. Outputs are stored per request as the model returned them, or (the
@@ -69,6 +75,12 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY_AFTER_S = 1.0
 #: Recent batches used to measure how fast the queue drains.
 DRAIN_RATE_WINDOW = 32
+#: Seconds per pixel assumed for a model before its first batch is timed (a prior: 1 MP/s).
+PRIOR_SECONDS_PER_PIXEL = 1e-6
+#: Weight of each new timing in a model's running seconds-per-pixel estimate.
+COST_SMOOTHING = 0.2
+#: The smallest seconds per pixel a timing can set (keeps every tile's cost above zero).
+MIN_SECONDS_PER_PIXEL = 1e-15
 
 
 class QueueFullError(Exception):
@@ -151,6 +163,28 @@ class BatchObservers(BatchObserver):
             observer.on_queue_depth(tiles)
 
 
+class TileCosts:
+    """What a tile costs in model time: its pixels times its model's seconds per pixel, a running
+    average over the batches timed so far (the models differ severalfold per pixel, and only timing
+    tells what a model costs on this machine). A model not yet timed is priced like the dearest one timed,
+    so its first tiles do not jump the queue."""
+
+    def __init__(self) -> None:
+        self.seconds_per_pixel: dict[str, float] = {}
+
+    def cost(self, model: str, tile_shape: tuple[int, ...]) -> float:
+        rate = self.seconds_per_pixel.get(model)
+        if rate is None:
+            rate = max(self.seconds_per_pixel.values(), default=PRIOR_SECONDS_PER_PIXEL)
+        return tile_shape[0] * tile_shape[1] * rate
+
+    def observe(self, model: str, tiles: int, tile_shape: tuple[int, ...], seconds: float) -> None:
+        """A batch of `tiles` tiles of `tile_shape` took `seconds` of model time."""
+        rate = max(seconds / (tiles * tile_shape[0] * tile_shape[1]), MIN_SECONDS_PER_PIXEL)
+        old = self.seconds_per_pixel.get(model)
+        self.seconds_per_pixel[model] = rate if old is None else old + COST_SMOOTHING * (rate - old)
+
+
 @dataclass(eq=False)
 class _Request:
     model: str
@@ -158,6 +192,8 @@ class _Request:
     inputs: dict[str, np.ndarray]  # extra model inputs: one vector per name, for every tile
     future: asyncio.Future
     submitted_at: float
+    arrival: int = 0  # admission order: breaks ties between equal tags
+    tag: float = 0.0  # virtual time at which its next tile is due (see the module docstring)
     next_tile: int = 0  # tiles before this index have been taken into batches
     finished_tiles: int = 0
     outputs: np.ndarray | None = None
@@ -204,6 +240,7 @@ class MicroBatcher:
         batches_in_flight: int = 1,
         observer: BatchObserver | None = None,
         output_dtype: np.dtype = np.float32,
+        costs: TileCosts | None = None,
     ):
         if max_batch_size < 1 or max_queue_tiles < 1 or batches_in_flight < 1 or max_batch_delay_s < 0:
             raise ValueError(
@@ -219,7 +256,11 @@ class MicroBatcher:
         self._observer = observer or BatchObserver()
         self._output_dtype = np.dtype(output_dtype)
         self._intake: asyncio.Queue | None = None
-        self._ring: deque[_Request] = deque()  # admitted requests with tiles left, in turn order
+        self._costs = costs or TileCosts()
+        self._waiting: list[_Request] = []  # admitted requests with tiles left, in arrival order
+        self._arrivals = 0
+        self._virtual_time = 0.0  # when the tile dispatched last started, in virtual time
+        self._advance = 0.0  # how far that tile moves virtual time once it is done
         self._live: set[_Request] = set()  # submitted and not yet answered
         self._queued = 0
         self._closing = False
@@ -340,14 +381,14 @@ class MicroBatcher:
         try:
             while True:
                 self._admit_waiting()
-                if not self._ring:
+                if not self._waiting:
                     if self._stop_seen:
                         break
                     self._admit(await self._intake.get())
                     continue
                 await slots.acquire()
                 self._admit_waiting()
-                if not self._ring:  # what was queued got cancelled while we waited for a slot
+                if not self._waiting:  # what was queued got cancelled while we waited for a slot
                     slots.release()
                     continue
                 # The batch lives only in its task, so its requests' tiles (0.7 GB for a 48 MP image)
@@ -376,7 +417,9 @@ class MicroBatcher:
         if item is _STOP:
             self._stop_seen = True
         elif not item.future.done():  # skip requests cancelled while waiting in the intake
-            self._ring.append(item)
+            item.arrival, self._arrivals = self._arrivals, self._arrivals + 1
+            item.tag = self._virtual_time
+            self._waiting.append(item)
 
     def _admit_waiting(self) -> None:
         while not self._intake.empty():
@@ -385,12 +428,11 @@ class MicroBatcher:
     async def _fill_batch(self) -> list[tuple[_Request, int]]:
         """Tiles of the model and shape whose turn it is, until full or the batch's one deadline passes."""
         loop = asyncio.get_running_loop()
-        key = self._ring[0].key
+        key = min(self._waiting, key=_turn_order).key
         deadline = loop.time() + self._max_delay
         batch: list[tuple[_Request, int]] = []
-        last_taken: dict[_Request, int] = {}
         while True:
-            self._take_round_robin(key, batch, last_taken)
+            self._take_fair_share(key, batch)
             if len(batch) >= self._max_batch or self._stop_seen:
                 break
             left = deadline - loop.time()
@@ -401,28 +443,29 @@ class MicroBatcher:
             except TimeoutError:
                 break
             self._admit_waiting()
-        # Requests served in this batch go behind those that were not, in the order served.
-        served = sorted((r for r in last_taken if r.remaining > 0), key=last_taken.__getitem__)
-        self._ring = deque([r for r in self._ring if r not in last_taken] + served)
+        self._waiting = [r for r in self._waiting if r.remaining > 0]
         return batch
 
-    def _take_round_robin(self, key: tuple, batch: list, last_taken: dict) -> None:
+    def _take_fair_share(self, key: tuple, batch: list) -> None:
+        """Add tiles of `key` to the batch, smallest tag first, each advancing its request's tag by
+        the tile's cost and virtual time by the previous tile's cost shared among those waiting."""
         now = asyncio.get_running_loop().time()
-        turn = [r for r in self._ring if r.key == key and r.remaining > 0]
+        turn = [r for r in self._waiting if r.key == key and r.remaining > 0]
         taken = 0
         while turn and len(batch) < self._max_batch:
-            for request in list(turn):
-                if len(batch) >= self._max_batch:
-                    break
-                batch.append((request, request.next_tile))
-                request.next_tile += 1
-                taken += 1
-                last_taken[request] = len(batch)
-                if request.queue_s is None:
-                    request.queue_s = now - request.submitted_at
-                    self._observer.on_queue_wait(request.model, request.queue_s)
-                if request.remaining == 0:
-                    turn.remove(request)
+            request = min(turn, key=_turn_order)
+            cost = self._costs.cost(request.model, request.tiles.shape[1:])
+            self._virtual_time = max(self._virtual_time + self._advance, request.tag)
+            self._advance = cost / sum(1 for r in self._waiting if r.remaining > 0)
+            request.tag += cost
+            batch.append((request, request.next_tile))
+            request.next_tile += 1
+            taken += 1
+            if request.queue_s is None:
+                request.queue_s = now - request.submitted_at
+                self._observer.on_queue_wait(request.model, request.queue_s)
+            if request.remaining == 0:
+                turn.remove(request)
         if taken:
             self._set_queued(self._queued - taken)
 
@@ -463,6 +506,7 @@ class MicroBatcher:
                 self._finish(request, error=error)
             return
         self._drain.add(len(live), infer_s)  # model-thread time: a batch queued behind another is not slower
+        self._costs.observe(name, len(live), live[0][0].tiles.shape[1:], infer_s)
         self._observer.on_batch(name, len(live), infer_s)
         for (request, index), output in zip(live, outputs):
             if request.outputs is None:
@@ -493,8 +537,8 @@ class MicroBatcher:
         if dropped == 0:
             return 0
         request.next_tile = len(request.tiles)
-        if request in self._ring:
-            self._ring.remove(request)
+        if request in self._waiting:
+            self._waiting.remove(request)
         self._set_queued(self._queued - dropped)
         self._observer.on_tiles_dropped(request.model, dropped)
         return dropped
@@ -502,6 +546,10 @@ class MicroBatcher:
     def _set_queued(self, tiles: int) -> None:
         self._queued = tiles
         self._observer.on_queue_depth(tiles)
+
+
+def _turn_order(request: _Request) -> tuple[float, int]:
+    return request.tag, request.arrival
 
 
 def _timed(forward, tiles: np.ndarray, extra: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
