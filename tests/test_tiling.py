@@ -107,6 +107,20 @@ def test_stitching_in_bands_equals_blending_the_whole_image_at_once(dtype):
         assert np.abs(got.astype(np.int64) - expected.astype(np.int64)).max() <= 1
 
 
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_16_bit_tiles_blend_like_their_float_values(scale):
+    """The server stitches the model's 16-bit outputs: summed as samples, scaled once per band row,
+    the inside of each tile added without its (unit) weight, they give what their float values give."""
+    rng = np.random.default_rng(6)
+    plan = plan_tiles(300, 410, 128, OVERLAP, multiple=MULTIPLE)
+    shape = (plan.num_tiles, plan.rows.tile * scale, plan.cols.tile * scale, 3)
+    samples = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    as_float = stitch(samples.astype(np.float32) / np.float32(65535), plan, scale=scale)
+    np.testing.assert_allclose(stitch(samples, plan, scale=scale), as_float, rtol=0, atol=1e-6)
+    eight = stitch(samples, plan, scale=scale, dtype=np.uint8)
+    assert np.abs(eight.astype(np.int64) - from_unit_float(as_float, np.uint8).astype(np.int64)).max() <= 1
+
+
 @pytest.mark.parametrize("size", [1, 2, 7, 64, 300, 517, 1100, 4000])
 def test_axis_windows_sum_to_one_over_the_whole_padded_axis(size):
     axis = plan_axis(size, 256, OVERLAP, multiple=MULTIPLE)

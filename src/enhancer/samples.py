@@ -34,6 +34,12 @@ def _full_scale(dtype: np.dtype) -> float:
         raise TypeError(f"samples must be uint8, uint16 or floating point, not {np.dtype(dtype)}") from None
 
 
+def white_value(dtype: np.dtype) -> float:
+    """The sample value that means white: 255 or 65535 for integer samples, 1.0 for floating point."""
+    dtype = np.dtype(dtype)
+    return 1.0 if np.issubdtype(dtype, np.floating) else _full_scale(dtype)
+
+
 def to_unit_float(samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 values in [0, 1]: uint8 / uint16 samples scaled from their full range; floating-point
     samples as they are (a float32 array is returned itself unless `out` is given, and is not clipped).

@@ -50,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from enhancer.samples import from_unit_float, to_unit_float
+from enhancer.samples import from_unit_float, to_unit_float, white_value
 
 #: Smallest bucket: tiny images are padded up to this rather than multiplying warm-up shapes.
 MIN_BUCKET = 64
@@ -316,7 +316,10 @@ def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1, dtype: np.dtype
     blended, or integer samples clipped and rounded. Blending runs in float32 over one band of
     rows at a time: a band's rows are written out as soon as no later tile row reaches them, so
     with an integer `dtype` no float copy of the whole image exists, and no full-size weight map
-    either (the weights are outer products of per-axis windows).
+    either (the weights are outer products of per-axis windows). The band sums the tiles' own
+    sample values, scaled to [0, 1] once as its rows are written out, and a tile's inside, where
+    its weight is 1, is added without multiplying: most of a tile's pixels, and most of the time
+    a large answer's stitching took.
     """
     if scale < 1:
         raise ValueError(f"scale must be at least 1, got {scale}")
@@ -325,12 +328,20 @@ def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1, dtype: np.dtype
     if tiles.ndim != 4 or tiles.shape[0] != plan.num_tiles or tiles.shape[1:3] != (th, tw):
         raise ValueError(f"expected {plan.num_tiles} tiles of {th}x{tw}xC, got an array of shape {tiles.shape}")
     channels = tiles.shape[3]
+    white = np.float32(white_value(tiles.dtype))
     out = np.empty((rows.size, cols.size, channels), dtype=dtype)
+
+    def write_out(values: np.ndarray, target: np.ndarray) -> None:
+        if white != 1:
+            np.divide(values, white, out=values)  # the band's rows are scratch: scaled in place
+        from_unit_float(values, out.dtype, out=target)
+
     # The rows still being blended: image rows [band_top, band_top + filled) are band[:filled]. A
     # tile row's image rows start at or below the previous one's and span at most a tile.
     band = np.zeros((min(th, rows.size), cols.size, channels), dtype=np.float32)
     band_top, filled = 0, 0
-    row_windows, col_windows = rows.windows(), cols.windows()
+    row_windows = [w.astype(np.float32) for w in rows.windows()]
+    col_windows = [w.astype(np.float32) for w in cols.windows()]
     k = 0
     for y, wy in zip(rows.starts, row_windows):
         # The part of this tile row that lands on the image, in tile and in image coordinates.
@@ -341,7 +352,7 @@ def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1, dtype: np.dtype
         top, bottom = y0 - rows.pad_before, y1 - rows.pad_before
         if top > band_top:  # rows above this tile row get nothing more: write them out
             done = top - band_top
-            from_unit_float(band[:done], out.dtype, out=out[band_top:top])
+            write_out(band[:done], out[band_top:top])
             band[: filled - done] = band[done:filled]  # the rows still open move up
             band[filled - done : filled] = 0.0
             band_top, filled = top, filled - done
@@ -349,13 +360,44 @@ def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1, dtype: np.dtype
         for x, wx in zip(cols.starts, col_windows):
             x0, x1 = max(x, cols.pad_before), min(x + tw, cols.pad_before + cols.size)
             if x0 < x1:
-                weight = np.outer(wy[y0 - y : y1 - y], wx[x0 - x : x1 - x]).astype(np.float32)
                 left = x0 - cols.pad_before
-                values = to_unit_float(tiles[k, y0 - y : y1 - y, x0 - x : x1 - x])
-                band[top - band_top : bottom - band_top, left : left + x1 - x0] += values * weight[..., None]
+                _add_weighted(
+                    band[top - band_top : bottom - band_top, left : left + x1 - x0],
+                    tiles[k, y0 - y : y1 - y, x0 - x : x1 - x],
+                    wy[y0 - y : y1 - y],
+                    wx[x0 - x : x1 - x],
+                )
             k += 1
-    from_unit_float(band[:filled], out.dtype, out=out[band_top : band_top + filled])
+    write_out(band[:filled], out[band_top : band_top + filled])
     return out
+
+
+def _ones_span(weights: np.ndarray) -> tuple[int, int]:
+    """The run [begin, end) where a window is exactly 1 (its middle; empty if it has none)."""
+    ones = np.flatnonzero(weights == 1)
+    if ones.size == 0 or ones[-1] - ones[0] + 1 != ones.size:
+        return 0, 0
+    return int(ones[0]), int(ones[-1]) + 1
+
+
+def _add_weighted(target: np.ndarray, samples: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> None:
+    """target += samples * outer(wy, wx) per channel, multiplying only outside the span where
+    both windows are 1."""
+    r0, r1 = _ones_span(wy)
+    c0, c1 = _ones_span(wx)
+    if r0 == r1 or c0 == c1:
+        r0 = r1 = c0 = c1 = 0  # no inside: the first piece below is the whole tile
+    np.add(target[r0:r1, c0:c1], samples[r0:r1, c0:c1], out=target[r0:r1, c0:c1])
+    # above and below the inside (whole width), then left and right of it
+    for rows_part, cols_part in (
+        (slice(0, r0), slice(None)),
+        (slice(r1, None), slice(None)),
+        (slice(r0, r1), slice(0, c0)),
+        (slice(r0, r1), slice(c1, None)),
+    ):
+        part = samples[rows_part, cols_part]
+        if part.size:
+            target[rows_part, cols_part] += part * np.outer(wy[rows_part], wx[cols_part])[..., None]
 
 
 def run_in_batches(
