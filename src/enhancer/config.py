@@ -162,9 +162,9 @@ class Settings(BaseSettings):
         ge=16,
         le=4096,
         description="Largest tile edge, in input pixels, for models that enlarge (scale 2 and 4). Per "
-        "input pixel a 4x tile costs 3-5x a restoring one (measured), and the batcher deals tiles one "
-        "per request per round, so a 1x request waits behind whole 4x tiles: with 576 px 4x tiles small "
-        "requests' p99 rose 7.3x beside a 4x job, with 288 px 2.1x (benchmarks/results/fairness_x4.json). "
+        "input pixel a 4x tile costs 3-5x a restoring one (measured), and a tile runs to its end once "
+        "started, so a 1x request that arrives waits behind a whole 4x tile: with 576 px 4x tiles small "
+        "requests' p99 rose 7.9x beside a 4x job, with 288 px 2.1x (benchmarks/results/fairness_x4.json). "
         "Unset: half of tile_size (288 on a CPU, 512 on a GPU), rounded down to the model's size "
         "multiple and at least twice the overlap.",
     )
