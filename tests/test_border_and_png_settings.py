@@ -182,6 +182,34 @@ async def test_the_server_runs_exact_tiles_at_batch_1(saved_model):
     assert shapes == [(1, -(-100 // m) * m, -(-120 // m) * m, 3)]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("batch", [1, 2])
+async def test_warm_up_runs_the_largest_tile_alone_with_exact_shapes_and_every_bucket_otherwise(saved_model, batch):
+    """Before /readyz is 200: with exact tile shapes (batch 1) warming the bucket ladder would not
+    cover the shapes requests bring, so only the largest tile runs (it pays TensorFlow's one-time
+    start and proves the batch fits); with buckets every bucket shape runs, at batch 1 and full."""
+    from helpers import WrappedModel, running_app, serving
+
+    from enhancer.api.app import create_app
+
+    warmed = []
+
+    class Recording(WrappedModel):
+        def warm_up(self, shapes, max_batch_size):
+            warmed.append((list(shapes), max_batch_size))
+            return super().warm_up(shapes, max_batch_size)
+
+    settings = make_settings(max_batch_size=batch, tile_size=128)
+    app = create_app(settings, models=serving(Recording(saved_model)))
+    async with running_app(app) as client:
+        assert (await client.get("/readyz")).status_code == 200
+    m = saved_model.spec.size_multiple
+    if batch == 1:
+        assert warmed == [([(128, 128)], 1)]
+    else:
+        assert warmed == [(tiling.bucket_shapes(128, m), 2)] and len(warmed[0][0]) > 1
+
+
 # ---------------------------------------------------------------------------- PNG level
 @pytest.mark.parametrize("level", [None, 0, 1, 3, 9])
 def test_every_png_level_gives_the_same_pixels(level):

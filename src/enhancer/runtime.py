@@ -5,7 +5,7 @@ broken model stops the server at once with a clear error - and then, in this ord
 device once and with it the tile and batch settings left unset (`Settings.for_device`); checks the
 tile settings against every model's spec; builds the batcher and the service from the resolved
 settings. Warm-up runs in the background, so `/healthz` answers immediately and `/readyz` turns
-200 only when every model has run every tile shape once.
+200 only when every model has run its warm-up tile shapes once (`warm_up_shapes`).
 
 The serving state is one `ServingState`, changed only by `Lifecycle`, and read by `/healthz`,
 `/readyz`, the `enhancer_ready` metric and the logs:
@@ -37,6 +37,7 @@ from enhancer.batching import BatchObserver, BatchObservers, MicroBatcher
 from enhancer.config import Settings
 from enhancer.errors import EnhancerError, NotReadyError, ShuttingDownError
 from enhancer.metrics import Metrics
+from enhancer.models.contract import ModelSpec
 from enhancer.models.registry import ModelRegistry
 from enhancer.pixel_budget import PixelBudget, default_budget, memory_limit_bytes
 from enhancer.service import EnhanceService
@@ -49,11 +50,23 @@ FAILED_BATCHES_UNREADY = 3
 PROBE_INTERVAL_S = 5.0
 
 
+def warm_up_shapes(settings: Settings, spec: ModelSpec) -> list[tuple[int, int]]:
+    """The tile shapes to run before serving `spec`'s model: every bucket where tiles come in
+    buckets (XLA compiles per shape, and batches share the bucket shapes), else only the largest
+    tile. Exact tile shapes are too many to warm, and need not be: TensorFlow pays its one-time
+    start on the first call, and a new shape after it costs about what a repeated one does
+    (measured, benchmarks/RESULTS.md); the largest tile also proves the full batch fits."""
+    tile = settings.tiling_for(spec).tile_size
+    if settings.uses_tile_buckets:
+        return tiling.bucket_shapes(tile, spec.size_multiple)
+    return [(tile, tile)]
+
+
 class ServingState(str, Enum):
     """Where the server is in its life (see the module docstring for the transitions)."""
 
     STARTING = "starting"  #: loading the models
-    WARMING = "warming"  #: models loaded; running every tile shape once
+    WARMING = "warming"  #: models loaded; running their tile shapes once (warm_up_shapes)
     READY = "ready"  #: serving
     DEGRADED = "degraded"  #: serving, but the last model batch failed
     DRAINING = "draining"  #: shutting down: no new uploads; those in flight finish
@@ -205,8 +218,7 @@ class Runtime:
         assert self.models is not None and self.batcher is not None
         try:
             for name, model in self.models.items():
-                tile = self.settings.tiling_for(model.spec).tile_size
-                shapes = tiling.bucket_shapes(tile, model.spec.size_multiple)
+                shapes = warm_up_shapes(self.settings, model.spec)
                 log.info("warming up model %s: %d tile shapes on %s", name, len(shapes), model.device)
                 await asyncio.to_thread(model.warm_up, shapes, self.settings.max_batch_size)
                 self.warmed.append(name)

@@ -4,8 +4,8 @@
 and says which device is used (the CPU precision was resolved before this module imported
 TensorFlow: enhancer.precision); `SavedModelRunner` loads one model folder onto that device and
 exposes a plain numpy `forward`, so the batcher, the pipeline and the CLI never see TensorFlow.
-`warm_up` runs every tile shape once before the service reports ready, so the first real request
-neither pays for graph/kernel set-up nor discovers that a batch does not fit in memory.
+`warm_up` runs the given tile shapes once before the service reports ready, so the first real
+request neither pays for graph/kernel set-up nor discovers that a batch does not fit in memory.
 """
 
 from __future__ import annotations
