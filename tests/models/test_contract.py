@@ -117,11 +117,12 @@ def test_start_up_refuses_tile_settings_a_model_cannot_be_served_with(overrides,
     assert runtime.state is ServingState.FAILED
 
 
-def test_every_model_is_warmed_up_with_the_tile_shapes_of_its_own_size_multiple_and_tile_size():
+@pytest.mark.parametrize("buckets", [True, False])
+def test_every_model_is_warmed_up_with_the_tile_shapes_of_its_own_size_multiple_and_tile_size(buckets):
     from enhancer import tiling
 
     a, b = FakeModel("a"), FakeModel("b", scale=2, size_multiple=16)
-    settings = Settings(_env_file=None, tile_size=256, tile_overlap=32, max_batch_delay_ms=1)
+    settings = Settings(_env_file=None, tile_size=256, tile_overlap=32, max_batch_delay_ms=1, tile_buckets=buckets)
     runtime = Runtime(settings, Metrics(), models=ModelRegistry([a, b]))
 
     async def start_and_stop():
@@ -132,8 +133,11 @@ def test_every_model_is_warmed_up_with_the_tile_shapes_of_its_own_size_multiple_
         return state
 
     assert asyncio.run(start_and_stop()) is ServingState.READY
-    assert a.warmed_shapes == tiling.bucket_shapes(256, 4)
-    assert b.warmed_shapes == tiling.bucket_shapes(128, 16) != a.warmed_shapes  # an enlarging model: half the edge
+    if buckets:
+        assert a.warmed_shapes == tiling.bucket_shapes(256, 4)
+        assert b.warmed_shapes == tiling.bucket_shapes(128, 16) != a.warmed_shapes  # an enlarging model: half the edge
+    else:  # exact shapes: the largest tile of each
+        assert (a.warmed_shapes, b.warmed_shapes) == ([(256, 256)], [(128, 128)])
     assert runtime.warmed == ["a", "b"]
 
 

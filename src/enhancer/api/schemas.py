@@ -47,7 +47,7 @@ class ServingSettings(BaseModel):
 
 
 class ReadyBody(BaseModel):
-    """Readiness: every model is loaded and has run every tile shape once."""
+    """Readiness: every model is loaded and has run its warm-up tile shapes once."""
 
     status: str = Field(examples=["ready"])
     device: str = Field(examples=["CPU (intra-op threads auto, inter-op threads auto)"])

@@ -150,5 +150,5 @@ class Model(Protocol):
         ...
 
     def warm_up(self, shapes: Iterable[tuple[int, int]], max_batch_size: int) -> float:
-        """Run every tile shape once before serving; returns the seconds spent."""
+        """Run the given tile shapes once before serving; returns the seconds spent."""
         ...
