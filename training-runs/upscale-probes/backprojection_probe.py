@@ -45,4 +45,4 @@ for scale in (2, 4):
                 res[f"bp{it}"] = y_psnr(to_8bit(cur), truth, scale) - y_psnr(bic, truth, scale)
             rows.append(res)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}), flush=True)
-json.dump(rows, open("/tmp/bp/rows.json", "w"), indent=1)
+json.dump(rows, open(__file__.replace(".py", ".json"), "w"), indent=1)
