@@ -74,8 +74,14 @@ def test_auto_with_avx512_bf16_but_no_amx_stays_float32_and_says_why():
     assert chosen.reason.startswith("auto: this CPU has avx512_bf16 but no AMX")
 
 
-def test_explicit_bfloat16_on_avx512_bf16_without_amx_is_allowed():
-    assert resolve("bfloat16", EPYC_ZEN4).describe() == "bfloat16 (set; CPU has avx512_bf16)"
+def test_explicit_bfloat16_on_avx512_bf16_without_amx_is_the_graph_rewrite():
+    chosen = resolve("bfloat16", EPYC_ZEN4)
+    assert chosen.name == "bfloat16" and chosen.graph_rewrite
+    assert chosen.describe() == (
+        "bfloat16 (set; CPU has avx512_bf16 and no AMX: TensorFlow's bfloat16 graph rewrite of the "
+        "convolutions, float32 in and out)"
+    )
+    assert not resolve("bfloat16", XEON_AMX).graph_rewrite  # AMX: oneDNN's BF16 math mode
 
 
 def test_a_flag_counts_only_when_every_cpu_has_it_and_only_as_a_whole_word():
@@ -183,11 +189,15 @@ def test_prepare_sets_bf16_math_for_auto_on_a_bfloat16_cpu(tmp_path, before_tens
     assert "bfloat16 allowed for unmeasured: no bfloat16 PSNR change recorded" in caplog.text
 
 
-def test_prepare_warns_when_bfloat16_is_set_on_a_cpu_without_amx(before_tensorflow, caplog):
+def test_prepare_warns_when_bfloat16_is_set_on_a_cpu_without_amx(before_tensorflow, monkeypatch, caplog):
+    """There the graph rewrite runs, not the math mode, and the projection's matrix products are
+    kept off its list: the math-mode variable is left unset."""
+    monkeypatch.delenv(precision.REWRITE_ALLOWLIST_REMOVE_VARIABLE, raising=False)
     with caplog.at_level(logging.INFO, logger="enhancer.precision"):
         chosen = precision.prepare("bfloat16", cpuinfo=EPYC_ZEN4)
-    assert chosen.name == "bfloat16" and os.environ[FPMATH_VARIABLE] == "BF16"
-    assert "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16)" in caplog.text
+    assert chosen.name == "bfloat16" and chosen.graph_rewrite and FPMATH_VARIABLE not in os.environ
+    assert os.environ[precision.REWRITE_ALLOWLIST_REMOVE_VARIABLE] == precision.REWRITE_KEEPS_FLOAT32
+    assert "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16): the convolutions run in bfloat16" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="enhancer.precision"):
         precision.prepare("bfloat16", cpuinfo=XEON_AMX)
@@ -463,6 +473,48 @@ def test_real_bfloat16_matches_the_emulation(tmp_path):
     assert np.abs(real - f32).max() > 0  # bfloat16 really ran
     assert abs(psnr(real, clean) - psnr(f32, clean)) <= MAX_BFLOAT16_PSNR_CHANGE_DB
     assert psnr(real, emulated) > psnr(real, f32) - 3.0  # the emulation is as close to the hardware as float32 is, or closer
+
+
+def _served_restorer_answer(tmp_path: Path, setting: str, jpeg: bytes) -> tuple[np.ndarray, str]:
+    """The served restorer's answer to `jpeg` through the server's own start-up path, in a fresh process."""
+    (tmp_path / "in.jpg").write_bytes(jpeg)
+    out = tmp_path / f"out_{setting}.npy"
+    code = (
+        "import sys, numpy as np; from enhancer import imaging; from enhancer.conditioning import model_inputs;"
+        "from enhancer.config import Settings; from enhancer.models.registry import ModelRegistry;"
+        "from enhancer.samples import to_unit_float;"
+        "r = ModelRegistry.load(Settings(_env_file=None, precision=sys.argv[1], upscale_model_dirs='none'));"
+        "m = r.select(None); image = imaging.decode(open(sys.argv[2], 'rb').read());"
+        "inputs = {k: v[None] for k, v in model_inputs(m.spec, image.info).items()};"
+        "np.save(sys.argv[3], m.forward(to_unit_float(image.pixels)[None], inputs)[0]); print(r.precision)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    for variable in (FPMATH_VARIABLE, precision.REWRITE_ALLOWLIST_REMOVE_VARIABLE):
+        env.pop(variable, None)
+    done = subprocess.run([sys.executable, "-c", code, setting, str(tmp_path / "in.jpg"), str(out)],
+                          env=env, check=True, timeout=300, capture_output=True, text=True, cwd=REPO_ROOT)  # fmt: skip
+    return np.load(out), done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("quality", [10, 90])
+def test_the_bfloat16_graph_rewrite_changes_the_answer_by_at_most_0_05_db(tmp_path, quality):
+    """Where the CPU has avx512_bf16 and no AMX: ENHANCER_PRECISION=bfloat16 really runs the rewrite
+    (the answer changes) and the served restorer stays within 0.05 dB of float32 on the committed crop."""
+    flags = cpu_bfloat16_flags(precision.read_cpuinfo())
+    if flags != ["avx512_bf16"]:
+        pytest.skip(f"the graph rewrite is the bfloat16 of CPUs with avx512_bf16 and no AMX; this one has {flags or 'neither'}")
+    import cv2
+
+    from enhancer.training.dataset import psnr
+
+    clean_bgr = cv2.imread(str(REPO_ROOT / "tests" / "data" / "held_out_photo.png"), cv2.IMREAD_COLOR)
+    jpeg = cv2.imencode(".jpg", clean_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+    clean = np.ascontiguousarray(clean_bgr[..., ::-1], np.float32) / 255.0
+    f32, f32_precision = _served_restorer_answer(tmp_path, "float32", jpeg)
+    b16, b16_precision = _served_restorer_answer(tmp_path, "bfloat16", jpeg)
+    assert f32_precision.startswith("float32") and "graph rewrite" in b16_precision
+    assert np.abs(b16 - f32).max() > 1e-4  # the rewrite ran: bfloat16 activations change the answer
+    assert abs(psnr(np.clip(b16, 0, 1), clean) - psnr(np.clip(f32, 0, 1), clean)) <= MAX_BFLOAT16_PSNR_CHANGE_DB
 
 
 # ----------------------------------------------------------------------- export records the change

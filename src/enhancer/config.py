@@ -306,10 +306,11 @@ class Settings(BaseSettings):
         default="auto",
         description="auto: bfloat16 math on CPUs with AMX (amx_bf16) unless a served model's "
         "metadata.json records a PSNR change over 0.05 dB for it, float32 on other CPUs (with "
-        "avx512_bf16 alone oneDNN runs float32 kernels anyway), mixed_float16 on GPUs. bfloat16: oneDNN's BF16 math mode "
-        "(ONEDNN_DEFAULT_FPMATH_MODE=BF16, set before TensorFlow loads): convolution inputs rounded "
-        "to bfloat16, float32 accumulation, float32 in and out; a start-up error on a CPU without "
-        "it. mixed_float16: TensorFlow's automatic mixed precision rewrite, float16 convolutions on "
+        "avx512_bf16 alone oneDNN runs float32 kernels in that mode), mixed_float16 on GPUs. bfloat16: "
+        "with AMX oneDNN's BF16 math mode (ONEDNN_DEFAULT_FPMATH_MODE=BF16, set before TensorFlow "
+        "loads): convolution inputs rounded to bfloat16, float32 accumulation, float32 in and out; "
+        "with avx512_bf16 alone TensorFlow's bfloat16 graph rewrite of the convolutions (it moves "
+        "answers more: benchmarks/RESULTS.md); a start-up error on a CPU with neither. mixed_float16: TensorFlow's automatic mixed precision rewrite, float16 convolutions on "
         "GPUs with compute capability 7.0+ (Tensor Cores), no effect elsewhere. The SavedModel, its "
         "inputs and outputs stay float32 in every case (enhancer.precision).",
     )

@@ -1,10 +1,18 @@
 """Which arithmetic the models run in, decided before TensorFlow is imported.
 
-bfloat16 on a CPU is oneDNN's "BF16 math mode": float32 tensors in and out, convolution and matmul
-inputs rounded to bfloat16, products accumulated in float32. oneDNN takes the mode from the
-environment variable `ONEDNN_DEFAULT_FPMATH_MODE`; TensorFlow offers no other switch, and what it
-reads once set cannot be changed for the process. So the precision is resolved, and the variable
-set, before the first `import tensorflow`: `prepare` is called by `ModelRegistry.load` before it
+bfloat16 on a CPU takes one of two forms, by what the CPU has:
+
+* With AMX (`amx_bf16`): oneDNN's "BF16 math mode": float32 tensors in and out, convolution and
+  matmul inputs rounded to bfloat16, products accumulated in float32. oneDNN takes the mode from
+  the environment variable `ONEDNN_DEFAULT_FPMATH_MODE`, read once when TensorFlow loads.
+* With `avx512_bf16` alone, where that mode changes nothing (oneDNN keeps its float32 kernels):
+  TensorFlow's bfloat16 graph rewrite for oneDNN (Grappler's `auto_mixed_precision_onednn_bfloat16`,
+  switched on by `saved_model.configure_device`), limited to the convolutions
+  (`REWRITE_KEEPS_FLOAT32`): they run oneDNN's bfloat16 kernels with bfloat16 activations between
+  them, while the matrix products of the JPEG projection stay float32. It moves answers more than
+  the math mode does (measured per model in benchmarks/RESULTS.md), so `auto` does not choose it.
+
+So the precision is resolved, and the variables set, before the first `import tensorflow`: `prepare` is called by `ModelRegistry.load` before it
 imports the runner (the path of `enhancer serve`, `uvicorn --factory enhancer.api:factory` and
 `enhancer enhance`), and by the CLI commands before anything heavy, so a bad setting stops them at
 once. This module imports neither TensorFlow nor anything that does.
@@ -20,11 +28,11 @@ once. This module imports neither TensorFlow nor anything that does.
   false; on a GPU
   the mixed_float16 path (decided later, once TensorFlow sees the GPU: `saved_model.configure_device`).
 * `float32`, `mixed_float16`: as before.
-* `bfloat16`: bfloat16 CPU math, even for a model whose record is over the limit. On a CPU without
-  bfloat16 instructions (or with oneDNN switched off) it is a start-up error, not a fallback: oneDNN
-  would silently run float32, and whoever set it explicitly expects the speed it does not get. With
-  `avx512_bf16` and no AMX it is allowed (a later oneDNN may use it) with a warning that today's
-  runs float32 kernels there.
+* `bfloat16`: bfloat16 CPU math, even for a model whose record is over the limit: the math mode
+  with AMX, the graph rewrite of the convolutions with `avx512_bf16` alone (logged, with what it
+  costs). On a CPU without bfloat16 instructions (or with oneDNN switched off) it is a start-up
+  error, not a fallback: oneDNN would silently run float32, and whoever set it explicitly expects
+  the speed it does not get.
 
 The mode is process-wide, so with several models one over the limit keeps all of them in float32.
 """
@@ -51,8 +59,15 @@ AUTO_BFLOAT16_FLAG = "amx_bf16"
 #: Why `auto` passes over avx512_bf16 alone (the start-up log and /readyz say it).
 NO_AMX_REASON = (
     "this CPU has avx512_bf16 but no AMX (amx_bf16); oneDNN runs its float32 convolution kernels there "
-    "even in BF16 math mode (no speed-up, bit-identical answers), so bfloat16 is not claimed"
+    "even in BF16 math mode, and the bfloat16 graph rewrite that does speed it up "
+    "(ENHANCER_PRECISION=bfloat16) moves some models' answers by more than "
+    "0.05 dB (benchmarks/RESULTS.md), so auto keeps float32"
 )
+#: Environment variable of TensorFlow's mixed-precision rewrite: op types taken off its list of
+#: ops to convert. The matrix products are those of the JPEG projection (a DCT per 8x8 block),
+#: whose coefficients must stay finer than the file's quantisation steps.
+REWRITE_ALLOWLIST_REMOVE_VARIABLE = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_ALLOWLIST_REMOVE"
+REWRITE_KEEPS_FLOAT32 = "BatchMatMul,BatchMatMulV2,BatchMatMulV3,Einsum,MatMul"
 #: A model whose recorded float32 -> bfloat16 PSNR change is larger than this (either sign) gets
 #: float32 under `auto` (the issue's tolerance for a change nobody should see).
 MAX_BFLOAT16_PSNR_CHANGE_DB = 0.05
@@ -81,6 +96,7 @@ class Precision:
     setting: str  #: ENHANCER_PRECISION as given
     name: str  #: "float32", "bfloat16" or "mixed_float16" (the last decided on the device)
     reason: str
+    graph_rewrite: bool = False  #: bfloat16 by TensorFlow's graph rewrite (avx512_bf16 without AMX)
 
     def describe(self) -> str:
         return f"{self.name} ({self.reason})"
@@ -140,6 +156,13 @@ def resolve(
             raise PrecisionError(
                 f"ENHANCER_PRECISION=bfloat16, but {missing}; use auto (bfloat16 where the CPU has it) or float32"
             )
+        if AUTO_BFLOAT16_FLAG not in flags:
+            return Precision(
+                setting, "bfloat16",
+                f"set; CPU has {', '.join(flags)} and no AMX: TensorFlow's bfloat16 graph rewrite of the "
+                "convolutions, float32 in and out",
+                graph_rewrite=True,
+            )  # fmt: skip
         return Precision(setting, "bfloat16", f"set; CPU has {', '.join(flags)}")
     if missing:
         return Precision(setting, "float32", f"auto: {missing}")
@@ -177,8 +200,10 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
     cpuinfo = read_cpuinfo() if cpuinfo is None else cpuinfo
     plan = resolve(setting, cpuinfo, changes, onednn=_onednn_enabled(os.environ))
     current = os.environ.get(FPMATH_VARIABLE, "").strip().upper()
+    if plan.graph_rewrite:  # the rewrite happens when a model's graph is first run, after this
+        os.environ.setdefault(REWRITE_ALLOWLIST_REMOVE_VARIABLE, REWRITE_KEEPS_FLOAT32)
     if "tensorflow" in sys.modules:
-        if plan.name == "bfloat16" and current != "BF16":
+        if plan.name == "bfloat16" and not plan.graph_rewrite and current != "BF16":
             if setting == "bfloat16":
                 raise PrecisionError(
                     "ENHANCER_PRECISION=bfloat16 must be resolved before TensorFlow is imported "
@@ -193,7 +218,7 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
                 f"{FPMATH_VARIABLE}={current}, fixed when TensorFlow loaded; run this model in its own process"
             )
         return plan
-    if plan.name == "bfloat16":
+    if plan.name == "bfloat16" and not plan.graph_rewrite:
         os.environ[FPMATH_VARIABLE] = "BF16"
     elif current not in ("", "STRICT"):
         _log_once(
@@ -210,11 +235,12 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
                 f"bfloat16 allowed for {', '.join(unmeasured)}: no bfloat16 PSNR change recorded in "
                 "metadata.json (`enhancer measure-bfloat16` records one)",
             )
-    if plan.name == "bfloat16" and AUTO_BFLOAT16_FLAG not in cpu_bfloat16_flags(cpuinfo):  # set explicitly
+    if plan.graph_rewrite:  # set explicitly
         _log_once(
             logging.WARNING,
-            "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16): TensorFlow's oneDNN is expected "
-            "to run its float32 kernels here, without a speed-up (auto would choose float32)",
+            "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16): the convolutions run in bfloat16 "
+            "through TensorFlow's graph rewrite, which moves some models' answers by more than 0.05 dB "
+            "(auto would choose float32; benchmarks/RESULTS.md has the figures)",
         )
     if plan.name == "float32" and "refused bfloat16" in plan.reason:
         _log_once(logging.WARNING, f"precision {plan.describe()}")

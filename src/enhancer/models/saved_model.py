@@ -100,6 +100,8 @@ def _precision_on_device(plan: Precision, gpus: list) -> str:
         if gpus:
             log.warning("precision bfloat16 is CPU math (oneDNN); the models run on the GPU, in float32")
             return "float32 (bfloat16 asked for; it is CPU math and the models run on the GPU)"
+        if plan.graph_rewrite:  # rewrites the graphs of the models loaded (and first run) after this
+            tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
         return plan.describe()
     chosen = _set_precision(plan.name, gpus)
     return plan.describe() if chosen == plan.name else chosen
