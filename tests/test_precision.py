@@ -3,9 +3,10 @@ variable is in place before TensorFlow loads on every way of starting, and what 
 the answers.
 
 The development machines (AMD EPYC, one with avx2 only, one with avx512_bf16 and no AMX) do not
-run bfloat16 math (oneDNN runs float32 kernels without AMX), so the resolution is tested with
-/proc/cpuinfo flags fixtures, and the bfloat16 answers with the emulation `enhancer export`
-records (enhancer.training.bfloat16); the one test that needs the real thing is skipped without AMX.
+run oneDNN's BF16 math mode (float32 kernels without AMX), so the resolution is tested with
+/proc/cpuinfo flags fixtures, and the math mode's answers with the emulation `enhancer export`
+records (enhancer.training.bfloat16); the test that needs it for real is skipped without AMX. On
+avx512_bf16 without AMX bfloat16 is TensorFlow's graph rewrite, tested for real where it exists.
 """
 
 from __future__ import annotations
@@ -82,6 +83,29 @@ def test_explicit_bfloat16_on_avx512_bf16_without_amx_is_the_graph_rewrite():
         "convolutions, float32 in and out)"
     )
     assert not resolve("bfloat16", XEON_AMX).graph_rewrite  # AMX: oneDNN's BF16 math mode
+
+
+def test_auto_on_avx512_bf16_rewrites_only_the_models_measured_within_the_limit():
+    """Per model: a graph-rewrite change recorded within 0.05 dB gets bfloat16; one over it, or one
+    never measured (the emulation is of the math mode, not the rewrite), stays float32."""
+    chosen = resolve("auto", EPYC_ZEN4, rewrite_changes={"restorer": -0.021, "x2": -0.096, "x4": 0.017, "new": None})
+    assert chosen.name == "bfloat16" and chosen.graph_rewrite
+    assert chosen.float32_models == {"x2", "new"}
+    assert chosen.reason.startswith("auto: CPU has avx512_bf16 and no AMX: TensorFlow's bfloat16 graph rewrite")
+    assert "for restorer, x4" in chosen.reason and "float32 for new, x2" in chosen.reason
+    assert chosen.for_model("restorer") == chosen.describe()
+    assert chosen.for_model("x2").startswith("float32 (auto: x2 records no bfloat16 graph-rewrite PSNR change within 0.05 dB")
+    nobody = resolve("auto", EPYC_ZEN4, rewrite_changes={"x2": -0.096, "new": None})
+    assert nobody.name == "float32" and not nobody.graph_rewrite
+    assert resolve("auto", XEON_AMX, rewrite_changes={"x2": -0.5}).graph_rewrite is False  # AMX: the math mode
+
+
+def test_the_shipped_models_record_their_graph_rewrite_change():
+    records = {name: precision.recorded_change(REPO_ROOT / "weights" / name, graph_rewrite=True)
+               for name in ("dejpeg-q", "upscale-x2", "upscale-x4")}  # fmt: skip
+    assert all(change is not None for change in records.values())
+    plan = resolve("auto", EPYC_ZEN4, rewrite_changes=records)
+    assert plan.graph_rewrite and plan.float32_models == {n for n, c in records.items() if abs(c) > MAX_BFLOAT16_PSNR_CHANGE_DB}
 
 
 def test_a_flag_counts_only_when_every_cpu_has_it_and_only_as_a_whole_word():
@@ -515,6 +539,53 @@ def test_the_bfloat16_graph_rewrite_changes_the_answer_by_at_most_0_05_db(tmp_pa
     assert f32_precision.startswith("float32") and "graph rewrite" in b16_precision
     assert np.abs(b16 - f32).max() > 1e-4  # the rewrite ran: bfloat16 activations change the answer
     assert abs(psnr(np.clip(b16, 0, 1), clean) - psnr(np.clip(f32, 0, 1), clean)) <= MAX_BFLOAT16_PSNR_CHANGE_DB
+
+
+def test_one_process_rewrites_one_model_and_keeps_the_other_in_float32(tmp_path):
+    """Where the CPU has avx512_bf16 and no AMX, under a plan that rewrites the restorer and keeps
+    the 2x model in float32: calls alternate between them, at new shapes too, and each answer is
+    what a process of its own precision gives (Grappler's switch is global, so the runner sets it
+    before every call)."""
+    flags = cpu_bfloat16_flags(precision.read_cpuinfo())
+    if flags != ["avx512_bf16"]:
+        pytest.skip(f"the graph rewrite is the bfloat16 of CPUs with avx512_bf16 and no AMX; this one has {flags or 'neither'}")
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from enhancer.config import Settings
+        from enhancer.models.saved_model import SavedModelRunner, configure_device
+        from enhancer.precision import prepare, resolve
+        mode = sys.argv[1]
+        if mode == "mixed":
+            plan = resolve("auto", "flags: avx512_bf16", rewrite_changes={"dejpeg-q": 0.0, "upscale-x2": 1.0})
+        else:
+            plan = resolve(mode, "flags: avx512_bf16")
+        prepare(plan.setting, cpuinfo="flags: avx512_bf16")
+        device = configure_device(Settings(_env_file=None), plan)
+        runners = [SavedModelRunner(f"weights/{n}", device=device) for n in ("dejpeg-q", "upscale-x2")]
+        rng = np.random.default_rng(0)
+        out = {}
+        for shape in ((64, 96), (96, 64), (64, 96)):
+            x = rng.uniform(0, 1, (1, *shape, 3)).astype(np.float32)
+            for r in runners:
+                q = {k: np.full((1, n), 2.0, np.float32) for k, n in r.spec.inputs.items()}
+                out[f"{r.spec.name}_{shape}_{len(out)}"] = r.forward(x, q)
+        np.savez(sys.argv[2], precisions=np.array([r.precision for r in runners]), **out)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    for variable in (FPMATH_VARIABLE, precision.REWRITE_ALLOWLIST_REMOVE_VARIABLE):
+        env.pop(variable, None)
+    results = {}
+    for mode in ("mixed", "float32", "bfloat16"):
+        subprocess.run([sys.executable, "-c", code, mode, str(tmp_path / f"{mode}.npz")], env=env, check=True,
+                       timeout=300, cwd=REPO_ROOT, capture_output=True)  # fmt: skip
+        results[mode] = np.load(tmp_path / f"{mode}.npz")
+    mixed = results["mixed"]
+    assert "graph rewrite" in str(mixed["precisions"][0]) and str(mixed["precisions"][1]).startswith("float32 (auto: upscale-x2")
+    for key in (k for k in mixed.files if k != "precisions"):
+        own = "bfloat16" if key.startswith("dejpeg-q") else "float32"
+        other = "float32" if own == "bfloat16" else "bfloat16"
+        np.testing.assert_array_equal(mixed[key], results[own][key])
+        assert np.abs(mixed[key] - results[other][key]).max() > 1e-4
 
 
 # ----------------------------------------------------------------------- export records the change

@@ -16,6 +16,11 @@ clean crop in each precision, their difference, and the PSNR between the two pre
 This is the measurement on bfloat16 hardware that `enhancer export` can only emulate.
 
     python -m benchmarks.drivers.precision --json benchmarks/results/precision.json
+
+On a CPU with avx512_bf16 and no AMX, bfloat16 is TensorFlow's graph rewrite of the convolutions
+(enhancer.precision), and `--record` writes each model's measured change into its metadata.json
+(`bfloat16.graph_rewrite`), which `ENHANCER_PRECISION=auto` reads there; `--record-from FILE` does
+the same from an earlier run's JSON without measuring again.
 """
 
 from __future__ import annotations
@@ -169,12 +174,39 @@ def _flags() -> list[str]:
     return list(cpu_bfloat16_flags(read_cpuinfo()))
 
 
+def record_graph_rewrite(result: dict) -> list[Path]:
+    """Write each measured model's graph-rewrite PSNR change (the larger one of its two kinds of
+    input, with its sign) into its metadata.json; only from a run on a CPU with avx512_bf16 alone."""
+    from enhancer.precision import METADATA_KEY, REWRITE_METADATA_KEY
+
+    if result["cpu_bfloat16_flags"] != ["avx512_bf16"]:
+        raise SystemExit(f"the graph rewrite is measured on a CPU with avx512_bf16 and no AMX; this run had {result['cpu_bfloat16_flags']}")
+    written = []
+    for model, measured in result["models"].items():
+        per_kind = {kind: round(entry["change_db"], 5) for kind, entry in measured["psnr"].items()}
+        path = REPO / model / "metadata.json"
+        meta = json.loads(path.read_text())
+        meta.setdefault(METADATA_KEY, {})[REWRITE_METADATA_KEY] = {
+            "psnr_change_db": max(per_kind.values(), key=abs),
+            "per_kind_db": per_kind,
+            "speedup_median": round(measured["speedup_median"], 3),
+            "measured": f"{result['machine']['date']}, {result['machine']['cpu_model']} (avx512_bf16, no AMX), "
+                        "python -m benchmarks.drivers.precision: validation photos' 256 px centre crops",
+        }  # fmt: skip
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+        written.append(path)
+        log(f"recorded in {path}: {meta[METADATA_KEY][REWRITE_METADATA_KEY]['psnr_change_db']:+.5f} dB")
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--json")
+    parser.add_argument("--record", action="store_true", help="write the graph rewrite's change into each metadata.json")
+    parser.add_argument("--record-from", type=Path, help="record from this earlier run's JSON, measuring nothing")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
@@ -183,9 +215,15 @@ def main() -> None:
     if args.child:
         child(args.model, args.precision, args.seconds, args.out)
         return
+    if args.record_from:
+        record_graph_rewrite(json.loads(args.record_from.read_text()))
+        return
     if not args.json:
         parser.error("--json is required")
-    write_json(Path(args.json), measure(args.models.split(","), args.rounds, args.seconds))
+    result = measure(args.models.split(","), args.rounds, args.seconds)
+    write_json(Path(args.json), result)
+    if args.record:
+        record_graph_rewrite(result)
 
 
 if __name__ == "__main__":

@@ -305,8 +305,10 @@ class Settings(BaseSettings):
     precision: Literal["auto", "float32", "bfloat16", "mixed_float16"] = Field(
         default="auto",
         description="auto: bfloat16 math on CPUs with AMX (amx_bf16) unless a served model's "
-        "metadata.json records a PSNR change over 0.05 dB for it, float32 on other CPUs (with "
-        "avx512_bf16 alone oneDNN runs float32 kernels in that mode), mixed_float16 on GPUs. bfloat16: "
+        "metadata.json records a PSNR change over 0.05 dB for it; on CPUs with avx512_bf16 alone "
+        "(where oneDNN runs float32 kernels in that mode) TensorFlow's bfloat16 graph rewrite for each "
+        "model whose metadata.json records a rewrite change within 0.05 dB, float32 for the others; "
+        "float32 on other CPUs; mixed_float16 on GPUs. bfloat16: "
         "with AMX oneDNN's BF16 math mode (ONEDNN_DEFAULT_FPMATH_MODE=BF16, set before TensorFlow "
         "loads): convolution inputs rounded to bfloat16, float32 accumulation, float32 in and out; "
         "with avx512_bf16 alone TensorFlow's bfloat16 graph rewrite of the convolutions (it moves "

@@ -10,7 +10,11 @@ bfloat16 on a CPU takes one of two forms, by what the CPU has:
   switched on by `saved_model.configure_device`), limited to the convolutions
   (`REWRITE_KEEPS_FLOAT32`): they run oneDNN's bfloat16 kernels with bfloat16 activations between
   them, while the matrix products of the JPEG projection stay float32. It moves answers more than
-  the math mode does (measured per model in benchmarks/RESULTS.md), so `auto` does not choose it.
+  the math mode does, by how much differs per model (benchmarks/RESULTS.md), so `auto` turns it on
+  per model: for those whose metadata.json records a graph-rewrite PSNR change within
+  `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured on such a CPU: `benchmarks/drivers/precision.py --record`);
+  the others, and any not measured, stay float32. Grappler's switch is global, so the runner sets it
+  for its own model before every call (`SavedModelRunner.forward`).
 
 So the precision is resolved, and the variables set, before the first `import tensorflow`: `prepare` is called by `ModelRegistry.load` before it
 imports the runner (the path of `enhancer serve`, `uvicorn --factory enhancer.api:factory` and
@@ -19,22 +23,22 @@ once. This module imports neither TensorFlow nor anything that does.
 
 `ENHANCER_PRECISION`:
 
-* `auto` (default): bfloat16 on CPUs with AMX (`amx_bf16`), unless a served model's metadata.json
+* `auto` (default): with AMX (`amx_bf16`), the math mode, unless a served model's metadata.json
   records a bfloat16 PSNR change over `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured by `enhancer
-  export`); float32 on other CPUs, including
-  those with `avx512_bf16` alone: there TensorFlow's oneDNN takes the BF16 math mode and still runs
-  its float32 convolution and matmul kernels (measured on an AMD EPYC with avx512_bf16 and no AMX:
-  bit-identical answers, no speed-up; benchmarks/RESULTS.md), so calling that bfloat16 would be
-  false; on a GPU
-  the mixed_float16 path (decided later, once TensorFlow sees the GPU: `saved_model.configure_device`).
+  export`); with `avx512_bf16` alone, the graph rewrite for each model whose recorded rewrite
+  change is within that limit, float32 for the rest (the math mode would be no bfloat16 at all
+  there: oneDNN keeps its float32 kernels, measured on an AMD EPYC, benchmarks/RESULTS.md); float32
+  on CPUs with neither; on a GPU the mixed_float16 path (decided later, once TensorFlow sees the
+  GPU: `saved_model.configure_device`).
 * `float32`, `mixed_float16`: as before.
-* `bfloat16`: bfloat16 CPU math, even for a model whose record is over the limit: the math mode
-  with AMX, the graph rewrite of the convolutions with `avx512_bf16` alone (logged, with what it
-  costs). On a CPU without bfloat16 instructions (or with oneDNN switched off) it is a start-up
+* `bfloat16`: bfloat16 CPU math for every model, even one whose record is over the limit: the math
+  mode with AMX, the graph rewrite of the convolutions with `avx512_bf16` alone (logged, with what
+  it costs). On a CPU without bfloat16 instructions (or with oneDNN switched off) it is a start-up
   error, not a fallback: oneDNN would silently run float32, and whoever set it explicitly expects
   the speed it does not get.
 
-The mode is process-wide, so with several models one over the limit keeps all of them in float32.
+The math mode is process-wide, so with several models one over the limit keeps all of them in
+float32; the graph rewrite is chosen per model.
 """
 
 from __future__ import annotations
@@ -56,12 +60,11 @@ FPMATH_VARIABLE = "ONEDNN_DEFAULT_FPMATH_MODE"
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 #: The flag `auto` needs: the one with which oneDNN's BF16 math mode changes the kernels it runs.
 AUTO_BFLOAT16_FLAG = "amx_bf16"
-#: Why `auto` passes over avx512_bf16 alone (the start-up log and /readyz say it).
+#: Why `auto` passes over avx512_bf16 alone when no served model may take the graph rewrite.
 NO_AMX_REASON = (
     "this CPU has avx512_bf16 but no AMX (amx_bf16); oneDNN runs its float32 convolution kernels there "
-    "even in BF16 math mode, and the bfloat16 graph rewrite that does speed it up "
-    "(ENHANCER_PRECISION=bfloat16) moves some models' answers by more than "
-    "0.05 dB (benchmarks/RESULTS.md), so auto keeps float32"
+    "even in BF16 math mode, and no served model records a bfloat16 graph-rewrite PSNR change within "
+    "0.05 dB, so auto keeps float32"
 )
 #: Environment variable of TensorFlow's mixed-precision rewrite: op types taken off its list of
 #: ops to convert. The matrix products are those of the JPEG projection (a DCT per 8x8 block),
@@ -73,6 +76,10 @@ REWRITE_KEEPS_FLOAT32 = "BatchMatMul,BatchMatMulV2,BatchMatMulV3,Einsum,MatMul"
 MAX_BFLOAT16_PSNR_CHANGE_DB = 0.05
 #: metadata.json key `enhancer export` records the measurement under.
 METADATA_KEY = "bfloat16"
+#: The key, inside that record, of the graph rewrite's change measured on an avx512_bf16 CPU.
+REWRITE_METADATA_KEY = "graph_rewrite"
+#: Grappler's switch for the rewrite (tf.config.optimizer.set_experimental_options).
+REWRITE_OPTION = "auto_mixed_precision_onednn_bfloat16"
 
 
 #: Log messages already written: ModelRegistry.load resolves again what the CLI resolved.
@@ -97,6 +104,17 @@ class Precision:
     name: str  #: "float32", "bfloat16" or "mixed_float16" (the last decided on the device)
     reason: str
     graph_rewrite: bool = False  #: bfloat16 by TensorFlow's graph rewrite (avx512_bf16 without AMX)
+    #: with graph_rewrite: the models (folder names) that stay float32 all the same
+    float32_models: frozenset[str] = frozenset()
+
+    def for_model(self, name: str) -> str:
+        """What model `name` runs in (the plan, or float32 where the rewrite passes it over)."""
+        if self.graph_rewrite and name in self.float32_models:
+            return (
+                f"float32 ({self.setting}: {name} records no bfloat16 graph-rewrite PSNR change within "
+                f"{MAX_BFLOAT16_PSNR_CHANGE_DB} dB)"
+            )
+        return self.describe()
 
     def describe(self) -> str:
         return f"{self.name} ({self.reason})"
@@ -123,20 +141,27 @@ def read_cpuinfo() -> str:
         return ""
 
 
-def recorded_change(model_dir: Path) -> float | None:
-    """The float32 -> bfloat16 PSNR change (dB) `enhancer export` recorded for a model, if any."""
+def recorded_change(model_dir: Path, *, graph_rewrite: bool = False) -> float | None:
+    """The float32 -> bfloat16 PSNR change (dB) recorded for a model, if any: of the math mode
+    (`enhancer export`, emulated), or with `graph_rewrite` of the graph rewrite (measured)."""
     try:
-        meta = json.loads((Path(model_dir) / "metadata.json").read_text())
-        return float(meta[METADATA_KEY]["psnr_change_db"])
+        record = json.loads((Path(model_dir) / "metadata.json").read_text())[METADATA_KEY]
+        return float((record[REWRITE_METADATA_KEY] if graph_rewrite else record)["psnr_change_db"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def resolve(
-    setting: str, cpuinfo: str, model_changes: Mapping[str, float | None] | None = None, *, onednn: bool = True
+    setting: str,
+    cpuinfo: str,
+    model_changes: Mapping[str, float | None] | None = None,
+    *,
+    onednn: bool = True,
+    rewrite_changes: Mapping[str, float | None] | None = None,
 ) -> Precision:
     """The CPU precision for `setting` on a CPU described by `cpuinfo`, serving models whose
-    recorded bfloat16 PSNR changes are `model_changes` (name -> dB, None: not measured). Pure.
+    recorded bfloat16 PSNR changes are `model_changes` (name -> dB, None: not measured), and those
+    of the graph rewrite `rewrite_changes` (the same keys). Pure.
 
     `onednn` is False when TensorFlow's oneDNN kernels are switched off (TF_ENABLE_ONEDNN_OPTS=0),
     which takes the BF16 math mode with them.
@@ -167,7 +192,7 @@ def resolve(
     if missing:
         return Precision(setting, "float32", f"auto: {missing}")
     if setting == "auto" and AUTO_BFLOAT16_FLAG not in flags:
-        return Precision(setting, "float32", f"auto: {NO_AMX_REASON}")
+        return _auto_graph_rewrite(rewrite_changes or {})
     over = {
         name: change
         for name, change in (model_changes or {}).items()
@@ -183,6 +208,21 @@ def resolve(
     return Precision(setting, "bfloat16", f"auto: CPU has {', '.join(flags)}; oneDNN BF16 math, float32 in and out")
 
 
+def _auto_graph_rewrite(changes: Mapping[str, float | None]) -> Precision:
+    """`auto` on avx512_bf16 without AMX: the graph rewrite for the models measured within the limit."""
+    allowed = sorted(n for n, c in changes.items() if c is not None and abs(c) <= MAX_BFLOAT16_PSNR_CHANGE_DB)
+    if not allowed:
+        return Precision("auto", "float32", f"auto: {NO_AMX_REASON}")
+    kept = frozenset(changes) - set(allowed)
+    reason = (
+        f"auto: CPU has avx512_bf16 and no AMX: TensorFlow's bfloat16 graph rewrite of the convolutions "
+        f"for {', '.join(allowed)}, float32 in and out"
+    )
+    if kept:
+        reason += f"; float32 for {', '.join(sorted(kept))} (no recorded graph-rewrite change within {MAX_BFLOAT16_PSNR_CHANGE_DB} dB)"
+    return Precision("auto", "bfloat16", reason, graph_rewrite=True, float32_models=kept)
+
+
 def _onednn_enabled(environ: Mapping[str, str]) -> bool:
     return environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -196,9 +236,11 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
     then bfloat16 is only reported if it was set already (an earlier call in this process), `auto`
     falls back to float32, and an explicit `bfloat16` is an error.
     """
+    model_dirs = list(model_dirs)
     changes = {Path(d).name: recorded_change(d) for d in model_dirs}
+    rewrite_changes = {Path(d).name: recorded_change(d, graph_rewrite=True) for d in model_dirs}
     cpuinfo = read_cpuinfo() if cpuinfo is None else cpuinfo
-    plan = resolve(setting, cpuinfo, changes, onednn=_onednn_enabled(os.environ))
+    plan = resolve(setting, cpuinfo, changes, onednn=_onednn_enabled(os.environ), rewrite_changes=rewrite_changes)
     current = os.environ.get(FPMATH_VARIABLE, "").strip().upper()
     if plan.graph_rewrite:  # the rewrite happens when a model's graph is first run, after this
         os.environ.setdefault(REWRITE_ALLOWLIST_REMOVE_VARIABLE, REWRITE_KEEPS_FLOAT32)
@@ -227,7 +269,7 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
             f"{plan.describe()}",
         )
         del os.environ[FPMATH_VARIABLE]
-    if plan.name == "bfloat16" and setting == "auto":
+    if plan.name == "bfloat16" and setting == "auto" and not plan.graph_rewrite:
         unmeasured = sorted(name for name, change in changes.items() if change is None)
         if unmeasured:
             _log_once(

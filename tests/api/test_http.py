@@ -476,7 +476,8 @@ async def test_readyz_is_503_until_warm_up_finishes(saved_model):
             "status": "ready",
             "device": saved_model.device,
             "precision": saved_model.precision,
-            "models": [{"name": "dejpeg", "scale": 1, "default": True, "tile_size": 128, "tile_overlap": 32}],
+            "models": [{"name": "dejpeg", "scale": 1, "default": True, "tile_size": 128, "tile_overlap": 32,
+                        "precision": saved_model.precision}],
             "settings": {
                 "tile_size": 128,
                 "tile_overlap": 32,

@@ -248,7 +248,10 @@ async def readyz(request: Request):
     models = runtime.models
     s = runtime.settings  # resolved for the device at start-up
     served = [
-        ServedModel(name=name, scale=m.spec.scale, default=name == models.default, **s.tiling_for(m.spec)._asdict())
+        ServedModel(
+            name=name, scale=m.spec.scale, default=name == models.default, precision=m.precision,
+            **s.tiling_for(m.spec)._asdict(),
+        )  # fmt: skip
         for name, m in models.items()
     ]
     settings = ServingSettings(**{name: getattr(s, name) for name in ServingSettings.model_fields})

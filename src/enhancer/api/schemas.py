@@ -29,6 +29,11 @@ class ServedModel(BaseModel):
     tile_overlap: int = Field(
         examples=[48], description="Input pixels its neighbouring tiles share (at least the model's receptive-field reach)."
     )
+    precision: str = Field(
+        examples=["float32 (set)"],
+        description="This model's arithmetic and why: the server's, except where bfloat16 comes by graph "
+        "rewrite and this model is kept in float32 (ENHANCER_PRECISION).",
+    )
 
 
 class ServingSettings(BaseModel):
@@ -52,7 +57,7 @@ class ReadyBody(BaseModel):
     status: str = Field(examples=["ready"])
     device: str = Field(examples=["CPU (intra-op threads auto, inter-op threads auto)"])
     precision: str = Field(
-        description="The models' arithmetic on this device and why (ENHANCER_PRECISION).",
+        description="The models' arithmetic on this device and why (ENHANCER_PRECISION); per model in `models`.",
         examples=["bfloat16 (auto: CPU has avx512_bf16, amx_bf16; oneDNN BF16 math, float32 in and out)"],
     )
     models: list[ServedModel]

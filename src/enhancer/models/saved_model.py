@@ -32,7 +32,13 @@ from enhancer.models.contract import (  # noqa: E402
     ModelSpec,
     read_spec,
 )
-from enhancer.precision import Precision, prepare  # noqa: E402
+from enhancer.precision import (  # noqa: E402
+    REWRITE_ALLOWLIST_REMOVE_VARIABLE,
+    REWRITE_KEEPS_FLOAT32,
+    REWRITE_OPTION,
+    Precision,
+    prepare,
+)
 
 if TYPE_CHECKING:
     from enhancer.config import Settings
@@ -47,6 +53,8 @@ class Device:
     kind: str  #: "cpu" or "gpu"
     description: str  #: in words, for logs and /readyz
     precision: str  #: what the precision setting really does here
+    #: a CPU bfloat16 plan by graph rewrite: the runner switches the rewrite per model (see forward)
+    rewrite: Precision | None = None
 
 
 def configure_device(settings: Settings, plan: Precision | None = None) -> Device:
@@ -80,7 +88,10 @@ def configure_device(settings: Settings, plan: Precision | None = None) -> Devic
             f"CPU (intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}, "
             f"inter-op threads {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'})"
         )
-    return Device("gpu" if gpus else "cpu", description, _precision_on_device(plan, gpus))
+    rewrite = plan if plan.graph_rewrite and not gpus else None
+    if rewrite is not None:  # prepare() sets it too; a plan made elsewhere must not rewrite the projection
+        os.environ.setdefault(REWRITE_ALLOWLIST_REMOVE_VARIABLE, REWRITE_KEEPS_FLOAT32)
+    return Device("gpu" if gpus else "cpu", description, _precision_on_device(plan, gpus), rewrite)
 
 
 def _precision_on_device(plan: Precision, gpus: list) -> str:
@@ -100,8 +111,6 @@ def _precision_on_device(plan: Precision, gpus: list) -> str:
         if gpus:
             log.warning("precision bfloat16 is CPU math (oneDNN); the models run on the GPU, in float32")
             return "float32 (bfloat16 asked for; it is CPU math and the models run on the GPU)"
-        if plan.graph_rewrite:  # rewrites the graphs of the models loaded (and first run) after this
-            tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
         return plan.describe()
     chosen = _set_precision(plan.name, gpus)
     return plan.describe() if chosen == plan.name else chosen
@@ -161,6 +170,11 @@ class SavedModelRunner:
         self.device = device.description
         self.device_kind = device.kind
         self.precision = device.precision
+        #: with a graph-rewrite plan: whether this model's graph is rewritten (None: no such plan)
+        self._rewrite: bool | None = None
+        if device.rewrite is not None:
+            self._rewrite = model_dir.name not in device.rewrite.float32_models
+            self.precision = device.rewrite.for_model(model_dir.name)
         self.xla = xla
         if xla and "mixed_float16" in device.precision:  # asked for, whatever the device made of it
             log.warning(
@@ -212,6 +226,10 @@ class SavedModelRunner:
             batch = np.concatenate([batch, np.repeat(batch[-1:], padded - n, axis=0)])
             extra = {k: np.concatenate([v, np.repeat(v[-1:], padded - n, axis=0)]) for k, v in extra.items()}
         tensors = {k: tf.constant(v) for k, v in extra.items()}
+        if self._rewrite is not None:
+            # Grappler rewrites a graph when it is first run at a shape, under the switch as it is
+            # then, and the switch is process-wide: set it to this model's choice before each call.
+            tf.config.optimizer.set_experimental_options({REWRITE_OPTION: self._rewrite})
         return self._run(tf.constant(batch), **tensors).numpy()[:n]
 
     def _extra_inputs(self, inputs: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
