@@ -281,8 +281,8 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
         _log_once(
             logging.WARNING,
             "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16): the convolutions run in bfloat16 "
-            "through TensorFlow's graph rewrite, which moves some models' answers by more than 0.05 dB "
-            "(auto would choose float32; benchmarks/RESULTS.md has the figures)",
+            "through TensorFlow's graph rewrite for every model, also one whose recorded change is over "
+            "0.05 dB (auto would rewrite only the models recorded within it; benchmarks/RESULTS.md)",
         )
     if plan.name == "float32" and "refused bfloat16" in plan.reason:
         _log_once(logging.WARNING, f"precision {plan.describe()}")
