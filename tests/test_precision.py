@@ -588,6 +588,24 @@ def test_one_process_rewrites_one_model_and_keeps_the_other_in_float32(tmp_path)
         assert np.abs(mixed[key] - results[other][key]).max() > 1e-4
 
 
+def test_export_s_measurement_of_the_graph_rewrite_runs_it_for_real():
+    """What `enhancer export` / `measure-bfloat16` record on a CPU with avx512_bf16 and no AMX: the
+    rewrite run (answers changed) on the given photos, per kind, the restorer within the limit."""
+    flags = cpu_bfloat16_flags(precision.read_cpuinfo())
+    if flags != ["avx512_bf16"]:
+        pytest.skip(f"the graph rewrite is the bfloat16 of CPUs with avx512_bf16 and no AMX; this one has {flags or 'neither'}")
+    import cv2
+
+    from enhancer.training.bfloat16 import measure_rewrite_change
+
+    photos = [cv2.imread(str(REPO_ROOT / "tests" / "data" / name), cv2.IMREAD_COLOR) for name in ("held_out_photo.png", "held_out_cups.png")]
+    result = measure_rewrite_change(REPO_ROOT / "weights" / "dejpeg-q", photos)
+    assert set(result["per_kind_db"]) == {"q10", "q90"}
+    assert result["psnr_change_db"] == max(result["per_kind_db"].values(), key=abs)
+    assert abs(result["psnr_change_db"]) <= MAX_BFLOAT16_PSNR_CHANGE_DB
+    assert result["lowest_psnr_bfloat16_vs_float32_db"] is not None and result["lowest_psnr_bfloat16_vs_float32_db"] < 80  # it changed
+
+
 # ----------------------------------------------------------------------- export records the change
 @pytest.mark.slow
 def test_export_records_the_bfloat16_change_in_metadata(tmp_path):

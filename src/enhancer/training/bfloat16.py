@@ -12,6 +12,11 @@ rounding effect far below the bfloat16 one.
 `measure_psnr_change` compares that against the plain float32 signature on a few validation crops
 at JPEG q10 and q90; `enhancer export` records the result in metadata.json under "bfloat16", and
 `auto` refuses bfloat16 for a model whose change is over enhancer.precision.MAX_BFLOAT16_PSNR_CHANGE_DB.
+
+On a CPU with avx512_bf16 and no AMX, bfloat16 is TensorFlow's graph rewrite instead, which cannot
+be emulated this way (it stores activations in bfloat16 too) but can be run:
+`measure_rewrite_change` runs it for real there, on the same crops (an upscaler's clean and q75
+small images, where its change is largest), and export records it under "bfloat16"/"graph_rewrite".
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from tensorflow.core.framework import node_def_pb2, types_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from enhancer.models.contract import INPUT_KEY, METADATA_FILE, OUTPUT_KEY, QUANTIZATION_KEY, SIGNATURE_KEY, read_spec
-from enhancer.precision import METADATA_KEY
+from enhancer.precision import (
+    METADATA_KEY,
+    REWRITE_ALLOWLIST_REMOVE_VARIABLE,
+    REWRITE_KEEPS_FLOAT32,
+    REWRITE_METADATA_KEY,
+    REWRITE_OPTION,
+)
 from enhancer.training.dataset import psnr
 
 #: Ops oneDNN's BF16 math mode computes from bfloat16 inputs, and which of their inputs it rounds
@@ -171,6 +182,78 @@ def measure_psnr_change(
         "images": f"{len(photos_bgr)} validation photos, centre crops up to {crop} px"
         + (f" (made {scale} times smaller from crops {scale} times larger)" if scale > 1 else "")
         + f", JPEG q{' and q'.join(map(str, qualities))}",
+        "measured": time.strftime("%Y-%m-%d"),
+    }
+
+
+class RewritePair:
+    """A model folder's `serving_default` run in float32 and through TensorFlow's bfloat16 graph
+    rewrite: two loaded copies, each first run (and so rewritten, or not) under its own setting of
+    Grappler's process-wide switch, which is set before every call as the server's runner does."""
+
+    def __init__(self, model_dir: Path):
+        self.spec = read_spec(Path(model_dir))
+        os.environ.setdefault(REWRITE_ALLOWLIST_REMOVE_VARIABLE, REWRITE_KEEPS_FLOAT32)
+        self._plain = tf.saved_model.load(str(model_dir)).signatures[SIGNATURE_KEY]
+        self._rewritten = tf.saved_model.load(str(model_dir)).signatures[SIGNATURE_KEY]
+
+    def _run(self, rewrite: bool, images: np.ndarray, quantization: np.ndarray | None) -> np.ndarray:
+        tf.config.optimizer.set_experimental_options({REWRITE_OPTION: rewrite})
+        feeds = {INPUT_KEY: tf.constant(np.asarray(images, np.float32))}
+        if QUANTIZATION_KEY in self.spec.inputs:
+            feeds[QUANTIZATION_KEY] = tf.constant(np.asarray(quantization, np.float32))
+        try:
+            return (self._rewritten if rewrite else self._plain)(**feeds)[OUTPUT_KEY].numpy()
+        finally:
+            tf.config.optimizer.set_experimental_options({REWRITE_OPTION: False})
+
+    def float32(self, images: np.ndarray, quantization: np.ndarray | None = None) -> np.ndarray:
+        return self._run(False, images, quantization)
+
+    def bfloat16(self, images: np.ndarray, quantization: np.ndarray | None = None) -> np.ndarray:
+        return self._run(True, images, quantization)
+
+
+def measure_rewrite_change(model_dir: Path, photos_bgr: Sequence[np.ndarray], crop: int = CROP) -> dict:
+    """The graph rewrite's PSNR change on the validation crops, run for real (call it only on a CPU
+    with avx512_bf16 and no AMX): a restorer at JPEG q10 and q90, an upscaler on its small image
+    clean and at q75; `psnr_change_db` is the change of largest magnitude, per kind in `per_kind_db`."""
+    import cv2
+
+    from enhancer.conditioning import no_damage_vector
+    from enhancer.training import jpeg_damage
+
+    if not photos_bgr:
+        raise ValueError("no photos to measure the bfloat16 change on")
+    pair = RewritePair(model_dir)
+    scale = pair.spec.scale
+    kinds = {"q10": 10, "q90": 90} if scale == 1 else {"clean": None, "q75": 75}
+    per_kind, closest = {}, float("inf")
+    for kind, quality in kinds.items():
+        changes = []
+        for photo in photos_bgr:
+            # the crops benchmarks/drivers/precision.py measures on: `crop` px, an upscaler's input
+            # that crop made `scale` times smaller by area (small images: the harder case for it)
+            clean_bgr = _centre(photo, crop)
+            clean_bgr = clean_bgr[: clean_bgr.shape[0] // (16 * scale) * 16 * scale, : clean_bgr.shape[1] // (16 * scale) * 16 * scale]
+            h, w = clean_bgr.shape[:2]
+            small_bgr = clean_bgr if scale == 1 else cv2.resize(clean_bgr, (w // scale, h // scale), interpolation=cv2.INTER_AREA)
+            if quality is None:
+                damaged_bgr, table = small_bgr, no_damage_vector()[None]
+            else:
+                recipe = jpeg_damage.ijg_recipe(quality)
+                damaged_bgr, table = jpeg_damage.jpeg_round_trip(small_bgr, recipe), recipe.condition()[None]
+            clean, damaged = (cv2.cvtColor(im, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0 for im in (clean_bgr, damaged_bgr))
+            f32 = np.clip(pair.float32(damaged[None], table)[0], 0, 1)
+            bf16 = np.clip(pair.bfloat16(damaged[None], table)[0], 0, 1)
+            changes.append(psnr(bf16, clean) - psnr(f32, clean))
+            closest = min(closest, psnr(bf16, f32))
+        per_kind[kind] = round(float(np.mean(changes)), 5)
+    return {
+        "psnr_change_db": max(per_kind.values(), key=abs),
+        "per_kind_db": per_kind,
+        "lowest_psnr_bfloat16_vs_float32_db": round(closest, 2) if np.isfinite(closest) else None,
+        "method": "run: TensorFlow's bfloat16 graph rewrite of the convolutions on this CPU (avx512_bf16, no AMX)",
         "measured": time.strftime("%Y-%m-%d"),
     }
 

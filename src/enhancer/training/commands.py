@@ -168,16 +168,22 @@ def _validation_photos(data_dir: Path) -> list:
 
 
 def _measure_bfloat16(model_dir: Path, photos: list) -> dict:
-    from enhancer.precision import MAX_BFLOAT16_PSNR_CHANGE_DB
-    from enhancer.training.bfloat16 import measure_psnr_change
+    """The math mode's change (emulated, anywhere) and, on a CPU with avx512_bf16 and no AMX, the
+    graph rewrite's (run for real: the bfloat16 `auto` uses there)."""
+    from enhancer.precision import MAX_BFLOAT16_PSNR_CHANGE_DB, REWRITE_METADATA_KEY, cpu_bfloat16_flags, read_cpuinfo
+    from enhancer.training.bfloat16 import measure_psnr_change, measure_rewrite_change
+
+    def verdict(change: float) -> str:
+        return f"{'over' if abs(change) > MAX_BFLOAT16_PSNR_CHANGE_DB else 'within'} the {MAX_BFLOAT16_PSNR_CHANGE_DB} dB auto allows"
 
     result = {**measure_psnr_change(model_dir, photos), "machine": machine_description()}
-    verdict = "over" if abs(result["psnr_change_db"]) > MAX_BFLOAT16_PSNR_CHANGE_DB else "within"
     per_quality = ", ".join(f"{q} {row['change_db']:+.5f}" for q, row in result["per_quality"].items())
-    print(
-        f"bfloat16 PSNR change {result['psnr_change_db']:+.5f} dB, emulated ({per_quality}; {verdict} the "
-        f"{MAX_BFLOAT16_PSNR_CHANGE_DB} dB auto allows)"
-    )
+    print(f"bfloat16 PSNR change {result['psnr_change_db']:+.5f} dB, emulated ({per_quality}; {verdict(result['psnr_change_db'])})")
+    if cpu_bfloat16_flags(read_cpuinfo()) == ["avx512_bf16"]:
+        rewrite = {**measure_rewrite_change(model_dir, photos), "machine": machine_description()}
+        result[REWRITE_METADATA_KEY] = rewrite
+        per_kind = ", ".join(f"{k} {v:+.5f}" for k, v in rewrite["per_kind_db"].items())
+        print(f"bfloat16 graph rewrite: PSNR change {rewrite['psnr_change_db']:+.5f} dB ({per_kind}; {verdict(rewrite['psnr_change_db'])})")
     return result
 
 
@@ -187,7 +193,14 @@ def _measure_bfloat16_command(args) -> None:
     photos = _validation_photos(args.data)
     if not photos:
         raise SystemExit(f"enhancer: no validation photos in {args.data / 'val'} (enhancer dataset makes them)")
-    path = record(args.model, _measure_bfloat16(args.model, photos))
+    measurement = _measure_bfloat16(args.model, photos)
+    from enhancer.precision import REWRITE_METADATA_KEY, recorded_change
+
+    if REWRITE_METADATA_KEY not in measurement and recorded_change(args.model, graph_rewrite=True) is not None:
+        # not measurable on this CPU: keep the graph-rewrite record made on one where it is
+        old = json.loads((Path(args.model) / "metadata.json").read_text())["bfloat16"][REWRITE_METADATA_KEY]
+        measurement[REWRITE_METADATA_KEY] = old
+    path = record(args.model, measurement)
     print(f"recorded in {path}")
 
 
