@@ -15,8 +15,9 @@ at JPEG q10 and q90; `enhancer export` records the result in metadata.json under
 
 On a CPU with avx512_bf16 and no AMX, bfloat16 is TensorFlow's graph rewrite instead, which cannot
 be emulated this way (it stores activations in bfloat16 too) but can be run:
-`measure_rewrite_change` runs it for real there, on the same crops (an upscaler's clean and q75
-small images, where its change is largest), and export records it under "bfloat16"/"graph_rewrite".
+`measure_rewrite_change` runs it for real there, on the crops benchmarks/drivers/precision.py
+uses (256 px; an upscaler's input that crop made smaller by area, clean and at q75, where its change
+is largest), and export records it under "bfloat16"/"graph_rewrite".
 """
 
 from __future__ import annotations
