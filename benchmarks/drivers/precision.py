@@ -177,9 +177,9 @@ def _flags() -> list[str]:
 def record_graph_rewrite(result: dict) -> list[Path]:
     """Write each measured model's graph-rewrite PSNR change (the larger one of its two kinds of
     input, with its sign) into its metadata.json; only from a run on a CPU with avx512_bf16 alone."""
-    from enhancer.precision import METADATA_KEY, REWRITE_METADATA_KEY
+    from enhancer.precision import METADATA_KEY, REWRITE_METADATA_KEY, takes_graph_rewrite
 
-    if result["cpu_bfloat16_flags"] != ["avx512_bf16"]:
+    if not takes_graph_rewrite(result["cpu_bfloat16_flags"]):
         raise SystemExit(f"the graph rewrite is measured on a CPU with avx512_bf16 and no AMX; this run had {result['cpu_bfloat16_flags']}")
     written = []
     for model, measured in result["models"].items():

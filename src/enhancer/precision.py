@@ -7,14 +7,14 @@ bfloat16 on a CPU takes one of two forms, by what the CPU has:
   the environment variable `ONEDNN_DEFAULT_FPMATH_MODE`, read once when TensorFlow loads.
 * With `avx512_bf16` alone, where that mode changes nothing (oneDNN keeps its float32 kernels):
   TensorFlow's bfloat16 graph rewrite for oneDNN (Grappler's `auto_mixed_precision_onednn_bfloat16`,
-  switched on by `saved_model.configure_device`), limited to the convolutions
+  switched per model by `SavedModelRunner.forward`), limited to the convolutions
   (`REWRITE_KEEPS_FLOAT32`): they run oneDNN's bfloat16 kernels with bfloat16 activations between
   them, while the matrix products of the JPEG projection stay float32. It moves answers more than
   the math mode does, by how much differs per model (benchmarks/RESULTS.md), so `auto` turns it on
   per model: for those whose metadata.json records a graph-rewrite PSNR change within
   `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured on such a CPU: `benchmarks/drivers/precision.py --record`);
   the others, and any not measured, stay float32. Grappler's switch is global, so the runner sets it
-  for its own model before every call (`SavedModelRunner.forward`).
+  for its own model before every call.
 
 So the precision is resolved, and the variables set, before the first `import tensorflow`: `prepare` is called by `ModelRegistry.load` before it
 imports the runner (the path of `enhancer serve`, `uvicorn --factory enhancer.api:factory` and
@@ -133,6 +133,13 @@ def cpu_bfloat16_flags(cpuinfo: str) -> list[str]:
     return [flag for flag in BFLOAT16_CPU_FLAGS if all(flag in row for row in rows)]
 
 
+def takes_graph_rewrite(flags: Iterable[str]) -> bool:
+    """Whether bfloat16 on a CPU with these bfloat16 flags (`cpu_bfloat16_flags`) is the graph
+    rewrite: it has bfloat16 instructions but not AMX, where the math mode would change nothing."""
+    flags = list(flags)
+    return bool(flags) and AUTO_BFLOAT16_FLAG not in flags
+
+
 def read_cpuinfo() -> str:
     """This machine's /proc/cpuinfo ("" where there is none: no bfloat16 is assumed)."""
     try:
@@ -181,7 +188,7 @@ def resolve(
             raise PrecisionError(
                 f"ENHANCER_PRECISION=bfloat16, but {missing}; use auto (bfloat16 where the CPU has it) or float32"
             )
-        if AUTO_BFLOAT16_FLAG not in flags:
+        if takes_graph_rewrite(flags):
             return Precision(
                 setting, "bfloat16",
                 f"set; CPU has {', '.join(flags)} and no AMX: TensorFlow's bfloat16 graph rewrite of the "
@@ -191,7 +198,7 @@ def resolve(
         return Precision(setting, "bfloat16", f"set; CPU has {', '.join(flags)}")
     if missing:
         return Precision(setting, "float32", f"auto: {missing}")
-    if setting == "auto" and AUTO_BFLOAT16_FLAG not in flags:
+    if takes_graph_rewrite(flags):  # auto
         return _auto_graph_rewrite(rewrite_changes or {})
     over = {
         name: change

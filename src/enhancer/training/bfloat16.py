@@ -117,18 +117,20 @@ class SignaturePair:
             fetches=[wrapped.graph.as_graph_element(output)],
         )
 
-    def _feeds(self, images: np.ndarray, quantization: np.ndarray | None) -> list[tf.Tensor]:
-        feeds = [tf.constant(np.asarray(images, np.float32))]
-        if QUANTIZATION_KEY in self.spec.inputs:
-            feeds.append(tf.constant(np.asarray(quantization, np.float32)))
-        return feeds
-
     def float32(self, images: np.ndarray, quantization: np.ndarray | None = None) -> np.ndarray:
-        feeds = dict(zip(self.input_names, self._feeds(images, quantization)))
-        return self._serve(**feeds)[OUTPUT_KEY].numpy()
+        return self._serve(**_feeds(self.spec, images, quantization))[OUTPUT_KEY].numpy()
 
     def bfloat16(self, images: np.ndarray, quantization: np.ndarray | None = None) -> np.ndarray:
-        return self._emulated(*self._feeds(images, quantization))[0].numpy()
+        feeds = _feeds(self.spec, images, quantization)
+        return self._emulated(*(feeds[name] for name in self.input_names))[0].numpy()
+
+
+def _feeds(spec, images: np.ndarray, quantization: np.ndarray | None) -> dict[str, tf.Tensor]:
+    """The signature's inputs by name: the images, and the tables for a model told them."""
+    feeds = {INPUT_KEY: tf.constant(np.asarray(images, np.float32))}
+    if QUANTIZATION_KEY in spec.inputs:
+        feeds[QUANTIZATION_KEY] = tf.constant(np.asarray(quantization, np.float32))
+    return feeds
 
 
 def _centre(image: np.ndarray, crop: int) -> np.ndarray:
@@ -200,11 +202,9 @@ class RewritePair:
 
     def _run(self, rewrite: bool, images: np.ndarray, quantization: np.ndarray | None) -> np.ndarray:
         tf.config.optimizer.set_experimental_options({REWRITE_OPTION: rewrite})
-        feeds = {INPUT_KEY: tf.constant(np.asarray(images, np.float32))}
-        if QUANTIZATION_KEY in self.spec.inputs:
-            feeds[QUANTIZATION_KEY] = tf.constant(np.asarray(quantization, np.float32))
         try:
-            return (self._rewritten if rewrite else self._plain)(**feeds)[OUTPUT_KEY].numpy()
+            serve = self._rewritten if rewrite else self._plain
+            return serve(**_feeds(self.spec, images, quantization))[OUTPUT_KEY].numpy()
         finally:
             tf.config.optimizer.set_experimental_options({REWRITE_OPTION: False})
 

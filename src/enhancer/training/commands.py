@@ -170,7 +170,13 @@ def _validation_photos(data_dir: Path) -> list:
 def _measure_bfloat16(model_dir: Path, photos: list) -> dict:
     """The math mode's change (emulated, anywhere) and, on a CPU with avx512_bf16 and no AMX, the
     graph rewrite's (run for real: the bfloat16 `auto` uses there)."""
-    from enhancer.precision import MAX_BFLOAT16_PSNR_CHANGE_DB, REWRITE_METADATA_KEY, cpu_bfloat16_flags, read_cpuinfo
+    from enhancer.precision import (
+        MAX_BFLOAT16_PSNR_CHANGE_DB,
+        REWRITE_METADATA_KEY,
+        cpu_bfloat16_flags,
+        read_cpuinfo,
+        takes_graph_rewrite,
+    )
     from enhancer.training.bfloat16 import measure_psnr_change, measure_rewrite_change
 
     def verdict(change: float) -> str:
@@ -179,7 +185,7 @@ def _measure_bfloat16(model_dir: Path, photos: list) -> dict:
     result = {**measure_psnr_change(model_dir, photos), "machine": machine_description()}
     per_quality = ", ".join(f"{q} {row['change_db']:+.5f}" for q, row in result["per_quality"].items())
     print(f"bfloat16 PSNR change {result['psnr_change_db']:+.5f} dB, emulated ({per_quality}; {verdict(result['psnr_change_db'])})")
-    if cpu_bfloat16_flags(read_cpuinfo()) == ["avx512_bf16"]:
+    if takes_graph_rewrite(cpu_bfloat16_flags(read_cpuinfo())):
         rewrite = {**measure_rewrite_change(model_dir, photos), "machine": machine_description()}
         result[REWRITE_METADATA_KEY] = rewrite
         per_kind = ", ".join(f"{k} {v:+.5f}" for k, v in rewrite["per_kind_db"].items())
@@ -193,13 +199,13 @@ def _measure_bfloat16_command(args) -> None:
     photos = _validation_photos(args.data)
     if not photos:
         raise SystemExit(f"enhancer: no validation photos in {args.data / 'val'} (enhancer dataset makes them)")
-    measurement = _measure_bfloat16(args.model, photos)
-    from enhancer.precision import REWRITE_METADATA_KEY, recorded_change
+    from enhancer.precision import METADATA_KEY, REWRITE_METADATA_KEY
 
-    if REWRITE_METADATA_KEY not in measurement and recorded_change(args.model, graph_rewrite=True) is not None:
+    earlier = json.loads((Path(args.model) / "metadata.json").read_text()).get(METADATA_KEY) or {}
+    measurement = _measure_bfloat16(args.model, photos)
+    if REWRITE_METADATA_KEY not in measurement and REWRITE_METADATA_KEY in earlier:
         # not measurable on this CPU: keep the graph-rewrite record made on one where it is
-        old = json.loads((Path(args.model) / "metadata.json").read_text())["bfloat16"][REWRITE_METADATA_KEY]
-        measurement[REWRITE_METADATA_KEY] = old
+        measurement[REWRITE_METADATA_KEY] = earlier[REWRITE_METADATA_KEY]
     path = record(args.model, measurement)
     print(f"recorded in {path}")
 
