@@ -12,7 +12,7 @@ from PIL import Image
 
 from helpers import encode_bgr, photo_like
 from enhancer import imaging
-from enhancer.conditioning import Strength, model_inputs, no_damage_vector, quantization_vector
+from enhancer.conditioning import Strength, model_inputs, no_damage_vector, quantization_vector, scale_steps
 from enhancer.errors import InvalidParameterError
 from enhancer.imaging.jpeg import IJG_CHROMA, ijg_table
 from enhancer.models.contract import ModelSpec
@@ -119,3 +119,43 @@ def test_a_pixels_only_upscaler_cannot_be_told_off():
     assert model_inputs(plain, info, Strength.auto) == {}
     with pytest.raises(InvalidParameterError, match="enlarges 2x and is not told how the file was compressed"):
         model_inputs(plain, info, Strength.off)
+
+
+CALIBRATED = ModelSpec("dejpeg_q", reach=42, size_multiple=16, inputs={"quantization": 130},
+                       auto_step_scale=((70, 1.0), (90, 0.5)))
+
+
+@pytest.mark.parametrize("quality, factor", [(50, 1.0), (80, 0.75), (90, 0.5), (95, 0.5)])
+def test_auto_tells_a_calibrated_model_the_file_s_steps_times_its_factor_for_the_file_s_quality(quality, factor):
+    info = _info(_jpeg_cv(photo_like(64, 64), quality))
+    own = quantization_vector(info)
+    told = model_inputs(CALIBRATED, info, Strength.auto)["quantization"]
+    np.testing.assert_array_equal(told[:128], np.clip(np.round(own[:128] * factor), 1, 255))
+    assert told[128:].tolist() == own[128:].tolist() == [2, 2]
+    assert (told[:128] < own[:128]).any() == (factor < 1)
+
+
+def test_light_and_strong_scale_a_calibrated_model_s_auto_steps():
+    info = _info(_jpeg_cv(photo_like(64, 64), 90))
+    own = quantization_vector(info)
+    for strength, factor in ((Strength.light, 0.25), (Strength.strong, 1.0)):
+        told = model_inputs(CALIBRATED, info, strength)["quantization"]
+        np.testing.assert_array_equal(told[:128], np.clip(np.round(own[:128] * factor), 1, 255))
+
+
+def test_the_calibration_leaves_the_blind_path_and_greyscale_chroma_alone():
+    png = _info(encode_bgr(photo_like(40, 40), ".png"))
+    assert not model_inputs(CALIBRATED, png, Strength.auto)["quantization"].any()
+    np.testing.assert_array_equal(model_inputs(CALIBRATED, png, Strength.light)["quantization"],
+                                  quantization_vector(png, Strength.light))
+    grey = cv2.cvtColor(photo_like(48, 48), cv2.COLOR_BGR2GRAY)
+    told = model_inputs(CALIBRATED, _info(_jpeg_cv(grey, 95)), Strength.auto)["quantization"]
+    assert told[:64].min() >= 1 and not told[64:128].any()
+
+
+def test_scale_steps_rounds_keeps_unknown_steps_and_never_goes_below_one():
+    vector = np.zeros(130, np.float32)
+    vector[:3], vector[128:] = (3, 10, 0), (2, 2)
+    scaled = scale_steps(vector, 0.3)
+    assert scaled[:3].tolist() == [1, 3, 0] and scaled[128:].tolist() == [2, 2]
+    assert vector[:3].tolist() == [3, 10, 0]  # the input is not changed

@@ -30,7 +30,7 @@ def test_a_2x_model_through_the_whole_pipeline_gives_the_upscaled_image():
 
 
 def test_direct_tiles_give_every_tile_its_image_s_extra_inputs(monkeypatch):
-    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image, strength: [image.height, image.width])
+    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image, strength, spec: [image.height, image.width])
     model = NearestModel(inputs={"size": 2})
     progress = []
     run_tiles = DirectTiles({model.spec.name: model}, 3, progress=progress.append)

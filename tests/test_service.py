@@ -173,7 +173,7 @@ def test_concurrent_requests_wait_on_the_batcher_together():
 
 
 def test_the_service_hands_the_image_s_extra_inputs_to_the_batcher(monkeypatch):
-    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image, strength: [image.height, image.width])
+    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda image, strength, spec: [image.height, image.width])
     batcher = FakeBatcher()
     service = EnhanceService(pipeline(), batcher, request_timeout_s=30)
     spec = NearestModel(inputs={"size": 2}).spec

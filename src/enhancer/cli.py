@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default ENHANCER_MAX_BATCH_SIZE)")
     p.add_argument("--strength", choices=[s.value for s in Strength], default="auto",
                    help="auto: as the JPEG file says (other images: as the model judges); light/strong: as if saved "
-                        "with half/twice the file's quantisation steps; off: the input's pixels (at --scale 2 or 4: "
+                        "with half/twice the quantisation steps auto tells the model; off: the input's pixels (at --scale 2 or 4: "
                         "enlarged, not restored)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_enhance)

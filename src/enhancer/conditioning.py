@@ -7,9 +7,10 @@ tables); the batcher carries the vectors with the request's tiles and stacks the
 Adding an input is adding its builder to `BUILDERS`: nothing else in the server changes.
 
 The user's restoration strength (`Strength`) is applied here too, because for a model told the
-file's tables it is a statement about those tables: "light" tells the model the file was saved
-with half its steps, "strong" with twice, and an image that is not a JPEG file is described as
-one saved at a fixed quality. "off" at scale 1 never reaches a model (the input's own pixels are
+file's tables it is a statement about those tables. "auto" tells the model the file's steps times
+the model's own factor for the file's quality (`ModelSpec.auto_step_scale`: smaller steps for good
+files, which the restorer would otherwise over-restore); "light" half of auto's steps, "strong"
+twice; an image that is not a JPEG file is described as one saved at a fixed quality. "off" at scale 1 never reaches a model (the input's own pixels are
 the answer); an upscaling model must still run, and is told "no compression damage": every one
 of the 128 steps 1 and no chroma subsampling, the condition the upscalers were trained with for
 clean small images (pure super-resolution).
@@ -73,12 +74,24 @@ def no_damage_vector() -> np.ndarray:
     return vector
 
 
-def quantization_vector(info: ImageInfo, strength: Strength = Strength.auto) -> np.ndarray:
-    """The `quantization` input (layout in enhancer.models.contract) for this image.
+def scale_steps(vector: np.ndarray, factor: float) -> np.ndarray:
+    """`vector` with its 128 steps times `factor`, rounded and never below 1; unknown (0) stays 0."""
+    if factor == 1.0:
+        return vector
+    scaled = vector.copy()
+    steps = scaled[:128]
+    scaled[:128] = np.where(steps > 0, np.clip(np.round(steps * factor), 1, 255), 0)
+    return scaled
+
+
+def quantization_vector(info: ImageInfo, strength: Strength = Strength.auto, spec: ModelSpec | None = None) -> np.ndarray:
+    """The `quantization` input (layout in enhancer.models.contract) for this image and model.
 
     All zeros (the blind path) for an image that is not a JPEG file, or whose EXIF rotation moved
     the file's block grid off the image's origin; tables transposed when the rotation swapped rows
     and columns. `off` (a model that must run without restoring: an upscaler) is `no_damage_vector`.
+    A file's steps are scaled by `spec`'s factor for its quality (none without a spec) and the
+    strength's, rounded, never below 1.
     """
     if strength is Strength.off:
         return no_damage_vector()
@@ -93,9 +106,8 @@ def quantization_vector(info: ImageInfo, strength: Strength = Strength.auto) -> 
             vector[128:] = jpeg.sampling[::-1] if swapped else jpeg.sampling
         else:
             vector[128:] = (1, 1)
-        if strength in TABLE_SCALE:
-            steps = vector[:128]
-            vector[:128] = np.where(steps > 0, np.clip(np.round(steps * TABLE_SCALE[strength]), 1, 255), 0)
+        factor = TABLE_SCALE.get(strength, 1.0) * (spec.step_factor(jpeg.quality) if spec and jpeg.quality else 1.0)
+        vector = scale_steps(vector, factor)
     elif strength in BLIND_QUALITY:
         quality = BLIND_QUALITY[strength]
         vector[:64] = ijg_table(quality).ravel()
@@ -104,10 +116,10 @@ def quantization_vector(info: ImageInfo, strength: Strength = Strength.auto) -> 
     return vector
 
 
-Builder = Callable[[ImageInfo, Strength], np.ndarray]
+Builder = Callable[[ImageInfo, Strength, ModelSpec], np.ndarray]
 
-#: Input name -> function computing its vector from the image's metadata and the strength asked
-#: for. A model declaring any other input is refused at start-up.
+#: Input name -> function computing its vector from the image's metadata, the strength asked for
+#: and the model's spec. A model declaring any other input is refused at start-up.
 BUILDERS: dict[str, Builder] = {QUANTIZATION_KEY: quantization_vector}
 
 
@@ -143,7 +155,7 @@ def model_inputs(spec: ModelSpec, image: ImageInfo, strength: Strength = Strengt
             )
     vectors = {}
     for name, length in spec.inputs.items():
-        vector = np.asarray(BUILDERS[name](image, strength), dtype=np.float32)
+        vector = np.asarray(BUILDERS[name](image, strength, spec), dtype=np.float32)
         if vector.shape != (length,):
             raise ValueError(
                 f"the builder of input {name!r} returned shape {vector.shape}; model {spec.name!r} "

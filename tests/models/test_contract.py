@@ -46,6 +46,21 @@ def test_spec_of_metadata_written_before_the_contract_uses_the_legacy_keys_and_d
     assert (spec.scale, spec.reach, spec.size_multiple, dict(spec.inputs)) == (1, 29, 4, {})
 
 
+def test_auto_step_scale_is_read_interpolated_and_clamped_to_its_end_points(tmp_path):
+    spec = read_spec(write_metadata(tmp_path / "m", reach=42, inputs={"quantization": 130},
+                                    auto_step_scale=[[70, 1.0], [90, 0.5], [95, 0.35]]))
+    assert spec.auto_step_scale == ((70, 1.0), (90, 0.5), (95, 0.35))
+    assert [spec.step_factor(q) for q in (10, 70, 80, 90, 95, 100)] == pytest.approx([1, 1, 0.75, 0.5, 0.35, 0.35])
+    assert read_spec(write_metadata(tmp_path / "again", **spec.metadata())).auto_step_scale == spec.auto_step_scale
+    assert ModelSpec("plain", reach=1).step_factor(95) == 1.0 and "auto_step_scale" not in ModelSpec("plain", reach=1).metadata()
+
+
+@pytest.mark.parametrize("points", [[[90, 0.5], [80, 0.7]], [[80, 0.7], [80, 0.5]], [[90, 0]], [[101, 0.5]], [[90.5, 0.5]], [90, 0.5], [[90, "0.5"]]])
+def test_an_auto_step_scale_that_is_not_ascending_qualities_and_positive_factors_is_refused(tmp_path, points):
+    with pytest.raises(ModelLoadError, match="auto_step_scale must be"):
+        read_spec(write_metadata(tmp_path / "bad", reach=3, auto_step_scale=points))
+
+
 def test_spec_without_a_reach_or_without_metadata_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ModelLoadError, match="receptive-field reach"):
         read_spec(write_metadata(tmp_path / "noreach", scale=1))
@@ -252,7 +267,7 @@ def test_an_unknown_input_is_refused_by_name():
 
 def test_a_known_input_is_built_per_image_and_checked_against_the_declared_length(monkeypatch):
     image = _decoded()
-    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda im, strength: [im.height, im.width])
+    monkeypatch.setitem(conditioning.BUILDERS, "size", lambda im, strength, spec: [im.height, im.width])
     vectors = conditioning.model_inputs(ModelSpec("m", reach=1, inputs={"size": 2}), image)
     assert list(vectors) == ["size"] and vectors["size"].dtype == np.float32
     assert vectors["size"].tolist() == [24.0, 40.0]

@@ -177,9 +177,10 @@ async def upscale(
         Strength,
         Query(
             description=(
-                "How hard to restore. `auto`: as the JPEG file's own compression says (for other images, "
-                "as the model judges); `light` / `strong`: as if the file had been saved with half / twice its "
-                "quantisation steps (an image that is not a JPEG: as if saved at JPEG quality 75 / 25); "
+                "How hard to restore. `auto`: as the JPEG file's own compression says (a good JPEG is described "
+                "with somewhat smaller steps than its own, so grain and fine detail stay); other images as the "
+                "model judges. `light` / `strong`: as if the file had been saved with half / twice "
+                "the quantisation steps `auto` tells (an image that is not a JPEG: as if saved at JPEG quality 75 / 25); "
                 "`off`: the input's own pixels, re-encoded in the asked format (at scale 2 or 4: enlarged without "
                 "restoring, the model told the image has no compression damage)."
             ),

@@ -59,6 +59,13 @@ class ModelSpec:
     size_multiple: int = LEGACY_SIZE_MULTIPLE
     #: Extra inputs beyond `images`: name -> length of the float32 vector given per image.
     inputs: Mapping[str, int] = field(default_factory=dict)
+    #: For a model told the file's quantisation steps: (JPEG quality, factor) points, ascending in
+    #: quality. Under strength auto the model is told the file's steps times the factor at the file's
+    #: quality (linear between points, the end points' factors beyond them; empty: the file's own
+    #: steps). A restorer trained mostly on heavy damage over-restores good files, whose content
+    #: (grain, an earlier JPEG's blocks) it takes for damage; smaller steps also narrow its
+    #: projection. Chosen on the validation set (enhancer.training.step_calibration).
+    auto_step_scale: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("reach", "scale", "size_multiple"):
@@ -72,10 +79,29 @@ class ModelSpec:
             if not isinstance(length, int) or isinstance(length, bool) or length < 1:
                 raise ValueError(f"model {self.name!r}: extra input {key!r} needs a length >= 1, got {length!r}")
         object.__setattr__(self, "inputs", MappingProxyType(inputs))  # frozen all the way down
+        points = tuple((p[0], float(p[1])) for p in self.auto_step_scale) if _is_points(self.auto_step_scale) else None
+        if points is None or any(not 0 < f <= 4 for _, f in points) or any(
+            not 1 <= q <= 100 or (i and q <= points[i - 1][0]) for i, (q, _) in enumerate(points)
+        ):
+            raise ValueError(
+                f"model {self.name!r}: auto_step_scale must be [quality, factor] pairs with integer qualities "
+                f"1-100 ascending and factors in (0, 4], got {self.auto_step_scale!r}"
+            )
+        object.__setattr__(self, "auto_step_scale", points)
+
+    def step_factor(self, quality: int) -> float:
+        """The factor on a file's steps at JPEG `quality` under strength auto (`auto_step_scale`)."""
+        if not self.auto_step_scale:
+            return 1.0
+        qualities, factors = zip(*self.auto_step_scale)
+        return float(np.interp(quality, qualities, factors))
 
     def metadata(self) -> dict:
         """The metadata.json keys that declare this spec (the name is the folder's, not stored)."""
-        return {"scale": self.scale, "reach": self.reach, "size_multiple": self.size_multiple, "inputs": dict(self.inputs)}
+        meta = {"scale": self.scale, "reach": self.reach, "size_multiple": self.size_multiple, "inputs": dict(self.inputs)}
+        if self.auto_step_scale:
+            meta["auto_step_scale"] = [list(point) for point in self.auto_step_scale]
+        return meta
 
     def check_tiling(self, tile_size: int, tile_overlap: int) -> None:
         """Refuse tile settings this model cannot be served with (called at start-up)."""
@@ -97,11 +123,22 @@ class ModelSpec:
             )
 
 
+def _is_points(value) -> bool:
+    """Whether `value` is a sequence of (integer, number) pairs (JSON's lists included)."""
+    def number(x, integer):
+        return isinstance(x, int if integer else (int, float)) and not isinstance(x, bool)
+
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and number(p[0], True) and number(p[1], False) for p in value
+    )
+
+
 def read_spec(model_dir: Path) -> ModelSpec:
     """The ModelSpec of the model folder `model_dir`, from its metadata.json.
 
     Accepts the key `receptive_field_reach` for `reach` (what exports before the contract wrote);
-    a missing `scale` is 1, a missing `size_multiple` LEGACY_SIZE_MULTIPLE, missing `inputs` none.
+    a missing `scale` is 1, a missing `size_multiple` LEGACY_SIZE_MULTIPLE, missing `inputs` and
+    `auto_step_scale` none.
     """
     model_dir = Path(model_dir)
     path = model_dir / METADATA_FILE
@@ -127,6 +164,7 @@ def read_spec(model_dir: Path) -> ModelSpec:
             scale=meta.get("scale", 1),
             size_multiple=meta.get("size_multiple", LEGACY_SIZE_MULTIPLE),
             inputs=meta.get("inputs") or {},
+            auto_step_scale=meta.get("auto_step_scale") or (),
         )
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from None

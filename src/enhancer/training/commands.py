@@ -252,6 +252,19 @@ def _validate_high_quality(args) -> None:
     print(f"(mean / worst image, dB; written to {out})")
 
 
+def _calibrate_steps(args) -> None:
+    """`calibrate-steps`: choose a restorer's auto_step_scale on the validation set and record it."""
+    from enhancer.training.step_calibration import calibrate
+
+    record = calibrate(args.model, args.data, args.fonts, args.scans,
+                       about={"machine": machine_description(), "date": time.strftime("%Y-%m-%d")})
+    print(f"auto_step_scale (quality, factor): {record['auto_step_scale']}")
+    for kind, rows in record["summary"].items():
+        cells = "  ".join(f"q{q} x{r['factor']}: {r['own_steps']['worst']:+.2f} -> {r['chosen']['worst']:+.2f}" for q, r in rows.items())
+        print(f"{kind} (worst image, own steps -> chosen): {cells}")
+    print(f"(written to {args.model / 'metadata.json'} and {args.model / 'eval' / 'step_calibration.json'})")
+
+
 def _evaluate_upscale(args) -> None:
     """`evaluate --scale 2|4`: the upscaler against bicubic, Lanczos and restore-then-bicubic."""
     if args.compare or args.budget_runs:
@@ -358,6 +371,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir),
                    help="scanned pages (enhancer fetch-scans); their val/ is used where it exists")
     p.set_defaults(func=_validate_high_quality)
+
+    p = subparsers.add_parser("calibrate-steps",
+                              help="choose how much smaller than a file's steps a restorer is told under strength auto "
+                              "(validation set; writes auto_step_scale into its metadata.json)")  # fmt: skip
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
+    p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
+    p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir),
+                   help="scanned pages (enhancer fetch-scans); their val/ is used where it exists")
+    p.set_defaults(func=_calibrate_steps)
 
     p = subparsers.add_parser("evaluate", help="PSNR/SSIM on held-out photos per JPEG quality (--scale 2|4: an upscaler "
                               "against bicubic, Lanczos, restore+bicubic); table, crops")  # fmt: skip

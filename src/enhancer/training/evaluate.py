@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from enhancer.config import Settings
-from enhancer.models.contract import QUANTIZATION_KEY, QUANTIZATION_LENGTH
+from enhancer.models.contract import QUANTIZATION_KEY, QUANTIZATION_LENGTH, ModelSpec
 from enhancer.training.dataset import jpeg, load_images, psnr
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,13 @@ def save_jpeg_opencv(image_bgr: np.ndarray, quality: int) -> bytes:
     return buffer.tobytes()
 
 
-def file_quantization(data: bytes) -> np.ndarray:
-    """The model's `quantization` input for a JPEG file, built exactly as the server builds it."""
+def file_quantization(data: bytes, spec: ModelSpec | None = None) -> np.ndarray:
+    """The `quantization` input for a JPEG file, built exactly as the server builds it for the model
+    `spec` under strength auto (the file's own tables without a spec)."""
     from enhancer import imaging
     from enhancer.conditioning import quantization_vector
 
-    return quantization_vector(imaging.decode(data).info)
+    return quantization_vector(imaging.decode(data).info, spec=spec)
 
 
 @dataclass
@@ -138,11 +139,10 @@ def _run_methods(forwards, strengths, image_bgr, quality):
     damaged_bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     damaged = _rgb01(damaged_bgr)
     answers = {"nlm": _rgb01(nlm(damaged_bgr, strengths[quality]))}
-    told = file_quantization(data)
-    blind = np.zeros_like(told)
+    blind = np.zeros(QUANTIZATION_LENGTH, np.float32)
     for name, forward in forwards.items():
         if forward.conditioned:
-            answers[name] = forward(damaged, told)
+            answers[name] = forward(damaged, file_quantization(data, forward.runner.spec))
             answers[f"{name} (blind)"] = forward(damaged, blind)
         else:
             answers[name] = forward(damaged, None)
@@ -387,8 +387,10 @@ def high_quality_validation(model_dir: Path, data_dir: Path, fonts_dir: Path, cr
     Kinds: the held-out photos, rendered screens, the photos in grey saved as colour JPEGs, the
     photos with grain, simulated scans (the `extended` validation of training mix 2), and the held-out
     real scans of `scans_dir`/val where that folder exists (mix 3's validation); OpenCV's 4:2:0
-    JPEG at each quality, told its tables. Reported per kind: the mean and the worst image.
+    JPEG at each quality, told its tables as the server tells them (the model's auto_step_scale).
+    Reported per kind: the mean and the worst image.
     """
+    from enhancer.conditioning import scale_steps
     from enhancer.training import jpeg_damage, synthetic
     from enhancer.training.train import validation_content
 
@@ -403,6 +405,7 @@ def high_quality_validation(model_dir: Path, data_dir: Path, fonts_dir: Path, cr
             for image in images:
                 damaged = _rgb01(jpeg_damage.jpeg_round_trip(image, recipe))
                 clean = _rgb01(image)
-                gains.append(psnr(forward(damaged, recipe.condition()), clean) - psnr(damaged, clean))
+                told = scale_steps(recipe.condition(), forward.runner.spec.step_factor(q))  # as served
+                gains.append(psnr(forward(damaged, told), clean) - psnr(damaged, clean))
             table.setdefault(kind, {})[f"q{q}"] = {"mean": float(np.mean(gains)), "worst": float(np.min(gains))}
     return {"model": str(model_dir), "qualities": list(PASS_THROUGH_QUALITIES), "gain_db": table}

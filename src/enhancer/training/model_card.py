@@ -166,11 +166,39 @@ def _high_quality_validation_lines(path: Path) -> list[str]:
         "",
         "The server answers JPEGs of quality >= `ENHANCER_PASS_THROUGH_JPEG_QUALITY` (default 96) with their own",
         "pixels: q95 is the highest quality measured where every validation image stays above -0.1 dB, and q98 is",
-        "not. Validation's rendered scans gain up to q95 while the test set's scanned page loses from q75 (per-image",
-        "table above): the pass-through does not protect that kind.",
+        "not. Validation's scans gain up to q95 while the test set's scanned page still loses at high qualities",
+        "(per-image table above): the pass-through does not protect that kind.",
         "",
     ]
     return lines
+
+
+def _step_calibration_lines(path: Path) -> list[str]:
+    """`enhancer calibrate-steps`' choice and evidence: the steps strength auto tells the model."""
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    curve = ", ".join(f"q{q}: x{f}" for q, f in record["auto_step_scale"])
+    qualities = list(next(iter(record["summary"].values())))
+    lines = [
+        "## The steps `strength=auto` tells it (validation, not the test set)",
+        "",
+        "`enhancer calibrate-steps`: under `auto` the server tells the model the file's quantisation steps times a",
+        f"factor for the file's quality (`auto_step_scale` in metadata.json; linear between points): {curve}.",
+        "Per quality, the factor with the best mean gain (over kinds) whose worst validation image loses nothing",
+        f"(floor {record['worst_floor_db']:+.1f} dB), never larger for a better file. The kinds: the validation photos, real",
+        "scan and two rendered screens as they are, and hard truths made from them, which a user's photo often is:",
+        "camera noise in the truth (noise5, noise9: sigma 5 and 9 levels), the real and three simulated scans with",
+        "noise (page-noise7), and the photos and scan already a JPEG (q85, grid moved by a crop) before this save",
+        "(was-jpeg85). Gain over the JPEG, dB, worst image: the file's own steps -> the chosen factor:",
+        "",
+        "| kind | " + " | ".join(f"q{q}" for q in qualities) + " |",
+        "|---" * (len(qualities) + 1) + "|",
+    ]
+    for kind, rows in record["summary"].items():
+        cells = [f"{rows[q]['own_steps']['worst']:+.2f} -> {rows[q]['chosen']['worst']:+.2f}" for q in qualities]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _unfinished_lines(meta: dict) -> list[str]:
@@ -235,6 +263,9 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "- output `enhanced`, same shape as `images`, clipped to [0, 1].",
         f"- The image must start on the file's block grid; H and W are padded to a multiple of {meta.get('size_multiple', 16)}",
         "  inside the signature (by repeating the edge, as JPEG encoders do). The server's tiles keep that alignment.",
+        *(["- What the server tells it under `strength=auto`: the file's steps times `auto_step_scale`'s factor for the",
+           "  file's quality (metadata.json; below), rounded, at least 1. Another caller (TF Serving) should do the same."]
+          if meta.get("auto_step_scale") else []),
         "",
         "## Network",
         f"- Architecture `{meta.get('architecture')}` (`src/enhancer/training/network.py`): the v1 body (space-to-depth",
@@ -275,6 +306,7 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "  with the floor above) charges harm to a good image as much as failure on a bad one.",
         "",
         *_evaluation_lines(evaluation, model_dir / "eval"),
+        *_step_calibration_lines(model_dir / "eval" / "step_calibration.json"),
         *_high_quality_validation_lines(model_dir / "eval" / "high_quality_validation.json"),
         "## Limits",
         *_unfinished_lines(meta),
