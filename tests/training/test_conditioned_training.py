@@ -218,7 +218,7 @@ def test_scanned_pages_are_blurred_and_noisy_but_still_text():
 
 def test_unknown_mix_is_refused():
     with pytest.raises(ValueError, match="unknown training mix"):
-        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=4)
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=5)
 
 
 def test_mix_3_without_scanned_pages_is_refused_with_the_command_that_fetches_them():
@@ -239,6 +239,38 @@ def test_mix_3_trains_on_the_scanned_pages_it_is_given():
         np.testing.assert_allclose(sample.clean, 123 / 255, atol=1e-6)
     mix_2 = MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=2, pages=[page])
     assert not any(mix_2.sample(rng).kind.startswith("document") for _ in range(200))
+
+
+@pytest.mark.parametrize("mix, first_quality, earlier_save_kept", [(4, 80, True), (4, 30, False), (3, 80, False)])
+def test_mix_4_keeps_an_earlier_good_save_in_the_target_and_removes_a_bad_one(monkeypatch, mix, first_quality, earlier_save_kept):
+    """Every patch saved twice (first at `first_quality`, then at q95): in mix 4 the target is the
+    first save when it was good (the input then differs from it only by the q95 save), the original
+    when it was not; mix 3 always aims at the original."""
+    from enhancer.training import mixture
+
+    monkeypatch.setattr(mixture, "BLIND_SHARE", 0.0)
+    monkeypatch.setattr(mixture, "DOUBLE_SHARE", 1.0)
+    monkeypatch.setattr(mixture, "DOUBLE_SHARE_MIX4", 1.0)
+    recipes = iter([jpeg_damage.ijg_recipe(first_quality), jpeg_damage.ijg_recipe(95)] * 100)
+    monkeypatch.setattr(mixture.jpeg_damage, "sample_recipe", lambda rng, grey=False: next(recipes))
+    rng = np.random.default_rng(3)
+    noisy = np.clip(_photo(600, 600, 2) + rng.normal(0, 12, (600, 600, 3)), 0, 255).astype(np.uint8)
+    page = np.full((400, 300, 3), 123, np.uint8)
+    sampler = MixtureSampler([noisy], _fonts(), patch_size=64, batch_size=1, seed=0, mix=mix, pages=[page])
+    photos = [s for s in (sampler.sample(rng) for _ in range(40)) if s.kind in ("photo", "rephoto")]
+    assert photos
+    closeness = np.median([psnr(s.damaged, s.clean) for s in photos])
+    assert (closeness > 35) == earlier_save_kept, closeness  # about 39 dB kept, 26-30 not
+
+
+def test_mix_4_puts_grain_in_document_targets_too():
+    page = np.full((400, 300, 3), 123, np.uint8)
+    rng = np.random.default_rng(8)
+    for mix, grainy in ((3, False), (4, True)):
+        sampler = MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=mix, pages=[page])
+        documents = [s for s in (sampler.sample(rng) for _ in range(400)) if s.kind.startswith("document")]
+        assert any(np.ptp(s.clean) > 0 for s in documents) == grainy
+        assert all(abs(float(s.clean.mean()) - 123 / 255) < 0.02 for s in documents)
 
 
 def test_document_crops_shrink_the_page_and_never_enlarge_it():
@@ -278,6 +310,10 @@ def test_validation_reports_the_held_out_scans_only_when_given():
     assert {"document_q75", "document_q90"} <= set(with_pages)
     assert len(with_pages["document_q90"]) == 2  # the page at full and half size
     assert {"gain_document_q75", "gain_document_q90"} <= set(HIGH_QUALITY_LABELS)
+    hard = conditioned_validation(photos, _fonts(), crop=128, extended=True, pages=[page], hard=True)
+    rows = {f"{kind}_q{q}" for kind in ("noisy_page", "was_jpeg") for q in (90, 95)}
+    assert rows <= set(hard) and not rows & set(with_pages) and {f"gain_{r}" for r in rows} <= set(HIGH_QUALITY_LABELS)
+    assert len(hard["noisy_page_q90"]) == 2 + 2 and len(hard["was_jpeg_q95"]) == 1  # 2 page sizes + 2 simulated scans
 
 
 def test_an_upscaler_trains_on_the_mix_its_recipe_names():

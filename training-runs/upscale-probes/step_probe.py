@@ -20,7 +20,7 @@ from enhancer import imaging, tiling
 from enhancer.samples import to_unit_float
 from enhancer.training.dataset import load_images
 from enhancer.training.evaluate_upscale import ServedModel, enlarge, ground_truth, small_file, to_8bit, y_psnr
-from enhancer.training.step_calibration import _noisy
+from enhancer.training.step_calibration import noisy
 
 FACTORS = (1.0, 0.7, 0.5, 0.35)
 
@@ -28,7 +28,7 @@ FACTORS = (1.0, 0.7, 0.5, 0.35)
 def main():
     rng = np.random.default_rng(5)
     photos = [p[(p.shape[0] - 512) // 2 :][:512, (p.shape[1] - 512) // 2 :][:, :512] for p in load_images(Path("data/photos/val"))]
-    kinds = {"photo": photos, "noise5": [_noisy(p, 5, rng) for p in photos], "noise9": [_noisy(p, 9, rng) for p in photos]}
+    kinds = {"photo": photos, "noise5": [noisy(p, 5, rng) for p in photos], "noise9": [noisy(p, 9, rng) for p in photos]}
     for scale in (2, 4):
         model = ServedModel(Path(f"weights/upscale-x{scale}"))
         for kind, images in kinds.items():

@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from enhancer.imaging.jpeg import estimate_quality
 from enhancer.training import documents, jpeg_damage, synthetic
 
 CONTENT_WEIGHTS = {"photo": 0.55, "rephoto": 0.1, "dead_leaves": 0.12, "text": 0.11, "screen": 0.12}
@@ -45,6 +46,16 @@ GREY_AS_COLOUR_FILE = 0.5
 #: teach: models trained on mix 2 smoothed them at high quality. Everything else is mix 2.
 CONTENT_WEIGHTS_MIX3 = {"photo": 0.5, "rephoto": 0.09, "dead_leaves": 0.11, "text": 0.09, "screen": 0.11,
                         "document": 0.1}  # fmt: skip
+
+#: Mix 4 adds the hard truths of enhancer.training.step_calibration, where models trained on mix 3
+#: lose on validation at high quality: an earlier save at a good quality (>= GOOD_EARLIER_QUALITY)
+#: is part of the picture, so the target keeps it (a worse one is still damage to remove), and
+#: more patches are saved twice; noise or grain also belongs to text and scanned pages, and is
+#: stronger. Everything else is mix 3.
+DOUBLE_SHARE_MIX4 = 0.25
+GOOD_EARLIER_QUALITY = 70
+GRAIN_KINDS_MIX4 = ("photo", "rephoto", "dead_leaves", "text", "document")
+GRAIN_MAX_SIGMA_MIX4 = 10.0
 
 
 @dataclass(frozen=True)
@@ -82,14 +93,14 @@ class MixtureSampler:
         self.photo_weights = areas / areas.sum()
         self.fonts = list(fonts)
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
-        if mix not in (1, 2, 3):
-            raise ValueError(f"unknown training mix {mix} (1, 2 or 3)")
+        if mix not in (1, 2, 3, 4):
+            raise ValueError(f"unknown training mix {mix} (1, 2, 3 or 4)")
         self.pages = [p for p in pages if min(p.shape[:2]) >= patch_size + 16]
         if mix >= 3 and not self.pages:
-            raise ValueError(f"training mix 3 needs scanned pages at least {patch_size + 16} px on their short side "
+            raise ValueError(f"training mix {mix} needs scanned pages at least {patch_size + 16} px on their short side "
                              "(run `enhancer fetch-scans`)")  # fmt: skip
         self.mix = mix
-        weights = CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS
+        weights = CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS  # mix 4: mix 3's content
         self.kinds = list(weights)
         self.kind_weights = np.array([weights[k] for k in self.kinds])
 
@@ -125,7 +136,9 @@ class MixtureSampler:
         region = _dihedral(self.content(rng, kind, size + 16), int(rng.integers(0, 8)))
         if rng.random() < 0.5:  # colours our few photos lack (saturated purples, cyans)
             region = np.ascontiguousarray(region[..., list(rng.permutation(3))])
-        if self.mix >= 2 and kind in ("photo", "rephoto", "dead_leaves") and rng.random() < GRAIN_SHARE:
+        if self.mix >= 4 and kind in GRAIN_KINDS_MIX4 and rng.random() < GRAIN_SHARE:
+            region = synthetic.grain(region, rng, GRAIN_MAX_SIGMA_MIX4)
+        elif 2 <= self.mix < 4 and kind in ("photo", "rephoto", "dead_leaves") and rng.random() < GRAIN_SHARE:
             region = synthetic.grain(region, rng)
         grey = rng.random() < (GREY_SHARE_MIX2 if self.mix >= 2 else GREY_SHARE)
         if grey:
@@ -142,12 +155,13 @@ class MixtureSampler:
                 damaged = jpeg_damage.jpeg_round_trip(region, jpeg_damage.sample_recipe(rng, grey))[dy : dy + size, dx : dx + size]
             label = f"{kind}/blind"
         else:
-            if rng.random() < DOUBLE_SHARE:
+            if rng.random() < (DOUBLE_SHARE_MIX4 if self.mix >= 4 else DOUBLE_SHARE):
                 first = jpeg_damage.sample_recipe(rng, grey)
                 dy, dx = (int(v) for v in rng.integers(1, 16, 2))
                 saved_once = jpeg_damage.jpeg_round_trip(region, first)
                 region_in = saved_once[dy : dy + size, dx : dx + size]
-                clean = region[dy : dy + size, dx : dx + size]
+                keep_first = self.mix >= 4 and estimate_quality(first.luma.reshape(8, 8)) >= GOOD_EARLIER_QUALITY
+                clean = region_in if keep_first else region[dy : dy + size, dx : dx + size]
             else:
                 region_in = clean = region[:size, :size]
             recipe = jpeg_damage.sample_recipe(rng, grey)

@@ -31,14 +31,14 @@ FACTORS = (1.0, 0.85, 0.7, 0.6, 0.5, 0.42, 0.35, 0.25)
 WORST_FLOOR_DB = 0.0
 
 
-def _noisy(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+def noisy(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Camera-like noise in the truth: mostly luminance, a third as much per colour channel."""
     luma = rng.normal(0, sigma, image.shape[:2])[..., None]
     colour = rng.normal(0, sigma / 3, image.shape)
     return np.clip(image + luma + colour, 0, 255).round().astype(np.uint8)
 
 
-def _was_jpeg(image: np.ndarray, quality: int = 85, shift: tuple[int, int] = (3, 5)) -> np.ndarray:
+def was_jpeg(image: np.ndarray, quality: int = 85, shift: tuple[int, int] = (3, 5)) -> np.ndarray:
     """The image as an earlier JPEG (OpenCV, 4:2:0) whose block grid a crop moved by `shift`."""
     from enhancer.training.evaluate import save_jpeg_opencv
 
@@ -68,10 +68,10 @@ def calibration_content(data_dir: Path, fonts_dir: Path, scans_dir: Path, crop: 
         "photo": photos,
         "screen": screens,
         "scan": pages,
-        "noise5": [_noisy(p, 5, rng) for p in photos],
-        "noise9": [_noisy(p, 9, rng) for p in photos],
-        "page-noise7": [_noisy(p, 7, rng) for p in pages + scans],
-        "was-jpeg85": [_was_jpeg(p) for p in photos + pages],
+        "noise5": [noisy(p, 5, rng) for p in photos],
+        "noise9": [noisy(p, 9, rng) for p in photos],
+        "page-noise7": [noisy(p, 7, rng) for p in pages + scans],
+        "was-jpeg85": [was_jpeg(p) for p in photos + pages],
     }
 
 

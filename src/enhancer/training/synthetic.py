@@ -179,7 +179,7 @@ def screen(rng: np.random.Generator, size: int, fonts: list[Path]) -> np.ndarray
     return cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
 
 
-def grain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def grain(image: np.ndarray, rng: np.random.Generator, max_sigma: float = 7.0) -> np.ndarray:
     """Sensor noise or film grain that belongs to the picture (the clean target keeps it).
 
     Why: our photos are downscaled at least 2x, which washes their noise out, so a net trained on
@@ -187,7 +187,7 @@ def grain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Gaussian, sometimes spatially correlated (grain), mostly in luminance.
     """
     h, w = image.shape[:2]
-    sigma = rng.uniform(1.0, 7.0)
+    sigma = rng.uniform(1.0, max_sigma)
     luma = rng.normal(0, 1, (h, w, 1)).astype(np.float32)
     chroma = rng.normal(0, rng.uniform(0.0, 0.5), (h, w, 3)).astype(np.float32)
     noise = luma + chroma

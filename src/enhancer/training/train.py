@@ -277,7 +277,8 @@ def evaluate_gain(predict, pairs: dict[str, list[tuple[tuple, np.ndarray]]]) -> 
 #: Validation labels where any loss counts as harm in the checkpoint score.
 HIGH_QUALITY_LABELS = ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q90",
                        "gain_grey_q90", "gain_grain_q90", "gain_scan_q75", "gain_scan_q90",
-                       "gain_document_q75", "gain_document_q90")  # fmt: skip
+                       "gain_document_q75", "gain_document_q90", "gain_noisy_page_q90", "gain_noisy_page_q95",
+                       "gain_was_jpeg_q90", "gain_was_jpeg_q95")  # fmt: skip
 
 
 def _score(row: dict[str, float]) -> float:
@@ -296,11 +297,13 @@ def _score_upscale(row: dict[str, float]) -> float:
 
 
 def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
-                       extended: bool = False, pages: list[np.ndarray] = ()) -> dict[str, list[np.ndarray]]:
+                       extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False) -> dict[str, list[np.ndarray]]:
     """The clean validation images of a conditioned model, per kind (BGR uint8): the held-out
     photos' centre crops and rendered screen content (seeds the training stream never draws);
     `extended` (training mix 2) adds those photos in grey and with grain, and simulated scans;
-    `pages` (mix 3: the held-out real scans) adds them as "document"."""
+    `pages` (mix 3: the held-out real scans) adds them as "document"; `hard` (mix 4) adds hard
+    truths (enhancer.training.step_calibration): the scans with noise ("noisy_page") and the photos
+    already a JPEG before ("was_jpeg")."""
     from enhancer.training import documents, synthetic
 
     def centre(image):
@@ -318,16 +321,22 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
         content["scan"] = [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)]
     if len(pages):
         content["document"] = [centre(p) for p in documents.validation_pages(pages)]
+    if hard:
+        from enhancer.training.step_calibration import noisy, was_jpeg
+
+        scans = content.get("document", []) + content.get("scan", [])[:2]
+        content["noisy_page"] = [noisy(p, 7, rng) for p in scans]
+        content["was_jpeg"] = [was_jpeg(p) for p in photos]
     return content
 
 
 def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
-                           extended: bool = False, pages: list[np.ndarray] = ()) -> dict[str, list]:
+                           extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False) -> dict[str, list]:
     """Fixed validation pairs for a conditioned model (`validation_content`): photos and screen
     content saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and
     on clean images. `extended` (runs on mix 2) adds the good files mix 1 harmed: the photos in
     grey saved as colour JPEGs and with grain (q90), and simulated scans (q75, q90); `pages` (mix 3)
-    the held-out real scans (q75, q90)."""
+    the held-out real scans (q75, q90); `hard` (mix 4) the hard truths (q90, q95)."""
     from enhancer.training import jpeg_damage
 
     def rgb(bgr):
@@ -337,7 +346,7 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
         recipe = jpeg_damage.ijg_recipe(quality)
         return [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
 
-    content = validation_content(photos, fonts, crop, extended, pages)
+    content = validation_content(photos, fonts, crop, extended, pages, hard)
     photos, screens = content["photo"], content["screen"]
     blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
     pairs: dict[str, list] = {}
@@ -352,6 +361,10 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
     if "document" in content:
         for q in (75, 90):
             pairs[f"document_q{q}"] = told(content["document"], q)
+    for kind in ("noisy_page", "was_jpeg"):
+        if kind in content:
+            for q in (90, 95):
+                pairs[f"{kind}_q{q}"] = told(content[kind], q)
     return pairs
 
 
@@ -395,7 +408,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     elif conditioned:
         fonts = list_fonts(Path(cfg.fonts_dir))
         sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix, pages["train"])
-        val = conditioned_validation(val_images, fonts, cfg.val_crop, extended=cfg.mix >= 2, pages=pages["val"])
+        val = conditioned_validation(val_images, fonts, cfg.val_crop, extended=cfg.mix >= 2, pages=pages["val"],
+                                     hard=cfg.mix >= 4)
     else:
         sampler = PatchSampler(train_images, cfg.patch_size, cfg.batch_size, cfg.seed)
         val = {f"q{q}": [((d,), c) for d, c in items]
