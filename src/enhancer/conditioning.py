@@ -10,8 +10,9 @@ The user's restoration strength (`Strength`) is applied here too, because for a 
 file's tables it is a statement about those tables. "auto" tells the model the file's steps times
 the model's own factor for the file's quality (`ModelSpec.auto_step_scale`: smaller steps for good
 files, which the restorer would otherwise over-restore); "light" half of auto's steps, "strong"
-twice; an image that is not a JPEG file is described as one saved at a fixed quality. "off" at scale 1 never reaches a model (the input's own pixels are
-the answer); an upscaling model must still run, and is told "no compression damage": every one
+twice; an image that is not a JPEG file is described as one saved at a fixed quality. "off" at
+scale 1 never reaches a model (the input's own pixels are the answer); an upscaling model must
+still run, and is told "no compression damage": every one
 of the 128 steps 1 and no chroma subsampling, the condition the upscalers were trained with for
 clean small images (pure super-resolution).
 """

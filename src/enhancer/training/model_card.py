@@ -17,7 +17,8 @@ def _log_table(log_csv: str) -> list[str]:
     """A run's log.csv as a Markdown table of step, minutes, loss and the validation gains."""
     rows = list(csv.DictReader(io.StringIO(log_csv)))
     columns = [c for c in ("gain_q10", "gain_q30", "gain_q75", "gain_q90", "gain_screen_q10", "gain_screen_q90",
-                           "gain_blind_q30", "gain_grey_q90", "gain_grain_q90", "gain_scan_q90", "psnr_out_clean",
+                           "gain_blind_q30", "gain_grey_q90", "gain_grain_q90", "gain_scan_q90", "gain_noisy_page_q95",
+                           "gain_was_jpeg_q95", "psnr_out_clean",
                            "gain_clean", "gain_screen_clean", "gain_q50")
                if rows and c in rows[0]]  # fmt: skip
     head = " | ".join(c.replace("gain_", "gain ").replace("psnr_out_clean", "clean PSNR").replace("_", " ") for c in columns)
@@ -162,12 +163,15 @@ def _high_quality_validation_lines(path: Path) -> list[str]:
         "",
         *high_quality_table(result),
     ]
+    safe = [q for q in result["qualities"] if all(row[f"q{q}"]["worst"] >= -0.1 for row in result["gain_db"].values())]
+    unsafe = [q for q in result["qualities"] if q not in safe]
+    measured = (f"every validation image stays above -0.1 dB at {', '.join(f'q{q}' for q in safe) or 'none of them'}"
+                + (f" and not at {', '.join(f'q{q}' for q in unsafe)}" if unsafe else ""))
     lines += [
         "",
         "The server answers JPEGs of quality >= `ENHANCER_PASS_THROUGH_JPEG_QUALITY` (default 96) with their own",
-        "pixels: q95 is the highest quality measured where every validation image stays above -0.1 dB, and q98 is",
-        "not. Validation's scans gain up to q95 while the test set's scanned page still loses at high qualities",
-        "(per-image table above): the pass-through does not protect that kind.",
+        f"pixels. Measured here: {measured}. The test set's scanned page still",
+        "loses at high qualities (per-image table above): the pass-through does not protect that kind.",
         "",
     ]
     return lines
@@ -221,12 +225,13 @@ def _mix_lines(meta: dict) -> list[str]:
         "  target (Gaussian, sigma 1-7 levels, some spatially correlated, mostly luminance), so grain is content to keep;",
         "  half the rendered text is a scan (blurred strokes, uneven light, paper texture, noise, half of it grey);",
         "  15 % of patches are grey, half of them saved as colour JPEGs (flat chroma), as scanners and phones save them.",
-        *(_document_lines() if mix >= 3 else []),
+        *(_document_lines(mix) if mix >= 3 else []),
+        *(_hard_truth_lines() if mix >= 4 else []),
         *([f"- Started from `{start}` (what that is: the runs it fine-tunes, under Recipe)."] if start else []),
     ]
 
 
-def _document_lines() -> list[str]:
+def _document_lines(mix: int) -> list[str]:
     """What mix 3 adds, read from the page list and weights the sampler uses, so the card cannot drift from them."""
     from enhancer.training import documents
     from enhancer.training.mixture import CONTENT_WEIGHTS_MIX3
@@ -236,10 +241,23 @@ def _document_lines() -> list[str]:
     val = ", ".join(f"`{name}`" for name, _, _ in documents.PAGES["val"])
     low, high = (round(100 * v) for v in documents.SCALE_RANGE)
     return [
-        f"- Mix 3 (this run) adds real scanned pages as {weight} % of patches ({documents.SDIST}'s test resources:",
+        f"- Mix 3{' (this run)' if mix == 3 else ''} adds real scanned pages as {weight} % of patches ({documents.SDIST}'s test resources:",
         f"  {train}; stored at about 150 dpi, drawn at {low}-{high} % of that); the other kinds make room (photos",
         f"  {round(100 * CONTENT_WEIGHTS_MIX3['photo'])} %). Validation adds another scanned document ({val}) at q75 and q90,",
         "  counted as harm in the checkpoint choice.",
+    ]
+
+
+def _hard_truth_lines() -> list[str]:
+    """What mix 4 adds, read from the sampler's constants."""
+    from enhancer.training import mixture
+
+    return [
+        "- Mix 4 (this run) adds hard truths, where models trained on mix 3 lose on validation at high quality: a",
+        f"  patch saved twice ({round(100 * mixture.DOUBLE_SHARE_MIX4)} % of told patches) keeps its earlier save in the target when that save was",
+        f"  good (quality >= {mixture.GOOD_EARLIER_QUALITY}; a worse one is still removed); grain (sigma up to {mixture.GRAIN_MAX_SIGMA_MIX4:g}) also on rendered",
+        "  text and scanned pages. Validation adds the held-out and two simulated scans with noise (sigma 7) and the",
+        "  photos already a JPEG (q85, grid moved) before this save, at q90 and q95, counted as harm.",
     ]
 
 
