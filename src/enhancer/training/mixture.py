@@ -38,6 +38,8 @@ GREY_SHARE = 0.08
 #: grey content is more common and is saved half the time as a colour JPEG (neutral chroma), as
 #: scanners and phones save documents and black-and-white photos.
 GRAIN_SHARE = 0.25
+GRAIN_KINDS = ("photo", "rephoto", "dead_leaves")
+GRAIN_MAX_SIGMA = 7.0
 SCANNED_SHARE = 0.5
 GREY_SHARE_MIX2 = 0.15
 GREY_AS_COLOUR_FILE = 0.5
@@ -136,10 +138,9 @@ class MixtureSampler:
         region = _dihedral(self.content(rng, kind, size + 16), int(rng.integers(0, 8)))
         if rng.random() < 0.5:  # colours our few photos lack (saturated purples, cyans)
             region = np.ascontiguousarray(region[..., list(rng.permutation(3))])
-        if self.mix >= 4 and kind in GRAIN_KINDS_MIX4 and rng.random() < GRAIN_SHARE:
-            region = synthetic.grain(region, rng, GRAIN_MAX_SIGMA_MIX4)
-        elif 2 <= self.mix < 4 and kind in ("photo", "rephoto", "dead_leaves") and rng.random() < GRAIN_SHARE:
-            region = synthetic.grain(region, rng)
+        grain_kinds, grain_sigma = (GRAIN_KINDS_MIX4, GRAIN_MAX_SIGMA_MIX4) if self.mix >= 4 else (GRAIN_KINDS, GRAIN_MAX_SIGMA)
+        if self.mix >= 2 and kind in grain_kinds and rng.random() < GRAIN_SHARE:
+            region = synthetic.grain(region, rng, grain_sigma)
         grey = rng.random() < (GREY_SHARE_MIX2 if self.mix >= 2 else GREY_SHARE)
         if grey:
             region = cv2.cvtColor(cv2.cvtColor(region, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
