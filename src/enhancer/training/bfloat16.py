@@ -42,7 +42,7 @@ from enhancer.precision import (
     REWRITE_METADATA_KEY,
     REWRITE_OPTION,
 )
-from enhancer.training.dataset import psnr
+from enhancer.training.dataset import centre_crop, psnr
 
 #: Ops oneDNN's BF16 math mode computes from bfloat16 inputs, and which of their inputs it rounds
 #: (None: all of them).
@@ -133,13 +133,6 @@ def _feeds(spec, images: np.ndarray, quantization: np.ndarray | None) -> dict[st
     return feeds
 
 
-def _centre(image: np.ndarray, crop: int) -> np.ndarray:
-    """A centre crop whose sides are multiples of 16, so JPEG blocks (4:2:0) start on its grid."""
-    h, w = image.shape[:2]
-    ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
-    return image[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw]
-
-
 def measure_psnr_change(
     model_dir: Path, photos_bgr: Sequence[np.ndarray], qualities: Sequence[int] = QUALITIES, crop: int = CROP
 ) -> dict:
@@ -160,7 +153,7 @@ def measure_psnr_change(
         recipe = jpeg_damage.ijg_recipe(q)
         f32_scores, bf16_scores = [], []
         for photo in photos_bgr:
-            clean_bgr = _centre(photo, crop * scale)
+            clean_bgr = centre_crop(photo, crop * scale)
             clean_bgr = clean_bgr[: clean_bgr.shape[0] // (16 * scale) * 16 * scale, : clean_bgr.shape[1] // (16 * scale) * 16 * scale]
             small_bgr = clean_bgr if scale == 1 else downscale(clean_bgr, scale, "pil_bicubic")
             damaged_bgr = jpeg_damage.jpeg_round_trip(small_bgr, recipe)
@@ -235,7 +228,7 @@ def measure_rewrite_change(model_dir: Path, photos_bgr: Sequence[np.ndarray], cr
         for photo in photos_bgr:
             # the crops benchmarks/drivers/precision.py measures on: `crop` px, an upscaler's input
             # that crop made `scale` times smaller by area (small images: the harder case for it)
-            clean_bgr = _centre(photo, crop)
+            clean_bgr = centre_crop(photo, crop)
             clean_bgr = clean_bgr[: clean_bgr.shape[0] // (16 * scale) * 16 * scale, : clean_bgr.shape[1] // (16 * scale) * 16 * scale]
             h, w = clean_bgr.shape[:2]
             small_bgr = clean_bgr if scale == 1 else cv2.resize(clean_bgr, (w // scale, h // scale), interpolation=cv2.INTER_AREA)

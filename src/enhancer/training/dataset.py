@@ -306,6 +306,14 @@ def validation_pairs(
     return out
 
 
+def centre_crop(image: np.ndarray, crop: int) -> np.ndarray:
+    """A centre crop of at most `crop` px a side, sides multiples of 16, so JPEG blocks (4:2:0)
+    start on its grid."""
+    h, w = image.shape[:2]
+    ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
+    return image[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two float images in [0, 1] (the whole array as one signal)."""
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))

@@ -51,16 +51,11 @@ def was_jpeg(image: np.ndarray, quality: int = 85, shift: tuple[int, int] = (3, 
 def calibration_content(data_dir: Path, fonts_dir: Path, scans_dir: Path, crop: int = 512) -> dict[str, list[np.ndarray]]:
     """The validation images per kind (BGR uint8): as they are, and as hard truths."""
     from enhancer.training import synthetic
-    from enhancer.training.dataset import load_images
-
-    def centre(image):
-        h, w = image.shape[:2]
-        ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
-        return image[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw]
+    from enhancer.training.dataset import centre_crop, load_images
 
     rng = np.random.default_rng(5)
-    photos = [centre(p) for p in load_images(data_dir / "val")]
-    pages = [centre(p) for p in load_images(scans_dir / "val")] if (scans_dir / "val").is_dir() else []
+    photos = [centre_crop(p, crop) for p in load_images(data_dir / "val")]
+    pages = [centre_crop(p, crop) for p in load_images(scans_dir / "val")] if (scans_dir / "val").is_dir() else []
     fonts = synthetic.list_fonts(fonts_dir)
     scans = [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(3)]
     screens = [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen)]

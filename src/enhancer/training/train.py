@@ -305,22 +305,18 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
     truths (enhancer.training.step_calibration): the scans with noise ("noisy_page") and the photos
     already a JPEG before ("was_jpeg")."""
     from enhancer.training import documents, synthetic
-
-    def centre(image):
-        h, w = image.shape[:2]
-        ch, cw = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
-        return image[(h - ch) // 2 :][:ch, (w - cw) // 2 :][:, :cw]
+    from enhancer.training.dataset import centre_crop
 
     rng = np.random.default_rng(987_654_321)
     screens = [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen) * 2]
-    photos = [centre(p) for p in photos]
+    photos = [centre_crop(p, crop) for p in photos]
     content = {"photo": photos, "screen": screens}
     if extended:
         content["grey"] = [cv2.cvtColor(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for p in photos]
         content["grain"] = [synthetic.grain(p, rng) for p in photos]
         content["scan"] = [synthetic.scanned(synthetic.text_page(rng, crop, fonts), rng) for _ in range(4)]
     if len(pages):
-        content["document"] = [centre(p) for p in documents.validation_pages(pages)]
+        content["document"] = [centre_crop(p, crop) for p in documents.validation_pages(pages)]
     if hard:
         from enhancer.training.step_calibration import noisy, was_jpeg
 
