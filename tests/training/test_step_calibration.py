@@ -52,3 +52,25 @@ def test_measure_tells_the_model_the_file_s_own_steps_times_each_factor():
     np.testing.assert_array_equal(told[1][:64], np.clip(np.round(own * 0.5), 1, 255))
     assert told[1][128:].tolist() == [2, 2]
 
+
+
+def test_the_test_set_evaluation_tells_a_calibrated_model_what_the_server_tells_it():
+    """`enhancer evaluate` must measure the served behaviour: the model's auto steps, and blind."""
+    from types import SimpleNamespace
+
+    from enhancer.models.contract import ModelSpec
+    from enhancer.training.evaluate import _run_methods
+
+    told = []
+
+    class Recorder:
+        conditioned = True
+        runner = SimpleNamespace(spec=ModelSpec("m", reach=1, inputs={"quantization": 130}, auto_step_scale=((90, 0.5),)))
+
+        def __call__(self, damaged, quantization):
+            told.append(quantization)
+            return damaged
+
+    _run_methods({"m": Recorder()}, {90: 1.0}, photo_like(64, 64), 90)
+    np.testing.assert_array_equal(told[0][:64], np.clip(np.round(ijg_table(90).ravel() * 0.5), 1, 255))
+    assert not told[1].any()  # the blind row

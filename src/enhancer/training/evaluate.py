@@ -139,10 +139,14 @@ def _run_methods(forwards, strengths, image_bgr, quality):
     damaged_bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     damaged = _rgb01(damaged_bgr)
     answers = {"nlm": _rgb01(nlm(damaged_bgr, strengths[quality]))}
+    from enhancer import imaging
+    from enhancer.conditioning import quantization_vector
+
+    info = imaging.decode(data).info
     blind = np.zeros(QUANTIZATION_LENGTH, np.float32)
     for name, forward in forwards.items():
-        if forward.conditioned:
-            answers[name] = forward(damaged, file_quantization(data, forward.runner.spec))
+        if forward.conditioned:  # told the file's tables as the server tells this model
+            answers[name] = forward(damaged, quantization_vector(info, spec=forward.runner.spec))
             answers[f"{name} (blind)"] = forward(damaged, blind)
         else:
             answers[name] = forward(damaged, None)
