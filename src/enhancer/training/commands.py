@@ -286,6 +286,15 @@ def _evaluate_upscale(args) -> None:
     print((out / "evaluation.md").read_text())
 
 
+def _add_restorer_validation_args(p: argparse.ArgumentParser) -> None:
+    """The model folder and the validation data of the commands that measure a restorer on it."""
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
+    p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
+    p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir),
+                   help="scanned pages (enhancer fetch-scans); their val/ is used where it exists")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the training subcommands to the `enhancer` command's subparsers."""
     p = subparsers.add_parser("fetch-photos", help="download free training photos (Debian packages, scikit-image, scikit-learn)")
@@ -366,21 +375,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("validate-high-quality",
                               help="a restorer's gains on the validation set's good JPEGs (q85-98): where pass-through should start")  # fmt: skip
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
-    p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
-    p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir),
-                   help="scanned pages (enhancer fetch-scans); their val/ is used where it exists")
+    _add_restorer_validation_args(p)
     p.set_defaults(func=_validate_high_quality)
 
     p = subparsers.add_parser("calibrate-steps",
                               help="choose how much smaller than a file's steps a restorer is told under strength auto "
                               "(validation set; writes auto_step_scale into its metadata.json)")  # fmt: skip
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared photos; their val/ is used")
-    p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir))
-    p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir),
-                   help="scanned pages (enhancer fetch-scans); their val/ is used where it exists")
+    _add_restorer_validation_args(p)
     p.set_defaults(func=_calibrate_steps)
 
     p = subparsers.add_parser("evaluate", help="PSNR/SSIM on held-out photos per JPEG quality (--scale 2|4: an upscaler "
