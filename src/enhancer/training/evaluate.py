@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from enhancer.config import Settings
-from enhancer.models.contract import QUANTIZATION_KEY, QUANTIZATION_LENGTH, ModelSpec
+from enhancer.models.contract import QUANTIZATION_KEY, QUANTIZATION_LENGTH
 from enhancer.training.dataset import jpeg, load_images, psnr
 
 log = logging.getLogger(__name__)
@@ -105,13 +105,12 @@ def save_jpeg_opencv(image_bgr: np.ndarray, quality: int) -> bytes:
     return buffer.tobytes()
 
 
-def file_quantization(data: bytes, spec: ModelSpec | None = None) -> np.ndarray:
-    """The `quantization` input for a JPEG file, built exactly as the server builds it for the model
-    `spec` under strength auto (the file's own tables without a spec)."""
+def file_quantization(data: bytes) -> np.ndarray:
+    """The model's `quantization` input for a JPEG file, built exactly as the server builds it."""
     from enhancer import imaging
     from enhancer.conditioning import quantization_vector
 
-    return quantization_vector(imaging.decode(data).info, spec=spec)
+    return quantization_vector(imaging.decode(data).info)
 
 
 @dataclass
@@ -134,14 +133,14 @@ class Result:
 
 def _run_methods(forwards, strengths, image_bgr, quality):
     """Each method's RGB answer for one image at one quality (the JPEG, its tables, the clean)."""
+    from enhancer import imaging
+    from enhancer.conditioning import quantization_vector
+
     clean = _rgb01(image_bgr)
     data = save_jpeg_opencv(image_bgr, quality)
     damaged_bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     damaged = _rgb01(damaged_bgr)
     answers = {"nlm": _rgb01(nlm(damaged_bgr, strengths[quality]))}
-    from enhancer import imaging
-    from enhancer.conditioning import quantization_vector
-
     info = imaging.decode(data).info
     blind = np.zeros(QUANTIZATION_LENGTH, np.float32)
     for name, forward in forwards.items():
