@@ -110,6 +110,36 @@ def test_each_model_gets_the_overlap_its_own_reach_needs():
         _spec(1, reach=42).check_tiling(*explicit.tiling_for(_spec(1, reach=42)))
 
 
+def test_an_image_alone_gets_solo_tiles_only_at_scale_1_and_batch_1_with_exact_shapes():
+    cpu = Settings(_env_file=None)
+    restorer, upscaler = _spec(1, reach=42), _spec(2, reach=48)
+    assert cpu.uses_solo_tiles
+    assert cpu.tiling_for(restorer, alone=True) == (1536, 48)
+    assert cpu.tiling_for(restorer) == (576, 48)  # beside other requests: the normal tile
+    assert cpu.tiling_for(upscaler, alone=True) == cpu.tiling_for(upscaler) == (288, 48)
+    off = [
+        cpu.for_device("gpu"),  # tiles of one shape share batches there
+        Settings(_env_file=None, max_batch_size=2),  # several big tiles' activations at once
+        Settings(_env_file=None, tile_buckets=True),  # a shape of its own to warm up
+        Settings(_env_file=None, solo_tile_size=0),
+        Settings(_env_file=None, solo_tile_size=512),  # not larger than the tile
+        Settings(_env_file=None, tile_size=768),  # a tile size that was set holds for every image
+    ]
+    for settings in off:
+        assert not settings.uses_solo_tiles
+        assert settings.tiling_for(restorer, alone=True) == settings.tiling_for(restorer)
+    assert Settings(_env_file=None, tile_size=768, solo_tile_size=2048).tiling_for(restorer, alone=True) == (2048, 48)
+    assert "solo_tile_size 1536" in cpu.describe_inference("cpu", "CPU")
+    assert "solo_tile_size off" in cpu.for_device("gpu").describe_inference("gpu", "GPU")
+
+
+def test_a_solo_tile_edge_the_model_cannot_take_is_refused_naming_the_setting():
+    settings = Settings(_env_file=None, solo_tile_size=1000)
+    spec = _spec(1, reach=42)
+    with pytest.raises(ValueError, match="ENHANCER_SOLO_TILE_SIZE .1000. must be a multiple of 16"):
+        spec.check_tiling(*settings.tiling_for(spec, alone=True), setting="ENHANCER_SOLO_TILE_SIZE")
+
+
 def test_a_reach_that_fills_half_the_tile_is_refused_at_start_up():
     tiny = Settings(_env_file=None, tile_size=96)
     spec = _spec(1, reach=50)

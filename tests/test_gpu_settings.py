@@ -26,6 +26,7 @@ def test_cpu_defaults_are_the_settings_defaults():
         "tile_size": Settings.model_fields["tile_size"].default,
         "max_batch_size": Settings.model_fields["max_batch_size"].default,
         "batches_in_flight": Settings.model_fields["batches_in_flight"].default,
+        "solo_tile_size": Settings.model_fields["solo_tile_size"].default,
     }
 
 
@@ -37,8 +38,10 @@ def test_gpu_defaults_are_larger_tiles_and_batches():
 
 
 def test_explicit_settings_are_not_defaulted():
-    assert device_defaults("gpu", {"tile_size", "batches_in_flight"}) == {"max_batch_size": GPU_DEFAULTS["max_batch_size"]}
-    assert device_defaults("gpu", {"tile_size", "max_batch_size", "batches_in_flight", "xla"}) == {}
+    assert device_defaults("gpu", {"tile_size", "batches_in_flight", "solo_tile_size"}) == {
+        "max_batch_size": GPU_DEFAULTS["max_batch_size"]
+    }
+    assert device_defaults("gpu", {"tile_size", "max_batch_size", "batches_in_flight", "solo_tile_size", "xla"}) == {}
 
 
 def test_unknown_device_kind_is_an_error():
@@ -57,7 +60,7 @@ def test_for_device_fills_only_what_the_environment_left_unset(monkeypatch):
 
 
 def test_for_device_keeps_everything_explicit():
-    settings = Settings(_env_file=None, tile_size=256, max_batch_size=3, batches_in_flight=1)
+    settings = Settings(_env_file=None, tile_size=256, max_batch_size=3, batches_in_flight=1, solo_tile_size=0)
     assert settings.for_device("gpu") is settings
 
 

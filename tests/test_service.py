@@ -10,7 +10,7 @@ import asyncio
 import cv2
 import numpy as np
 import pytest
-from helpers import NearestModel, decode_bytes, encode_bgr, make_settings, photo_like
+from helpers import NearestModel, decode_bytes, encode_bgr, make_settings, photo_like, until
 
 from enhancer import conditioning, tiling
 from enhancer.batching import BatcherClosedError, BatchFailedError, BatchTimings, QueueFullError
@@ -180,3 +180,33 @@ def test_the_service_hands_the_image_s_extra_inputs_to_the_batcher(monkeypatch):
     asyncio.run(service.enhance(encode_bgr(photo_like(90, 70), ".png"), spec, OutputFormat.png))
     ((model, _, inputs),) = batcher.submitted
     assert model == spec.name and list(inputs) == ["size"] and inputs["size"].tolist() == [90.0, 70.0]
+
+
+def test_an_image_alone_is_cut_in_solo_tiles_and_one_beside_another_in_normal_ones():
+    """The service tells the pipeline whether the image is alone; only then does it get the solo
+    tile edge (Settings.tiling_for, here a stand-in that records what it was asked)."""
+    asked = []
+
+    def tiling_for(spec, alone=False):
+        asked.append(alone)
+        return (192, 32) if alone else (96, 32)
+
+    batcher = FakeBatcher(delay_s=0.2)
+    service = EnhanceService(pipeline(tiling_for=tiling_for), batcher, request_timeout_s=30)
+    data = encode_bgr(photo_like(120, 120), ".png")
+    spec = NearestModel().spec
+
+    async def one_then_another_while_it_runs():
+        first = asyncio.ensure_future(service.enhance(data, spec, OutputFormat.png))
+        await until(lambda: batcher.waiting == 1)  # the first is on the batcher: not alone any more
+        second = await service.enhance(data, spec, OutputFormat.png)
+        third = await service.enhance(data, spec, OutputFormat.png)  # both done: alone again
+        return [await first, second, third]
+
+    results = asyncio.run(one_then_another_while_it_runs())
+    assert asked == [True, False, True]
+    solo, normal = tiling.plan_tiles(120, 120, 192, 32, multiple=4), tiling.plan_tiles(120, 120, 96, 32, multiple=4)
+    assert [shape[0] for _, shape, _ in batcher.submitted] == [solo.num_tiles, normal.num_tiles, solo.num_tiles]
+    assert solo.num_tiles == 1 < normal.num_tiles
+    for result in results:
+        np.testing.assert_array_equal(decode_bytes(result.body), photo_like(120, 120))

@@ -140,9 +140,9 @@ async def test_a_scale_no_served_model_has_is_422_naming_the_scales_served(saved
         ready = (await client.get("/readyz")).json()["models"]
         assert ready == [
             {"name": "dejpeg", "scale": 1, "default": True, "tile_size": TILE, "tile_overlap": OVERLAP,
-             "precision": saved_model.precision},
+             "solo_tile_size": None, "precision": saved_model.precision},
             {"name": "upscale-x2", "scale": 2, "default": False, "tile_size": UP_TILE, "tile_overlap": OVERLAP,
-             "precision": upscalers[2].precision},
+             "solo_tile_size": None, "precision": upscalers[2].precision},
         ]
 
 

@@ -46,18 +46,19 @@ class Worker:
         self.pipeline = Pipeline.from_settings(self.settings)
         self.batch = self.settings.max_batch_size
 
-        def load(data: bytes):
+        def load(data: bytes, alone: bool):
             # both ways get float32 [0, 1] made once here: the model alone, no sample conversion timed
             image = imaging.decode(data)
             inputs = model_inputs(spec, image.info)
-            prepared = self.pipeline.prepare(data, spec)
+            prepared = self.pipeline.prepare(data, spec, alone=alone)
             job = prepared.take_job()
             return to_unit_float(image.pixels), inputs, to_unit_float(job.tiles), prepared.plan
 
-        self.small = [load(img.read()) for img in group(SMALL)]
+        # the small images arrive eight at a time (normal tiles), the big one alone (solo tiles)
+        self.small = [load(img.read(), alone=False) for img in group(SMALL)]
         self.small_mp = group(SMALL)[0].megapixels
         big = ensure_inputs([BIG])[BIG]
-        self.big = load(big.read())
+        self.big = load(big.read(), alone=True)
         self.big_mp = big.megapixels
         # every shape once (and the first call's one-off cost) before anything is timed
         self._whole(self.small[0])
@@ -84,6 +85,7 @@ class Worker:
             "precision": self.runner.precision,
             "device": self.runner.device,
             **self.settings.tiling_for(self.runner.spec)._asdict(),
+            "solo_tile_size": self.settings.tiling_for(self.runner.spec, alone=True).tile_size,
             "border_context": self.settings.border_context,
             "tile_buckets": self.settings.uses_tile_buckets,
             "max_batch_size": self.batch,

@@ -202,7 +202,12 @@ FLOAT32_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "float32": {"pr
 #: `--against overlap64`: the defaults (each model's own overlap, 48 for dejpeg-q) beside the overlap
 #: every model had while it followed the largest reach among the served models (64, the upscalers').
 OVERLAP64_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "overlap64": {"tile_overlap": 64}}
-AGAINST = {"before": USER_VIEW_SERVERS, "float32": FLOAT32_SERVERS, "overlap64": OVERLAP64_SERVERS}
+#: `--against solo-off`: the defaults beside the same server without solo tiles (a lone image cut in
+#: normal tiles, as before they existed).
+SOLO_OFF_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "solo-off": {"solo_tile_size": 0}}
+AGAINST = {
+    "before": USER_VIEW_SERVERS, "float32": FLOAT32_SERVERS, "overlap64": OVERLAP64_SERVERS, "solo-off": SOLO_OFF_SERVERS,
+}  # fmt: skip
 
 
 def user_view(profile: Profile, rounds: int = 3, big_rounds: int = 2, servers=USER_VIEW_SERVERS) -> dict:
@@ -398,7 +403,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(RESULTS_DIR / "efficiency_user.json"))
     parser.add_argument("--against", choices=sorted(AGAINST), default="before",
                         help="the second server: the tiling before issue 15, the defaults held to float32, "
-                        "or every model's overlap at 64")
+                        "every model's overlap at 64, or no solo tiles")
     args = parser.parse_args()
     import os
 

@@ -1,13 +1,15 @@
 """PNG answer encoding: zlib level vs encode time and size (issue 15, host work).
 
 The answer's PNG is encoded on the server's CPU, the same cores that run the model, so every
-millisecond of zlib is taken from inference. This times `enhancer.imaging.encode` (quantisation
-plus OpenCV's PNG writer, i.e. exactly what the server runs) on real answers, the served model's
+millisecond of zlib is taken from inference. This times `enhancer.imaging.encode` (what the server runs, given the
+8-bit image the server stitches for an 8-bit answer) on real answers, the served model's
 output for a 512x512 JPEG and for a 12 MP photo (benchmarks/inputs.py: crop512_0 and
-mosaic_12mp, run through the server's pipeline in-process once and cached), at OpenCV's default
-(ENHANCER_PNG_COMPRESSION unset: zlib level 1 with the "sub" filter and the run-length strategy)
-and at explicit zlib levels (level set: zlib's default strategy, libpng's adaptive filters).
-Levels are interleaved within every round; medians.
+mosaic_12mp, run through the server's pipeline in-process once and cached), with
+ENHANCER_PNG_COMPRESSION unset (the speed preset: zlib level 1 with the "sub" filter and the
+run-length strategy, written by enhancer.imaging.png in bands on every core) and at explicit zlib
+levels (OpenCV's writer: zlib's default strategy, libpng's adaptive filters). Beside them the same
+preset on one thread, and OpenCV's own preset (what the unset setting ran before the threaded
+writer). Variants are interleaved within every round; medians.
 
     python -m benchmarks.drivers.png --json benchmarks/results/png.json
 """
@@ -28,7 +30,8 @@ IMAGES = {"512x512": ("crop512_0", 15), "12MP": ("mosaic_12mp", 3)}  # input, ro
 
 
 def _answer(name: str) -> tuple[np.ndarray, object]:
-    """The served model's answer for the benchmark input `name`, float RGB (cached as uint8)."""
+    """The served model's answer for the benchmark input `name`, 8-bit RGB as the server stitches
+    it for an 8-bit answer (cached)."""
     from enhancer import imaging
     from enhancer.config import Settings
     from enhancer.pipeline import DirectTiles, Pipeline
@@ -50,26 +53,43 @@ def _answer(name: str) -> tuple[np.ndarray, object]:
 
         rgb = np.clip(tiling.stitch(prepared.outputs, prepared.plan), 0, 1)
         np.save(cache, (rgb * 255 + 0.5).astype(np.uint8))
-    return np.load(cache).astype(np.float32) / 255.0, info
+    return np.load(cache), info
+
+
+def _variants(rgb: np.ndarray, info, levels) -> dict:
+    """Name -> a call that encodes `rgb` as the server would with that choice."""
+    import cv2
+
+    from enhancer import imaging
+    from enhancer.imaging import OutputFormat, png
+
+    def level(value):
+        return lambda: imaging.encode(rgb, OutputFormat.png, info=info, png_compression=value)
+
+    def one_thread():
+        return png.write_png(rgb, threads=1)
+
+    def opencv_preset():  # as encode ran it before: a BGR copy, then OpenCV's writer
+        return cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
+
+    calls = {str(value): level(value) for value in levels}
+    calls.update({"one-thread": one_thread, "opencv-preset": opencv_preset})
+    return calls
 
 
 def measure(images=IMAGES, levels=LEVELS) -> dict:
-    from enhancer import imaging
-    from enhancer.imaging import OutputFormat
-
     out = {}
     for label, (name, rounds) in images.items():
         rgb, info = _answer(name)
-        times: dict[str, list[float]] = {str(level): [] for level in levels}
-        sizes: dict[str, int] = {}
-        for level in levels:  # once each before timing
-            sizes[str(level)] = len(imaging.encode(rgb, OutputFormat.png, info=info, png_compression=level))
+        variants = _variants(rgb, info, levels)
+        names = list(variants)
+        times: dict[str, list[float]] = {key: [] for key in names}
+        sizes = {key: len(call()) for key, call in variants.items()}  # once each before timing
         for r in range(rounds):
-            order = list(levels[r % len(levels):]) + list(levels[: r % len(levels)])
-            for level in order:
+            for key in names[r % len(names):] + names[: r % len(names)]:
                 t = time.perf_counter()
-                imaging.encode(rgb, OutputFormat.png, info=info, png_compression=level)
-                times[str(level)].append(time.perf_counter() - t)
+                variants[key]()
+                times[key].append(time.perf_counter() - t)
         medians = {k: float(np.median(v)) for k, v in times.items()}
         out[label] = {
             "input": name,
@@ -82,16 +102,19 @@ def measure(images=IMAGES, levels=LEVELS) -> dict:
             "time_vs_default": {k: v / medians["None"] for k, v in medians.items()},
             "size_vs_default": {k: v / sizes["None"] for k, v in sizes.items()},
         }
-        log(f"{label}: " + ", ".join(f"level {k}: {medians[k] * 1000:.0f} ms {sizes[k] / 1e6:.2f} MB" for k in medians))
+        log(f"{label}: " + ", ".join(f"{k}: {medians[k] * 1000:.0f} ms {sizes[k] / 1e6:.2f} MB" for k in medians))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "png.json"))
+    parser.add_argument("--levels", default=",".join("unset" if v is None else str(v) for v in LEVELS),
+                        help="comma-separated zlib levels to time, 'unset' for the preset (level 9 takes minutes at 12 MP)")
     args = parser.parse_args()
-    result = {"machine": machine_info(), "levels": ["None" if v is None else v for v in LEVELS]}
-    result["encode"] = measure()
+    levels = tuple(None if v.strip() == "unset" else int(v) for v in args.levels.split(","))
+    result = {"machine": machine_info(), "levels": ["None" if v is None else v for v in levels], "threads": os.cpu_count()}
+    result["encode"] = measure(levels=levels)
     result["load_average_at_end"] = list(os.getloadavg())
     write_json(Path(args.json), result)
     log(f"wrote {args.json}")

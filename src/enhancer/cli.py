@@ -204,7 +204,10 @@ def _enhance(args: argparse.Namespace) -> int:
         for src, dst, out_fmt in jobs:
             images_bar.set_postfix_str(src.name)
             try:
-                result = pipeline.run(src.read_bytes(), spec, out_fmt, args.quality, run_tiles, Strength(args.strength))
+                result = pipeline.run(
+                    src.read_bytes(), spec, out_fmt, args.quality, run_tiles, Strength(args.strength),
+                    alone=direct.batch_size == 1,  # one image at a time: solo tiles, one per forward pass
+                )  # fmt: skip
             except EnhancerError as exc:
                 failures += 1
                 tqdm.write(f"skipped {src}: {exc.detail}", file=sys.stderr)

@@ -43,7 +43,8 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 #: Two batches in flight let the model thread start the next batch the moment one returns; on a CPU
 #: they move model time from small requests to big images, so there it stays 1 (both measured:
 #: benchmarks/RESULTS.md, "Two batches in flight").
-GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8, "batches_in_flight": 2}
+#: Solo tiles (solo_tile_size) are off on a GPU: there tiles of one shape share batches.
+GPU_DEFAULTS: dict[str, int] = {"tile_size": 1024, "max_batch_size": 8, "batches_in_flight": 2, "solo_tile_size": 0}
 
 
 class Tiling(NamedTuple):
@@ -156,6 +157,17 @@ class Settings(BaseSettings):
         description="Largest tile edge fed to the model (a multiple of every served model's size multiple, "
         "4 for dejpeg; checked at start-up). Bigger tiles waste less compute on overlap but need more "
         "memory per batch and make small images wait for big batches.",
+    )
+    solo_tile_size: int = Field(
+        default=1536,
+        ge=0,
+        le=4096,
+        description="Largest tile edge for an image the server has to itself (no other request in "
+        "flight when it is cut), at scale 1, batch 1 and exact tile shapes (the CPU defaults); 0, or "
+        "no more than tile_size, turns it off (the GPU default; unset, also off when tile_size is set). A big tile recomputes less overlap "
+        "and keeps more cores busy, so a large photo alone comes back sooner; a request that arrives "
+        "meanwhile waits for the big tile in progress, and the tile's activations (~160 bytes a "
+        "pixel in float32) are held once (benchmarks/RESULTS.md, \"Solo tiles\").",
     )
     upscale_tile_size: int | None = Field(
         default=None,
@@ -432,7 +444,7 @@ class Settings(BaseSettings):
     def _check_tiling(self) -> Settings:
         # The tile size's multiple and the overlap's minimum come from the served models' specs and
         # are checked against them at start-up (enhancer.models.contract.ModelSpec.check_tiling).
-        for name in ("tile_size", "upscale_tile_size"):
+        for name in ("tile_size", "upscale_tile_size"):  # a solo tile is off unless larger than tile_size
             size = getattr(self, name)
             if size is not None and 2 * self.tile_overlap > size:
                 raise ValueError(
@@ -471,26 +483,29 @@ class Settings(BaseSettings):
             f"tile_size {self.tile_size} ({origin('tile_size')}), "
             f"overlap {self.tile_overlap if 'tile_overlap' in self.model_fields_set else 'per model (its reach)'}, "
             f"upscale_tile_size {self.upscale_tile_size if self.upscale_tile_size is not None else 'half'}, "
+            f"solo_tile_size {self.solo_tile_size if self.uses_solo_tiles else 'off'}, "
             f"border context {self.border_context}, {'bucketed' if self.uses_tile_buckets else 'exact'} tile shapes; "
             f"max_batch_delay_ms {self.max_batch_delay_ms:g}"
         )
 
-    def tiling_for(self, spec: ModelSpec) -> Tiling:
-        """How one served model's images are cut (input pixels).
+    def tiling_for(self, spec: ModelSpec, *, alone: bool = False) -> Tiling:
+        """How one served model's images are cut (input pixels); `alone`: for an image the server
+        has to itself (solo_tile_size).
 
         Overlap: tile_overlap where it was set (start-up refuses it below any served model's
         reach); otherwise the default raised to this model's own reach, rounded up to its size
         multiple, so each model recomputes only the border its own receptive field needs and a
         far-seeing upscaler does not make every restoring tile pay for its reach.
-        Tile edge: tile_size at scale 1; for an enlarging model upscale_tile_size, or half of
-        tile_size (a multiple of the size multiple, at least twice the overlap, at most tile_size).
+        Tile edge: tile_size at scale 1 (solo_tile_size for an image alone, where solo tiles are
+        on); for an enlarging model upscale_tile_size, or half of tile_size (a multiple of the size
+        multiple, at least twice the overlap, at most tile_size).
         """
         multiple = spec.size_multiple
         overlap = self.tile_overlap
         if "tile_overlap" not in self.model_fields_set:
             overlap = max(overlap, -(-spec.reach // multiple) * multiple)
         if spec.scale == 1:
-            size = self.tile_size
+            size = self.solo_tile_size if alone and self.uses_solo_tiles else self.tile_size
         elif self.upscale_tile_size is not None:
             size = self.upscale_tile_size
         else:
@@ -498,6 +513,15 @@ class Settings(BaseSettings):
             floor = -(-2 * overlap // multiple) * multiple
             size = min(self.tile_size, max(half, floor, multiple))
         return Tiling(tile_size=size, tile_overlap=overlap)
+
+    @property
+    def uses_solo_tiles(self) -> bool:
+        """Whether an image alone gets solo_tile_size tiles: larger than tile_size, one tile per
+        batch, exact shapes (a bucketed or batched big tile would be a shape of its own to warm, or
+        several big tiles' activations at once)."""
+        if "tile_size" in self.model_fields_set and "solo_tile_size" not in self.model_fields_set:
+            return False  # a tile size chosen (for memory, say) holds for every image unless solo is set too
+        return self.solo_tile_size > self.tile_size and self.max_batch_size == 1 and not self.uses_tile_buckets
 
     @property
     def uses_tile_buckets(self) -> bool:

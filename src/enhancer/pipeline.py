@@ -128,7 +128,7 @@ class Pipeline:
         max_side: int | None = None,
         pass_through_jpeg_quality: int = 101,
         max_output_pixels: int | None = None,
-        tiling_for: Callable[[ModelSpec], tuple[int, int]] | None = None,
+        tiling_for: Callable[..., tuple[int, int]] | None = None,
         border_context: int | None = None,
         tile_buckets: bool = True,
         png_compression: int | None = None,
@@ -139,8 +139,8 @@ class Pipeline:
         self.max_side = max_side
         self.pass_through_jpeg_quality = pass_through_jpeg_quality
         self.max_output_pixels = max_output_pixels
-        #: model spec -> (tile edge, overlap) for that model (Settings.tiling_for); None: the same for all
-        self.tiling_for = tiling_for or (lambda spec: (tile_size, tile_overlap))
+        #: (model spec, alone=) -> (tile edge, overlap) for that model (Settings.tiling_for); None: the same for all
+        self.tiling_for = tiling_for or (lambda spec, alone=False: (tile_size, tile_overlap))
         self.border_context = border_context  #: None: the overlap (enhancer.tiling.plan_axis)
         self.tile_buckets = tile_buckets
         self.png_compression = png_compression
@@ -161,10 +161,12 @@ class Pipeline:
             png_compression=settings.png_compression,
         )
 
-    def prepare(self, data: bytes, spec: ModelSpec, strength: Strength = Strength.auto) -> Prepared:
+    def prepare(self, data: bytes, spec: ModelSpec, strength: Strength = Strength.auto, alone: bool = False) -> Prepared:
         """Decode, decide whether the model runs, and if it does cut the tiles for `spec`'s model
         (with the extra inputs the strength asked for; `off` answers with the input's pixels at
-        scale 1). An enlarging model always runs, on images whose answer fits the output limit."""
+        scale 1). An enlarging model always runs, on images whose answer fits the output limit.
+        `alone`: nothing else is being served, so the image may be cut in solo tiles
+        (Settings.tiling_for)."""
         clock = time.perf_counter
         t = clock()
         scale = spec.scale
@@ -186,7 +188,7 @@ class Pipeline:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
             return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.pixels, passed_through=reason)
         t = clock()
-        tile_size, overlap = self.tiling_for(spec)
+        tile_size, overlap = self.tiling_for(spec, alone=alone)
         plan = tiling.plan_tiles(
             image.info.height, image.info.width, tile_size, overlap,
             multiple=spec.size_multiple, context=self.border_context, buckets=self.tile_buckets,
@@ -233,10 +235,11 @@ class Pipeline:
 
     def run(
         self, data: bytes, spec: ModelSpec, fmt: OutputFormat, quality: int, run_tiles: TileRunner,
-        strength: Strength = Strength.auto,
+        strength: Strength = Strength.auto, alone: bool = False,
     ) -> EnhanceResult:  # fmt: skip
-        """The whole pipeline in this thread, with `run_tiles` running the tiles (e.g. DirectTiles)."""
-        prepared = self.prepare(data, spec, strength)
+        """The whole pipeline in this thread, with `run_tiles` running the tiles (e.g. DirectTiles);
+        `alone` as in `prepare`."""
+        prepared = self.prepare(data, spec, strength, alone)
         if prepared.job is not None:
             t = time.perf_counter()
             prepared.outputs = run_tiles(prepared.take_job())

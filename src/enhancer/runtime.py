@@ -55,11 +55,13 @@ def warm_up_shapes(settings: Settings, spec: ModelSpec) -> list[tuple[int, int]]
     buckets (XLA compiles per shape, and batches share the bucket shapes), else only the largest
     tile. Exact tile shapes are too many to warm, and need not be: TensorFlow pays its one-time
     start on the first call, and a new shape after it costs about what a repeated one does
-    (measured, benchmarks/RESULTS.md); the largest tile also proves the full batch fits."""
+    (measured, benchmarks/RESULTS.md); the largest tile (a solo tile where those are on) also
+    proves the full batch fits."""
     tile = settings.tiling_for(spec).tile_size
     if settings.uses_tile_buckets:
         return tiling.bucket_shapes(tile, spec.size_multiple)
-    return [(tile, tile)]
+    largest = settings.tiling_for(spec, alone=True).tile_size
+    return [(largest, largest)]
 
 
 class ServingState(str, Enum):

@@ -85,6 +85,7 @@ class EnhanceService:
         self.batcher = batcher
         self.request_timeout_s = request_timeout_s
         self.observer = observer
+        self._in_flight = 0  #: enhance() calls under way, to tell an image that is alone
 
     @classmethod
     def from_settings(
@@ -107,10 +108,15 @@ class EnhanceService:
     ) -> EnhanceResult:
         """Enhance encoded image bytes with the model `spec` describes and encode the result as `fmt`."""
         deadline = time.perf_counter() + self.request_timeout_s
-        prepared = await _in_worker_thread(self.pipeline.prepare, data, spec, strength)
-        if prepared.job is not None:
-            await self._run_tiles(prepared, deadline)
-        result = await _in_worker_thread(self.pipeline.finish, prepared, fmt, quality)
+        self._in_flight += 1
+        try:
+            alone = self._in_flight == 1  # no other image decoded, queued, run or encoded here: solo tiles
+            prepared = await _in_worker_thread(self.pipeline.prepare, data, spec, strength, alone)
+            if prepared.job is not None:
+                await self._run_tiles(prepared, deadline)
+            result = await _in_worker_thread(self.pipeline.finish, prepared, fmt, quality)
+        finally:
+            self._in_flight -= 1
         if self.observer is not None:
             self.observer.on_enhanced(spec.name, result.timings, result.passed_through)
         return result

@@ -477,10 +477,11 @@ async def test_readyz_is_503_until_warm_up_finishes(saved_model):
             "device": saved_model.device,
             "precision": saved_model.precision,
             "models": [{"name": "dejpeg", "scale": 1, "default": True, "tile_size": 128, "tile_overlap": 32,
-                        "precision": saved_model.precision}],
+                        "solo_tile_size": None, "precision": saved_model.precision}],
             "settings": {
                 "tile_size": 128,
                 "tile_overlap": 32,
+                "solo_tile_size": 0,
                 "max_batch_size": 4,
                 "max_batch_delay_ms": 2.0,
                 "batches_in_flight": 1,
@@ -509,7 +510,44 @@ async def test_readyz_reports_the_settings_resolved_for_the_device_not_the_unset
     async with running_app(app) as c:
         served = (await c.get("/readyz")).json()["settings"]
     assert (served["tile_size"], served["max_batch_size"], served["batches_in_flight"]) == (1024, 8, 2)
+    assert served["solo_tile_size"] == 0  # off on a GPU
     assert (served["tile_overlap"], served["max_batch_delay_ms"]) == (40, 7.0)
+
+
+async def test_an_image_alone_runs_as_one_solo_tile_and_answers_as_normal_tiles_do(saved_model):
+    """Batch 1 and exact shapes (the CPU defaults) with a solo tile edge: the lone upload runs as
+    one 224 px tile instead of 128 px ones, warm-up ran that tile, /readyz says so, and the answer
+    is the normal tiles' within one 8-bit step (the seam bound)."""
+
+    class Recording(WrappedModel):
+        def __init__(self, inner):
+            super().__init__(inner)
+            self.shapes, self.warmed = [], []
+
+        def forward(self, batch, inputs=None):
+            self.shapes.append(batch.shape)
+            return super().forward(batch, inputs)
+
+        def warm_up(self, shapes, max_batch_size):
+            self.warmed.append(list(shapes))
+            return self.inner.warm_up(shapes, max_batch_size)
+
+    model = Recording(saved_model)
+    app = create_app(make_settings(max_batch_size=1, solo_tile_size=224), models=serving(model))
+    data = encode_bgr(photo_like(150, 140, seed=4), ".png")
+    async with running_app(app) as c:
+        ready = (await c.get("/readyz")).json()
+        model.shapes.clear()
+        r = await c.post("/upscale?format=png", files=upload(data))
+    assert (ready["models"][0]["solo_tile_size"], ready["settings"]["solo_tile_size"]) == (224, 224)
+    assert model.warmed == [[(224, 224)]]
+    assert r.status_code == 200
+    solo = tiling.plan_tiles(150, 140, 224, 32, multiple=MULTIPLE, context=32, buckets=False)
+    normal = tiling.plan_tiles(150, 140, 128, 32, multiple=MULTIPLE, context=32, buckets=False)
+    assert solo.num_tiles == 1 < normal.num_tiles
+    assert [shape[1:3] for shape in model.shapes] == [solo.tile_shape]
+    answer = decode_bytes(r.content).astype(np.int32)
+    assert np.abs(answer - expected_output(saved_model, data, OutputFormat.png)).max() <= 1
 
 
 async def test_failed_warm_up_keeps_the_service_unready_and_unhealthy(saved_model):

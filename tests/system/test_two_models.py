@@ -111,8 +111,9 @@ def test_readyz_lists_both_models_and_an_unknown_model_is_refused(server):
     assert r.status_code == 200
     models = r.json()["models"]
     assert [{k: v for k, v in m.items() if k != "precision"} for m in models] == [
-        {"name": "dejpeg", "scale": 1, "default": True, "tile_size": TILE, "tile_overlap": OVERLAP},
-        {"name": "identity", "scale": 1, "default": False, "tile_size": TILE, "tile_overlap": OVERLAP},
+        # batches of 2: no solo tiles
+        {"name": "dejpeg", "scale": 1, "default": True, "tile_size": TILE, "tile_overlap": OVERLAP, "solo_tile_size": None},
+        {"name": "identity", "scale": 1, "default": False, "tile_size": TILE, "tile_overlap": OVERLAP, "solo_tile_size": None},
     ]
     # neither records a bfloat16 graph-rewrite change, so each runs what the server says it runs
     assert [m["precision"] for m in models] == [r.json()["precision"]] * 2

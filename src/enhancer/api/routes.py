@@ -252,10 +252,14 @@ async def readyz(request: Request):
         ServedModel(
             name=name, scale=m.spec.scale, default=name == models.default, precision=m.precision,
             **s.tiling_for(m.spec)._asdict(),
+            solo_tile_size=s.tiling_for(m.spec, alone=True).tile_size if m.spec.scale == 1 and s.uses_solo_tiles else None,
         )  # fmt: skip
         for name, m in models.items()
     ]
-    settings = ServingSettings(**{name: getattr(s, name) for name in ServingSettings.model_fields})
+    settings = ServingSettings(**{
+        **{name: getattr(s, name) for name in ServingSettings.model_fields},
+        "solo_tile_size": s.solo_tile_size if s.uses_solo_tiles else 0,  # what runs, not the unused setting
+    })  # fmt: skip
     return ReadyBody(status="ready", device=models.device, precision=models.precision, models=served, settings=settings)
 
 

@@ -29,6 +29,12 @@ class ServedModel(BaseModel):
     tile_overlap: int = Field(
         examples=[48], description="Input pixels its neighbouring tiles share (at least the model's receptive-field reach)."
     )
+    solo_tile_size: int | None = Field(
+        default=None,
+        examples=[1536],
+        description="Largest tile edge for an image the server has to itself (ENHANCER_SOLO_TILE_SIZE); "
+        "null where this model gets no solo tiles (an enlarging model, batches, bucketed shapes, a GPU).",
+    )
     precision: str = Field(
         examples=["float32 (set)"],
         description="This model's arithmetic and why: the server's, except where bfloat16 comes by graph "
@@ -43,6 +49,9 @@ class ServingSettings(BaseModel):
 
     tile_size: int = Field(examples=[576])
     tile_overlap: int = Field(examples=[32], description="The setting; unset, each model raises it to its own reach (models[].tile_overlap).")
+    solo_tile_size: int = Field(
+        examples=[1536], description="The solo tile edge in use, 0 = off (models[].solo_tile_size says for which models)."
+    )
     max_batch_size: int = Field(examples=[1])
     max_batch_delay_ms: float = Field(examples=[5.0])
     batches_in_flight: int = Field(examples=[1])

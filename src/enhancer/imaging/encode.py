@@ -21,6 +21,7 @@ from PIL import Image
 from enhancer.imaging import icc
 from enhancer.imaging.decode import ImageInfo
 from enhancer.imaging.formats import OutputFormat
+from enhancer.imaging.png import write_png
 from enhancer.samples import dtype_for_depth, from_unit_float, to_unit_float
 
 #: Values per chunk when quantizing: bounds the float temporaries whatever the image size.
@@ -94,8 +95,9 @@ def encode(
     (plain RGB if None).
 
     `quality` (1-100) applies to JPEG and WebP; PNG is lossless and ignores it. `png_compression`
-    is the PNG's zlib level (0-9; same pixels, smaller file, more CPU); None is OpenCV's preset
-    for speed (zlib level 1, the "sub" filter, run-length strategy).
+    is the PNG's zlib level (0-9; same pixels, smaller file, more CPU, written by OpenCV); None is
+    the preset for speed (zlib level 1, the "sub" filter, run-length strategy), which a plain RGB
+    answer gets from enhancer.imaging.png on every core.
     """
     if png_compression is not None and not 0 <= png_compression <= 9:
         raise ValueError(f"png_compression must be between 0 and 9 (or None), got {png_compression}")
@@ -117,6 +119,10 @@ def encode(
             return icc.embed(buffer.getvalue(), fmt, profile, grey=True, size=(width, height), alpha=True)
         if composite:
             alpha = None
+    elif fmt is OutputFormat.png and png_compression is None:  # plain RGB, the speed preset: on every core
+        dtype = dtype_for_depth(depth)
+        pixels = rgb if rgb.dtype == dtype else _quantize(rgb, depth)
+        return icc.embed(write_png(pixels), fmt, profile, grey=False, size=(width, height), alpha=False)
     else:  # plain RGB: converted band by band, no float copy of the whole image
         pixels = _quantize(rgb[:, :, ::-1], depth)  # RGB -> OpenCV's BGR
     if pixels.shape[2] == 1:

@@ -103,15 +103,16 @@ class ModelSpec:
             meta["auto_step_scale"] = [list(point) for point in self.auto_step_scale]
         return meta
 
-    def check_tiling(self, tile_size: int, tile_overlap: int) -> None:
-        """Refuse tile settings this model cannot be served with (called at start-up)."""
+    def check_tiling(self, tile_size: int, tile_overlap: int, setting: str | None = None) -> None:
+        """Refuse tile settings this model cannot be served with (called at start-up); `setting`:
+        the variable that set `tile_size`, for the message (default: the one for the model's scale)."""
+        setting = setting or ("ENHANCER_TILE_SIZE" if self.scale == 1 else "ENHANCER_UPSCALE_TILE_SIZE")
         if tile_size % self.size_multiple:
             raise ValueError(
-                f"ENHANCER_TILE_SIZE ({tile_size}) must be a multiple of {self.size_multiple}, the size "
+                f"{setting} ({tile_size}) must be a multiple of {self.size_multiple}, the size "
                 f"multiple of model {self.name!r}"
             )
         if 2 * tile_overlap > tile_size:
-            setting = "ENHANCER_TILE_SIZE" if self.scale == 1 else "ENHANCER_UPSCALE_TILE_SIZE"
             raise ValueError(
                 f"model {self.name!r} needs a tile overlap of {tile_overlap} px, more than half its tile "
                 f"size ({tile_size}): tiles would be mostly overlap; raise {setting}"
