@@ -205,8 +205,12 @@ OVERLAP64_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "overlap64": 
 #: `--against solo-off`: the defaults beside the same server without solo tiles (a lone image cut in
 #: normal tiles, as before they existed).
 SOLO_OFF_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "solo-off": {"solo_tile_size": 0}}
+#: `--against hugepages`: the defaults beside the same server with numpy's huge-page advice back on
+#: (enhancer.host_memory; an `env` entry is passed as environment variables, not settings).
+HUGEPAGES_SERVERS: dict[str, dict[str, object]] = {"defaults": {}, "hugepages": {"env": {"NUMPY_MADVISE_HUGEPAGE": "1"}}}
 AGAINST = {
     "before": USER_VIEW_SERVERS, "float32": FLOAT32_SERVERS, "overlap64": OVERLAP64_SERVERS, "solo-off": SOLO_OFF_SERVERS,
+    "hugepages": HUGEPAGES_SERVERS,
 }  # fmt: skip
 
 
@@ -403,7 +407,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(RESULTS_DIR / "efficiency_user.json"))
     parser.add_argument("--against", choices=sorted(AGAINST), default="before",
                         help="the second server: the tiling before issue 15, the defaults held to float32, "
-                        "every model's overlap at 64, or no solo tiles")
+                        "every model's overlap at 64, no solo tiles, or numpy's huge-page advice on")
     args = parser.parse_args()
     import os
 

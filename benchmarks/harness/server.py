@@ -122,10 +122,13 @@ def child_env(**extra: object) -> dict[str, str]:
     return env
 
 
-def enhancer_server(name: str = "enhancer", port: int | None = None, **settings: object) -> ServerProcess:
-    """`enhancer serve` with ENHANCER_<KEY>=value for each keyword (e.g. max_batch_size=4)."""
+def enhancer_server(
+    name: str = "enhancer", port: int | None = None, env: dict[str, str] | None = None, **settings: object
+) -> ServerProcess:
+    """`enhancer serve` with ENHANCER_<KEY>=value for each keyword (e.g. max_batch_size=4), and any
+    other environment variables in `env`."""
     port = port or free_port()
-    env = child_env(**{f"ENHANCER_{k.upper()}": v for k, v in settings.items()})
+    env = child_env(**(env or {}), **{f"ENHANCER_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("ENHANCER_LOG_LEVEL", "warning")
     argv = [sys.executable, "-m", "enhancer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     return ServerProcess(name, argv, env, port)
