@@ -698,13 +698,14 @@ def test_batches_never_mix_models_and_a_huge_request_on_one_does_not_starve_the_
         other = asyncio.create_task(batcher.submit("small", tiles(A, 1)))
         await until(lambda: batcher.queued_tiles == 43)
         gate.set()
-        await asyncio.gather(small, other)
-        big_batches_before_small_done = order.count("big")
-        await asyncio.gather(blocker, huge)
+        await asyncio.gather(small, other, blocker, huge)
         await batcher.stop()
-        return big_batches_before_small_done, (await small)[0], (await huge)[0]
+        return (await small)[0], (await huge)[0]
 
-    big_before, small_out, huge_out = run(scenario)
+    small_out, huge_out = run(scenario)
+    # batches that ran on the model before the small one (the next big batch may start while the
+    # small batch's outputs are stored: the model does not wait for that)
+    big_before = order.index("small")
     assert all(rid in (Z, H) for batch in big_model.batches for rid, _ in batch)
     assert all(rid in (S, A) for batch in small_model.batches for rid, _ in batch)
     assert small_model.batches == [[(S, 0), (A, 0), (S, 1)]]  # the small requests shared one batch
@@ -789,3 +790,43 @@ def test_integer_tiles_reach_the_model_as_float32_and_outputs_can_be_kept_as_16_
     assert out8.dtype == out16.dtype == np.uint16
     assert (out8 == 32768).all() and (out16 == 32768).all()  # 0.5, rounded half up
     assert threads == {"enhancer-model_0"}
+
+
+def test_the_next_batch_runs_while_the_last_ones_outputs_are_converted(monkeypatch):
+    """With one batch in flight (the CPU default) a batch stops counting once the model has
+    returned: converting its outputs to 16-bit samples overlaps the next batch on the model."""
+    import enhancer.batching as batching
+
+    events: list[tuple[str, float]] = []
+    convert = batching.from_unit_float
+
+    def slow_convert(values, dtype, out=None):
+        events.append(("convert start", time.perf_counter()))
+        time.sleep(0.3)
+        result = convert(values, dtype, out=out)
+        events.append(("convert end", time.perf_counter()))
+        return result
+
+    monkeypatch.setattr(batching, "from_unit_float", slow_convert)
+
+    class Recording:
+        spec = ModelSpec(name=M, reach=0)
+
+        def forward(self, batch, inputs=None):
+            events.append(("forward", time.perf_counter()))
+            return batch / 2
+
+    async def scenario():
+        batcher = MicroBatcher({M: Recording()}, max_batch_size=1, max_batch_delay_s=0.0, max_queue_tiles=100,
+                               output_dtype=np.uint16)  # fmt: skip
+        await batcher.start()
+        try:
+            return await batcher.submit(M, np.full((2, 2, 2, 3), 255, np.uint8))
+        finally:
+            await batcher.stop()
+
+    outputs, _ = asyncio.run(scenario())
+    assert (outputs == 32768).all() and outputs.dtype == np.uint16  # both tiles answered, in order
+    forwards = [t for name, t in events if name == "forward"]
+    first_conversion_end = next(t for name, t in events if name == "convert end")
+    assert len(forwards) == 2 and forwards[1] < first_conversion_end

@@ -25,7 +25,8 @@ How it works:
   [0, 1] only when their batch is stacked, so a request waiting in the queue costs its compact
   tiles, not float copies. Outputs are stored per request as the model returned them, or (the
   server's batcher, `output_dtype` uint16) as 16-bit samples, converted on a thread of their own:
-  not on the event loop, and not on the model thread, which meanwhile runs the next batch.
+  not on the event loop, and not on the model thread, which meanwhile runs the next batch (a
+  batch stops counting as in flight once the model has returned).
 * Extra model inputs (one float32 vector per image and input name) travel with their request's
   tiles and are stacked per batch: row i of each [batch, length] block belongs to tile i.
 * The model runs on one dedicated thread (the event loop never blocks, and a model that is not
@@ -213,6 +214,21 @@ class _Request:
 _STOP = object()  # put on the intake queue by stop(): no request comes after it
 
 
+class _Slot:
+    """One batch's place among the batches in flight, given back once: when the model returns (so
+    the next batch can run while this one's outputs are converted) or, failing that, when the
+    batch's task ends."""
+
+    def __init__(self, slots: asyncio.Semaphore):
+        self._slots = slots
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+
 @dataclass
 class _DrainRate:
     """Tiles per second of model-busy time over the last few batches (for Retry-After)."""
@@ -392,20 +408,22 @@ class MicroBatcher:
                     slots.release()
                     continue
                 # The batch lives only in its task, so its requests' tiles (0.7 GB for a 48 MP image)
-                # are freed when it finishes, not when the next batch comes along.
-                task = asyncio.create_task(self._run_batch_safely(await self._fill_batch()))
+                # are freed when it finishes, not when the next batch comes along. Its slot is free
+                # once the model has returned: converting and storing its outputs overlaps the next.
+                slot = _Slot(slots)
+                task = asyncio.create_task(self._run_batch_safely(await self._fill_batch(), slot.release))
                 running.add(task)
                 task.add_done_callback(running.discard)
-                task.add_done_callback(lambda _: slots.release())
+                task.add_done_callback(lambda _, slot=slot: slot.release())
             if running:
                 await asyncio.gather(*running)
         finally:
             for task in running:  # only when the worker itself is cancelled (stop without drain)
                 task.cancel()
 
-    async def _run_batch_safely(self, batch: list[tuple[_Request, int]]) -> None:
+    async def _run_batch_safely(self, batch: list[tuple[_Request, int]], model_returned=lambda: None) -> None:
         try:
-            await self._run_batch(batch)
+            await self._run_batch(batch, model_returned)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not leave requests hanging or kill the worker
@@ -469,7 +487,9 @@ class MicroBatcher:
         if taken:
             self._set_queued(self._queued - taken)
 
-    async def _run_batch(self, batch: list[tuple[_Request, int]]) -> None:
+    async def _run_batch(self, batch: list[tuple[_Request, int]], model_returned=lambda: None) -> None:
+        """Run one batch and store its outputs; `model_returned` is called as soon as the model has
+        returned (or failed), before the outputs are converted, so the next batch can start."""
         if not batch:
             return
         name = batch[0][0].model  # one model per batch (the batch key)
@@ -487,7 +507,10 @@ class MicroBatcher:
         requests = list(dict.fromkeys(r for r, _ in live))
         try:
             loop = asyncio.get_running_loop()
-            outputs, infer_s = await loop.run_in_executor(self._executor, _timed, model.forward, tiles, extra)
+            try:
+                outputs, infer_s = await loop.run_in_executor(self._executor, _timed, model.forward, tiles, extra)
+            finally:
+                model_returned()
             n, h, w, c = tiles.shape
             scale = model.spec.scale
             if outputs.shape != (n, h * scale, w * scale, c):
