@@ -121,6 +121,25 @@ def test_16_bit_tiles_blend_like_their_float_values(scale):
     assert np.abs(eight.astype(np.int64) - from_unit_float(as_float, np.uint8).astype(np.int64)).max() <= 1
 
 
+@pytest.mark.parametrize("scale", [1, 2])
+def test_the_strip_height_does_not_change_the_stitched_image(monkeypatch, scale):
+    """Strips of 1, 5 or 64 rows, or one strip per tile row, give the same bits: every pixel sums
+    the same terms in the same order, and no float copy taller than a strip is needed."""
+    from enhancer import tiling
+
+    rng = np.random.default_rng(8)
+    plan = plan_tiles(530, 270, 128, OVERLAP, multiple=MULTIPLE)
+    assert plan.grid[0] > 3  # several tile rows, so rows are carried from one to the next
+    shape = (plan.num_tiles, plan.rows.tile * scale, plan.cols.tile * scale, 3)
+    samples = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    whole_rows = stitch(samples, plan, scale=scale)  # the default strip holds a tile row here
+    width = 270 * scale * 3
+    for rows_per_strip in (1, 5, 64):
+        monkeypatch.setattr(tiling, "STRIP_VALUES", rows_per_strip * width)
+        np.testing.assert_array_equal(stitch(samples, plan, scale=scale), whole_rows)
+        np.testing.assert_array_equal(stitch(samples, plan, scale=scale, dtype=np.uint8), from_unit_float(whole_rows, np.uint8))
+
+
 @pytest.mark.parametrize("size", [1, 2, 7, 64, 300, 517, 1100, 4000])
 def test_axis_windows_sum_to_one_over_the_whole_padded_axis(size):
     axis = plan_axis(size, 256, OVERLAP, multiple=MULTIPLE)

@@ -62,6 +62,8 @@ MARGIN_DIVISOR = 8
 GUARD_DIVISOR = 4
 #: Documented and tested bound on tile pixels / image pixels for sides >= MIN_BUCKET (defaults).
 MAX_WASTE_RATIO = 3.0
+#: Most float32 values `stitch` blends at a time (16 MiB): a strip of rows, whatever the tile height.
+STRIP_VALUES = 1 << 22
 
 
 def _ceil_to(value: int, multiple: int) -> int:
@@ -313,13 +315,15 @@ def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1, dtype: np.dtype
     and the blend windows are laid out at that (output) resolution.
 
     Tiles may be float or integer samples (enhancer.samples); the result is `dtype`: float32 as
-    blended, or integer samples clipped and rounded. Blending runs in float32 over one band of
-    rows at a time: a band's rows are written out as soon as no later tile row reaches them, so
-    with an integer `dtype` no float copy of the whole image exists, and no full-size weight map
-    either (the weights are outer products of per-axis windows). The band sums the tiles' own
-    sample values, scaled to [0, 1] once as its rows are written out, and a tile's inside, where
-    its weight is 1, is added without multiplying: most of a tile's pixels, and most of the time
-    a large answer's stitching took.
+    blended, or integer samples clipped and rounded. Blending runs in float32 over a strip of at
+    most STRIP_VALUES values at a time, whatever the tile's height: a tile row's strip sums every
+    tile of the row (plus what earlier tile rows left in the rows it shares with them) and its rows
+    are written out at once, except those the next tile row also covers, which are carried over to
+    it. So with an integer `dtype` no float copy of the whole image exists, nor one of a whole tile
+    row, and no full-size weight map either (the weights are outer products of per-axis windows).
+    The strip sums the tiles' own sample values, scaled to [0, 1] once as its rows are written out,
+    and a tile's inside, where its weight is 1, is added without multiplying: most of a tile's
+    pixels, and most of the time a large answer's stitching took.
     """
     if scale < 1:
         raise ValueError(f"scale must be at least 1, got {scale}")
@@ -331,44 +335,46 @@ def stitch(tiles: np.ndarray, plan: TilePlan, *, scale: int = 1, dtype: np.dtype
     white = np.float32(white_value(tiles.dtype))
     out = np.empty((rows.size, cols.size, channels), dtype=dtype)
 
-    def write_out(values: np.ndarray, target: np.ndarray) -> None:
+    def write_out(values: np.ndarray, top: int) -> None:
         if white != 1:
-            np.divide(values, white, out=values)  # the band's rows are scratch: scaled in place
-        from_unit_float(values, out.dtype, out=target)
+            np.divide(values, white, out=values)  # the strip is scratch: scaled in place
+        from_unit_float(values, out.dtype, out=out[top : top + len(values)])
 
-    # The rows still being blended: image rows [band_top, band_top + filled) are band[:filled]. A
-    # tile row's image rows start at or below the previous one's and span at most a tile.
-    band = np.zeros((min(th, rows.size), cols.size, channels), dtype=np.float32)
-    band_top, filled = 0, 0
+    # Each tile row that lands on the image: its first tile's index, its origin, window and image rows.
     row_windows = [w.astype(np.float32) for w in rows.windows()]
     col_windows = [w.astype(np.float32) for w in cols.windows()]
-    k = 0
-    for y, wy in zip(rows.starts, row_windows):
-        # The part of this tile row that lands on the image, in tile and in image coordinates.
-        y0, y1 = max(y, rows.pad_before), min(y + th, rows.pad_before + rows.size)
-        if y0 >= y1:  # a tile row of mirrored context only
-            k += cols.count
-            continue
-        top, bottom = y0 - rows.pad_before, y1 - rows.pad_before
-        if top > band_top:  # rows above this tile row get nothing more: write them out
-            done = top - band_top
-            write_out(band[:done], out[band_top:top])
-            band[: filled - done] = band[done:filled]  # the rows still open move up
-            band[filled - done : filled] = 0.0
-            band_top, filled = top, filled - done
-        filled = max(filled, bottom - band_top)
-        for x, wx in zip(cols.starts, col_windows):
-            x0, x1 = max(x, cols.pad_before), min(x + tw, cols.pad_before + cols.size)
-            if x0 < x1:
-                left = x0 - cols.pad_before
-                _add_weighted(
-                    band[top - band_top : bottom - band_top, left : left + x1 - x0],
-                    tiles[k, y0 - y : y1 - y, x0 - x : x1 - x],
-                    wy[y0 - y : y1 - y],
-                    wx[x0 - x : x1 - x],
-                )
-            k += 1
-    write_out(band[:filled], out[band_top : band_top + filled])
+    spans = []
+    for i, (y, wy) in enumerate(zip(rows.starts, row_windows)):
+        top, bottom = max(y, rows.pad_before) - rows.pad_before, min(y + th, rows.pad_before + rows.size) - rows.pad_before
+        if top < bottom:  # else a tile row of mirrored context only
+            spans.append((i * cols.count, y - rows.pad_before, wy, top, bottom))
+    strip_rows = max(1, STRIP_VALUES // max(1, cols.size * channels))
+    carry, carry_top = np.zeros((0, cols.size, channels), np.float32), 0  # rows summed, not yet final
+    for n, (first, origin, wy, top, bottom) in enumerate(spans):
+        final_below = spans[n + 1][3] if n + 1 < len(spans) else rows.size  # the next tile row's top
+        parts = []
+        for a in range(top, bottom, strip_rows):
+            b = min(a + strip_rows, bottom)
+            strip = np.zeros((b - a, cols.size, channels), np.float32)
+            lo, hi = max(a, carry_top), min(b, carry_top + len(carry))
+            if lo < hi:  # rows an earlier tile row also covered
+                strip[lo - a : hi - a] += carry[lo - carry_top : hi - carry_top]
+            for k, (x, wx) in enumerate(zip(cols.starts, col_windows)):
+                x0, x1 = max(x, cols.pad_before), min(x + tw, cols.pad_before + cols.size)
+                if x0 < x1:
+                    left = x0 - cols.pad_before
+                    _add_weighted(
+                        strip[:, left : left + x1 - x0],
+                        tiles[first + k, a - origin : b - origin, x0 - x : x1 - x],
+                        wy[a - origin : b - origin],
+                        wx[x0 - x : x1 - x],
+                    )
+            if a < final_below:
+                write_out(strip[: min(b, final_below) - a], a)
+            if b > final_below:  # shared with the next tile row: summed there
+                parts.append(strip[max(a, final_below) - a :])
+        carry = np.concatenate(parts) if parts else carry[:0]
+        carry_top = final_below
     return out
 
 
