@@ -117,6 +117,7 @@ def test_an_image_alone_gets_solo_tiles_only_at_scale_1_and_batch_1_with_exact_s
     assert cpu.tiling_for(restorer, alone=True) == (1536, 48)
     assert cpu.tiling_for(restorer) == (576, 48)  # beside other requests: the normal tile
     assert cpu.tiling_for(upscaler, alone=True) == cpu.tiling_for(upscaler) == (288, 48)
+    assert (cpu.solo_tile_for(restorer), cpu.solo_tile_for(upscaler)) == (1536, None)
     off = [
         cpu.for_device("gpu"),  # tiles of one shape share batches there
         Settings(_env_file=None, max_batch_size=2),  # several big tiles' activations at once
@@ -128,6 +129,7 @@ def test_an_image_alone_gets_solo_tiles_only_at_scale_1_and_batch_1_with_exact_s
     for settings in off:
         assert not settings.uses_solo_tiles
         assert settings.tiling_for(restorer, alone=True) == settings.tiling_for(restorer)
+        assert settings.solo_tile_for(restorer) is None
     assert Settings(_env_file=None, tile_size=768, solo_tile_size=2048).tiling_for(restorer, alone=True) == (2048, 48)
     assert "solo_tile_size 1536" in cpu.describe_inference("cpu", "CPU")
     assert "solo_tile_size off" in cpu.for_device("gpu").describe_inference("gpu", "GPU")

@@ -85,7 +85,7 @@ class Worker:
             "precision": self.runner.precision,
             "device": self.runner.device,
             **self.settings.tiling_for(self.runner.spec)._asdict(),
-            "solo_tile_size": self.settings.tiling_for(self.runner.spec, alone=True).tile_size,
+            "solo_tile_size": self.settings.solo_tile_for(self.runner.spec),
             "border_context": self.settings.border_context,
             "tile_buckets": self.settings.uses_tile_buckets,
             "max_batch_size": self.batch,

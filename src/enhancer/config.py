@@ -164,10 +164,11 @@ class Settings(BaseSettings):
         le=4096,
         description="Largest tile edge for an image the server has to itself (no other request in "
         "flight when it is cut), at scale 1, batch 1 and exact tile shapes (the CPU defaults); 0, or "
-        "no more than tile_size, turns it off (the GPU default; unset, also off when tile_size is set). A big tile recomputes less overlap "
-        "and keeps more cores busy, so a large photo alone comes back sooner; a request that arrives "
-        "meanwhile waits for the big tile in progress, and the tile's activations (~160 bytes a "
-        "pixel in float32) are held once (benchmarks/RESULTS.md, \"Solo tiles\").",
+        "no more than tile_size, turns it off (the GPU default; unset, it is also off when tile_size "
+        "is set). A big tile recomputes less overlap and keeps more cores busy, so a large photo "
+        "alone comes back sooner; a request that arrives meanwhile waits for the big tile in "
+        "progress, and the tile's activations are held once (both measured: benchmarks/RESULTS.md, "
+        "\"Solo tiles and the threaded PNG writer\").",
     )
     upscale_tile_size: int | None = Field(
         default=None,
@@ -513,6 +514,10 @@ class Settings(BaseSettings):
             floor = -(-2 * overlap // multiple) * multiple
             size = min(self.tile_size, max(half, floor, multiple))
         return Tiling(tile_size=size, tile_overlap=overlap)
+
+    def solo_tile_for(self, spec: ModelSpec) -> int | None:
+        """The tile edge `spec`'s model gets for an image alone, or None where it gets no solo tiles."""
+        return self.tiling_for(spec, alone=True).tile_size if spec.scale == 1 and self.uses_solo_tiles else None
 
     @property
     def uses_solo_tiles(self) -> bool:

@@ -252,7 +252,7 @@ async def readyz(request: Request):
         ServedModel(
             name=name, scale=m.spec.scale, default=name == models.default, precision=m.precision,
             **s.tiling_for(m.spec)._asdict(),
-            solo_tile_size=s.tiling_for(m.spec, alone=True).tile_size if m.spec.scale == 1 and s.uses_solo_tiles else None,
+            solo_tile_size=s.solo_tile_for(m.spec),
         )  # fmt: skip
         for name, m in models.items()
     ]

@@ -205,5 +205,5 @@ class ModelRegistry(Mapping[str, Model]):
         each model with its own tile size and overlap (Settings.tiling_for)."""
         for model in self._models.values():
             model.spec.check_tiling(*settings.tiling_for(model.spec))
-            if model.spec.scale == 1 and settings.uses_solo_tiles:
+            if settings.solo_tile_for(model.spec) is not None:
                 model.spec.check_tiling(*settings.tiling_for(model.spec, alone=True), setting="ENHANCER_SOLO_TILE_SIZE")
