@@ -830,3 +830,39 @@ def test_the_next_batch_runs_while_the_last_ones_outputs_are_converted(monkeypat
     forwards = [t for name, t in events if name == "forward"]
     first_conversion_end = next(t for name, t in events if name == "convert end")
     assert len(forwards) == 2 and forwards[1] < first_conversion_end
+
+
+def test_a_requests_tiles_are_let_go_once_all_are_in_batches():
+    """The batcher frees an image's input tiles as soon as its last tile has been stacked into a
+    batch, before that batch runs (a lone large image's last tile is when its memory peaks); the
+    answer is still every tile, in order."""
+    import gc
+    import weakref
+
+    seen_alive: list[bool] = []
+
+    class Watching(FakeModel):
+        def forward(self, batch, inputs=None):
+            seen_alive.append(tiles_alive() is not None)
+            return super().forward(batch, inputs)
+
+    model = Watching()
+    request_tiles = tiles(A, 5)
+    tiles_alive = weakref.ref(request_tiles)
+
+    async def scenario():
+        batcher = make(model, batch=2, delay=0.0, in_flight=1)  # the next batch is stacked after the model returns
+        await batcher.start()
+        try:
+            nonlocal request_tiles
+            submitted = batcher.submit(M, request_tiles, None)
+            del request_tiles  # as the service does: only the batcher holds them
+            return await submitted
+        finally:
+            await batcher.stop()
+
+    outputs, _ = run(scenario)
+    gc.collect()
+    assert np.array_equal(outputs, tiles(A, 5) + 0.5)
+    assert seen_alive[:2] == [True, True]  # batches of tiles 0-1 and 2-3 ran while tile 4 still waited
+    assert seen_alive[2] is False  # the last batch ran after the tiles were let go

@@ -193,9 +193,11 @@ class _Request:
     inputs: dict[str, np.ndarray]  # extra model inputs: one vector per name, for every tile
     future: asyncio.Future
     submitted_at: float
+    count: int = 0  # its tiles (kept: `tiles` is emptied once every tile is in a batch)
     arrival: int = 0  # admission order: breaks ties between equal tags
     tag: float = 0.0  # virtual time at which its next tile is due (see the module docstring)
     next_tile: int = 0  # tiles before this index have been taken into batches
+    stacked: int = 0  # tiles copied into a batch's float32 block (taken and stacked may differ in time)
     finished_tiles: int = 0
     outputs: np.ndarray | None = None
     queue_s: float | None = None
@@ -208,7 +210,12 @@ class _Request:
 
     @property
     def remaining(self) -> int:
-        return len(self.tiles) - self.next_tile
+        return self.count - self.next_tile
+
+    def let_go_of_tiles(self) -> None:
+        """Once every tile has been stacked into a batch the request needs none of them: keep only
+        their shape and type (the key), so the image's tiles are freed before its last batch runs."""
+        self.tiles = np.empty((0, *self.tiles.shape[1:]), self.tiles.dtype)
 
 
 _STOP = object()  # put on the intake queue by stop(): no request comes after it
@@ -362,7 +369,10 @@ class MicroBatcher:
         if self._queued > 0 and self._queued + count > self._max_queue:
             raise QueueFullError(self._queued, count, self._max_queue, self._drain.rate())
         loop = asyncio.get_running_loop()
-        request = _Request(model=model, tiles=tiles, inputs=vectors, future=loop.create_future(), submitted_at=loop.time())
+        request = _Request(
+            model=model, tiles=tiles, count=count, inputs=vectors, future=loop.create_future(), submitted_at=loop.time()
+        )
+        del tiles  # the request holds them, and lets them go once all are in batches
         self._live.add(request)
         self._set_queued(self._queued + count)
         self._intake.put_nowait(request)
@@ -502,9 +512,13 @@ class MicroBatcher:
         tiles = np.empty((len(live), *live[0][0].tiles.shape[1:]), np.float32)
         for k, (request, index) in enumerate(live):  # requests of one batch may differ in sample type
             to_unit_float(request.tiles[index], out=tiles[k])
+            request.stacked += 1
         # row k of each extra input belongs to tile k (each request's vector, once per tile of it)
         extra = {key: np.stack([r.inputs[key] for r, _ in live]) for key in model.spec.inputs}
         requests = list(dict.fromkeys(r for r, _ in live))
+        for request in requests:
+            if request.stacked == request.count:  # every tile of it is in this batch or an earlier one
+                request.let_go_of_tiles()
         try:
             loop = asyncio.get_running_loop()
             try:
@@ -533,12 +547,12 @@ class MicroBatcher:
         self._observer.on_batch(name, len(live), infer_s)
         for (request, index), output in zip(live, outputs):
             if request.outputs is None:
-                request.outputs = np.empty((len(request.tiles), *output.shape), dtype=outputs.dtype)
+                request.outputs = np.empty((request.count, *output.shape), dtype=outputs.dtype)
             request.outputs[index] = output
             request.finished_tiles += 1
         for request in requests:
             request.infer_s += infer_s
-            if request.finished_tiles == len(request.tiles):
+            if request.finished_tiles == request.count:
                 self._finish(request)
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -559,7 +573,7 @@ class MicroBatcher:
         dropped = request.remaining
         if dropped == 0:
             return 0
-        request.next_tile = len(request.tiles)
+        request.next_tile = request.count
         if request in self._waiting:
             self._waiting.remove(request)
         self._set_queued(self._queued - dropped)

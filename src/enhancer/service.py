@@ -127,13 +127,14 @@ class EnhanceService:
         if remaining <= 0:
             raise self._timeout_error()
         job = prepared.take_job()
+        submitted = self.batcher.submit(job.model, job.tiles, job.inputs)
+        del job  # only the batcher holds the tiles now: it frees them once the last is in a batch
         try:
             async with asyncio.timeout(remaining):
-                outputs, timings = await self.batcher.submit(job.model, job.tiles, job.inputs)
+                outputs, timings = await submitted
         except TimeoutError:
             raise self._timeout_error() from None
         except BATCHER_ERRORS as exc:
             raise batcher_error(exc) from exc
-        del job  # the input tiles are not needed any more: free them before stitching
         prepared.outputs = outputs
         prepared.timings.update(queue=timings.queue_s, infer=timings.infer_s)
