@@ -41,6 +41,18 @@ def test_16_bit_samples_keep_every_bit(small_bands):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_bands_filtered_a_few_rows_at_a_time_give_the_same_file(monkeypatch, dtype):
+    """A band is filtered and deflated in chunks of rows (bounded memory); chunks of one row or
+    of several give the same bytes as one chunk per band."""
+    rgb = np.random.default_rng(4).integers(0, np.iinfo(dtype).max + 1, (40, 23, 3), dtype=dtype)
+    whole_bands = png.write_png(rgb, threads=2)
+    for rows in (1, 3):
+        monkeypatch.setattr(png, "CHUNK_BYTES", rows * 23 * 3 * rgb.itemsize)
+        assert png.write_png(rgb, threads=2) == whole_bands
+    np.testing.assert_array_equal(_cv2_rgb(whole_bands), rgb)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_grey_is_written_as_one_channel(small_bands, dtype):
     grey = np.random.default_rng(4).integers(0, np.iinfo(dtype).max + 1, (19, 23), dtype=dtype)
     data = png.write_png(grey, threads=3)

@@ -28,6 +28,8 @@ _ZLIB_HEADER = b"\x78\x01"
 _ADLER_BASE = 65521
 #: Pixels per band at least: below this a thread costs more than it saves.
 MIN_BAND_PIXELS = 1 << 20
+#: Sample bytes filtered and handed to zlib at a time within a band.
+CHUNK_BYTES = 1 << 22
 #: PNG colour types by channel count (grey, RGB).
 _COLOUR_TYPES = {1: 0, 3: 2}
 
@@ -63,15 +65,23 @@ def _filtered(rows: np.ndarray, bytes_per_pixel: int) -> np.ndarray:
 
 def _deflate_band(samples: np.ndarray, last: bool) -> tuple[bytes, int, int]:
     """One band of rows [rows, W, C] -> (raw deflate ending on a byte boundary, Adler-32 of its
-    scanlines, their length)."""
+    scanlines, their length). Filtered CHUNK_BYTES of rows at a time, so a band costs a few MiB
+    beyond its compressed bytes, not a copy of itself (two for 16-bit samples)."""
     rows, width, channels = samples.shape
-    if samples.dtype == np.uint16:
-        samples = samples.astype(">u2")  # PNG stores 16-bit samples most significant byte first
-    raw = np.ascontiguousarray(samples).view(np.uint8).reshape(rows, -1)
-    scanlines = _filtered(raw, channels * samples.dtype.itemsize)
+    bytes_per_pixel = channels * samples.dtype.itemsize
     compressor = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
-    data = compressor.compress(scanlines) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-    return data, zlib.adler32(scanlines), scanlines.nbytes
+    pieces, checksum, length = [], 1, 0
+    step = max(1, CHUNK_BYTES // (width * bytes_per_pixel))
+    for start in range(0, rows, step):
+        chunk = samples[start : start + step]
+        if chunk.dtype == np.uint16:
+            chunk = chunk.astype(">u2")  # PNG stores 16-bit samples most significant byte first
+        scanlines = _filtered(np.ascontiguousarray(chunk).view(np.uint8).reshape(len(chunk), -1), bytes_per_pixel)
+        pieces.append(compressor.compress(scanlines))
+        checksum = zlib.adler32(scanlines, checksum)
+        length += scanlines.nbytes
+    pieces.append(compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
+    return b"".join(pieces), checksum, length
 
 
 def band_count(height: int, width: int, threads: int | None = None) -> int:
