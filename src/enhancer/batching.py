@@ -193,7 +193,7 @@ class _Request:
     inputs: dict[str, np.ndarray]  # extra model inputs: one vector per name, for every tile
     future: asyncio.Future
     submitted_at: float
-    count: int = 0  # its tiles (kept: `tiles` is emptied once every tile is in a batch)
+    count: int  # its tiles (kept: `tiles` is emptied once every tile is in a batch)
     arrival: int = 0  # admission order: breaks ties between equal tags
     tag: float = 0.0  # virtual time at which its next tile is due (see the module docstring)
     next_tile: int = 0  # tiles before this index have been taken into batches
