@@ -99,3 +99,16 @@ def test_encode_writes_plain_rgb_png_with_it_and_keeps_the_icc_profile(small_ban
     assert calls == [(33, 41, 3)]
     assert decoded.info.get("icc_profile") == icc
     np.testing.assert_array_equal(np.asarray(decoded), rgb)
+
+
+def test_encode_writes_a_grey_png_with_it_as_one_channel(small_bands, monkeypatch):
+    import importlib
+
+    encode_module = importlib.import_module("enhancer.imaging.encode")
+    calls = []
+    monkeypatch.setattr(encode_module, "write_png", lambda pixels: calls.append(pixels.shape) or png.write_png(pixels))
+    grey = photo_like(29, 31, channels=1)[:, :, 0]
+    image = imaging.decode(cv2.imencode(".png", grey)[1].tobytes())
+    decoded = Image.open(io.BytesIO(imaging.encode(image.pixels, OutputFormat.png, info=image.info)))
+    assert calls == [(29, 31)] and decoded.mode == "L"
+    np.testing.assert_array_equal(np.asarray(decoded), grey)

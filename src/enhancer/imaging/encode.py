@@ -97,7 +97,7 @@ def encode(
     `quality` (1-100) applies to JPEG and WebP; PNG is lossless and ignores it. `png_compression`
     is the PNG's zlib level (0-9; same pixels, smaller file, more CPU, written by OpenCV); None is
     the preset for speed (zlib level 1, the "sub" filter, run-length strategy), which a plain RGB
-    answer gets from enhancer.imaging.png on every core.
+    or grey answer gets from enhancer.imaging.png on every core.
     """
     if png_compression is not None and not 0 <= png_compression <= 9:
         raise ValueError(f"png_compression must be between 0 and 9 (or None), got {png_compression}")
@@ -108,7 +108,9 @@ def encode(
     depth = answer_depth(fmt, info)
     profile = info.icc_profile if info is not None else None
     height, width = rgb.shape[:2]
-    if grayscale or alpha is not None:
+    plain = not grayscale and alpha is None
+    preset_png = fmt is OutputFormat.png and png_compression is None
+    if not plain:
         composite = alpha is not None and fmt is OutputFormat.jpeg  # JPEG has no alpha: over white
         # grey+alpha PNG: OpenCV cannot write it, Pillow can (8-bit only)
         pillow_la = grayscale and alpha is not None and fmt is OutputFormat.png and depth == 8
@@ -119,14 +121,14 @@ def encode(
             return icc.embed(buffer.getvalue(), fmt, profile, grey=True, size=(width, height), alpha=True)
         if composite:
             alpha = None
-    elif fmt is OutputFormat.png and png_compression is None:  # plain RGB, the speed preset: on every core
-        dtype = dtype_for_depth(depth)
-        pixels = rgb if rgb.dtype == dtype else _quantize(rgb, depth)
-        return icc.embed(write_png(pixels), fmt, profile, grey=False, size=(width, height), alpha=False)
+    elif preset_png:  # plain RGB, kept in RGB order for enhancer.imaging.png
+        pixels = rgb if rgb.dtype == dtype_for_depth(depth) else _quantize(rgb, depth)
     else:  # plain RGB: converted band by band, no float copy of the whole image
         pixels = _quantize(rgb[:, :, ::-1], depth)  # RGB -> OpenCV's BGR
     if pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
+    if preset_png and (plain or pixels.ndim == 2):  # plain RGB or grey: the writer on every core
+        return icc.embed(write_png(pixels), fmt, profile, grey=pixels.ndim == 2, size=(width, height), alpha=False)
 
     params: list[int] = []
     if fmt is OutputFormat.jpeg:
