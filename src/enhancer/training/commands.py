@@ -43,7 +43,7 @@ def machine_description() -> str:
 def _fetch_photos(args) -> None:
     from enhancer.training.sources import fetch_photos
 
-    fetch_photos(args.out)
+    fetch_photos(args.out, puzzles=args.puzzles)
 
 
 def _fetch_fonts(args) -> None:
@@ -299,6 +299,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the training subcommands to the `enhancer` command's subparsers."""
     p = subparsers.add_parser("fetch-photos", help="download free training photos (Debian packages, scikit-image, scikit-learn)")
     p.add_argument("--out", type=Path, default=Path("data/raw"))
+    p.add_argument("--puzzles", action="store_true",
+                   help="also palapeli's photo puzzles (man-made scenes; the training photos from dejpeg-q6 on)")
     p.set_defaults(func=_fetch_photos)
 
     p = subparsers.add_parser("fetch-fonts", help="download the training fonts (Debian font packages, unpacked, not installed)")

@@ -1,5 +1,6 @@
-"""Fetch free training photographs onto a fresh machine: Debian wallpaper packages and the
-sample photos inside scikit-learn. scikit-image's sample photos are the test set's
+"""Fetch free training photographs onto a fresh machine: Debian wallpaper packages, the photo
+puzzles of KDE's jigsaw game (man-made scenes the wallpapers lack) and the sample photos inside
+scikit-learn. scikit-image's sample photos are the test set's
 (`training.testset`), so they are never fetched for training.
 
 Why these: they are public, licensed for redistribution, reachable from a machine that sees only
@@ -46,8 +47,12 @@ def _largest(paths: list[Path]) -> Path:
     return max(paths, key=pixels)
 
 
-def fetch_photos(out_dir: Path) -> list[Path]:
-    """Collect the photographs into `out_dir` (flat, prefixed by source) and return their paths."""
+def fetch_photos(out_dir: Path, puzzles: bool = False) -> list[Path]:
+    """Collect the photographs into `out_dir` (flat, prefixed by source) and return their paths.
+
+    `puzzles` adds palapeli's photo puzzles; off by default so the runs trained before them
+    (up to `dejpeg-q5`) still rebuild from the same photos.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     collected: list[Path] = []
 
@@ -68,6 +73,11 @@ def fetch_photos(out_dir: Path) -> list[Path]:
             if sizes:
                 best = _largest(sizes)
                 keep(best, f"plasma-{name}{best.suffix}")
+
+        if puzzles:
+            palapeli = _unpack("palapeli-data", work)
+            for p in sorted((palapeli / "usr/share/palapeli/collection").glob("*.jpg")):
+                keep(p, f"palapeli-{p.name}")
 
         # gnome-backgrounds (43.x) is unpacked for completeness, but every picture in it is
         # a render or vector art, not a photograph, so none is kept.
