@@ -273,14 +273,17 @@ def test_mix_4_puts_grain_in_document_targets_too():
         assert all(abs(float(s.clean.mean()) - 123 / 255) < 0.02 for s in documents)
 
 
-def test_document_crops_shrink_the_page_and_never_enlarge_it():
+@pytest.mark.parametrize("crop_of", ["documents", "textures"])
+def test_document_and_texture_crops_shrink_the_source_and_never_enlarge_it(crop_of):
     from enhancer.training.documents import document_crop
+    from enhancer.training.textures import texture_crop
 
+    crop_function = {"documents": document_crop, "textures": texture_crop}[crop_of]
     rng = np.random.default_rng(2)
     stripes = np.zeros((300, 300, 3), np.uint8)
     stripes[:, ::2] = 255  # one-pixel stripes: any enlargement would show whole-pixel runs of one level
     for _ in range(20):
-        crop = document_crop(rng, [stripes], 200)
+        crop = crop_function(rng, [stripes], 200)
         assert crop.shape == (200, 200, 3)
         # shrinking averages neighbouring stripes toward grey; enlarging would keep pure black and white
         assert (np.abs(crop.astype(int) - 127.5) < 127).mean() > 0.5
@@ -324,8 +327,68 @@ def test_an_upscaler_trains_on_the_mix_its_recipe_names():
     photos = [_photo(600, 640, 5)]
     batches = {mix: UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=mix).batch(0) for mix in (1, 2)}
     assert any(not np.array_equal(a, b) for a, b in zip(batches[1], batches[2]))
-    with pytest.raises(ValueError, match="an upscaler trains on mix 1 or 2, not 3"):
+    with pytest.raises(ValueError, match="an upscaler trains on mix 1, 2 or 3, not 4"):
+        UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=4)
+    with pytest.raises(ValueError, match="enhancer fetch-textures"):
         UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=3)
+
+
+def test_an_upscaler_s_mix_3_draws_the_texture_tiles_it_is_given():
+    """With a texture tile of one grey level, the samples whose truth is that level are the texture
+    draws (about an eighth); mix 2 never draws it."""
+    from enhancer.training.upscale_data import UpscaleSampler
+
+    level = 77
+    tile = np.full((300, 300, 3), level, np.uint8)
+    rng = np.random.default_rng(4)
+
+    def share_of_tile(mix):
+        sampler = UpscaleSampler([_photo(600, 640, 5)], _fonts(), 16, 1, 0, 2, mix=mix, textures=[tile])
+        truths = [sampler.sample(rng)[1] for _ in range(300)]
+        return np.mean([np.allclose(t, level / 255, atol=1e-6) for t in truths])
+
+    assert 0.06 <= share_of_tile(3) <= 0.2
+    assert share_of_tile(2) == 0
+
+
+def test_an_upscaler_s_mix_3_has_soft_truths():
+    """Some mix 3 truths are soft (enlarged from a smaller copy, or blurred): their finest detail is
+    gone, which mix 2 truths of the same content never are. Measured as the energy of a one-pixel
+    Laplacian relative to the image's, on a photo of one-pixel checks."""
+    from enhancer.training import upscale_data
+    from enhancer.training.upscale_data import UpscaleSampler
+
+    checks = np.indices((640, 640)).sum(axis=0) % 2 * 200 + 28
+    photo = np.repeat(checks[..., None], 3, axis=2).astype(np.uint8)
+    rng = np.random.default_rng(5)
+
+    def fine_detail(truth):
+        grey = truth.mean(axis=2)
+        return np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean() / max(grey.std(), 1e-6)
+
+    def soft_share(mix):
+        sampler = UpscaleSampler([photo], _fonts(), 16, 1, 0, 2, mix=mix, textures=[photo])
+        sampler.kinds, sampler.kind_weights = ["photo"], np.array([1.0])
+        details = [fine_detail(sampler.sample(rng)[1]) for _ in range(200)]
+        return np.mean(np.array(details) < 0.5 * np.median(details))
+
+    assert soft_share(2) == 0
+    assert 0.05 <= soft_share(3) <= 0.25
+
+
+def test_an_upscaler_s_mix_3_validates_on_texture_and_soft_pictures():
+    from enhancer.training.upscale_data import upscale_validation
+
+    photos = [_photo(256, 256, 1)]
+    tiles = [_photo(200, 200, 2), _photo(200, 200, 3)]
+    plain = upscale_validation(photos, _fonts(), 2, crop=128)
+    with_tiles = upscale_validation(photos, _fonts(), 2, crop=128, textures=tiles)
+    added = {"texture_clean", "texture_q50", "soft_clean"}
+    assert not added & set(plain) and added <= set(with_tiles)
+    assert len(with_tiles["texture_q50"]) == 2 and len(with_tiles["soft_clean"]) == 1
+    (small, condition), truth = with_tiles["texture_q50"][0]
+    assert small.shape == (64, 64, 3) and truth.shape == (128, 128, 3) and condition.any()
+    assert np.array_equal(with_tiles["clean"][0][1], plain["clean"][0][1])
 
 
 def test_grey_tiles_come_back_grey_and_colour_tiles_untouched():
@@ -370,3 +433,26 @@ def test_fetch_scans_stores_each_page_downscaled_in_its_split(tmp_path, monkeypa
         "train/c02-22.png", "train/linn.png", "val/typewriter.png"]  # fmt: skip
     shapes = {p.name: cv2.imread(str(p)).shape for p in written}
     assert shapes == {"linn.png": (200, 150, 3), "c02-22.png": (100, 80, 3), "typewriter.png": (100, 150, 3)}
+
+
+def test_fetch_textures_stores_the_chosen_tiles_in_their_splits(tmp_path, monkeypatch):
+    """fetch-textures copies the named pattern tiles out of the unpacked package (here a stand-in
+    folder: tests fetch nothing), training and validation tiles apart."""
+    from enhancer.training import textures
+
+    def fake_unpack(package, workdir):
+        assert package == "krita-data"
+        patterns = workdir / package / textures.PATTERNS
+        patterns.mkdir(parents=True)
+        for stems in textures.TEXTURES.values():
+            for i, stem in enumerate(stems):
+                cv2.imwrite(str(patterns / f"{stem}.png"), _photo(64, 64, i))
+        cv2.imwrite(str(patterns / "01_canvas.png"), _photo(64, 64, 9))  # a tile no split names
+        return workdir / package
+
+    monkeypatch.setattr(textures, "unpack_package", fake_unpack)
+    written = textures.fetch_textures(tmp_path / "textures")
+    stored = {split: sorted(p.stem for p in (tmp_path / "textures" / split).glob("*.png")) for split in ("train", "val")}
+    assert stored == {split: sorted(stems) for split, stems in textures.TEXTURES.items()}
+    assert len(written) == sum(len(stems) for stems in textures.TEXTURES.values())
+    assert not set(textures.TEXTURES["train"]) & set(textures.TEXTURES["val"])

@@ -58,6 +58,12 @@ def _fetch_scans(args) -> None:
     print(f"{len(fetch_scans(args.out))} scanned pages in {args.out}")
 
 
+def _fetch_textures(args) -> None:
+    from enhancer.training.textures import fetch_textures
+
+    print(f"{len(fetch_textures(args.out))} texture tiles in {args.out}")
+
+
 def _testset(args) -> None:
     from enhancer.training.testset import build_testset
 
@@ -85,6 +91,7 @@ def _train(args) -> None:
         learning_rate=args.learning_rate, seed=args.seed, loss=args.loss, warmup_steps=args.warmup_steps,
         init_weights=str(args.init_weights) if args.init_weights else None, ema_decay=args.ema_decay,
         fonts_dir=str(args.fonts), relative_floor=args.relative_floor, mix=args.mix, scans_dir=str(args.scans),
+        textures_dir=str(args.textures),
     )  # fmt: skip
     train(cfg, max_minutes=args.max_minutes, progress=not args.no_progress)
 
@@ -297,7 +304,7 @@ def _add_restorer_validation_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the training subcommands to the `enhancer` command's subparsers."""
-    p = subparsers.add_parser("fetch-photos", help="download free training photos (Debian packages, scikit-image, scikit-learn)")
+    p = subparsers.add_parser("fetch-photos", help="download free training photos (Debian packages, scikit-learn)")
     p.add_argument("--out", type=Path, default=Path("data/raw"))
     p.add_argument("--puzzles", action="store_true",
                    help="also palapeli's photo puzzles (man-made scenes; the training photos from dejpeg-q6 on)")
@@ -310,6 +317,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("fetch-scans", help="download real scanned pages for training mix 3 (OCRmyPDF's test resources, PyPI)")
     p.add_argument("--out", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir))
     p.set_defaults(func=_fetch_scans)
+
+    p = subparsers.add_parser("fetch-textures", help="download fine texture tiles for an upscaler's training mix 3 (Debian's krita-data)")
+    p.add_argument("--out", type=Path, default=Path(TRAIN_DEFAULTS.textures_dir))
+    p.set_defaults(func=_fetch_textures)
 
     p = subparsers.add_parser("testset", help="build the test set (kinds training lacks, from sources it never uses)")
     p.add_argument("--out", type=Path, default=DEFAULT_TESTSET)
@@ -339,8 +350,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mix", type=int, choices=(1, 2, 3, 4), default=TRAIN_DEFAULTS.mix,
                    help="dejpeg_q's training mix: 1 as the first runs, 2 adds grain, simulated scans and grey colour "
                    "files, 3 adds real scanned pages (restorers only), 4 adds hard truths: an earlier good save kept "
-                   "in the target, stronger noise also on text and pages")
+                   "in the target, stronger noise also on text and pages; an upscaler's mix 3 adds fine texture "
+                   "tiles and soft truths (pictures already enlarged or out of focus)")
     p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir), help="scanned pages for mix 3 and 4 (enhancer fetch-scans)")
+    p.add_argument("--textures", type=Path, default=Path(TRAIN_DEFAULTS.textures_dir),
+                   help="texture tiles for an upscaler's mix 3 (enhancer fetch-textures)")
     p.add_argument("--relative-floor", type=float, default=TRAIN_DEFAULTS.relative_floor,
                    help="floor under the input's MSE in the relative loss")
     p.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)

@@ -165,6 +165,17 @@ def load_images(folder: Path) -> list[np.ndarray]:
     return [im for im in images if im is not None]
 
 
+def scaled_crop(rng: np.random.Generator, images: list[np.ndarray], size: int, scale_range: tuple[float, float]) -> np.ndarray:
+    """A `size` x `size` region of one of `images` (each alike), area-downscaled by a factor drawn
+    from `scale_range`; never enlarged, which would invent a smoothness the source lacks."""
+    image = images[int(rng.integers(0, len(images)))]
+    h, w = image.shape[:2]
+    scale = max(rng.uniform(*scale_range), size / min(h, w))
+    span = min(int(np.ceil(size / scale)), h, w)
+    top, left = int(rng.integers(0, h - span + 1)), int(rng.integers(0, w - span + 1))
+    return cv2.resize(image[top : top + span, left : left + span], (size, size), interpolation=cv2.INTER_AREA)
+
+
 def jpeg(image_bgr: np.ndarray, quality: int, subsampling_444: bool = False) -> np.ndarray:
     """Round-trip an 8-bit BGR image through OpenCV's JPEG codec."""
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]

@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from enhancer.training.dataset import scaled_crop
+
 log = logging.getLogger(__name__)
 
 SDIST = "ocrmypdf==16.5.0"
@@ -79,13 +81,8 @@ def fetch_scans(out_dir: Path) -> list[Path]:
 
 def document_crop(rng: np.random.Generator, pages: list[np.ndarray], size: int) -> np.ndarray:
     """A `size` x `size` BGR region of a scanned page, area-downscaled by a random factor (smaller
-    text than the page's own; never enlarged, which would invent a smoothness scans lack)."""
-    page = pages[int(rng.integers(0, len(pages)))]  # each page alike: the small book page is as needed as the large sheet
-    h, w = page.shape[:2]
-    scale = max(rng.uniform(*SCALE_RANGE), size / min(h, w))
-    span = min(int(np.ceil(size / scale)), h, w)
-    top, left = int(rng.integers(0, h - span + 1)), int(rng.integers(0, w - span + 1))
-    return cv2.resize(page[top : top + span, left : left + span], (size, size), interpolation=cv2.INTER_AREA)
+    text than the page's own). Each page alike: the small book page is as needed as the large sheet."""
+    return scaled_crop(rng, pages, size, SCALE_RANGE)
 
 
 def validation_pages(pages: list[np.ndarray]) -> list[np.ndarray]:

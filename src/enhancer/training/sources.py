@@ -25,7 +25,7 @@ PLASMA_PHOTOS = (
 )  # fmt: skip
 
 
-def _unpack(package: str, workdir: Path) -> Path:
+def unpack_package(package: str, workdir: Path) -> Path:
     """Download a Debian package and unpack it (no install); returns the unpacked root."""
     subprocess.run(["apt-get", "download", package], cwd=workdir, check=True, capture_output=True)
     (deb,) = workdir.glob(f"{package}_*.deb")
@@ -63,11 +63,11 @@ def fetch_photos(out_dir: Path, puzzles: bool = False) -> list[Path]:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        mate = _unpack("mate-backgrounds", work)
+        mate = unpack_package("mate-backgrounds", work)
         for p in sorted((mate / "usr/share/backgrounds/mate/nature").glob("*.jpg")):
             keep(p, f"mate-{p.name}")
 
-        plasma = _unpack("plasma-workspace-wallpapers", work)
+        plasma = unpack_package("plasma-workspace-wallpapers", work)
         for name in PLASMA_PHOTOS:
             sizes = list((plasma / "usr/share/wallpapers" / name / "contents/images").glob("*.*"))
             if sizes:
@@ -75,13 +75,13 @@ def fetch_photos(out_dir: Path, puzzles: bool = False) -> list[Path]:
                 keep(best, f"plasma-{name}{best.suffix}")
 
         if puzzles:
-            palapeli = _unpack("palapeli-data", work)
+            palapeli = unpack_package("palapeli-data", work)
             for p in sorted((palapeli / "usr/share/palapeli/collection").glob("*.jpg")):
                 keep(p, f"palapeli-{p.name}")
 
         # gnome-backgrounds (43.x) is unpacked for completeness, but every picture in it is
         # a render or vector art, not a photograph, so none is kept.
-        _unpack("gnome-backgrounds", work)
+        unpack_package("gnome-backgrounds", work)
 
     import sklearn.datasets
 

@@ -71,6 +71,8 @@ class TrainConfig:
     mix: int = 1
     #: Scanned pages for mix 3 (`enhancer fetch-scans`): train/ is trained on, val/ validated on.
     scans_dir: str = "data/scans"
+    #: Texture tiles for an upscaler's mix 3 (`enhancer fetch-textures`), split the same way.
+    textures_dir: str = "data/textures"
 
 
 #: Floor under a patch's MSE in the psnr loss (a 50 dB cap), so flat patches cannot dominate.
@@ -397,10 +399,14 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     scans = Path(cfg.scans_dir)
     uses_pages = conditioned and scale == 1 and cfg.mix >= 3  # only a restorer's mix 3 draws scanned pages
     pages = {split: load_images(scans / split) if uses_pages else [] for split in ("train", "val")}
+    uses_textures = scale > 1 and cfg.mix >= 3  # only an upscaler's mix 3 draws texture tiles
+    texture_folder = Path(cfg.textures_dir)
+    textures = {split: load_images(texture_folder / split) if uses_textures else [] for split in ("train", "val")}
     if scale > 1:
         fonts = list_fonts(Path(cfg.fonts_dir))
-        sampler = UpscaleSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, scale, cfg.mix)
-        val = upscale_validation(val_images, fonts, scale, cfg.val_crop)
+        sampler = UpscaleSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, scale, cfg.mix,
+                                 textures["train"])
+        val = upscale_validation(val_images, fonts, scale, cfg.val_crop, textures["val"])
     elif conditioned:
         fonts = list_fonts(Path(cfg.fonts_dir))
         sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix, pages["train"])
@@ -416,7 +422,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
                   # which photos, by name and content: `enhancer export` copies this into metadata.json
                   "train": data_record(Path(cfg.data_dir) / "train"),
                   "val": data_record(Path(cfg.data_dir) / "val"),
-                  **({"scans": {split: data_record(scans / split) for split in pages}} if uses_pages else {})}  # fmt: skip
+                  **({"scans": {split: data_record(scans / split) for split in pages}} if uses_pages else {}),
+                  **({"textures": {split: data_record(texture_folder / split) for split in textures}} if uses_textures else {})}  # fmt: skip
         config_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         (run_dir / "data.json").write_text(json.dumps(record, indent=2) + "\n")
 

@@ -6,6 +6,10 @@ and MATLAB do it, sometimes area averaging or bilinear, sometimes after a little
 as JPEG at the qualities Real-ESRGAN and BSRGAN train with (30-95). The rest stay clean; those are
 told either nothing (the blind path a PNG takes) or "steps of 1" (the condition strength=off
 sends: no compression damage). The content mix is the restorer's (`training.mixture`).
+
+Mix 3 adds what upscalers trained on mix 2 lost to bicubic on: fine grey texture (`training.textures`)
+and soft truths, pictures that were already soft (enlarged before, or out of focus), where the
+network must not invent the sharpness it was trained to restore.
 """
 
 from __future__ import annotations
@@ -16,10 +20,17 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from enhancer.training import jpeg_damage
+from enhancer.training import jpeg_damage, textures as texture_tiles
 from enhancer.training.mixture import MixtureSampler, _dihedral, _rgb01
 
 CONTENT_WEIGHTS = {"photo": 0.6, "rephoto": 0.1, "dead_leaves": 0.1, "text": 0.1, "screen": 0.1}
+CONTENT_WEIGHTS_MIX3 = {"photo": 0.52, "rephoto": 0.09, "dead_leaves": 0.09, "text": 0.09, "screen": 0.09,
+                        "texture": 0.12}  # fmt: skip
+#: Mix 3: share of samples whose truth is soft, and how: enlarged from this much smaller (bicubic),
+#: or blurred with this Gaussian sigma (in large-image pixels), half each.
+SOFT_SHARE = 0.12
+SOFT_ENLARGED_FROM = (1.5, 3.0)
+SOFT_SIGMA = (1.0, 2.5)
 #: Share of samples saved as JPEG (the rest are clean).
 JPEG_SHARE = 0.7
 #: Of the JPEG samples, the share with IJG tables at quality 30-95 (others: any encoder's recipe).
@@ -48,27 +59,49 @@ def downscale(image_bgr: np.ndarray, scale: int, method: str) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image_bgr)).resize(size, resample))
 
 
+def soften(image_bgr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`image_bgr` made soft as pictures users send often are: enlarged (bicubic) from a smaller
+    copy, or out of focus (Gaussian blur)."""
+    h, w = image_bgr.shape[:2]
+    if rng.random() < 0.5:
+        factor = rng.uniform(*SOFT_ENLARGED_FROM)
+        small = cv2.resize(image_bgr, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return cv2.GaussianBlur(image_bgr, (0, 0), rng.uniform(*SOFT_SIGMA))
+
+
 class UpscaleSampler:
     """Deterministic stream of (small, large, condition) batches; batch `step` depends only on
     (seed, step), so a resumed run sees what an uninterrupted one would have."""
 
     def __init__(self, photos: list[np.ndarray], fonts: list[Path], patch_size: int, batch_size: int, seed: int, scale: int,
-                 mix: int = 1):
+                 mix: int = 1, textures: list[np.ndarray] = ()):
         if patch_size % 16:
             raise ValueError(f"patch size (of the small image) must be a multiple of 16, got {patch_size}")
-        if mix not in (1, 2):
-            raise ValueError(f"an upscaler trains on mix 1 or 2, not {mix} (mix 3's scanned pages are for restorers)")
-        self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed, mix)
-        self.patch_size, self.batch_size, self.seed, self.scale = patch_size, batch_size, seed, scale
-        self.kinds = list(CONTENT_WEIGHTS)
-        self.kind_weights = np.array([CONTENT_WEIGHTS[k] for k in self.kinds])
+        if mix not in (1, 2, 3):
+            raise ValueError(f"an upscaler trains on mix 1, 2 or 3, not {mix}")
+        self.textures = list(textures)
+        if mix >= 3 and not self.textures:
+            raise ValueError("an upscaler's mix 3 needs texture tiles (run `enhancer fetch-textures`)")
+        # the content of the restorer's mix 2 (its mix 3 and 4 are about scanned pages and re-saves)
+        self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed, min(mix, 2))
+        self.patch_size, self.batch_size, self.seed, self.scale, self.mix = patch_size, batch_size, seed, scale, mix
+        weights = CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS
+        self.kinds = list(weights)
+        self.kind_weights = np.array([weights[k] for k in self.kinds])
         self.downscalers = list(DOWNSCALERS)
         self.downscaler_weights = np.array([DOWNSCALERS[k] for k in self.downscalers])
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         large_size = self.patch_size * self.scale
         kind = self.kinds[rng.choice(len(self.kinds), p=self.kind_weights)]
-        large = _dihedral(self.content_source.content(rng, kind, large_size), int(rng.integers(0, 8)))
+        if kind == "texture":
+            content = texture_tiles.texture_crop(rng, self.textures, large_size)
+        else:
+            content = self.content_source.content(rng, kind, large_size)
+        large = _dihedral(content, int(rng.integers(0, 8)))
+        if self.mix >= 3 and rng.random() < SOFT_SHARE:
+            large = soften(large, rng)
         if rng.random() < 0.5:
             large = np.ascontiguousarray(large[..., list(rng.permutation(3))])
         grey = rng.random() < GREY_SHARE
@@ -100,10 +133,12 @@ class UpscaleSampler:
         return tuple(np.stack(column) for column in zip(*samples))  # type: ignore[return-value]
 
 
-def upscale_validation(photos: list[np.ndarray], fonts: list[Path], scale: int, crop: int = 384) -> dict[str, list]:
+def upscale_validation(photos: list[np.ndarray], fonts: list[Path], scale: int, crop: int = 384,
+                       textures: list[np.ndarray] = ()) -> dict[str, list]:
     """Fixed validation pairs for an upscaler: held-out photos (and rendered screens) made small
     with Pillow's bicubic, clean (told nothing, as a PNG is) and saved by OpenCV at q75 and q50
-    (told their tables)."""
+    (told their tables). With `textures` (mix 3: the held-out tiles) also those, clean and at q50,
+    and the photos made soft (enlarged 2x from half their size), clean."""
     from enhancer.training import synthetic
 
     def centre(image):
@@ -115,12 +150,17 @@ def upscale_validation(photos: list[np.ndarray], fonts: list[Path], scale: int, 
     screens = [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen)]
     blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
     pairs: dict[str, list] = {}
-    for label, images in (("clean", [centre(p) for p in photos]), ("screen_clean", [centre(s) for s in screens])):
+    soft = [cv2.resize(downscale(centre(p), 2, "area"), centre(p).shape[1::-1], interpolation=cv2.INTER_CUBIC) for p in photos]
+    clean_sets = [("clean", [centre(p) for p in photos]), ("screen_clean", [centre(s) for s in screens])]
+    if textures:
+        clean_sets += [("texture_clean", [centre(t) for t in textures]), ("soft_clean", soft)]
+    for label, images in clean_sets:
         pairs[label] = [((_rgb01(downscale(im, scale, "pil_bicubic")), blind), _rgb01(im)) for im in images]
-    for q in (75, 50):
+    told_sets = [(f"q{q}", photos, q) for q in (75, 50)] + ([("texture_q50", textures, 50)] if textures else [])
+    for label, images, q in told_sets:
         recipe = jpeg_damage.ijg_recipe(q)
-        pairs[f"q{q}"] = [
+        pairs[label] = [
             ((_rgb01(jpeg_damage.jpeg_round_trip(downscale(centre(p), scale, "pil_bicubic"), recipe)), recipe.condition()), _rgb01(centre(p)))
-            for p in photos
+            for p in images
         ]
     return pairs
