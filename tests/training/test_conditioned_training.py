@@ -218,7 +218,7 @@ def test_scanned_pages_are_blurred_and_noisy_but_still_text():
 
 def test_unknown_mix_is_refused():
     with pytest.raises(ValueError, match="unknown training mix"):
-        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=5)
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=6)
 
 
 def test_mix_3_without_scanned_pages_is_refused_with_the_command_that_fetches_them():
@@ -261,6 +261,40 @@ def test_mix_4_keeps_an_earlier_good_save_in_the_target_and_removes_a_bad_one(mo
     assert photos
     closeness = np.median([psnr(s.damaged, s.clean) for s in photos])
     assert (closeness > 35) == earlier_save_kept, closeness  # about 39 dB kept, 26-30 not
+
+
+def test_mix_5_trains_on_the_texture_tiles_it_is_given_and_needs_them():
+    """About 8 % of mix 5's patches are crops of the texture tiles: with a tile of one grey level,
+    every texture patch's clean target is that level; mix 4 never draws it."""
+    page = np.full((400, 300, 3), 200, np.uint8)
+    tile = np.full((300, 300, 3), 61, np.uint8)
+    rng = np.random.default_rng(9)
+    with pytest.raises(ValueError, match="enhancer fetch-textures"):
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=5, pages=[page])
+    for mix, share in ((5, (0.03, 0.15)), (4, (0, 0))):
+        sampler = MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=mix,
+                                 pages=[page], textures=[tile])  # fmt: skip
+        drawn = [s for s in (sampler.sample(rng) for _ in range(400)) if s.kind.startswith("texture")]
+        assert share[0] <= len(drawn) / 400 <= share[1]
+        for sample in drawn:
+            assert abs(float(sample.clean.mean()) - 61 / 255) < 0.02  # grain may ride on it, as on every kind
+
+
+def test_mix_5_validates_texture_at_two_sizes_and_counts_q90_losses_as_harm():
+    from enhancer.training.train import HIGH_QUALITY_LABELS, _score, conditioned_validation
+
+    photos = [_photo(256, 256, 1)]
+    tiles = [_photo(300, 300, 4)]
+    without = conditioned_validation(photos, _fonts(), crop=128, extended=True)
+    with_tiles = conditioned_validation(photos, _fonts(), crop=128, extended=True, textures=tiles)
+    assert not any(label.startswith("texture") for label in without)
+    assert {"texture_q50", "texture_q90", "texture_clean"} <= set(with_tiles)
+    assert [truth.shape for _, truth in with_tiles["texture_q50"]] == [(128, 128, 3), (64, 64, 3)]
+    (damaged, told), truth = with_tiles["texture_clean"][0]
+    assert np.array_equal(damaged, truth) and not told.any()  # the blind path on a clean tile
+    assert "gain_texture_q90" in HIGH_QUALITY_LABELS
+    row = {"gain_q10": 1.0, "psnr_out_clean": 60.0}
+    assert _score({**row, "psnr_out_texture_clean": 40.0}) < _score({**row, "psnr_out_texture_clean": 50.0}) == _score(row)
 
 
 def test_mix_4_puts_grain_in_document_targets_too():

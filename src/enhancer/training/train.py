@@ -67,11 +67,12 @@ class TrainConfig:
     relative_floor: float = 1e-4
     #: Training mix of a conditioned model (enhancer.training.mixture): 1 as the first runs were
     #: made (a saved recipe without this field is mix 1), 2 with grain, scans and grey colour files,
-    #: 3 adds real scanned pages (from `scans_dir`).
+    #: 3 adds real scanned pages (from `scans_dir`), 4 hard truths, 5 texture tiles (from
+    #: `textures_dir`); an upscaler's mix 3 adds texture tiles and soft truths.
     mix: int = 1
     #: Scanned pages for mix 3 (`enhancer fetch-scans`): train/ is trained on, val/ validated on.
     scans_dir: str = "data/scans"
-    #: Texture tiles for an upscaler's mix 3 (`enhancer fetch-textures`), split the same way.
+    #: Texture tiles for a restorer's mix 5 and an upscaler's mix 3 (`enhancer fetch-textures`), split the same way.
     textures_dir: str = "data/textures"
 
 
@@ -280,7 +281,7 @@ def evaluate_gain(predict, pairs: dict[str, list[tuple[tuple, np.ndarray]]]) -> 
 HIGH_QUALITY_LABELS = ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q90",
                        "gain_grey_q90", "gain_grain_q90", "gain_scan_q75", "gain_scan_q90",
                        "gain_document_q75", "gain_document_q90", "gain_noisy_page_q90", "gain_noisy_page_q95",
-                       "gain_was_jpeg_q90", "gain_was_jpeg_q95")  # fmt: skip
+                       "gain_was_jpeg_q90", "gain_was_jpeg_q95", "gain_texture_q90")  # fmt: skip
 
 
 def _score(row: dict[str, float]) -> float:
@@ -288,7 +289,7 @@ def _score(row: dict[str, float]) -> float:
     harm at high quality and for changing a clean image by more than 45 dB's worth."""
     gains = [row[k] for k in ("gain_q10", "gain_q30", "gain_screen_q10", "gain_screen_q30") if k in row]
     harm = sum(min(0.0, row[k]) for k in HIGH_QUALITY_LABELS if k in row)
-    clean = min(0.0, row.get("psnr_out_clean", 99.0) - 45.0) * 0.1
+    clean = min(0.0, min(row.get("psnr_out_clean", 99.0), row.get("psnr_out_texture_clean", 99.0)) - 45.0) * 0.1
     return float(np.mean(gains)) + 4 * harm + clean
 
 
@@ -299,13 +300,15 @@ def _score_upscale(row: dict[str, float]) -> float:
 
 
 def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
-                       extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False) -> dict[str, list[np.ndarray]]:
+                       extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False,
+                       textures: list[np.ndarray] = ()) -> dict[str, list[np.ndarray]]:
     """The clean validation images of a conditioned model, per kind (BGR uint8): the held-out
     photos' centre crops and rendered screen content (seeds the training stream never draws);
     `extended` (training mix 2) adds those photos in grey and with grain, and simulated scans;
     `pages` (mix 3: the held-out real scans) adds them as "document"; `hard` (mix 4) adds hard
     truths (enhancer.training.step_calibration): the scans with noise ("noisy_page") and the photos
-    already a JPEG before ("was_jpeg")."""
+    already a JPEG before ("was_jpeg"); `textures` (mix 5: the held-out tiles) adds them at their
+    size and at half of it ("texture")."""
     from enhancer.training import documents, synthetic
     from enhancer.training.dataset import centre_crop
 
@@ -325,16 +328,22 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
         scans = content.get("document", []) + content.get("scan", [])[:2]
         content["noisy_page"] = [noisy(p, 7, rng) for p in scans]
         content["was_jpeg"] = [was_jpeg(p) for p in photos]
+    if len(textures):
+        tiles = [centre_crop(t, crop) for t in textures]
+        halves = [cv2.resize(t, (t.shape[1] // 2, t.shape[0] // 2), interpolation=cv2.INTER_AREA) for t in tiles]
+        content["texture"] = tiles + [centre_crop(h, crop // 2 // 16 * 16) for h in halves]
     return content
 
 
 def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
-                           extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False) -> dict[str, list]:
+                           extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False,
+                           textures: list[np.ndarray] = ()) -> dict[str, list]:
     """Fixed validation pairs for a conditioned model (`validation_content`): photos and screen
     content saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and
     on clean images. `extended` (runs on mix 2) adds the good files mix 1 harmed: the photos in
     grey saved as colour JPEGs and with grain (q90), and simulated scans (q75, q90); `pages` (mix 3)
-    the held-out real scans (q75, q90); `hard` (mix 4) the hard truths (q90, q95)."""
+    the held-out real scans (q75, q90); `hard` (mix 4) the hard truths (q90, q95); `textures`
+    (mix 5) the held-out texture tiles (q50, q90, and clean on the blind path)."""
     from enhancer.training import jpeg_damage
 
     def rgb(bgr):
@@ -344,7 +353,7 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
         recipe = jpeg_damage.ijg_recipe(quality)
         return [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
 
-    content = validation_content(photos, fonts, crop, extended, pages, hard)
+    content = validation_content(photos, fonts, crop, extended, pages, hard, textures)
     photos, screens = content["photo"], content["screen"]
     blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
     pairs: dict[str, list] = {}
@@ -363,6 +372,9 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
         if kind in content:
             for q in (90, 95):
                 pairs[f"{kind}_q{q}"] = told(content[kind], q)
+    if "texture" in content:
+        pairs["texture_q50"], pairs["texture_q90"] = told(content["texture"], 50), told(content["texture"], 90)
+        pairs["texture_clean"] = [((rgb(im), blind), rgb(im)) for im in content["texture"]]
     return pairs
 
 
@@ -399,7 +411,7 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
     scans = Path(cfg.scans_dir)
     uses_pages = conditioned and scale == 1 and cfg.mix >= 3  # only a restorer's mix 3 draws scanned pages
     pages = {split: load_images(scans / split) if uses_pages else [] for split in ("train", "val")}
-    uses_textures = scale > 1 and cfg.mix >= 3  # only an upscaler's mix 3 draws texture tiles
+    uses_textures = (scale > 1 and cfg.mix >= 3) or (conditioned and scale == 1 and cfg.mix >= 5)
     texture_folder = Path(cfg.textures_dir)
     textures = {split: load_images(texture_folder / split) if uses_textures else [] for split in ("train", "val")}
     if scale > 1:
@@ -409,9 +421,10 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         val = upscale_validation(val_images, fonts, scale, cfg.val_crop, textures["val"])
     elif conditioned:
         fonts = list_fonts(Path(cfg.fonts_dir))
-        sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix, pages["train"])
+        sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix, pages["train"],
+                                 textures["train"])
         val = conditioned_validation(val_images, fonts, cfg.val_crop, extended=cfg.mix >= 2, pages=pages["val"],
-                                     hard=cfg.mix >= 4)
+                                     hard=cfg.mix >= 4, textures=textures["val"])
     else:
         sampler = PatchSampler(train_images, cfg.patch_size, cfg.batch_size, cfg.seed)
         val = {f"q{q}": [((d,), c) for d, c in items]
