@@ -226,7 +226,8 @@ def _mix_lines(meta: dict) -> list[str]:
         "  half the rendered text is a scan (blurred strokes, uneven light, paper texture, noise, half of it grey);",
         "  15 % of patches are grey, half of them saved as colour JPEGs (flat chroma), as scanners and phones save them.",
         *(_document_lines(mix) if mix >= 3 else []),
-        *(_hard_truth_lines() if mix >= 4 else []),
+        *(_hard_truth_lines(mix) if mix >= 4 else []),
+        *(_texture_lines() if mix >= 5 else []),
         *([f"- Started from `{start}` (what that is: the runs it fine-tunes, under Recipe)."] if start else []),
     ]
 
@@ -248,16 +249,46 @@ def _document_lines(mix: int) -> list[str]:
     ]
 
 
-def _hard_truth_lines() -> list[str]:
+def _hard_truth_lines(mix: int) -> list[str]:
     """What mix 4 adds, read from the sampler's constants."""
     from enhancer.training import mixture
 
     return [
-        "- Mix 4 (this run) adds hard truths, where models trained on mix 3 lose on validation at high quality: a",
+        f"- Mix 4{' (this run)' if mix == 4 else ''} adds hard truths, where models trained on mix 3 lose on validation at high quality: a",
         f"  patch saved twice ({round(100 * mixture.DOUBLE_SHARE_MIX4)} % of told patches) keeps its earlier save in the target when that save was",
         f"  good (quality >= {mixture.GOOD_EARLIER_QUALITY}; a worse one is still removed); grain (sigma up to {mixture.GRAIN_MAX_SIGMA_MIX4:g}) also on rendered",
         "  text and scanned pages. Validation adds the held-out and two simulated scans with noise (sigma 7) and the",
         "  photos already a JPEG (q85, grid moved) before this save, at q90 and q95, counted as harm.",
+    ]
+
+
+def _texture_lines() -> list[str]:
+    """What mix 5 adds, read from the tile lists and weights the sampler uses."""
+    from enhancer.training import textures
+    from enhancer.training.mixture import CONTENT_WEIGHTS_MIX5
+
+    low, high = (round(100 * v) for v in textures.SCALE_RANGE)
+    return [
+        f"- Mix 5 (this run) adds fine grey texture as {round(100 * CONTENT_WEIGHTS_MIX5['texture'])} % of patches: "
+        f"{len(textures.TEXTURES['train'])} of the 512 px pattern tiles",
+        f"  in Debian's `{textures.PACKAGE}` (photographed bark, rock, paper, plaster), drawn at {low}-{high} % of their size; photos",
+        f"  {round(100 * CONTENT_WEIGHTS_MIX5['photo'])} %. Validation adds {len(textures.TEXTURES['val'])} other tiles at their size and half of it, at q50 and q90",
+        "  (a q90 loss counted as harm) and clean on the blind path.",
+    ]
+
+
+def _photo_source_lines(meta: dict) -> list[str]:
+    """Where the training photographs came from, read from the run's data record."""
+    names = [image["name"] for image in meta.get("data", {}).get("train", {}).get("images", [])]
+    puzzles = any(name.startswith("palapeli-") for name in names)
+    return [
+        "- Training photographs: Debian's `mate-backgrounds` (nature/) and `plasma-workspace-wallpapers` (photographs,",
+        *(["  largest size) and the five photo puzzles of KDE's `palapeli-data` (a castle, a bridge, fruit, a bee, a",
+           "  chameleon), downscaled >= 2x with area interpolation; scikit-learn's two samples are too small for the"]
+          if puzzles else
+          ["  largest size), downscaled >= 2x with area interpolation; scikit-learn's two samples are too small for the"]),
+        "  patch sampler after the downscale. Validation: 4 of those photos held out whole, plus rendered screen content",
+        "  from seeds the training stream never draws.",
     ]
 
 
@@ -300,10 +331,7 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "  the projection's blocks add to the convolutions' reach); the server's tile overlap must be at least this.",
         "",
         "## Data",
-        "- Training photographs: Debian's `mate-backgrounds` (nature/) and `plasma-workspace-wallpapers` (photographs,",
-        "  largest size), downscaled >= 2x with area interpolation; scikit-learn's two samples are too small for the",
-        "  patch sampler after the downscale. Validation: 4 of those photos held out whole, plus rendered screen content",
-        "  from seeds the training stream never draws.",
+        *_photo_source_lines(meta),
         "- Made on the fly (`training/synthetic.py`, `training/mixture.py`), weighted so photographs dominate:",
         "  photo crops 55 %, re-photographed crops (rotated up to 30 degrees, rescaled 0.5-1x) 10 %, dead leaves 12 %,",
         "  rendered text in 12 Debian font families 11 %, interface and chart layouts 12 %.",
