@@ -83,6 +83,22 @@ def test_an_upscaler_card_says_where_a_slim_head_started():
     lines = "\n".join(model_card._slim_head_lines(slim))
     assert "training-runs/upscale-x2c/best.weights.h5" in lines and "head_pruning" in lines
     assert model_card._slim_head_lines({"architecture": "upscale_x2", "scale": 2}) == []
+    # a run that continues a slim head names no pruning start of its own: the narrowing run is a base run
+    continued = {**slim, "recipe": {"init_weights": "training-runs/upscale-x2t/best.weights.h5"},
+                 "base_run": {"recipe": {"architecture": "upscale_x2_slim"}}}
+    lines = "\n".join(model_card._slim_head_lines(continued))
+    assert "continues one with the same head" in lines and "upscale-x2t" not in lines
+
+
+def test_a_card_names_the_step_its_best_weights_come_from():
+    """`best` is the step whose validation score was highest (the score training used), not the last."""
+    from enhancer.training import model_card
+
+    log = "step,elapsed_s,lr,loss,train_loss,gain_clean,gain_q50\n500,1,0,relative,0,1.0,0.5\n1000,2,0,relative,0,1.2,0.6\n" \
+          "1500,3,0,relative,0,1.3,-0.2\n"
+    meta = {"architecture": "upscale_x2_slim", "scale": 2, "weights": "best", "trained_steps": 1500, "log": log}
+    assert "step 1000, the validation's best score" in model_card._exported_weights_line(meta)
+    assert model_card._exported_weights_line({**meta, "weights": "final"}) == "- Exported weights: `final` (step 1500 reached)"
 
 
 def test_every_architecture_is_offered_by_the_cli_and_conditioned_as_built():

@@ -18,15 +18,32 @@ def _log_table(log_csv: str) -> list[str]:
     rows = list(csv.DictReader(io.StringIO(log_csv)))
     columns = [c for c in ("gain_q10", "gain_q30", "gain_q75", "gain_q90", "gain_screen_q10", "gain_screen_q90",
                            "gain_blind_q30", "gain_grey_q90", "gain_grain_q90", "gain_scan_q90", "gain_noisy_page_q95",
-                           "gain_was_jpeg_q95", "psnr_out_clean",
-                           "gain_clean", "gain_screen_clean", "gain_q50")
+                           "gain_was_jpeg_q95", "gain_texture_q50", "gain_texture_q90", "psnr_out_clean",
+                           "psnr_out_texture_clean", "gain_clean", "gain_screen_clean", "gain_q50",
+                           "gain_texture_clean", "gain_soft_clean")
                if rows and c in rows[0]]  # fmt: skip
-    head = " | ".join(c.replace("gain_", "gain ").replace("psnr_out_clean", "clean PSNR").replace("_", " ") for c in columns)
+    head = " | ".join(c.replace("gain_", "gain ").replace("psnr_out_texture_clean", "clean texture PSNR")
+                      .replace("psnr_out_clean", "clean PSNR").replace("_", " ") for c in columns)
     out = [f"| step | minutes | loss | {head} |", "|---" * (3 + len(columns)) + "|"]
     for r in rows:
-        cells = " | ".join(f"{float(r[c]):.1f}" if c == "psnr_out_clean" else f"{float(r[c]):+.2f}" for c in columns)
+        cells = " | ".join(f"{float(r[c]):.1f}" if c.startswith("psnr_out") else f"{float(r[c]):+.2f}" for c in columns)
         out.append(f"| {r['step']} | {float(r['elapsed_s']) / 60:.0f} | {r['loss']} | {cells} |")
     return out
+
+
+def _exported_weights_line(meta: dict) -> str:
+    """Which weights were exported; for `best`, the step whose validation score chose them
+    (recomputed from the log with the score the training used)."""
+    line = f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)"
+    rows = list(csv.DictReader(io.StringIO(meta.get("log") or "")))
+    if meta.get("weights") != "best" or not rows:
+        return line
+    from enhancer.training.train import _score, _score_upscale
+
+    score = _score_upscale if meta.get("scale", 1) > 1 else _score
+    best = max(rows, key=lambda r: score({k: float(v) for k, v in r.items() if k != "loss"}))  # the first of equals
+    return (f"- Exported weights: `best`: step {best['step']}, the validation's best score "
+            f"(step {meta.get('trained_steps')} reached)")
 
 
 def _base_runs(meta: dict) -> list[dict]:
@@ -94,7 +111,7 @@ def _recipe_lines(meta: dict) -> list[str]:
             lines.append(f"- {key}: {recipe[key]}")
     if "training_minutes" in meta:
         lines.append(_wall_time_line(meta))
-    lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
+    lines.append(_exported_weights_line(meta))
     if meta.get("log"):
         lines += ["- Validation (weights averaged) per epoch, from the run's log: gains in dB over the JPEG on the held-out",
                   "  photos and rendered screen content, the blind path on a q30 JPEG, and the PSNR of clean images",
@@ -402,11 +419,31 @@ def _upscale_evaluation_lines(evaluation: dict | None, eval_dir: Path) -> list[s
     ]
 
 
+def _upscaler_mix3_lines() -> list[str]:
+    """What an upscaler's mix 3 adds, read from the sampler's constants and the tile lists."""
+    from enhancer.training import textures, upscale_data
+
+    low, high = upscale_data.SOFT_ENLARGED_FROM
+    sigma_low, sigma_high = upscale_data.SOFT_SIGMA
+    return [
+        f"  (upscaler mix 3 adds fine grey texture as {round(100 * upscale_data.CONTENT_WEIGHTS_MIX3['texture'])} % of samples, "
+        f"{len(textures.TEXTURES['train'])} of the pattern tiles in Debian's `{textures.PACKAGE}`,",
+        f"  and soft truths in {round(100 * upscale_data.SOFT_SHARE)} %: the truth itself enlarged (bicubic) from {low:g}-{high:g}x smaller or",
+        f"  blurred (sigma {sigma_low:g}-{sigma_high:g}), so the network does not invent sharpness a soft picture lacks;",
+        f"  validation adds {len(textures.TEXTURES['val'])} other tiles, clean and at q50, and the photos made soft)",
+    ]
+
+
 def _slim_head_lines(meta: dict) -> list[str]:
     """How a narrower (`_slim`) head began: the strongest channels of the wider trained one."""
     if not str(meta.get("architecture", "")).endswith("_slim"):
         return []
     start = meta.get("recipe", {}).get("init_weights")
+    bases = _base_runs(meta)
+    if bases and bases[0]["recipe"].get("architecture") == meta.get("architecture"):
+        return [f"- A narrower head than `upscale_x{meta.get('scale')}`'s, for speed. This run continues one with the same head;",
+                "  the run that narrowed it (from a wider trained upscaler's strongest channels,",
+                "  `src/enhancer/training/head_pruning.py`) is among those under Recipe."]  # fmt: skip
     return [
         f"- A narrower head than `upscale_x{meta.get('scale')}`'s, for speed. It started from {f'`{start}`' if start else 'a wider trained upscaler'}:",
         "  the restorer whole, and in each head convolution the output channels with the largest product of the",
@@ -455,9 +492,11 @@ def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str
         if recipe.get("mix", 1) >= 2:
             lines.append("  (training mix 2, as `dejpeg-q`'s card describes: grain kept in the clean target, scanned text, "
                          "more grey content)")  # fmt: skip
+        if recipe.get("mix", 1) >= 3:
+            lines += _upscaler_mix3_lines()
         if "training_minutes" in meta:
             lines.append(_wall_time_line(meta))
-        lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
+        lines.append(_exported_weights_line(meta))
         if meta.get("log"):
             lines += ["- Validation per epoch, from the run's log: gain in dB over bicubic (OpenCV) on held-out photos",
                       "  and rendered screens made small with Pillow's bicubic, clean and as q75/q50 JPEGs:", "",
@@ -518,7 +557,7 @@ def render(model_dir: Path) -> str:
             lines.append(f"- {key}: {recipe[key]}")
     if "training_minutes" in meta:
         lines.append(_wall_time_line(meta))
-    lines.append(f"- Exported weights: `{meta.get('weights')}` (step {meta.get('trained_steps')} reached)")
+    lines.append(_exported_weights_line(meta))
     if meta.get("log"):
         lines += ["- Validation gains (dB) per epoch, the log the run wrote (weights averaged where ema_decay > 0):", "",
                   *_log_table(meta["log"]), ""]  # fmt: skip
