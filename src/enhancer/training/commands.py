@@ -307,7 +307,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("fetch-photos", help="download free training photos (Debian packages, scikit-learn)")
     p.add_argument("--out", type=Path, default=Path("data/raw"))
     p.add_argument("--puzzles", action="store_true",
-                   help="also palapeli's photo puzzles (man-made scenes; the training photos from dejpeg-q6 on)")
+                   help="also palapeli's photo puzzles (man-made scenes; the training photos from dejpeg-q7 on)")
     p.set_defaults(func=_fetch_photos)
 
     p = subparsers.add_parser("fetch-fonts", help="download the training fonts (Debian font packages, unpacked, not installed)")
@@ -318,7 +318,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir))
     p.set_defaults(func=_fetch_scans)
 
-    p = subparsers.add_parser("fetch-textures", help="download fine texture tiles for an upscaler's training mix 3 (Debian's krita-data)")
+    p = subparsers.add_parser("fetch-textures", help="download fine texture tiles for training mixes with texture (Debian's krita-data)")
     p.add_argument("--out", type=Path, default=Path(TRAIN_DEFAULTS.textures_dir))
     p.set_defaults(func=_fetch_textures)
 

@@ -59,9 +59,9 @@ GOOD_EARLIER_QUALITY = 70
 GRAIN_KINDS_MIX4 = ("photo", "rephoto", "dead_leaves", "text", "document")
 GRAIN_MAX_SIGMA_MIX4 = 10.0
 
-#: Mix 5 adds fine grey texture (`training.textures`: photographed bark, rock, sand, paper). On the
-#: held-out tiles, the mix-4 model changed a clean soft texture on the blind path (39.7 dB against
-#: itself) and lost up to 0.18 dB on it at q50-85. Everything else is mix 4.
+#: Mix 5 adds fine grey texture (`training.textures`: photographed bark, rock, sand, paper): on the
+#: held-out tiles, models trained on mix 4 changed a clean soft texture on the blind path and lost
+#: on it at middle and high qualities. Everything else is mix 4.
 CONTENT_WEIGHTS_MIX5 = {"photo": 0.46, "rephoto": 0.08, "dead_leaves": 0.1, "text": 0.08, "screen": 0.1,
                         "document": 0.1, "texture": 0.08}  # fmt: skip
 
@@ -111,8 +111,7 @@ class MixtureSampler:
         if mix >= 5 and not self.textures:
             raise ValueError(f"training mix {mix} needs texture tiles (run `enhancer fetch-textures`)")
         self.mix = mix
-        # mix 4: mix 3's content
-        weights = CONTENT_WEIGHTS_MIX5 if mix >= 5 else CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS
+        weights = CONTENT_WEIGHTS_MIX5 if mix >= 5 else CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS  # mix 4: 3's
         self.kinds = list(weights)
         self.kind_weights = np.array([weights[k] for k in self.kinds])
 

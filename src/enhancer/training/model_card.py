@@ -38,10 +38,10 @@ def _exported_weights_line(meta: dict) -> str:
     rows = list(csv.DictReader(io.StringIO(meta.get("log") or "")))
     if meta.get("weights") != "best" or not rows:
         return line
-    from enhancer.training.train import _score, _score_upscale
+    from enhancer.training.train import checkpoint_score
 
-    score = _score_upscale if meta.get("scale", 1) > 1 else _score
-    best = max(rows, key=lambda r: score({k: float(v) for k, v in r.items() if k != "loss"}))  # the first of equals
+    scale = meta.get("scale", 1)
+    best = max(rows, key=lambda r: checkpoint_score({k: float(v) for k, v in r.items() if k != "loss"}, scale))  # first of equals
     return (f"- Exported weights: `best`: step {best['step']}, the validation's best score "
             f"(step {meta.get('trained_steps')} reached)")
 

@@ -1,12 +1,13 @@
-"""Fine grey textures for the upscalers' training mix 3: bark, rock, sand, paper.
+"""Fine grey textures for training (an upscaler's mix 3, a restorer's mix 5): bark, rock, sand, paper.
 
 Why: an upscaler trained on wallpapers and rendered content came back below bicubic on fine
 texture saved as a small JPEG (detail the JPEG left is noise-like, and the network smoothed it
-away), and far below it on texture that was already soft. The 512 px pattern tiles Krita ships
+away), and far below it on texture that was already soft; the restorer changed such a texture
+on the blind path. The 512 px pattern tiles Krita ships
 (Debian's `krita-data`) are photographs of such surfaces, clean of JPEG blocking at their stored
 size. Training and validation take different surfaces: validation must tell whether the model
 learned texture, not these tiles. Pixel-scale noise patterns (canvas weave, paper grain at one
-pixel) are left out: nothing can upscale them, and bicubic scores them near 13 dB.
+pixel) are left out: no upscaler can recover them.
 """
 
 from __future__ import annotations

@@ -299,6 +299,11 @@ def _score_upscale(row: dict[str, float]) -> float:
     return float(np.mean(gains)) + 4 * sum(min(0.0, g) for g in gains)
 
 
+def checkpoint_score(row: dict[str, float], scale: int) -> float:
+    """The score that picks a run's `best` checkpoint from its validation row (restorer or upscaler)."""
+    return _score(row) if scale == 1 else _score_upscale(row)
+
+
 def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
                        extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False,
                        textures: list[np.ndarray] = ()) -> dict[str, list[np.ndarray]]:
@@ -491,7 +496,7 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
                 gains = evaluate_gain(lambda *a: predict(*a).numpy(), val)
                 row = {"step": done, "elapsed_s": round(time.monotonic() - started, 1), "lr": lr, "loss": kind,
                        "train_loss": float(np.mean(losses)), **gains}  # fmt: skip
-                score = _score(row) if scale == 1 else _score_upscale(row)
+                score = checkpoint_score(row, scale)
                 if score > state["best_score"]:
                     state["best_score"] = score
                     model.save_weights(str(run_dir / "best.weights.h5"))
