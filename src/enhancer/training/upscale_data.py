@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from enhancer.training import jpeg_damage, textures as texture_tiles
+from enhancer.training import jpeg_damage
 from enhancer.training.mixture import MixtureSampler, _dihedral, _rgb01
 
 CONTENT_WEIGHTS = {"photo": 0.6, "rephoto": 0.1, "dead_leaves": 0.1, "text": 0.1, "screen": 0.1}
@@ -83,8 +83,10 @@ class UpscaleSampler:
         self.textures = list(textures)
         if mix >= 3 and not self.textures:
             raise ValueError("an upscaler's mix 3 needs texture tiles (run `enhancer fetch-textures`)")
-        # the content of the restorer's mix 2 (its mix 3 and 4 are about scanned pages and re-saves)
-        self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed, min(mix, 2))
+        # the content of the restorer's mix 2 (its mix 3 and 4 are about scanned pages and re-saves),
+        # which also draws the texture tiles when this mix names them
+        self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed, min(mix, 2),
+                                             textures=self.textures)
         self.patch_size, self.batch_size, self.seed, self.scale, self.mix = patch_size, batch_size, seed, scale, mix
         weights = CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS
         self.kinds = list(weights)
@@ -95,11 +97,7 @@ class UpscaleSampler:
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         large_size = self.patch_size * self.scale
         kind = self.kinds[rng.choice(len(self.kinds), p=self.kind_weights)]
-        if kind == "texture":
-            content = texture_tiles.texture_crop(rng, self.textures, large_size)
-        else:
-            content = self.content_source.content(rng, kind, large_size)
-        large = _dihedral(content, int(rng.integers(0, 8)))
+        large = _dihedral(self.content_source.content(rng, kind, large_size), int(rng.integers(0, 8)))
         if self.mix >= 3 and rng.random() < SOFT_SHARE:
             large = soften(large, rng)
         if rng.random() < 0.5:
@@ -150,17 +148,18 @@ def upscale_validation(photos: list[np.ndarray], fonts: list[Path], scale: int, 
     screens = [render(rng, crop, fonts) for render in (synthetic.text_page, synthetic.screen)]
     blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
     pairs: dict[str, list] = {}
-    soft = [cv2.resize(downscale(centre(p), 2, "area"), centre(p).shape[1::-1], interpolation=cv2.INTER_CUBIC) for p in photos]
-    clean_sets = [("clean", [centre(p) for p in photos]), ("screen_clean", [centre(s) for s in screens])]
-    if textures:
-        clean_sets += [("texture_clean", [centre(t) for t in textures]), ("soft_clean", soft)]
+    photos, tiles = [centre(p) for p in photos], [centre(t) for t in textures]
+    clean_sets = [("clean", photos), ("screen_clean", [centre(s) for s in screens])]
+    if tiles:
+        soft = [cv2.resize(downscale(p, 2, "area"), p.shape[1::-1], interpolation=cv2.INTER_CUBIC) for p in photos]
+        clean_sets += [("texture_clean", tiles), ("soft_clean", soft)]
     for label, images in clean_sets:
         pairs[label] = [((_rgb01(downscale(im, scale, "pil_bicubic")), blind), _rgb01(im)) for im in images]
-    told_sets = [(f"q{q}", photos, q) for q in (75, 50)] + ([("texture_q50", textures, 50)] if textures else [])
+    told_sets = [(f"q{q}", photos, q) for q in (75, 50)] + ([("texture_q50", tiles, 50)] if tiles else [])
     for label, images, q in told_sets:
         recipe = jpeg_damage.ijg_recipe(q)
         pairs[label] = [
-            ((_rgb01(jpeg_damage.jpeg_round_trip(downscale(centre(p), scale, "pil_bicubic"), recipe)), recipe.condition()), _rgb01(centre(p)))
-            for p in images
+            ((_rgb01(jpeg_damage.jpeg_round_trip(downscale(im, scale, "pil_bicubic"), recipe)), recipe.condition()), _rgb01(im))
+            for im in images
         ]
     return pairs
