@@ -347,14 +347,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "--patch-size "
                    "is the small image's)")
     p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir), help="training fonts (enhancer fetch-fonts)")
-    p.add_argument("--mix", type=int, choices=(1, 2, 3, 4, 5), default=TRAIN_DEFAULTS.mix,
+    p.add_argument("--mix", type=int, choices=(1, 2, 3, 4, 5, 6), default=TRAIN_DEFAULTS.mix,
                    help="dejpeg_q's training mix: 1 as the first runs, 2 adds grain, simulated scans and grey colour "
                    "files, 3 adds real scanned pages (restorers only), 4 adds hard truths: an earlier good save kept "
-                   "in the target, stronger noise also on text and pages, 5 adds fine texture tiles; an upscaler's mix 3 adds fine texture "
-                   "tiles and soft truths (pictures already enlarged or out of focus)")
+                   "in the target, stronger noise also on text and pages, 5 adds fine texture tiles, 6 adds soft truths "
+                   "(enlarged, out of focus or sharpened content); an upscaler's mix 3 adds fine texture tiles and soft "
+                   "truths (pictures already enlarged or out of focus), 4 enlarges those from more than the scale smaller")
     p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir), help="scanned pages for mix 3 and 4 (enhancer fetch-scans)")
     p.add_argument("--textures", type=Path, default=Path(TRAIN_DEFAULTS.textures_dir),
-                   help="texture tiles for a restorer's mix 5 and an upscaler's mix 3 (enhancer fetch-textures)")
+                   help="texture tiles for a restorer's mix 5 on and an upscaler's mix 3 on (enhancer fetch-textures)")
     p.add_argument("--relative-floor", type=float, default=TRAIN_DEFAULTS.relative_floor,
                    help="floor under the input's MSE in the relative loss")
     p.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)

@@ -65,6 +65,16 @@ GRAIN_MAX_SIGMA_MIX4 = 10.0
 CONTENT_WEIGHTS_MIX5 = {"photo": 0.46, "rephoto": 0.08, "dead_leaves": 0.1, "text": 0.08, "screen": 0.1,
                         "document": 0.1, "texture": 0.08}  # fmt: skip
 
+#: Mix 6 adds soft truths (`synthetic.soften`): content enlarged from a smaller copy (with bicubic
+#: ringing), out of focus, or sharpened (halos). On held-out scans enlarged from a third of their
+#: size, models trained on mix 5 lose at q75-q90: they take the soft glyphs' ringing for JPEG
+#: damage. Text and pages are made soft more often than other content. Everything else is mix 5.
+SOFT_SHARE_MIX6 = {"text": 0.3, "document": 0.3, "screen": 0.15}
+SOFT_SHARE_OTHER_MIX6 = 0.12
+SOFT_ENLARGED_FROM_MIX6 = (1.5, 4.0)
+SOFT_SIGMA_MIX6 = (0.6, 2.0)
+SOFT_SHARPENED_MIX6 = 0.35
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -101,8 +111,8 @@ class MixtureSampler:
         self.photo_weights = areas / areas.sum()
         self.fonts = list(fonts)
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
-        if mix not in (1, 2, 3, 4, 5):
-            raise ValueError(f"unknown training mix {mix} (1 to 5)")
+        if mix not in (1, 2, 3, 4, 5, 6):
+            raise ValueError(f"unknown training mix {mix} (1 to 6)")
         self.pages = [p for p in pages if min(p.shape[:2]) >= patch_size + 16]
         if mix >= 3 and not self.pages:
             raise ValueError(f"training mix {mix} needs scanned pages at least {patch_size + 16} px on their short side "
@@ -149,6 +159,8 @@ class MixtureSampler:
         region = _dihedral(self.content(rng, kind, size + 16), int(rng.integers(0, 8)))
         if rng.random() < 0.5:  # colours our few photos lack (saturated purples, cyans)
             region = np.ascontiguousarray(region[..., list(rng.permutation(3))])
+        if self.mix >= 6 and rng.random() < SOFT_SHARE_MIX6.get(kind, SOFT_SHARE_OTHER_MIX6):
+            region = synthetic.soften(region, rng, SOFT_ENLARGED_FROM_MIX6, SOFT_SIGMA_MIX6, SOFT_SHARPENED_MIX6)
         grain_kinds, grain_sigma = (GRAIN_KINDS_MIX4, GRAIN_MAX_SIGMA_MIX4) if self.mix >= 4 else (GRAIN_KINDS, GRAIN_MAX_SIGMA)
         if self.mix >= 2 and kind in grain_kinds and rng.random() < GRAIN_SHARE:
             region = synthetic.grain(region, rng, grain_sigma)

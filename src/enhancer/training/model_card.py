@@ -244,7 +244,8 @@ def _mix_lines(meta: dict) -> list[str]:
         "  15 % of patches are grey, half of them saved as colour JPEGs (flat chroma), as scanners and phones save them.",
         *(_document_lines(mix) if mix >= 3 else []),
         *(_hard_truth_lines(mix) if mix >= 4 else []),
-        *(_texture_lines() if mix >= 5 else []),
+        *(_texture_lines(mix) if mix >= 5 else []),
+        *(_soft_truth_lines() if mix >= 6 else []),
         *([f"- Started from `{start}` (what that is: the runs it fine-tunes, under Recipe)."] if start else []),
     ]
 
@@ -279,18 +280,35 @@ def _hard_truth_lines(mix: int) -> list[str]:
     ]
 
 
-def _texture_lines() -> list[str]:
+def _texture_lines(mix: int) -> list[str]:
     """What mix 5 adds, read from the tile lists and weights the sampler uses."""
     from enhancer.training import textures
     from enhancer.training.mixture import CONTENT_WEIGHTS_MIX5
 
     low, high = (round(100 * v) for v in textures.SCALE_RANGE)
     return [
-        f"- Mix 5 (this run) adds fine grey texture as {round(100 * CONTENT_WEIGHTS_MIX5['texture'])} % of patches: "
+        f"- Mix 5{' (this run)' if mix == 5 else ''} adds fine grey texture as {round(100 * CONTENT_WEIGHTS_MIX5['texture'])} % of patches: "
         f"{len(textures.TEXTURES['train'])} of the 512 px pattern tiles",
         f"  in Debian's `{textures.PACKAGE}` (photographed bark, rock, paper, plaster), drawn at {low}-{high} % of their size; photos",
         f"  {round(100 * CONTENT_WEIGHTS_MIX5['photo'])} %. Validation adds {len(textures.TEXTURES['val'])} other tiles at their size and half of it, at q50 and q90",
         "  (a q90 loss counted as harm) and clean on the blind path.",
+    ]
+
+
+def _soft_truth_lines() -> list[str]:
+    """What mix 6 adds, read from the sampler's constants."""
+    from enhancer.training import mixture, train
+
+    low, high = mixture.SOFT_ENLARGED_FROM_MIX6
+    sigma_low, sigma_high = mixture.SOFT_SIGMA_MIX6
+    shares = ", ".join(f"{kind} {round(100 * share)} %" for kind, share in mixture.SOFT_SHARE_MIX6.items())
+    sigma, amount = train.SOFT_PAGE_SHARPEN
+    return [
+        f"- Mix 6 (this run) adds soft truths, the picture a file holds when it was soft before it was saved: {shares},",
+        f"  other content {round(100 * mixture.SOFT_SHARE_OTHER_MIX6)} % of patches; of those, {round(100 * mixture.SOFT_SHARPENED_MIX6)} % sharpened by an unsharp mask (halos), the",
+        f"  rest half enlarged (bicubic, with its ringing) from {low:g}-{high:g}x smaller, half blurred (sigma {sigma_low:g}-{sigma_high:g}).",
+        f"  Validation adds the scans enlarged from a third of their size and sharpened (sigma {sigma:g}, amount {amount:g}),",
+        "  at q75 and q90, counted as harm.",
     ]
 
 
@@ -434,6 +452,18 @@ def _upscaler_mix3_lines() -> list[str]:
     ]
 
 
+def _upscaler_mix4_lines(scale: int) -> list[str]:
+    """What an upscaler's mix 4 changes, read from the sampler's constants."""
+    from enhancer.training import upscale_data
+
+    low, high = (f * scale for f in upscale_data.SOFT_ENLARGED_FROM_MIX4)
+    return [
+        f"  (upscaler mix 4, this run: texture {round(100 * upscale_data.CONTENT_WEIGHTS_MIX4['texture'])} % of samples, photos "
+        f"{round(100 * upscale_data.CONTENT_WEIGHTS_MIX4['photo'])} %; enlarged soft truths from {low:g}-{high:g}x smaller,",
+        f"  more than the scale, so the small image shows them soft; validation's soft photos enlarged from {2 * scale}x smaller)",
+    ]
+
+
 def _slim_head_lines(meta: dict) -> list[str]:
     """How a narrower (`_slim`) head began: the strongest channels of the wider trained one."""
     if not str(meta.get("architecture", "")).endswith("_slim"):
@@ -494,6 +524,8 @@ def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str
                          "more grey content)")  # fmt: skip
         if recipe.get("mix", 1) >= 3:
             lines += _upscaler_mix3_lines()
+        if recipe.get("mix", 1) >= 4:
+            lines += _upscaler_mix4_lines(meta.get("scale", 2))
         if "training_minutes" in meta:
             lines.append(_wall_time_line(meta))
         lines.append(_exported_weights_line(meta))

@@ -68,7 +68,8 @@ class TrainConfig:
     #: Training mix of a conditioned model (enhancer.training.mixture): 1 as the first runs were
     #: made (a saved recipe without this field is mix 1), 2 with grain, scans and grey colour files,
     #: 3 adds real scanned pages (from `scans_dir`), 4 hard truths, 5 texture tiles (from
-    #: `textures_dir`); an upscaler's mix 3 adds texture tiles and soft truths.
+    #: `textures_dir`), 6 soft truths; an upscaler's mix 3 adds texture tiles and soft truths, 4
+    #: makes those soft enough to see in the small image.
     mix: int = 1
     #: Scanned pages for mix 3 (`enhancer fetch-scans`): train/ is trained on, val/ validated on.
     scans_dir: str = "data/scans"
@@ -281,7 +282,8 @@ def evaluate_gain(predict, pairs: dict[str, list[tuple[tuple, np.ndarray]]]) -> 
 HIGH_QUALITY_LABELS = ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q90",
                        "gain_grey_q90", "gain_grain_q90", "gain_scan_q75", "gain_scan_q90",
                        "gain_document_q75", "gain_document_q90", "gain_noisy_page_q90", "gain_noisy_page_q95",
-                       "gain_was_jpeg_q90", "gain_was_jpeg_q95", "gain_texture_q90")  # fmt: skip
+                       "gain_was_jpeg_q90", "gain_was_jpeg_q95", "gain_texture_q90", "gain_soft_page_q75",
+                       "gain_soft_page_q90")  # fmt: skip
 
 
 def _score(row: dict[str, float]) -> float:
@@ -304,16 +306,34 @@ def checkpoint_score(row: dict[str, float], scale: int) -> float:
     return _score(row) if scale == 1 else _score_upscale(row)
 
 
+#: The unsharp mask (Gaussian sigma, amount) that makes a validation page's sharpened soft truth.
+SOFT_PAGE_SHARPEN = (1.5, 1.0)
+
+
+def enlarged(image: np.ndarray, factor: int) -> np.ndarray:
+    """`image` as a picture enlarged (bicubic) from a copy `factor` times smaller: soft, with ringing."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def sharpened(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    """`image` through an unsharp mask: the halos a phone or an editor adds."""
+    blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigma)
+    return np.clip(image + amount * (image - blurred), 0, 255).round().astype(np.uint8)
+
+
 def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
                        extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False,
-                       textures: list[np.ndarray] = ()) -> dict[str, list[np.ndarray]]:
+                       textures: list[np.ndarray] = (), soft: bool = False) -> dict[str, list[np.ndarray]]:
     """The clean validation images of a conditioned model, per kind (BGR uint8): the held-out
     photos' centre crops and rendered screen content (seeds the training stream never draws);
     `extended` (training mix 2) adds those photos in grey and with grain, and simulated scans;
     `pages` (mix 3: the held-out real scans) adds them as "document"; `hard` (mix 4) adds hard
     truths (enhancer.training.step_calibration): the scans with noise ("noisy_page") and the photos
     already a JPEG before ("was_jpeg"); `textures` (mix 5: the held-out tiles) adds them at their
-    size and at half of it ("texture")."""
+    size and at half of it ("texture"); `soft` (mix 6) adds the scans as soft truths ("soft_page":
+    enlarged from a third of their size, and sharpened, `SOFT_PAGE_SHARPEN`)."""
     from enhancer.training import documents, synthetic
     from enhancer.training.dataset import centre_crop
 
@@ -337,18 +357,22 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
         tiles = [centre_crop(t, crop) for t in textures]
         halves = [cv2.resize(t, (t.shape[1] // 2, t.shape[0] // 2), interpolation=cv2.INTER_AREA) for t in tiles]
         content["texture"] = tiles + [centre_crop(h, crop // 2 // 16 * 16) for h in halves]
+    if soft:
+        scans = content.get("document", []) + content.get("scan", [])
+        content["soft_page"] = [enlarged(p, 3) for p in scans] + [sharpened(p, *SOFT_PAGE_SHARPEN) for p in scans]
     return content
 
 
 def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
                            extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False,
-                           textures: list[np.ndarray] = ()) -> dict[str, list]:
+                           textures: list[np.ndarray] = (), soft: bool = False) -> dict[str, list]:
     """Fixed validation pairs for a conditioned model (`validation_content`): photos and screen
     content saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and
     on clean images. `extended` (runs on mix 2) adds the good files mix 1 harmed: the photos in
     grey saved as colour JPEGs and with grain (q90), and simulated scans (q75, q90); `pages` (mix 3)
     the held-out real scans (q75, q90); `hard` (mix 4) the hard truths (q90, q95); `textures`
-    (mix 5) the held-out texture tiles (q50, q90, and clean on the blind path)."""
+    (mix 5) the held-out texture tiles (q50, q90, and clean on the blind path); `soft` (mix 6) the
+    soft pages (q75, q90)."""
     from enhancer.training import jpeg_damage
 
     def rgb(bgr):
@@ -358,7 +382,7 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
         recipe = jpeg_damage.ijg_recipe(quality)
         return [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
 
-    content = validation_content(photos, fonts, crop, extended, pages, hard, textures)
+    content = validation_content(photos, fonts, crop, extended, pages, hard, textures, soft)
     photos, screens = content["photo"], content["screen"]
     blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
     pairs: dict[str, list] = {}
@@ -377,6 +401,8 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
         if kind in content:
             for q in (90, 95):
                 pairs[f"{kind}_q{q}"] = told(content[kind], q)
+    if "soft_page" in content:
+        pairs["soft_page_q75"], pairs["soft_page_q90"] = told(content["soft_page"], 75), told(content["soft_page"], 90)
     if "texture" in content:
         pairs["texture_q50"], pairs["texture_q90"] = told(content["texture"], 50), told(content["texture"], 90)
         pairs["texture_clean"] = [((rgb(im), blind), rgb(im)) for im in content["texture"]]
@@ -423,13 +449,14 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         fonts = list_fonts(Path(cfg.fonts_dir))
         sampler = UpscaleSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, scale, cfg.mix,
                                  textures["train"])
-        val = upscale_validation(val_images, fonts, scale, cfg.val_crop, textures["val"])
+        val = upscale_validation(val_images, fonts, scale, cfg.val_crop, textures["val"],
+                                 soft_from=2 * scale if cfg.mix >= 4 else 2)
     elif conditioned:
         fonts = list_fonts(Path(cfg.fonts_dir))
         sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix, pages["train"],
                                  textures["train"])
         val = conditioned_validation(val_images, fonts, cfg.val_crop, extended=cfg.mix >= 2, pages=pages["val"],
-                                     hard=cfg.mix >= 4, textures=textures["val"])
+                                     hard=cfg.mix >= 4, textures=textures["val"], soft=cfg.mix >= 6)
     else:
         sampler = PatchSampler(train_images, cfg.patch_size, cfg.batch_size, cfg.seed)
         val = {f"q{q}": [((d,), c) for d, c in items]

@@ -9,7 +9,8 @@ sends: no compression damage). The content mix is the restorer's (`training.mixt
 
 Mix 3 adds what upscalers trained on mix 2 lost to bicubic on: fine grey texture (`training.textures`)
 and soft truths, pictures that were already soft (enlarged before, or out of focus), where the
-network must not invent the sharpness it was trained to restore.
+network must not invent the sharpness it was trained to restore. Mix 4 makes its enlarged truths
+soft enough that the small image shows it (see `SOFT_ENLARGED_FROM_MIX4`) and draws more texture.
 """
 
 from __future__ import annotations
@@ -20,17 +21,24 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from enhancer.training import jpeg_damage
+from enhancer.training import jpeg_damage, synthetic
 from enhancer.training.mixture import MixtureSampler, _dihedral, _rgb01
 
 CONTENT_WEIGHTS = {"photo": 0.6, "rephoto": 0.1, "dead_leaves": 0.1, "text": 0.1, "screen": 0.1}
 CONTENT_WEIGHTS_MIX3 = {"photo": 0.52, "rephoto": 0.09, "dead_leaves": 0.09, "text": 0.09, "screen": 0.09,
                         "texture": 0.12}  # fmt: skip
+#: Mix 4: more texture, where models trained on mix 3 still lose to bicubic on held-out tiles at q50-75.
+CONTENT_WEIGHTS_MIX4 = {"photo": 0.48, "rephoto": 0.08, "dead_leaves": 0.08, "text": 0.08, "screen": 0.08,
+                        "texture": 0.2}  # fmt: skip
 #: Mix 3: share of samples whose truth is soft, and how: enlarged from this much smaller (bicubic),
 #: or blurred with this Gaussian sigma (in large-image pixels), half each.
 SOFT_SHARE = 0.12
 SOFT_ENLARGED_FROM = (1.5, 3.0)
 SOFT_SIGMA = (1.0, 2.5)
+#: Mix 4 also corrects mix 3's enlarged truths: one enlarged from k <= scale times smaller looks, once made
+#: `scale` times smaller, like any sharp picture, so the network could not tell it was soft. Mix 4
+#: enlarges from more than `scale` times smaller (these factors times `scale`); everything else is mix 3.
+SOFT_ENLARGED_FROM_MIX4 = (1.25, 2.0)
 #: Share of samples saved as JPEG (the rest are clean).
 JPEG_SHARE = 0.7
 #: Of the JPEG samples, the share with IJG tables at quality 30-95 (others: any encoder's recipe).
@@ -59,17 +67,6 @@ def downscale(image_bgr: np.ndarray, scale: int, method: str) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image_bgr)).resize(size, resample))
 
 
-def soften(image_bgr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """`image_bgr` made soft as pictures users send often are: enlarged (bicubic) from a smaller
-    copy, or out of focus (Gaussian blur)."""
-    h, w = image_bgr.shape[:2]
-    if rng.random() < 0.5:
-        factor = rng.uniform(*SOFT_ENLARGED_FROM)
-        small = cv2.resize(image_bgr, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    return cv2.GaussianBlur(image_bgr, (0, 0), rng.uniform(*SOFT_SIGMA))
-
-
 class UpscaleSampler:
     """Deterministic stream of (small, large, condition) batches; batch `step` depends only on
     (seed, step), so a resumed run sees what an uninterrupted one would have."""
@@ -78,17 +75,17 @@ class UpscaleSampler:
                  mix: int = 1, textures: list[np.ndarray] = ()):
         if patch_size % 16:
             raise ValueError(f"patch size (of the small image) must be a multiple of 16, got {patch_size}")
-        if mix not in (1, 2, 3):
-            raise ValueError(f"an upscaler trains on mix 1, 2 or 3, not {mix}")
+        if mix not in (1, 2, 3, 4):
+            raise ValueError(f"an upscaler trains on mix 1 to 4, not {mix}")
         self.textures = list(textures)
         if mix >= 3 and not self.textures:
-            raise ValueError("an upscaler's mix 3 needs texture tiles (run `enhancer fetch-textures`)")
+            raise ValueError(f"an upscaler's mix {mix} needs texture tiles (run `enhancer fetch-textures`)")
         # the content of the restorer's mix 2 (its mix 3 and 4 are about scanned pages and re-saves),
         # which also draws the texture tiles when this mix names them
         self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed, min(mix, 2),
                                              textures=self.textures)
         self.patch_size, self.batch_size, self.seed, self.scale, self.mix = patch_size, batch_size, seed, scale, mix
-        weights = CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS
+        weights = CONTENT_WEIGHTS_MIX4 if mix >= 4 else CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS
         self.kinds = list(weights)
         self.kind_weights = np.array([weights[k] for k in self.kinds])
         self.downscalers = list(DOWNSCALERS)
@@ -99,7 +96,9 @@ class UpscaleSampler:
         kind = self.kinds[rng.choice(len(self.kinds), p=self.kind_weights)]
         large = _dihedral(self.content_source.content(rng, kind, large_size), int(rng.integers(0, 8)))
         if self.mix >= 3 and rng.random() < SOFT_SHARE:
-            large = soften(large, rng)
+            enlarged_from = (tuple(f * self.scale for f in SOFT_ENLARGED_FROM_MIX4) if self.mix >= 4
+                             else SOFT_ENLARGED_FROM)  # fmt: skip
+            large = synthetic.soften(large, rng, enlarged_from, SOFT_SIGMA)
         if rng.random() < 0.5:
             large = np.ascontiguousarray(large[..., list(rng.permutation(3))])
         grey = rng.random() < GREY_SHARE
@@ -132,12 +131,12 @@ class UpscaleSampler:
 
 
 def upscale_validation(photos: list[np.ndarray], fonts: list[Path], scale: int, crop: int = 384,
-                       textures: list[np.ndarray] = ()) -> dict[str, list]:
+                       textures: list[np.ndarray] = (), soft_from: int = 2) -> dict[str, list]:
     """Fixed validation pairs for an upscaler: held-out photos (and rendered screens) made small
     with Pillow's bicubic, clean (told nothing, as a PNG is) and saved by OpenCV at q75 and q50
     (told their tables). With `textures` (mix 3: the held-out tiles) also those, clean and at q50,
-    and the photos made soft (enlarged 2x from half their size), clean."""
-    from enhancer.training import synthetic
+    and the photos made soft (enlarged from `soft_from` times smaller: 2 for mix 3; mix 4 validates
+    with 2 x scale, a softness the small image still shows), clean."""
 
     def centre(image):
         h, w = image.shape[:2]
@@ -151,7 +150,7 @@ def upscale_validation(photos: list[np.ndarray], fonts: list[Path], scale: int, 
     photos, tiles = [centre(p) for p in photos], [centre(t) for t in textures]
     clean_sets = [("clean", photos), ("screen_clean", [centre(s) for s in screens])]
     if tiles:
-        soft = [cv2.resize(downscale(p, 2, "area"), p.shape[1::-1], interpolation=cv2.INTER_CUBIC) for p in photos]
+        soft = [cv2.resize(downscale(p, soft_from, "area"), p.shape[1::-1], interpolation=cv2.INTER_CUBIC) for p in photos]
         clean_sets += [("texture_clean", tiles), ("soft_clean", soft)]
     for label, images in clean_sets:
         pairs[label] = [((_rgb01(downscale(im, scale, "pil_bicubic")), blind), _rgb01(im)) for im in images]
