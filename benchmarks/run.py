@@ -49,7 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="MINUTES",
                         help="first wait up to MINUTES for training/evaluation to end and the load average "
                         "to fall below 0.7 (then measure anyway, recording the load)")
+    parser.add_argument("--server-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for every enhancer server the benchmarks start, unless the benchmark sets it "
+                        "itself (e.g. precision=float32); the servers' read-back settings record it")
     args = parser.parse_args(argv)
+    from benchmarks.harness import server
+
+    for item in args.server_setting:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--server-setting takes NAME=VALUE, got {item!r}")
+        server.SERVER_SETTINGS[name.strip().lower()] = value.strip()
 
     from pathlib import Path
 
@@ -70,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         info = machine_info()
         info["profile"] = profile.name
+        info["server_settings"] = dict(server.SERVER_SETTINGS)
         started = time.perf_counter()
         log(f"profile {profile.name}: {', '.join(names)}; load average {info['load_average_at_start']}")
         write_json(results / "machine.json", info)

@@ -122,12 +122,18 @@ def child_env(**extra: object) -> dict[str, str]:
     return env
 
 
+#: Settings every `enhancer_server` starts with unless its caller sets them (`run.py --server-setting`):
+#: e.g. precision=float32 to measure a driver's defaults in float32 on a CPU where auto picks bfloat16.
+SERVER_SETTINGS: dict[str, str] = {}
+
+
 def enhancer_server(
     name: str = "enhancer", port: int | None = None, env: dict[str, str] | None = None, **settings: object
 ) -> ServerProcess:
-    """`enhancer serve` with ENHANCER_<KEY>=value for each keyword (e.g. max_batch_size=4), and any
-    other environment variables in `env`."""
+    """`enhancer serve` with ENHANCER_<KEY>=value for each keyword (e.g. max_batch_size=4) over
+    `SERVER_SETTINGS`, and any other environment variables in `env`."""
     port = port or free_port()
+    settings = {**SERVER_SETTINGS, **settings}
     env = child_env(**(env or {}), **{f"ENHANCER_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("ENHANCER_LOG_LEVEL", "warning")
     argv = [sys.executable, "-m", "enhancer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]

@@ -161,3 +161,16 @@ def test_a_server_process_reports_what_its_readyz_said_not_what_it_was_asked():
     server.readyz = {"status": "ready", "device": "CPU", "settings": {"tile_size": 576, "tile_overlap": 48}}
     assert server.env["ENHANCER_TILE_SIZE"] == "512"
     assert server.served == {"server": "asked", "device": "CPU", "settings": {"tile_size": 576, "tile_overlap": 48}}
+
+
+def test_a_server_setting_reaches_every_server_unless_the_benchmark_sets_it(monkeypatch):
+    """`run.py --server-setting precision=float32` becomes ENHANCER_PRECISION of each server a
+    driver starts; a driver's own keyword wins; a malformed value is refused."""
+    from benchmarks import run
+    from benchmarks.harness import server
+
+    monkeypatch.setattr(server, "SERVER_SETTINGS", {"precision": "float32"})
+    assert server.enhancer_server("a").env["ENHANCER_PRECISION"] == "float32"
+    assert server.enhancer_server("b", precision="bfloat16").env["ENHANCER_PRECISION"] == "bfloat16"
+    with pytest.raises(SystemExit):
+        run.main(["--report-only", "--server-setting", "precision"])

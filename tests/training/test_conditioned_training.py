@@ -218,7 +218,7 @@ def test_scanned_pages_are_blurred_and_noisy_but_still_text():
 
 def test_unknown_mix_is_refused():
     with pytest.raises(ValueError, match="unknown training mix"):
-        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=6)
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=7)
 
 
 def test_mix_3_without_scanned_pages_is_refused_with_the_command_that_fetches_them():
@@ -361,8 +361,8 @@ def test_an_upscaler_trains_on_the_mix_its_recipe_names():
     photos = [_photo(600, 640, 5)]
     batches = {mix: UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=mix).batch(0) for mix in (1, 2)}
     assert any(not np.array_equal(a, b) for a, b in zip(batches[1], batches[2]))
-    with pytest.raises(ValueError, match="an upscaler trains on mix 1, 2 or 3, not 4"):
-        UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=4)
+    with pytest.raises(ValueError, match="an upscaler trains on mix 1 to 4, not 5"):
+        UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=5)
     with pytest.raises(ValueError, match="enhancer fetch-textures"):
         UpscaleSampler(photos, _fonts(), 16, 8, 0, 2, mix=3)
 
@@ -490,3 +490,102 @@ def test_fetch_textures_stores_the_chosen_tiles_in_their_splits(tmp_path, monkey
     assert stored == {split: sorted(stems) for split, stems in textures.TEXTURES.items()}
     assert len(written) == sum(len(stems) for stems in textures.TEXTURES.values())
     assert not set(textures.TEXTURES["train"]) & set(textures.TEXTURES["val"])
+
+
+def _fine_detail(truth: np.ndarray) -> float:
+    """Energy of a one-pixel Laplacian relative to the image's contrast: low for a soft picture."""
+    grey = truth.mean(axis=2)
+    return float(np.abs(cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F)).mean() / max(grey.std(), 1e-6))
+
+
+def test_soften_keeps_the_draws_of_mix_3_and_makes_three_kinds_of_soft_truth():
+    """Without sharpening, `synthetic.soften` draws what upscaler mix 3's soften drew (runs resume
+    bit for bit); enlarged and blurred truths lose their finest detail, sharpened ones gain some."""
+    checks = (np.indices((96, 96)).sum(axis=0) % 2 * 200 + 28).astype(np.uint8)
+    image = cv2.GaussianBlur(np.repeat(checks[..., None], 3, axis=2), (0, 0), 0.8)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    synthetic.soften(image, a, (1.5, 3.0), (1.0, 2.5))
+    b.random(), b.uniform(0, 1)  # the branch draw and the factor (or sigma) draw
+    assert a.random() == b.random()
+    rng = np.random.default_rng(0)
+    softened = [synthetic.soften(image, rng, (2.0, 3.0), (1.0, 2.0)) for _ in range(20)]
+    assert all(_fine_detail(s) < 0.5 * _fine_detail(image) for s in softened)
+    smooth = cv2.GaussianBlur(_photo(96, 96, 2), (0, 0), 2.0)
+    sharpened = [synthetic.soften(smooth, rng, (2.0, 3.0), (1.0, 2.0), sharpened_share=1.0) for _ in range(10)]
+    assert all(_fine_detail(s) > 1.1 * _fine_detail(smooth) for s in sharpened)
+
+
+def test_mix_6_keeps_soft_truths_in_the_target_more_often_for_text_and_pages(monkeypatch):
+    """Mix 6 makes some truths soft before the save and they stay the target. With `soften`
+    replaced by a marker (an image of one grey level), the targets at that level are the soft ones:
+    pages are made soft more often than photos; mix 5 never does it."""
+    from enhancer.training import mixture
+
+    marker = 123
+    monkeypatch.setattr(mixture.synthetic, "soften", lambda image, *args: np.full_like(image, marker))
+    page = np.full((400, 400, 3), 200, np.uint8)
+    photo = np.full((600, 600, 3), 20, np.uint8)
+    tile = np.full((300, 300, 3), 61, np.uint8)
+    rng = np.random.default_rng(11)
+
+    def soft_share(mix, kind):
+        sampler = MixtureSampler([photo], _fonts(), patch_size=32, batch_size=1, seed=0, mix=mix, pages=[page],
+                                 textures=[tile])  # fmt: skip
+        sampler.kinds, sampler.kind_weights = [kind], np.array([1.0])
+        targets = [sampler.sample(rng).clean for _ in range(400)]
+        return float(np.mean([abs(t.mean() - marker / 255) < 0.03 for t in targets]))
+
+    assert soft_share(5, "document") == 0
+    assert 0.2 <= soft_share(6, "document") <= 0.4
+    assert 0.05 <= soft_share(6, "photo") <= 0.2
+
+
+def test_mix_6_validates_soft_pages_and_counts_their_losses_as_harm():
+    from enhancer.training.train import HIGH_QUALITY_LABELS, conditioned_validation
+
+    photos = [_photo(256, 256, 1)]
+    pages = [_photo(300, 300, 4)]
+    mix5 = conditioned_validation(photos, _fonts(), crop=128, extended=True, pages=pages, hard=True)
+    mix6 = conditioned_validation(photos, _fonts(), crop=128, extended=True, pages=pages, hard=True, soft=True)
+    assert set(mix6) - set(mix5) == {"soft_page_q75", "soft_page_q90"}
+    assert all(np.array_equal(a[1], b[1]) for label in mix5 for a, b in zip(mix5[label], mix6[label]))
+    # the documents (the page and its half) and the 4 simulated scans, each enlarged and sharpened
+    assert len(mix6["soft_page_q90"]) == 2 * (2 + 4)
+    assert {"gain_soft_page_q75", "gain_soft_page_q90"} <= set(HIGH_QUALITY_LABELS)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_an_upscaler_s_mix_4_enlarges_soft_truths_from_more_than_its_scale(monkeypatch, scale):
+    """Mix 3 enlarged soft truths from 1.5-3x smaller, which at scale 2 and 4 a small image often
+    cannot show; mix 4 enlarges from more than `scale` times smaller. Read from the factors that
+    reach the resize, with every sample soft and every soft truth enlarged."""
+    from enhancer.training import upscale_data
+    from enhancer.training.upscale_data import UpscaleSampler
+
+    factors = []
+    real_soften = synthetic.soften
+
+    def spy(image, rng, enlarged_from, blur_sigma, sharpened_share=0.0):
+        factors.append(enlarged_from)
+        return real_soften(image, rng, enlarged_from, blur_sigma, sharpened_share)
+
+    monkeypatch.setattr(upscale_data, "SOFT_SHARE", 1.0)
+    monkeypatch.setattr(upscale_data.synthetic, "soften", spy)
+    tile = np.full((300, 300, 3), 90, np.uint8)
+    for mix in (3, 4):
+        factors.clear()
+        sampler = UpscaleSampler([_photo(600, 640, 5)], _fonts(), 16, 4, 0, scale, mix=mix, textures=[tile])
+        sampler.batch(0)
+        low = min(f[0] for f in factors)
+        assert (low > scale) if mix == 4 else (low < scale)
+
+
+def test_an_upscaler_s_mix_4_validates_soft_photos_its_small_image_shows():
+    from enhancer.training.upscale_data import upscale_validation
+
+    photos = [_photo(256, 256, 1)]
+    tiles = [_photo(200, 200, 2)]
+    mix3 = upscale_validation(photos, _fonts(), 2, crop=128, textures=tiles)
+    mix4 = upscale_validation(photos, _fonts(), 2, crop=128, textures=tiles, soft_from=4)
+    assert set(mix3) == set(mix4)
+    assert _fine_detail(mix4["soft_clean"][0][1]) < _fine_detail(mix3["soft_clean"][0][1])

@@ -20,8 +20,8 @@ from enhancer.samples import to_unit_float
 from enhancer.training.dataset import load_images
 from enhancer.training.evaluate import save_jpeg_opencv
 from enhancer.training.evaluate_upscale import ServedModel
-from enhancer.training.synthetic import list_fonts
-from enhancer.training.train import enlarged, sharpened, validation_content
+from enhancer.training.synthetic import enlarged, list_fonts, sharpened
+from enhancer.training.train import validation_content
 
 QUALITIES = (75, 85, 90)
 SOFTENINGS = {

@@ -214,23 +214,31 @@ def scanned(page: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def enlarged(image: np.ndarray, factor: float) -> np.ndarray:
+    """`image` as a picture enlarged (bicubic) from a copy `factor` times smaller: soft, with ringing."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def sharpened(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    """`image` through an unsharp mask: the halos a phone or an editor adds."""
+    blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigma)
+    return np.clip(image + amount * (image - blurred), 0, 255).round().astype(np.uint8)
+
+
 def soften(image: np.ndarray, rng: np.random.Generator, enlarged_from: tuple[float, float],
            blur_sigma: tuple[float, float], sharpened_share: float = 0.0) -> np.ndarray:
-    """`image` made soft as pictures users send often are: enlarged (bicubic, with its ringing) from
-    a copy `enlarged_from` times smaller, or out of focus (Gaussian blur); with `sharpened_share`,
-    sometimes instead sharpened by an unsharp mask (the halos a phone or an editor adds).
+    """`image` made soft as pictures users send often are: enlarged (`enlarged`) from a copy
+    `enlarged_from` times smaller, or out of focus (Gaussian blur); with `sharpened_share`,
+    sometimes instead sharpened (`sharpened`, the halos a phone or an editor adds).
 
     Why: such a picture is the truth a file holds; a net that has only seen crisp truths takes the
     ringing and halos for compression damage (a restorer) or cannot tell a soft picture from a sharp
     one (an upscaler).
     """
-    h, w = image.shape[:2]
     if sharpened_share and rng.random() < sharpened_share:
-        blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), rng.uniform(0.8, 2.0))
-        amount = rng.uniform(0.3, 1.5)
-        return np.clip(image + amount * (image - blurred), 0, 255).round().astype(np.uint8)
+        return sharpened(image, rng.uniform(0.8, 2.0), rng.uniform(0.3, 1.5))
     if rng.random() < 0.5:
-        factor = rng.uniform(*enlarged_from)
-        small = cv2.resize(image, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        return enlarged(image, rng.uniform(*enlarged_from))
     return cv2.GaussianBlur(image, (0, 0), rng.uniform(*blur_sigma))

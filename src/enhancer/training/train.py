@@ -310,19 +310,6 @@ def checkpoint_score(row: dict[str, float], scale: int) -> float:
 SOFT_PAGE_SHARPEN = (1.5, 1.0)
 
 
-def enlarged(image: np.ndarray, factor: int) -> np.ndarray:
-    """`image` as a picture enlarged (bicubic) from a copy `factor` times smaller: soft, with ringing."""
-    h, w = image.shape[:2]
-    small = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-
-
-def sharpened(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
-    """`image` through an unsharp mask: the halos a phone or an editor adds."""
-    blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigma)
-    return np.clip(image + amount * (image - blurred), 0, 255).round().astype(np.uint8)
-
-
 def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
                        extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False,
                        textures: list[np.ndarray] = (), soft: bool = False) -> dict[str, list[np.ndarray]]:
@@ -359,7 +346,8 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
         content["texture"] = tiles + [centre_crop(h, crop // 2 // 16 * 16) for h in halves]
     if soft:
         scans = content.get("document", []) + content.get("scan", [])
-        content["soft_page"] = [enlarged(p, 3) for p in scans] + [sharpened(p, *SOFT_PAGE_SHARPEN) for p in scans]
+        content["soft_page"] = ([synthetic.enlarged(p, 3) for p in scans]
+                                + [synthetic.sharpened(p, *SOFT_PAGE_SHARPEN) for p in scans])
     return content
 
 

@@ -150,7 +150,7 @@ def upscale_validation(photos: list[np.ndarray], fonts: list[Path], scale: int, 
     photos, tiles = [centre(p) for p in photos], [centre(t) for t in textures]
     clean_sets = [("clean", photos), ("screen_clean", [centre(s) for s in screens])]
     if tiles:
-        soft = [cv2.resize(downscale(p, soft_from, "area"), p.shape[1::-1], interpolation=cv2.INTER_CUBIC) for p in photos]
+        soft = [synthetic.enlarged(p, soft_from) for p in photos]
         clean_sets += [("texture_clean", tiles), ("soft_clean", soft)]
     for label, images in clean_sets:
         pairs[label] = [((_rgb01(downscale(im, scale, "pil_bicubic")), blind), _rgb01(im)) for im in images]
