@@ -275,6 +275,27 @@ def test_model_card_names_the_training_mix_and_its_scanned_pages():
     assert model_card._mix_lines({"recipe": {"mix": 1}}) == []
 
 
+def test_model_card_marks_only_the_run_s_own_mix_and_describes_mix_6_from_the_sampler():
+    from enhancer.training import mixture, model_card
+
+    mix_5 = "\n".join(model_card._mix_lines({"recipe": {"mix": 5}}))
+    mix_6 = "\n".join(model_card._mix_lines({"recipe": {"mix": 6}}))
+    assert "Mix 5 (this run)" in mix_5 and "Mix 6" not in mix_5
+    assert "Mix 5 adds fine grey texture" in mix_6 and "Mix 6 (this run) adds soft truths" in mix_6
+    low, high = mixture.SOFT_ENLARGED_FROM_MIX6
+    assert f"enlarged (bicubic, with its ringing) from {low:g}-{high:g}x smaller" in mix_6
+    assert f"text {round(100 * mixture.SOFT_SHARE_MIX6['text'])} %" in mix_6
+
+
+def test_an_upscaler_s_card_gives_mix_4_s_enlargement_in_its_own_scale():
+    from enhancer.training import model_card, upscale_data
+
+    for scale in (2, 4):
+        text = "\n".join(model_card._upscaler_mix4_lines(scale))
+        low, high = (f * scale for f in upscale_data.SOFT_ENLARGED_FROM_MIX4)
+        assert f"from {low:g}-{high:g}x smaller" in text and f"enlarged from {2 * scale}x smaller" in text
+
+
 def test_pass_through_threshold_is_where_the_gain_stays_negative():
     from enhancer.training.evaluate import suggested_pass_through
 
