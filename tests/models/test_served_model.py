@@ -125,6 +125,9 @@ NOT_YET = {
     ("page", 90): "a scanned text page at q90 loses more than 0.1 dB (0.84 dB with dejpeg-q5 and with dejpeg-q7 told "
     "auto's smaller steps; the validation's noisy pages, from which those steps were chosen, lose nothing there) "
     "(issue 13 target)",
+    ("page", 95): "the same page at q95 loses 0.22 dB with dejpeg-q8 (dejpeg-q7 passed within 0.1 dB); dejpeg-q8 "
+    "shipped under a rule fixed on validation before the test set was run, where its worst image rose from "
+    "-0.018 to +0.001 dB and its worst soft page from -0.28 to -0.03 (issue 13 target)",
 }
 
 
