@@ -218,7 +218,7 @@ def test_scanned_pages_are_blurred_and_noisy_but_still_text():
 
 def test_unknown_mix_is_refused():
     with pytest.raises(ValueError, match="unknown training mix"):
-        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=7)
+        MixtureSampler([_photo(600, 600, 0)], _fonts(), patch_size=32, batch_size=1, seed=0, mix=8)
 
 
 def test_mix_3_without_scanned_pages_is_refused_with_the_command_that_fetches_them():
@@ -589,3 +589,46 @@ def test_an_upscaler_s_mix_4_validates_soft_photos_its_small_image_shows():
     mix4 = upscale_validation(photos, _fonts(), 2, crop=128, textures=tiles, soft_from=4)
     assert set(mix3) == set(mix4)
     assert _fine_detail(mix4["soft_clean"][0][1]) < _fine_detail(mix3["soft_clean"][0][1])
+
+
+def test_mix_7_keeps_the_first_save_s_grid_in_some_re_saves(monkeypatch):
+    """Mix 4 moves a twice-saved patch's first grid by 1-15 px; mix 7 keeps it (phase 0) in a share of
+    them. With the JPEG round trip made an identity that records its inputs, the second save's input
+    is the first save's input cropped at the shift: at its top-left corner exactly when the grid is kept."""
+    from enhancer.training import mixture
+
+    monkeypatch.setattr(mixture, "BLIND_SHARE", 0.0)
+    monkeypatch.setattr(mixture, "DOUBLE_SHARE_MIX4", 1.0)
+    inputs = []
+    monkeypatch.setattr(mixture.jpeg_damage, "jpeg_round_trip", lambda image, recipe: inputs.append(image) or image)
+    noise = np.random.default_rng(1).integers(0, 256, (600, 600, 3)).astype(np.uint8)
+    page = np.full((400, 300, 3), 200, np.uint8)
+    tile = np.full((300, 300, 3), 61, np.uint8)
+    rng = np.random.default_rng(2)
+
+    def same_grid_share(mix):
+        sampler = MixtureSampler([noise], _fonts(), patch_size=32, batch_size=1, seed=0, mix=mix, pages=[page],
+                                 textures=[tile])  # fmt: skip
+        sampler.kinds, sampler.kind_weights = ["photo"], np.array([1.0])
+        same = []
+        for _ in range(200):
+            inputs.clear()
+            sampler.sample(rng)
+            first, second = inputs
+            same.append(np.array_equal(second, first[:32, :32]))
+        return float(np.mean(same))
+
+    assert same_grid_share(6) == 0
+    assert 0.25 <= same_grid_share(7) <= 0.55
+
+
+def test_mix_7_validates_same_grid_re_saves_and_counts_their_losses_as_harm():
+    from enhancer.training.train import HIGH_QUALITY_LABELS, conditioned_validation
+
+    photos = [_photo(256, 256, 1)]
+    mix6 = conditioned_validation(photos, _fonts(), crop=128, extended=True, hard=True, soft=True)
+    mix7 = conditioned_validation(photos, _fonts(), crop=128, extended=True, hard=True, soft=True, resaved=True)
+    assert set(mix7) - set(mix6) == {"resaved_q90", "resaved_q95"}
+    (damaged, told), truth = mix7["resaved_q90"][0]
+    assert told.any() and 40 < psnr(damaged, truth) < 60  # an earlier q85 save, saved again at q90
+    assert {"gain_resaved_q90", "gain_resaved_q95"} <= set(HIGH_QUALITY_LABELS)

@@ -285,6 +285,8 @@ def test_model_card_marks_only_the_run_s_own_mix_and_describes_mix_6_from_the_sa
     low, high = mixture.SOFT_ENLARGED_FROM_MIX6
     assert f"enlarged (bicubic, with its ringing) from {low:g}-{high:g}x smaller" in mix_6
     assert f"text {round(100 * mixture.SOFT_SHARE_MIX6['text'])} %" in mix_6
+    mix_7 = "\n".join(model_card._mix_lines({"recipe": {"mix": 7}}))
+    assert "Mix 6 adds soft truths" in mix_7 and "Mix 7 (this run) adds re-saves at the same block grid" in mix_7
 
 
 def test_an_upscaler_s_card_gives_mix_4_s_enlargement_in_its_own_scale():

@@ -347,11 +347,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "--patch-size "
                    "is the small image's)")
     p.add_argument("--fonts", type=Path, default=Path(TRAIN_DEFAULTS.fonts_dir), help="training fonts (enhancer fetch-fonts)")
-    p.add_argument("--mix", type=int, choices=(1, 2, 3, 4, 5, 6), default=TRAIN_DEFAULTS.mix,
+    p.add_argument("--mix", type=int, choices=(1, 2, 3, 4, 5, 6, 7), default=TRAIN_DEFAULTS.mix,
                    help="dejpeg_q's training mix: 1 as the first runs, 2 adds grain, simulated scans and grey colour "
                    "files, 3 adds real scanned pages (restorers only), 4 adds hard truths: an earlier good save kept "
                    "in the target, stronger noise also on text and pages, 5 adds fine texture tiles, 6 adds soft truths "
-                   "(enlarged, out of focus or sharpened content); an upscaler's mix 3 adds fine texture tiles and soft "
+                   "(enlarged, out of focus or sharpened content), 7 adds re-saves at the same block grid; an upscaler's mix 3 adds fine texture tiles and soft "
                    "truths (pictures already enlarged or out of focus), 4 enlarges those from more than the scale smaller")
     p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir), help="scanned pages for mix 3 and 4 (enhancer fetch-scans)")
     p.add_argument("--textures", type=Path, default=Path(TRAIN_DEFAULTS.textures_dir),

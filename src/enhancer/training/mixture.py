@@ -75,6 +75,13 @@ SOFT_ENLARGED_FROM_MIX6 = (1.5, 4.0)
 SOFT_SIGMA_MIX6 = (0.6, 2.0)
 SOFT_SHARPENED_MIX6 = 0.35
 
+#: Mix 7 adds re-saves at the same block grid (a JPEG opened and saved again without a crop, as most
+#: editors and apps do): a share of the twice-saved patches keep the first save's grid, where mix 4
+#: always moved it. On validation pictures saved that way the models trained on mix 6 remove a good
+#: earlier save's blocks, which the file a user uploads holds as its picture
+#: (training-runs/probes-phase0). Everything else is mix 6.
+SAME_GRID_SHARE_MIX7 = 0.4
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -111,8 +118,8 @@ class MixtureSampler:
         self.photo_weights = areas / areas.sum()
         self.fonts = list(fonts)
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
-        if mix not in (1, 2, 3, 4, 5, 6):
-            raise ValueError(f"unknown training mix {mix} (1 to 6)")
+        if mix not in (1, 2, 3, 4, 5, 6, 7):
+            raise ValueError(f"unknown training mix {mix} (1 to 7)")
         self.pages = [p for p in pages if min(p.shape[:2]) >= patch_size + 16]
         if mix >= 3 and not self.pages:
             raise ValueError(f"training mix {mix} needs scanned pages at least {patch_size + 16} px on their short side "
@@ -182,6 +189,8 @@ class MixtureSampler:
             if rng.random() < (DOUBLE_SHARE_MIX4 if self.mix >= 4 else DOUBLE_SHARE):
                 first = jpeg_damage.sample_recipe(rng, grey)
                 dy, dx = (int(v) for v in rng.integers(1, 16, 2))
+                if self.mix >= 7 and rng.random() < SAME_GRID_SHARE_MIX7:
+                    dy = dx = 0
                 saved_once = jpeg_damage.jpeg_round_trip(region, first)
                 region_in = saved_once[dy : dy + size, dx : dx + size]
                 keep_first = self.mix >= 4 and estimate_quality(first.luma.reshape(8, 8)) >= GOOD_EARLIER_QUALITY

@@ -245,7 +245,8 @@ def _mix_lines(meta: dict) -> list[str]:
         *(_document_lines(mix) if mix >= 3 else []),
         *(_hard_truth_lines(mix) if mix >= 4 else []),
         *(_texture_lines(mix) if mix >= 5 else []),
-        *(_soft_truth_lines() if mix >= 6 else []),
+        *(_soft_truth_lines(mix) if mix >= 6 else []),
+        *(_same_grid_lines() if mix >= 7 else []),
         *([f"- Started from `{start}` (what that is: the runs it fine-tunes, under Recipe)."] if start else []),
     ]
 
@@ -295,7 +296,7 @@ def _texture_lines(mix: int) -> list[str]:
     ]
 
 
-def _soft_truth_lines() -> list[str]:
+def _soft_truth_lines(mix: int) -> list[str]:
     """What mix 6 adds, read from the sampler's constants."""
     from enhancer.training import mixture, train
 
@@ -304,11 +305,23 @@ def _soft_truth_lines() -> list[str]:
     shares = ", ".join(f"{kind} {round(100 * share)} %" for kind, share in mixture.SOFT_SHARE_MIX6.items())
     sigma, amount = train.SOFT_PAGE_SHARPEN
     return [
-        f"- Mix 6 (this run) adds soft truths, the picture a file holds when it was soft before it was saved: {shares},",
+        f"- Mix 6{' (this run)' if mix == 6 else ''} adds soft truths, the picture a file holds when it was soft before it was saved: {shares},",
         f"  other content {round(100 * mixture.SOFT_SHARE_OTHER_MIX6)} % of patches; of those, {round(100 * mixture.SOFT_SHARPENED_MIX6)} % sharpened by an unsharp mask (halos), the",
         f"  rest half enlarged (bicubic, with its ringing) from {low:g}-{high:g}x smaller, half blurred (sigma {sigma_low:g}-{sigma_high:g}).",
         f"  Validation adds the scans enlarged from a third of their size and sharpened (sigma {sigma:g}, amount {amount:g}),",
         "  at q75 and q90, counted as harm.",
+    ]
+
+
+def _same_grid_lines() -> list[str]:
+    """What mix 7 adds, read from the sampler's constants."""
+    from enhancer.training import mixture
+
+    return [
+        f"- Mix 7 (this run) adds re-saves at the same block grid: {round(100 * mixture.SAME_GRID_SHARE_MIX7)} % of the twice-saved patches keep the",
+        "  first save's grid (a JPEG opened and saved again without a crop); a good first save stays in the target",
+        "  as in mix 4. Validation adds the photos and scans already a q85 JPEG at the same grid, at q90 and q95,",
+        "  counted as harm.",
     ]
 
 

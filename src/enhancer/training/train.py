@@ -68,7 +68,7 @@ class TrainConfig:
     #: Training mix of a conditioned model (enhancer.training.mixture): 1 as the first runs were
     #: made (a saved recipe without this field is mix 1), 2 with grain, scans and grey colour files,
     #: 3 adds real scanned pages (from `scans_dir`), 4 hard truths, 5 texture tiles (from
-    #: `textures_dir`), 6 soft truths; an upscaler's mix 3 adds texture tiles and soft truths, 4
+    #: `textures_dir`), 6 soft truths, 7 re-saves at the same block grid; an upscaler's mix 3 adds texture tiles and soft truths, 4
     #: makes those soft enough to see in the small image.
     mix: int = 1
     #: Scanned pages for mix 3 (`enhancer fetch-scans`): train/ is trained on, val/ validated on.
@@ -283,7 +283,7 @@ HIGH_QUALITY_LABELS = ("gain_q75", "gain_q90", "gain_screen_q75", "gain_screen_q
                        "gain_grey_q90", "gain_grain_q90", "gain_scan_q75", "gain_scan_q90",
                        "gain_document_q75", "gain_document_q90", "gain_noisy_page_q90", "gain_noisy_page_q95",
                        "gain_was_jpeg_q90", "gain_was_jpeg_q95", "gain_texture_q90", "gain_soft_page_q75",
-                       "gain_soft_page_q90")  # fmt: skip
+                       "gain_soft_page_q90", "gain_resaved_q90", "gain_resaved_q95")  # fmt: skip
 
 
 def _score(row: dict[str, float]) -> float:
@@ -312,7 +312,8 @@ SOFT_PAGE_SHARPEN = (1.5, 1.0)
 
 def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
                        extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False,
-                       textures: list[np.ndarray] = (), soft: bool = False) -> dict[str, list[np.ndarray]]:
+                       textures: list[np.ndarray] = (), soft: bool = False,
+                       resaved: bool = False) -> dict[str, list[np.ndarray]]:
     """The clean validation images of a conditioned model, per kind (BGR uint8): the held-out
     photos' centre crops and rendered screen content (seeds the training stream never draws);
     `extended` (training mix 2) adds those photos in grey and with grain, and simulated scans;
@@ -320,7 +321,8 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
     truths (enhancer.training.step_calibration): the scans with noise ("noisy_page") and the photos
     already a JPEG before ("was_jpeg"); `textures` (mix 5: the held-out tiles) adds them at their
     size and at half of it ("texture"); `soft` (mix 6) adds the scans as soft truths ("soft_page":
-    enlarged from a third of their size, and sharpened, `SOFT_PAGE_SHARPEN`)."""
+    enlarged from a third of their size, and sharpened, `SOFT_PAGE_SHARPEN`); `resaved` (mix 7) the
+    photos and scans already a q85 JPEG at the same block grid ("resaved")."""
     from enhancer.training import documents, synthetic
     from enhancer.training.dataset import centre_crop
 
@@ -348,19 +350,25 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
         scans = content.get("document", []) + content.get("scan", [])
         content["soft_page"] = ([synthetic.enlarged(p, 3) for p in scans]
                                 + [synthetic.sharpened(p, *SOFT_PAGE_SHARPEN) for p in scans])
+    if resaved:
+        from enhancer.training.step_calibration import was_jpeg
+
+        scans = content.get("document", []) + content.get("scan", [])
+        content["resaved"] = [was_jpeg(p, 85, shift=(0, 0)) for p in photos + scans]
     return content
 
 
 def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: int = 512,
                            extended: bool = False, pages: list[np.ndarray] = (), hard: bool = False,
-                           textures: list[np.ndarray] = (), soft: bool = False) -> dict[str, list]:
+                           textures: list[np.ndarray] = (), soft: bool = False,
+                           resaved: bool = False) -> dict[str, list]:
     """Fixed validation pairs for a conditioned model (`validation_content`): photos and screen
     content saved by OpenCV's encoder (4:2:0) and told its tables; the blind path on a q30 JPEG and
     on clean images. `extended` (runs on mix 2) adds the good files mix 1 harmed: the photos in
     grey saved as colour JPEGs and with grain (q90), and simulated scans (q75, q90); `pages` (mix 3)
     the held-out real scans (q75, q90); `hard` (mix 4) the hard truths (q90, q95); `textures`
     (mix 5) the held-out texture tiles (q50, q90, and clean on the blind path); `soft` (mix 6) the
-    soft pages (q75, q90)."""
+    soft pages (q75, q90); `resaved` (mix 7) the same-grid re-saves (q90, q95)."""
     from enhancer.training import jpeg_damage
 
     def rgb(bgr):
@@ -370,7 +378,7 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
         recipe = jpeg_damage.ijg_recipe(quality)
         return [((rgb(jpeg_damage.jpeg_round_trip(im, recipe)), recipe.condition()), rgb(im)) for im in images]
 
-    content = validation_content(photos, fonts, crop, extended, pages, hard, textures, soft)
+    content = validation_content(photos, fonts, crop, extended, pages, hard, textures, soft, resaved)
     photos, screens = content["photo"], content["screen"]
     blind = np.zeros(jpeg_damage.QUANTIZATION_LENGTH, np.float32)
     pairs: dict[str, list] = {}
@@ -385,7 +393,7 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
     if "document" in content:
         for q in (75, 90):
             pairs[f"document_q{q}"] = told(content["document"], q)
-    for kind in ("noisy_page", "was_jpeg"):
+    for kind in ("noisy_page", "was_jpeg", "resaved"):
         if kind in content:
             for q in (90, 95):
                 pairs[f"{kind}_q{q}"] = told(content[kind], q)
@@ -444,7 +452,8 @@ def train(cfg: TrainConfig, max_minutes: float | None = None, progress: bool = T
         sampler = MixtureSampler(train_images, fonts, cfg.patch_size, cfg.batch_size, cfg.seed, cfg.mix, pages["train"],
                                  textures["train"])
         val = conditioned_validation(val_images, fonts, cfg.val_crop, extended=cfg.mix >= 2, pages=pages["val"],
-                                     hard=cfg.mix >= 4, textures=textures["val"], soft=cfg.mix >= 6)
+                                     hard=cfg.mix >= 4, textures=textures["val"], soft=cfg.mix >= 6,
+                                     resaved=cfg.mix >= 7)
     else:
         sampler = PatchSampler(train_images, cfg.patch_size, cfg.batch_size, cfg.seed)
         val = {f"q{q}": [((d,), c) for d, c in items]
