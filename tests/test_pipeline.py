@@ -53,6 +53,22 @@ def test_a_good_jpeg_is_passed_through_without_running_the_tiles():
     np.testing.assert_array_equal(decode_bytes(result.body), decode_bytes(data))
 
 
+def test_a_jpeg_saved_again_at_the_same_grid_is_passed_through_only_under_auto():
+    earlier = cv2.imdecode(np.frombuffer(encode_bgr(photo_like(256, 384, seed=3), ".jpg", cv2.IMWRITE_JPEG_QUALITY, 50), np.uint8), 1)
+    data = encode_bgr(earlier, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90)
+    model = NearestModel(inputs={"quantization": 130})
+    run_tiles = DirectTiles({model.spec.name: model}, 4)
+    p = pipeline(pass_through_resaved_jpeg=True)
+    result = p.run(data, model.spec, OutputFormat.png, 95, run_tiles)
+    assert result.passed_through == "resaved-jpeg" and not model.calls
+    np.testing.assert_array_equal(decode_bytes(result.body), decode_bytes(data))
+    assert p.run(data, model.spec, OutputFormat.png, 95, run_tiles, conditioning.Strength.strong).passed_through is None
+    assert model.calls  # strong restores it
+    assert pipeline(pass_through_resaved_jpeg=False).run(data, model.spec, OutputFormat.png, 95, run_tiles).passed_through is None
+    single = encode_bgr(photo_like(256, 384, seed=3), ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90)
+    assert p.run(single, model.spec, OutputFormat.png, 95, run_tiles).passed_through is None
+
+
 def test_the_tiles_can_be_taken_once_and_finish_needs_the_outputs():
     p = pipeline()
     prepared = p.prepare(encode_bgr(photo_like(40, 40), ".png"), NearestModel().spec)

@@ -91,13 +91,25 @@ def test_auto_on_avx512_bf16_rewrites_only_the_models_measured_within_the_limit(
     chosen = resolve("auto", EPYC_ZEN4, rewrite_changes={"restorer": -0.021, "x2": -0.096, "x4": 0.017, "new": None})
     assert chosen.name == "bfloat16" and chosen.graph_rewrite
     assert chosen.float32_models == {"x2", "new"}
-    assert chosen.reason.startswith("auto: CPU has avx512_bf16 and no AMX: TensorFlow's bfloat16 graph rewrite")
+    assert chosen.reason.startswith("auto: CPU has avx512_bf16: TensorFlow's bfloat16 graph rewrite")
     assert "for restorer, x4" in chosen.reason and "float32 for new, x2" in chosen.reason
     assert chosen.for_model("restorer") == chosen.describe()
     assert chosen.for_model("x2").startswith("float32 (auto: x2 records no bfloat16 graph-rewrite PSNR change within 0.05 dB")
     nobody = resolve("auto", EPYC_ZEN4, rewrite_changes={"x2": -0.096, "new": None})
     assert nobody.name == "float32" and not nobody.graph_rewrite
     assert resolve("auto", XEON_AMX, rewrite_changes={"x2": -0.5}).graph_rewrite is False  # AMX: the math mode
+
+
+def test_auto_on_amx_rewrites_the_models_measured_within_the_limit():
+    """With AMX too the rewrite is auto's first choice (measured faster there than the math mode:
+    benchmarks/RESULTS.md); the math mode is left for servers where no model may take the rewrite."""
+    chosen = resolve("auto", XEON_AMX, {"restorer": -0.001, "x2": 0.0004},
+                     rewrite_changes={"restorer": -0.021, "x2": -0.074})  # fmt: skip
+    assert chosen.name == "bfloat16" and chosen.graph_rewrite and chosen.float32_models == {"x2"}
+    assert chosen.reason.startswith("auto: CPU has avx512_bf16, amx_bf16: TensorFlow's bfloat16 graph rewrite of the convolutions for restorer")
+    math_mode = resolve("auto", XEON_AMX, {"x2": 0.0004}, rewrite_changes={"x2": -0.074})
+    assert math_mode.name == "bfloat16" and not math_mode.graph_rewrite
+    assert not resolve("bfloat16", XEON_AMX, rewrite_changes={"restorer": -0.021}).graph_rewrite  # set: every model, math mode
 
 
 def test_the_shipped_models_record_their_graph_rewrite_change():
@@ -360,7 +372,7 @@ def test_bf16_math_is_in_the_environment_before_tensorflow_loads(tmp_path, entry
     """`enhancer serve`, `uvicorn --factory enhancer.api:factory` and `enhancer enhance`, on a CPU
     whose flags say bfloat16: the variable is BF16 when TensorFlow's import starts. (This CPU
     cannot do bfloat16 math, so oneDNN runs float32 anyway; what is checked is the order.)"""
-    seen, result = _start(tmp_path, entry, XEON_AMX)
+    seen, result = _start(tmp_path, entry, XEON_AMX)  # weights/dejpeg records no graph-rewrite change
     assert result.returncode in _CLEAN_EXIT, result.stderr[-3000:]
     first = seen["resolutions"][0]
     assert first["tensorflow_loaded"] is False and first["variable"] == "BF16"
@@ -373,6 +385,18 @@ def test_bf16_math_is_in_the_environment_before_tensorflow_loads(tmp_path, entry
         assert seen["readyz"]["precision"].startswith("bfloat16 (auto: CPU has avx512_bf16, amx_bf16")
         if entry == "serve":  # the start-up line (under plain uvicorn enhancer's info lines have no handler)
             assert "precision bfloat16 (auto: CPU has avx512_bf16" in result.stderr
+
+
+@pytest.mark.slow
+def test_auto_on_amx_serves_the_shipped_restorer_through_the_graph_rewrite(tmp_path):
+    """The shipped restorer records a rewrite change within the limit: on an AMX CPU auto rewrites
+    it (no BF16 math mode in the environment) and /readyz says so."""
+    seen, result = _start(tmp_path, "serve", XEON_AMX, model_dir=REPO_ROOT / "weights" / "dejpeg-q")
+    assert result.returncode in _CLEAN_EXIT, result.stderr[-3000:]
+    assert seen["at_tensorflow_import"] is None
+    assert seen["readyz"]["precision"].startswith(
+        "bfloat16 (auto: CPU has avx512_bf16, amx_bf16: TensorFlow's bfloat16 graph rewrite of the convolutions for dejpeg-q"
+    )
 
 
 @pytest.mark.slow

@@ -65,11 +65,15 @@ def _jpeg(bgr: np.ndarray, quality: int) -> bytes:
     return buffer.tobytes()
 
 
-def child(model_dir: Path, setting: str, seconds: float, out: Path) -> None:
-    """One process, one precision: time the model on its served tile, keep its answers."""
+def child(model_dir: Path, setting: str, seconds: float, out: Path, graph_rewrite: bool = False) -> None:
+    """One process, one precision: time the model on its served tile, keep its answers.
+    `graph_rewrite`: resolve the precision as on this CPU without AMX (the graph rewrite)."""
     from enhancer import precision
 
-    plan = precision.prepare(setting, [model_dir])
+    cpuinfo = precision.read_cpuinfo()
+    if graph_rewrite:
+        cpuinfo = "\n".join(line.replace(" amx_bf16", "") for line in cpuinfo.splitlines())
+    plan = precision.prepare(setting, [model_dir], cpuinfo=cpuinfo)
     import cv2
 
     from enhancer import imaging
@@ -126,10 +130,11 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def measure(models: list[str], rounds: int, seconds: float) -> dict:
+def measure(models: list[str], rounds: int, seconds: float, graph_rewrite: bool = False) -> dict:
     import cv2
 
-    result = {"machine": machine_info(), "cpu_bfloat16_flags": _flags(), "rounds": rounds, "models": {}}
+    result = {"machine": machine_info(), "cpu_bfloat16_flags": _flags(), "rounds": rounds, "models": {},
+              "graph_rewrite_on_amx": graph_rewrite}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             runs = []
@@ -137,7 +142,8 @@ def measure(models: list[str], rounds: int, seconds: float) -> dict:
                 for setting in ("float32", "bfloat16"):
                     out = Path(tmp) / f"{Path(model).name}_{setting}_{r}.json"
                     subprocess.run([sys.executable, "-m", "benchmarks.drivers.precision", "--child", "--model", model,
-                                    "--precision", setting, "--seconds", str(seconds), "--out", str(out)],
+                                    "--precision", setting, "--seconds", str(seconds), "--out", str(out),
+                                    *(["--graph-rewrite"] if graph_rewrite else [])],
                                    check=True, cwd=REPO)  # fmt: skip
                     runs.append(json.loads(out.read_text()) | {"round": r})
                     log(f"{model} {setting} round {r}: {runs[-1]['output_mp_per_s']:.3f} output MP/s ({runs[-1]['precision']})")
@@ -176,11 +182,12 @@ def _flags() -> list[str]:
 
 def record_graph_rewrite(result: dict) -> list[Path]:
     """Write each measured model's graph-rewrite PSNR change (the larger one of its two kinds of
-    input, with its sign) into its metadata.json; only from a run on a CPU with avx512_bf16 alone."""
+    input, with its sign) into its metadata.json; only from a run of the graph rewrite (a CPU with
+    avx512_bf16 alone, or `--graph-rewrite` on one with AMX)."""
     from enhancer.precision import METADATA_KEY, REWRITE_METADATA_KEY, takes_graph_rewrite
 
-    if not takes_graph_rewrite(result["cpu_bfloat16_flags"]):
-        raise SystemExit(f"the graph rewrite is measured on a CPU with avx512_bf16 and no AMX; this run had {result['cpu_bfloat16_flags']}")
+    if not (takes_graph_rewrite(result["cpu_bfloat16_flags"]) or result.get("graph_rewrite_on_amx")):
+        raise SystemExit(f"this run measured the math mode ({result['cpu_bfloat16_flags']}); on an AMX CPU measure the rewrite with --graph-rewrite")
     written = []
     for model, measured in result["models"].items():
         per_kind = {kind: round(entry["change_db"], 5) for kind, entry in measured["psnr"].items()}
@@ -190,7 +197,7 @@ def record_graph_rewrite(result: dict) -> list[Path]:
             "psnr_change_db": max(per_kind.values(), key=abs),
             "per_kind_db": per_kind,
             "speedup_median": round(measured["speedup_median"], 3),
-            "measured": f"{result['machine']['date']}, {result['machine']['cpu_model']} (avx512_bf16, no AMX), "
+            "measured": f"{result['machine']['date']}, {result['machine']['cpu_model']} ({', '.join(result['cpu_bfloat16_flags'])}), "
                         "python -m benchmarks.drivers.precision: validation photos' 256 px centre crops",
         }  # fmt: skip
         path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -207,20 +214,22 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--record", action="store_true", help="write the graph rewrite's change into each metadata.json")
     parser.add_argument("--record-from", type=Path, help="record from this earlier run's JSON, measuring nothing")
+    parser.add_argument("--graph-rewrite", action="store_true",
+                        help="on a CPU with AMX, measure the graph rewrite (as without AMX) instead of the math mode")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.model, args.precision, args.seconds, args.out)
+        child(args.model, args.precision, args.seconds, args.out, args.graph_rewrite)
         return
     if args.record_from:
         record_graph_rewrite(json.loads(args.record_from.read_text()))
         return
     if not args.json:
         parser.error("--json is required")
-    result = measure(args.models.split(","), args.rounds, args.seconds)
+    result = measure(args.models.split(","), args.rounds, args.seconds, args.graph_rewrite)
     write_json(Path(args.json), result)
     if args.record:
         record_graph_rewrite(result)

@@ -213,10 +213,12 @@ def _enhance(args: argparse.Namespace) -> int:
                 tqdm.write(f"skipped {src}: {exc.detail}", file=sys.stderr)
             else:
                 if result.passed_through is not None and not args.quiet and result.passed_through != "strength=off":
-                    tqdm.write(
-                        f"{src}: {result.passed_through} >= ENHANCER_PASS_THROUGH_JPEG_QUALITY, written unchanged",
-                        file=sys.stderr,
+                    why = (
+                        "a coarser JPEG before, saved again at the same block grid (ENHANCER_PASS_THROUGH_RESAVED_JPEG)"
+                        if result.passed_through == "resaved-jpeg"
+                        else f"{result.passed_through} >= ENHANCER_PASS_THROUGH_JPEG_QUALITY"
                     )
+                    tqdm.write(f"{src}: {why}, written unchanged", file=sys.stderr)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_bytes(result.body)
             images_bar.update(1)

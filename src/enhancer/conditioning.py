@@ -64,6 +64,17 @@ def _grid_survives(info: ImageInfo, sampling: tuple[int, int]) -> bool:
     return not (reverse_x and stored_w % mcu_x) and not (reverse_y and stored_h % mcu_y)
 
 
+def upright_luma_table(info: ImageInfo) -> np.ndarray | None:
+    """The file's luma table as it applies to the upright pixels' 8x8 blocks (transposed when the
+    EXIF rotation swapped rows and columns), or None: not a JPEG file, or the rotation moved the
+    block grid off the image's origin."""
+    jpeg = info.jpeg
+    if jpeg is None or not _grid_survives(info, jpeg.sampling):
+        return None
+    swapped = _ORIENTATION.get(info.orientation, (None, False))[1]
+    return np.asarray(jpeg.luma_table).T if swapped else np.asarray(jpeg.luma_table)
+
+
 def no_damage_vector() -> np.ndarray:
     """The `quantization` input saying "no compression damage": every step 1, sampling (1, 1).
 

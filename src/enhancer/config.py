@@ -136,6 +136,14 @@ class Settings(BaseSettings):
         "it at q98 (`enhancer validate-high-quality`, weights/dejpeg-q/MODEL_CARD.md); "
         "skipping such files also saves the compute. 101 = always run the model.",
     )
+    pass_through_resaved_jpeg: bool = Field(
+        default=True,
+        description="Under strength auto, answer a JPEG that was a coarser JPEG before, saved again "
+        "at the same 8x8 block grid (its DCT coefficients sit on a coarser step than its own "
+        "table's), with its own pixels: its blocks were in the picture it was saved from, and "
+        "removing them moves the answer away from that picture (training-runs/probes-resave). "
+        "Strength light and strong still restore such files. false = restore them under auto too.",
+    )
     intra_op_threads: int = Field(
         default=0,
         ge=0,
@@ -317,11 +325,12 @@ class Settings(BaseSettings):
     )
     precision: Literal["auto", "float32", "bfloat16", "mixed_float16"] = Field(
         default="auto",
-        description="auto: bfloat16 math on CPUs with AMX (amx_bf16) unless a served model's "
-        "metadata.json records a PSNR change over 0.05 dB for it; on CPUs with avx512_bf16 alone "
-        "(where oneDNN runs float32 kernels in that mode) TensorFlow's bfloat16 graph rewrite for each "
-        "model whose metadata.json records a rewrite change within 0.05 dB, float32 for the others; "
-        "float32 on other CPUs; mixed_float16 on GPUs. bfloat16: "
+        description="auto: on CPUs with avx512_bf16 or AMX (amx_bf16), TensorFlow's bfloat16 graph "
+        "rewrite for each model whose metadata.json records a rewrite change within 0.05 dB, float32 "
+        "for the others; where no served model may take it, with AMX oneDNN's BF16 math mode unless "
+        "a served model's metadata.json records a math-mode PSNR change over 0.05 dB, without AMX "
+        "float32 (oneDNN runs float32 kernels in that mode there); float32 on other CPUs; "
+        "mixed_float16 on GPUs. bfloat16: "
         "with AMX oneDNN's BF16 math mode (ONEDNN_DEFAULT_FPMATH_MODE=BF16, set before TensorFlow "
         "loads): convolution inputs rounded to bfloat16, float32 accumulation, float32 in and out; "
         "with avx512_bf16 alone TensorFlow's bfloat16 graph rewrite of the convolutions (it moves "

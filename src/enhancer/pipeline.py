@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from enhancer import imaging, tiling
-from enhancer.conditioning import Strength, model_inputs
+from enhancer.conditioning import Strength, model_inputs, upright_luma_table
+from enhancer.imaging import earlier_jpeg
 from enhancer.imaging import ImageInfo, OutputFormat
 from enhancer.models.contract import Model, ModelSpec
 from enhancer.samples import OUTPUT_DTYPE, dtype_for_depth
@@ -63,6 +64,20 @@ def pass_through_reason(info: ImageInfo, min_jpeg_quality: int) -> str | None:
     if quality is not None and quality >= min_jpeg_quality:
         return f"jpeg-quality={quality}"
     return None
+
+
+def resaved_jpeg_reason(image: imaging.DecodedImage) -> str | None:
+    """"resaved-jpeg" for a JPEG that was a coarser JPEG before, saved again at the same block grid
+    (imaging.earlier_jpeg), or None.
+
+    Its blocks were in the picture the file was made from, and the restorer removes them: measured
+    against that picture, harm (training-runs/probes-resave). Under strength auto such a file is
+    answered with its own pixels; light and strong still restore it.
+    """
+    table = upright_luma_table(image.info)
+    if table is None or not earlier_jpeg.is_resaved(image.pixels, table):
+        return None
+    return "resaved-jpeg"
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,6 +142,7 @@ class Pipeline:
         max_pixels: int | None = None,
         max_side: int | None = None,
         pass_through_jpeg_quality: int = 101,
+        pass_through_resaved_jpeg: bool = False,
         max_output_pixels: int | None = None,
         tiling_for: Callable[..., tuple[int, int]] | None = None,
         border_context: int | None = None,
@@ -138,6 +154,7 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.max_side = max_side
         self.pass_through_jpeg_quality = pass_through_jpeg_quality
+        self.pass_through_resaved_jpeg = pass_through_resaved_jpeg
         self.max_output_pixels = max_output_pixels
         #: (model spec, alone=) -> (tile edge, overlap) for that model (Settings.tiling_for); None: the same for all
         self.tiling_for = tiling_for or (lambda spec, alone=False: (tile_size, tile_overlap))
@@ -154,6 +171,7 @@ class Pipeline:
             max_pixels=settings.max_pixels,
             max_side=settings.max_image_side,
             pass_through_jpeg_quality=settings.pass_through_jpeg_quality,
+            pass_through_resaved_jpeg=settings.pass_through_resaved_jpeg,
             max_output_pixels=settings.max_output_pixels,
             tiling_for=settings.tiling_for,
             border_context=settings.border_context,
@@ -184,6 +202,8 @@ class Pipeline:
             reason = "strength=off"
         else:
             reason = pass_through_reason(image.info, self.pass_through_jpeg_quality)
+            if reason is None and strength is Strength.auto and self.pass_through_resaved_jpeg:
+                reason = resaved_jpeg_reason(image)
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
             return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.pixels, passed_through=reason)

@@ -1,20 +1,21 @@
 """Which arithmetic the models run in, decided before TensorFlow is imported.
 
-bfloat16 on a CPU takes one of two forms, by what the CPU has:
+bfloat16 on a CPU takes one of two forms:
 
-* With AMX (`amx_bf16`): oneDNN's "BF16 math mode": float32 tensors in and out, convolution and
-  matmul inputs rounded to bfloat16, products accumulated in float32. oneDNN takes the mode from
-  the environment variable `ONEDNN_DEFAULT_FPMATH_MODE`, read once when TensorFlow loads.
-* With `avx512_bf16` alone, where that mode changes nothing (oneDNN keeps its float32 kernels):
-  TensorFlow's bfloat16 graph rewrite for oneDNN (Grappler's `auto_mixed_precision_onednn_bfloat16`,
-  switched per model by `SavedModelRunner.forward`), limited to the convolutions
-  (`REWRITE_KEEPS_FLOAT32`): they run oneDNN's bfloat16 kernels with bfloat16 activations between
-  them, while the matrix products of the JPEG projection stay float32. It moves answers more than
-  the math mode does, by how much differs per model (benchmarks/RESULTS.md), so `auto` turns it on
-  per model: for those whose metadata.json records a graph-rewrite PSNR change within
-  `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured on such a CPU: `benchmarks/drivers/precision.py --record`);
-  the others, and any not measured, stay float32. Grappler's switch is global, so the runner sets it
-  for its own model before every call.
+* oneDNN's "BF16 math mode", with AMX (`amx_bf16`) only: float32 tensors in and out, convolution
+  and matmul inputs rounded to bfloat16, products accumulated in float32. oneDNN takes the mode
+  from the environment variable `ONEDNN_DEFAULT_FPMATH_MODE`, read once when TensorFlow loads, so
+  it is process-wide. It moves answers least, and gains least (1.03-1.27x on an AMX Xeon).
+* TensorFlow's bfloat16 graph rewrite for oneDNN (Grappler's `auto_mixed_precision_onednn_bfloat16`,
+  switched per model by `SavedModelRunner.forward`), on any CPU with `avx512_bf16` or `amx_bf16`,
+  limited to the convolutions (`REWRITE_KEEPS_FLOAT32`): they run oneDNN's bfloat16 kernels with
+  bfloat16 activations between them, while the matrix products of the JPEG projection stay
+  float32. It is the faster form on both kinds of CPU (1.4-1.6x without AMX, 1.7-2.1x with it;
+  benchmarks/RESULTS.md) and moves answers more, by how much differs per model, so `auto` turns
+  it on per model: for those whose metadata.json records a graph-rewrite PSNR change within
+  `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured on such a CPU: `benchmarks/drivers/precision.py
+  --record`); the others, and any not measured, stay float32. Grappler's switch is global, so the
+  runner sets it for its own model before every call.
 
 So the precision is resolved, and the variables set, before the first `import tensorflow`: `prepare` is called by `ModelRegistry.load` before it
 imports the runner (the path of `enhancer serve`, `uvicorn --factory enhancer.api:factory` and
@@ -23,13 +24,13 @@ once. This module imports neither TensorFlow nor anything that does.
 
 `ENHANCER_PRECISION`:
 
-* `auto` (default): with AMX (`amx_bf16`), the math mode, unless a served model's metadata.json
-  records a bfloat16 PSNR change over `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured by `enhancer
-  export`); with `avx512_bf16` alone, the graph rewrite for each model whose recorded rewrite
-  change is within that limit, float32 for the rest (the math mode would be no bfloat16 at all
-  there: oneDNN keeps its float32 kernels, measured on an AMD EPYC, benchmarks/RESULTS.md); float32
-  on CPUs with neither; on a GPU the mixed_float16 path (decided later, once TensorFlow sees the
-  GPU: `saved_model.configure_device`).
+* `auto` (default): the graph rewrite for each model whose recorded rewrite change is within that
+  limit, float32 for the rest, on any CPU with bfloat16 instructions; where no served model may
+  take the rewrite, with AMX the math mode (unless a served model's metadata.json records a
+  math-mode PSNR change over the limit, measured by `enhancer export`), without AMX float32 (the
+  math mode would be no bfloat16 at all there: oneDNN keeps its float32 kernels, measured on an
+  AMD EPYC, benchmarks/RESULTS.md); float32 on CPUs with neither; on a GPU the mixed_float16 path
+  (decided later, once TensorFlow sees the GPU: `saved_model.configure_device`).
 * `float32`, `mixed_float16`: as before.
 * `bfloat16`: bfloat16 CPU math for every model, even one whose record is over the limit: the math
   mode with AMX, the graph rewrite of the convolutions with `avx512_bf16` alone (logged, with what
@@ -58,7 +59,7 @@ SETTINGS = ("auto", "float32", "bfloat16", "mixed_float16")
 FPMATH_VARIABLE = "ONEDNN_DEFAULT_FPMATH_MODE"
 #: /proc/cpuinfo flags of x86 CPUs with bfloat16 dot-product instructions.
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-#: The flag `auto` needs: the one with which oneDNN's BF16 math mode changes the kernels it runs.
+#: The flag with which oneDNN's BF16 math mode changes the kernels it runs.
 AUTO_BFLOAT16_FLAG = "amx_bf16"
 #: Why `auto` passes over avx512_bf16 alone when no served model may take the graph rewrite.
 NO_AMX_REASON = (
@@ -103,7 +104,7 @@ class Precision:
     setting: str  #: ENHANCER_PRECISION as given
     name: str  #: "float32", "bfloat16" or "mixed_float16" (the last decided on the device)
     reason: str
-    graph_rewrite: bool = False  #: bfloat16 by TensorFlow's graph rewrite (avx512_bf16 without AMX)
+    graph_rewrite: bool = False  #: bfloat16 by TensorFlow's graph rewrite (not oneDNN's math mode)
     #: with graph_rewrite: the models (folder names) that stay float32 all the same
     float32_models: frozenset[str] = frozenset()
 
@@ -134,8 +135,9 @@ def cpu_bfloat16_flags(cpuinfo: str) -> list[str]:
 
 
 def takes_graph_rewrite(flags: Iterable[str]) -> bool:
-    """Whether bfloat16 on a CPU with these bfloat16 flags (`cpu_bfloat16_flags`) is the graph
-    rewrite: it has bfloat16 instructions but not AMX, where the math mode would change nothing."""
+    """Whether `ENHANCER_PRECISION=bfloat16` on a CPU with these bfloat16 flags (`cpu_bfloat16_flags`)
+    is the graph rewrite: it has bfloat16 instructions but not AMX, where the math mode would change
+    nothing. (With AMX, it is the math mode, which keeps every model within the limit.)"""
     flags = list(flags)
     return bool(flags) and AUTO_BFLOAT16_FLAG not in flags
 
@@ -198,8 +200,9 @@ def resolve(
         return Precision(setting, "bfloat16", f"set; CPU has {', '.join(flags)}")
     if missing:
         return Precision(setting, "float32", f"auto: {missing}")
-    if takes_graph_rewrite(flags):  # auto
-        return _auto_graph_rewrite(rewrite_changes or {})
+    rewrite = _auto_graph_rewrite(rewrite_changes or {}, flags)
+    if rewrite is not None or takes_graph_rewrite(flags):
+        return rewrite or Precision(setting, "float32", f"auto: {NO_AMX_REASON}")
     over = {
         name: change
         for name, change in (model_changes or {}).items()
@@ -215,14 +218,14 @@ def resolve(
     return Precision(setting, "bfloat16", f"auto: CPU has {', '.join(flags)}; oneDNN BF16 math, float32 in and out")
 
 
-def _auto_graph_rewrite(changes: Mapping[str, float | None]) -> Precision:
-    """`auto` on avx512_bf16 without AMX: the graph rewrite for the models measured within the limit."""
+def _auto_graph_rewrite(changes: Mapping[str, float | None], flags: list[str]) -> Precision | None:
+    """`auto`'s graph rewrite for the models measured within the limit, or None where there is none."""
     allowed = sorted(n for n, c in changes.items() if c is not None and abs(c) <= MAX_BFLOAT16_PSNR_CHANGE_DB)
     if not allowed:
-        return Precision("auto", "float32", f"auto: {NO_AMX_REASON}")
+        return None
     kept = frozenset(changes) - set(allowed)
     reason = (
-        f"auto: CPU has avx512_bf16 and no AMX: TensorFlow's bfloat16 graph rewrite of the convolutions "
+        f"auto: CPU has {', '.join(flags)}: TensorFlow's bfloat16 graph rewrite of the convolutions "
         f"for {', '.join(allowed)}, float32 in and out"
     )
     if kept:
@@ -284,7 +287,7 @@ def prepare(setting: str, model_dirs: Iterable[Path] = (), *, cpuinfo: str | Non
                 f"bfloat16 allowed for {', '.join(unmeasured)}: no bfloat16 PSNR change recorded in "
                 "metadata.json (`enhancer measure-bfloat16` records one)",
             )
-    if plan.graph_rewrite:  # set explicitly
+    if plan.graph_rewrite and setting == "bfloat16":
         _log_once(
             logging.WARNING,
             "ENHANCER_PRECISION=bfloat16 on a CPU without AMX (amx_bf16): the convolutions run in bfloat16 "

@@ -84,7 +84,9 @@ SUCCESS_HEADERS = {
     "X-Enhancer-Model": header("The model the image was sent to.", "dejpeg"),
     "X-Enhancer-Passed-Through": header(
         "Present when the model was not run and the answer holds the input's own pixels: "
-        "`jpeg-quality=<q>` for a JPEG of at least ENHANCER_PASS_THROUGH_JPEG_QUALITY, `strength=off` when asked.",
+        "`jpeg-quality=<q>` for a JPEG of at least ENHANCER_PASS_THROUGH_JPEG_QUALITY, `resaved-jpeg` for a JPEG "
+        "that was a coarser JPEG before, saved again at the same block grid (strength auto only), `strength=off` "
+        "when asked.",
         "jpeg-quality=95",
         required=False,
     ),

@@ -534,9 +534,11 @@
     state.resultURL = URL.createObjectURL(blob);
 
     /* X-Enhancer-Passed-Through: the model was not run and the answer holds the input's own pixels,
-     * for a JPEG saved at a high quality ("jpeg-quality=<q>") or when asked ("strength=off") */
+     * for a JPEG saved at a high quality ("jpeg-quality=<q>"), one saved again from a coarser JPEG at the
+     * same block grid ("resaved-jpeg") or when asked ("strength=off") */
     var passedThrough = xhr.getResponseHeader("X-Enhancer-Passed-Through") || "";
     var goodJpeg = /jpeg-quality=(\d+)/.exec(passedThrough);
+    var resaved = passedThrough === "resaved-jpeg";
     var label = FORMAT_LABEL[fmt] || fmt;
     /* enlarged without restoring: strength off at scale 2 or 4 (the model still ran, to enlarge) */
     var enlargedOnly = scale > 1 && els.strength.value === "off";
@@ -550,12 +552,15 @@
     setSplit(state.split); /* its spoken value names the right side */
     els.resultNote.hidden = !passedThrough;
     els.answerLink.hidden = true;
-    if (goodJpeg) {
+    if (goodJpeg || resaved) {
       /* the answer is the original's pixels encoded again, usually bigger: offer the original file */
       var original = file.name || "image.jpg";
       offerDownload(state.originalURL, original);
-      els.resultNoteText.textContent = "This photo is already a good JPEG (quality " + goodJpeg[1] + "): the model " +
-        "would not improve it, so the server left its pixels unchanged. The download is your original file (" +
+      els.resultNoteText.textContent = (goodJpeg ? "This photo is already a good JPEG (quality " + goodJpeg[1] +
+        "): the model would not improve it, so the server left its pixels unchanged." :
+        "This JPEG was saved from an earlier, lower-quality JPEG with its blocks in the same place: they were " +
+        "already in the picture it was made from, so the server left its pixels unchanged (Strength Strong " +
+        "removes them).") + " The download is your original file (" +
         formatBytes(file.size) + "), which holds exactly these pixels; the server's " + label + " copy is " +
         formatBytes(blob.size) + ".";
       els.answerLink.hidden = false;
@@ -588,6 +593,7 @@
       var bits = [size, (FORMAT_LABEL[fmt] || fmt) + " " + formatBytes(blob.size),
         "done in " + formatSeconds(elapsedMs)];
       if (goodJpeg) bits.push("already a good JPEG (quality " + goodJpeg[1] + "): returned unchanged");
+      else if (resaved) bits.push("saved again from a lower-quality JPEG: returned unchanged");
       else if (passedThrough) bits.push("strength off: returned unchanged");
       else if (enlargedOnly) bits.push("strength off: enlarged, not restored");
       els.resultSummary.textContent = bits.join(" · ") + (beforeOk ? "" : " · original can't be shown in this browser");
