@@ -19,6 +19,9 @@ stride of block rows and columns bounds the work on large images.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import cv2
 import numpy as np
 
 
@@ -30,7 +33,7 @@ def _dct_matrix() -> np.ndarray:
     return matrix
 
 
-_DCT = _dct_matrix()
+_DCT = _dct_matrix().astype(np.float32)
 #: The low-frequency AC coefficients examined, (row, column): where most non-zero values are.
 POSITIONS = ((0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0))
 #: Multiples of the file's step examined (1..this).
@@ -56,36 +59,43 @@ RESAVED_SHARE = 0.5
 #: At most this many blocks are examined (a fixed stride over the image's blocks).
 MAX_BLOCKS = 16384
 #: JFIF's luma weights for R, G, B.
-_LUMA = np.array([0.299, 0.587, 0.114])
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _luma_blocks(pixels: np.ndarray) -> np.ndarray:
-    """The unclipped 8x8 blocks of the luma at grid phase 0, level-shifted, (N, 8, 8) float64; a
-    fixed stride of block rows and columns keeps at most about MAX_BLOCKS of them."""
+    """The 8x8 blocks of the luma at grid phase 0 without a clipped sample, level-shifted,
+    (N, 8, 8) float32, from H x W x 3 uint8 RGB; a fixed stride of block rows and columns keeps
+    at most about MAX_BLOCKS of them."""
     rows, cols = pixels.shape[0] // 8, pixels.shape[1] // 8
     if not rows or not cols:
-        return np.zeros((0, 8, 8))
+        return np.zeros((0, 8, 8), np.float32)
     stride = max(1, int(np.ceil(np.sqrt(rows * cols / MAX_BLOCKS))))
-    grid = pixels[: rows * 8, : cols * 8].reshape(rows, 8, cols, 8, *pixels.shape[2:])[::stride, :, ::stride]
-    blocks = grid.swapaxes(1, 2).reshape(-1, 8, 8, *pixels.shape[2:])
-    top = float(np.iinfo(blocks.dtype).max) if blocks.dtype.kind == "u" else 1.0
-    axes = tuple(range(1, blocks.ndim))
-    unclipped = (blocks.min(axis=axes) > 0) & (blocks.max(axis=axes) < top)
-    blocks = blocks[unclipped].astype(np.float64) * (255.0 / top)
-    luma = blocks @ _LUMA if blocks.ndim == 4 else blocks
-    return luma - 128.0
+    grid = pixels[: rows * 8, : cols * 8].reshape(rows, 8, cols, 8, 3)[::stride, :, ::stride]
+    rows, cols = grid.shape[0], grid.shape[2]
+    image = np.ascontiguousarray(grid).reshape(rows * 8, cols * 8, 3)  # the kept blocks, side by side
+    inside = cv2.inRange(image, (1, 1, 1), (254, 254, 254))  # 255 where no channel is clipped
+    whole = inside.reshape(rows, 8, cols, 8).min(axis=(1, 3)) > 0
+    luma = cv2.transform(image.astype(np.float32), _LUMA[None, :]).reshape(rows, 8, cols, 8)
+    return luma.swapaxes(1, 2)[whole] - np.float32(128)
 
 
-def _lattice_slots(ratio: float, highest: int) -> list[tuple[int, ...]]:
-    """Where the multiples of a step `ratio` times the file's land after the file's rounding, up to
-    `highest`: one multiple each, or the two either side of an exact half (a rounding error decides)."""
-    slots = []
+@lru_cache(maxsize=4096)
+def _lattice(coarser: int, step: int, highest: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the multiples of the step `coarser` land in multiples of the file's `step` after the
+    file's rounding, up to `highest`: per multiple its one landing place, or the two either side
+    of an exact half (a rounding error decides), as (first, second) arrays (equal for one place),
+    and the sorted places."""
+    ratio = coarser / step
+    first, second = [], []
     for m in range(1, int(highest / ratio + 0.5) + 1):
         value = m * ratio
         below = int(np.floor(value))
-        slot = (below, below + 1) if abs(value - below - 0.5) < 0.05 else (int(np.rint(value)),)
-        slots.append(tuple(k for k in slot if 1 <= k <= highest))
-    return [slot for slot in slots if slot]
+        places = [below, below + 1] if abs(value - below - 0.5) < 0.05 else [int(np.rint(value))]
+        places = [k for k in places if 1 <= k <= highest]
+        if places:
+            first.append(places[0])
+            second.append(places[-1])
+    return np.array(first, np.int64), np.array(second, np.int64), np.union1d(first, second).astype(np.int64)
 
 
 def _fits_coarser_step(counts: np.ndarray, step: int) -> bool | None:
@@ -102,22 +112,22 @@ def _fits_coarser_step(counts: np.ndarray, step: int) -> bool | None:
     highest = int(found[-1])
     mass = counts[1 : highest + 1].sum()
     for coarser in range(int(np.ceil(1.5 * step)), highest * step // 2 + 1):
-        slots = _lattice_slots(coarser / step, highest)
-        bins = sorted({k for slot in slots for k in slot})
-        coverage = len(bins) / highest
-        if len(slots) < 2 or coverage > MAX_COVERAGE:
+        first, second, places = _lattice(coarser, step, highest)
+        coverage = len(places) / highest
+        if len(first) < 2 or coverage > MAX_COVERAGE:
             continue
-        filled = np.mean([occupied[list(slot)].any() for slot in slots])
-        off = 1 - counts[bins].sum() / mass
-        if filled >= MIN_FILLED and off <= MAX_OFF_LATTICE * (1 - coverage):
+        if np.count_nonzero(occupied[first] | occupied[second]) < MIN_FILLED * len(first):
+            continue
+        if 1 - counts[places].sum() / mass <= MAX_OFF_LATTICE * (1 - coverage):
             return True
     return False
 
 
 def coarser_lattice_share(pixels: np.ndarray, luma_table: np.ndarray) -> float | None:
-    """The share of the examined positions whose coefficients sit on a coarser step than the
-    file's (an earlier save at the same grid), or None when too few positions can be judged
-    (small images, flat or clipped ones, screen content with few distinct values).
+    """The share of the examined positions whose coefficients (of `pixels`, the decoded JPEG as
+    H x W x 3 uint8 RGB) sit on a coarser step than the file's (an earlier save at the same grid),
+    or None when too few positions can be judged (small images, flat or clipped ones, screen
+    content with few distinct values).
 
     About 0 for a single save; near 1 for a re-save at the same grid of a file whose steps were at
     least 1.5 times these.
@@ -126,7 +136,7 @@ def coarser_lattice_share(pixels: np.ndarray, luma_table: np.ndarray) -> float |
     if not len(luma):
         return None
     coefficients = _DCT @ luma @ _DCT.T
-    table = np.asarray(luma_table, np.int64)
+    table = np.asarray(luma_table, np.int64)  # steps as integers: a coarser step is one too
     verdicts = []
     for row, col in POSITIONS:
         multiples = np.abs(np.rint(coefficients[:, row, col] / table[row, col])).astype(np.int64)
