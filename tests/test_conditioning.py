@@ -12,7 +12,14 @@ from PIL import Image
 
 from helpers import encode_bgr, photo_like
 from enhancer import imaging
-from enhancer.conditioning import Strength, model_inputs, no_damage_vector, quantization_vector, scale_steps
+from enhancer.conditioning import (
+    Strength,
+    model_inputs,
+    no_damage_vector,
+    quantization_vector,
+    scale_steps,
+    upright_luma_table,
+)
 from enhancer.errors import InvalidParameterError
 from enhancer.imaging.jpeg import IJG_CHROMA, ijg_table
 from enhancer.models.contract import ModelSpec
@@ -90,6 +97,14 @@ def test_a_flip_that_moves_the_grid_falls_back_to_the_blind_path():
     assert not quantization_vector(_info(data)).any()
     aligned = _with_orientation(photo_like(64, 96), 2, quality=50, subsampling=2)
     assert quantization_vector(_info(aligned))[:64].min() >= 1
+
+
+def test_the_upright_luma_table_follows_the_rotation_and_is_none_off_the_grid():
+    luma = list(range(1, 65))
+    turned = _with_orientation(photo_like(64, 96), 6, qtables=[luma, luma], subsampling=2)
+    np.testing.assert_array_equal(upright_luma_table(_info(turned)), np.array(luma).reshape(8, 8).T)
+    assert upright_luma_table(_info(_with_orientation(photo_like(64, 100), 2, quality=50, subsampling=2))) is None
+    assert upright_luma_table(_info(encode_bgr(photo_like(16, 16), ".png"))) is None
 
 
 def test_a_pixels_only_model_refuses_a_strength_it_does_not_have():

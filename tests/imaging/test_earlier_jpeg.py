@@ -11,6 +11,7 @@ from helpers import REPO_ROOT, encode_bgr, photo_like
 from PIL import Image
 
 from enhancer import imaging
+from enhancer.conditioning import upright_luma_table
 from enhancer.imaging.earlier_jpeg import coarser_lattice_share, is_resaved
 
 PHOTO = cv2.imread(str(REPO_ROOT / "tests" / "data" / "held_out_photo.png"), cv2.IMREAD_COLOR)
@@ -57,6 +58,20 @@ def test_a_re_save_with_the_grid_moved_is_not():
     earlier = _decoded(padded, 50)[3:, 5:]
     image = imaging.decode(_jpeg(earlier, 90))
     assert not is_resaved(image.pixels, image.info.jpeg.luma_table)
+
+
+def test_a_re_save_shown_rotated_by_exif_is_found_with_the_table_turned():
+    """Orientation 6 turns the stored blocks: the upright pixels are judged with the file's steps
+    read as they apply to them (conditioning.upright_luma_table, whose transposition
+    test_conditioning checks)."""
+    earlier = _decoded(photo_like(256, 384, seed=3), 50)  # whole MCUs: the grid survives the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(cv2.cvtColor(earlier, cv2.COLOR_BGR2RGB)).save(buffer, "JPEG", exif=exif, quality=90, subsampling=2)
+    image = imaging.decode(buffer.getvalue())
+    assert image.info.orientation == 6 and image.pixels.shape[:2] == (384, 256)
+    assert is_resaved(image.pixels, upright_luma_table(image.info))
 
 
 def test_images_with_too_little_to_judge_give_no_answer():
