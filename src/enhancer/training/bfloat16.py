@@ -210,8 +210,9 @@ class RewritePair:
 
 def measure_rewrite_change(model_dir: Path, photos_bgr: Sequence[np.ndarray], crop: int = CROP) -> dict:
     """The graph rewrite's PSNR change on the validation crops, run for real (call it only on a CPU
-    with avx512_bf16 and no AMX): a restorer at JPEG q10 and q90, an upscaler on its small image
-    clean and at q75; `psnr_change_db` is the change of largest magnitude, per kind in `per_kind_db`."""
+    with avx512_bf16 or AMX, in a process without oneDNN's BF16 math mode): a restorer at JPEG q10
+    and q90, an upscaler on its small image clean and at q75; `psnr_change_db` is the change of
+    largest magnitude, per kind in `per_kind_db`."""
     import cv2
 
     from enhancer.conditioning import no_damage_vector

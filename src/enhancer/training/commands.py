@@ -175,14 +175,13 @@ def _validation_photos(data_dir: Path) -> list:
 
 
 def _measure_bfloat16(model_dir: Path, photos: list) -> dict:
-    """The math mode's change (emulated, anywhere) and, on a CPU with avx512_bf16 and no AMX, the
-    graph rewrite's (run for real: the bfloat16 `auto` uses there)."""
+    """The math mode's change (emulated, anywhere) and, on a CPU with bfloat16 instructions
+    (avx512_bf16 or AMX), the graph rewrite's (run for real: the bfloat16 `auto` prefers there)."""
     from enhancer.precision import (
         MAX_BFLOAT16_PSNR_CHANGE_DB,
         REWRITE_METADATA_KEY,
         cpu_bfloat16_flags,
         read_cpuinfo,
-        takes_graph_rewrite,
     )
     from enhancer.training.bfloat16 import measure_psnr_change, measure_rewrite_change
 
@@ -192,7 +191,7 @@ def _measure_bfloat16(model_dir: Path, photos: list) -> dict:
     result = {**measure_psnr_change(model_dir, photos), "machine": machine_description()}
     per_quality = ", ".join(f"{q} {row['change_db']:+.5f}" for q, row in result["per_quality"].items())
     print(f"bfloat16 PSNR change {result['psnr_change_db']:+.5f} dB, emulated ({per_quality}; {verdict(result['psnr_change_db'])})")
-    if takes_graph_rewrite(cpu_bfloat16_flags(read_cpuinfo())):
+    if cpu_bfloat16_flags(read_cpuinfo()):
         rewrite = {**measure_rewrite_change(model_dir, photos), "machine": machine_description()}
         result[REWRITE_METADATA_KEY] = rewrite
         per_kind = ", ".join(f"{k} {v:+.5f}" for k, v in rewrite["per_kind_db"].items())
