@@ -433,6 +433,25 @@ def test_a_good_jpeg_is_said_to_be_returned_unchanged(server, browser, photo, tm
         ctx.close()
 
 
+def test_a_jpeg_saved_again_from_a_coarser_one_is_said_to_be_returned_unchanged(server, browser, tmp_path):
+    photo = cv2.imread(str(REPO_ROOT / "tests" / "data" / "held_out_photo.png"), cv2.IMREAD_COLOR)
+    ok, earlier = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 50])
+    resaved = tmp_path / "resaved.jpg"
+    assert ok and cv2.imwrite(str(resaved), cv2.imdecode(earlier, cv2.IMREAD_COLOR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    ctx, page, _, errors = _new_page(browser, server, viewport={"width": 1280, "height": 900})
+    try:
+        _enhance(page, resaved)
+        page.wait_for_selector("body[data-state='done']", timeout=RESULT_TIMEOUT_MS)
+        assert "saved again from a lower-quality JPEG: returned unchanged" in page.locator("#result-summary").inner_text()
+        assert page.locator(".tag-after").inner_text() == "Unchanged"
+        note = page.locator("#result-note").inner_text()
+        assert "saved from an earlier, lower-quality JPEG" in note and "Strength Strong" in note and "your original file" in note
+        assert page.get_by_role("link", name="Download resaved.jpg").count() == 1
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
 def test_network_failure_and_busy_messages(server, browser, photo):
     """Failures that a healthy test server never produces, injected at the browser's network layer."""
     path, _, _ = photo

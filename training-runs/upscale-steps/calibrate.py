@@ -5,7 +5,8 @@ and texture tiles), JPEG q50 and q75 small inputs as `enhancer evaluate --scale 
 Per scale, quality and factor: the mean and worst Y-PSNR gain over bicubic. The rule it applies is
 in training-runs/README.md ("upscale-steps"). Writes calibration.json beside it.
 
-    python training-runs/upscale-steps/calibrate.py [--write]   # --write: record the chosen factors
+    python training-runs/upscale-steps/calibrate.py            # measure and choose: calibration.json
+    python training-runs/upscale-steps/calibrate.py --record   # write the chosen factors into weights/
 """
 import json
 import shutil
@@ -48,7 +49,7 @@ def measure(model_dir: Path, scale: int, tmp: Path) -> dict:
                 gains[name] = y_psnr(model(data), truth, scale) - y_psnr(bicubic, truth, scale)
             worst = min(gains, key=gains.get)
             out[f"q{quality}_f{factor}"] = {"quality": quality, "factor": factor, "mean": float(np.mean(list(gains.values()))),
-                                            "worst": gains[worst], "worst_image": worst, "below_bicubic": sum(g < 0 for g in gains.values()),
+                                            "worst": gains[worst], "worst_image": worst, "below_bicubic": int(sum(g < 0 for g in gains.values())),
                                             "gains": gains}
             print(scale, quality, factor, f"mean {out[f'q{quality}_f{factor}']['mean']:+.3f} worst {gains[worst]:+.3f} {worst}", flush=True)
     return out
@@ -71,7 +72,22 @@ def choose(measured: dict) -> dict:
     return chosen
 
 
+def record(result: dict) -> None:
+    for scale in (2, 4):
+        points = [[int(q), c["factor"]] for q, c in result[f"x{scale}"]["chosen"].items()]
+        if all(f == 1.0 for _, f in points):
+            continue
+        path = Path(f"weights/upscale-x{scale}/metadata.json")
+        meta = json.loads(path.read_text())
+        meta["auto_step_scale"] = points
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+        print("recorded", points, "in", path)
+
+
 if __name__ == "__main__":
+    if "--record" in sys.argv:
+        record(json.loads((HERE / "calibration.json").read_text()))
+        sys.exit()
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (2, 4):
@@ -79,12 +95,4 @@ if __name__ == "__main__":
             result[f"x{scale}"] = {"measured": measured, "chosen": choose(measured)}
     (HERE / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
     for scale in (2, 4):
-        chosen = result[f"x{scale}"]["chosen"]
-        points = [[q, c["factor"]] for q, c in chosen.items()]
-        print(f"x{scale}", json.dumps(chosen))
-        if "--write" in sys.argv and any(f != 1.0 for _, f in points):
-            path = Path(f"weights/upscale-x{scale}/metadata.json")
-            meta = json.loads(path.read_text())
-            meta["auto_step_scale"] = points
-            path.write_text(json.dumps(meta, indent=2) + "\n")
-            print("recorded in", path)
+        print(f"x{scale}", json.dumps(result[f"x{scale}"]["chosen"]))
