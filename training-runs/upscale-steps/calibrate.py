@@ -46,7 +46,7 @@ def measure(model_dir: Path, scale: int, tmp: Path) -> dict:
                 truth = cv2.cvtColor(truth_bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
                 data = small_file(truth_bgr, scale, quality)
                 bicubic = enlarge(to_unit_float(imaging.decode(data).pixels), scale, cv2.INTER_CUBIC)
-                gains[name] = y_psnr(model(data), truth, scale) - y_psnr(bicubic, truth, scale)
+                gains[name] = float(y_psnr(model(data), truth, scale) - y_psnr(bicubic, truth, scale))
             worst = min(gains, key=gains.get)
             out[f"q{quality}_f{factor}"] = {"quality": quality, "factor": factor, "mean": float(np.mean(list(gains.values()))),
                                             "worst": gains[worst], "worst_image": worst, "below_bicubic": int(sum(g < 0 for g in gains.values())),
@@ -65,7 +65,7 @@ def choose(measured: dict) -> dict:
         own = next(r for r in rows if r["factor"] == 1.0)
         safe = [r for r in rows if r["worst"] >= 0]
         pick = max(safe, key=lambda r: r["mean"]) if safe else max(rows, key=lambda r: r["worst"])
-        keep = pick["mean"] >= own["mean"] - MAX_MEAN_LOSS_DB and pick["worst"] >= own["worst"]
+        keep = bool(pick["mean"] >= own["mean"] - MAX_MEAN_LOSS_DB and pick["worst"] >= own["worst"])
         chosen[quality] = {"factor": pick["factor"] if keep else 1.0, "candidate": pick["factor"], "kept": keep,
                            "own_steps": {"mean": own["mean"], "worst": own["worst"]},
                            "candidate_figures": {"mean": pick["mean"], "worst": pick["worst"], "worst_image": pick["worst_image"]}}

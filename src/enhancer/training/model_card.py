@@ -194,12 +194,17 @@ def _high_quality_validation_lines(path: Path) -> list[str]:
     return lines
 
 
+def _curve(points) -> str:
+    """`auto_step_scale`'s points as a reader reads them: "q50: x1.0, q75: x0.5"."""
+    return ", ".join(f"q{q}: x{f}" for q, f in points)
+
+
 def _step_calibration_lines(path: Path) -> list[str]:
     """`enhancer calibrate-steps`' choice and evidence: the steps strength auto tells the model."""
     if not path.exists():
         return []
     record = json.loads(path.read_text())
-    curve = ", ".join(f"q{q}: x{f}" for q, f in record["auto_step_scale"])
+    curve = _curve(record["auto_step_scale"])
     qualities = list(next(iter(record["summary"].values())))
     lines = [
         "## The steps `strength=auto` tells it (validation, not the test set)",
@@ -518,6 +523,10 @@ def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str
         f"- output `enhanced` float32 `[N, {scale}H, {scale}W, 3]`, clipped to [0, 1].",
         f"- H and W are padded to a multiple of {meta.get('size_multiple')} inside the signature; the server's tiles are",
         f"  planned in input pixels and blended at output resolution. Receptive-field reach: {meta.get('reach')} input pixels.",
+        *([f"- What the server tells it under `strength=auto`: the small file's steps times `auto_step_scale`'s factor",
+           f"  for the file's quality ({_curve(meta['auto_step_scale'])}; linear between points, the end points' beyond",
+           "  them), rounded, at least 1: chosen on the validation pictures (`training-runs/upscale-steps/`)."]
+          if meta.get("auto_step_scale") else []),
         "",
         "## Network",
         f"- Architecture `{meta.get('architecture')}` (`build_upscaler` in `src/enhancer/training/network.py`): the",
