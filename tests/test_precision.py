@@ -546,11 +546,12 @@ def _served_restorer_answer(tmp_path: Path, setting: str, jpeg: bytes) -> tuple[
 
 @pytest.mark.parametrize("quality", [10, 90])
 def test_the_bfloat16_graph_rewrite_changes_the_answer_by_at_most_0_05_db(tmp_path, quality):
-    """Where the CPU has avx512_bf16 and no AMX: ENHANCER_PRECISION=bfloat16 really runs the rewrite
-    (the answer changes) and the served restorer stays within 0.05 dB of float32 on the committed crop."""
+    """Where the CPU has bfloat16 instructions, the precision that means the rewrite there
+    (ENHANCER_PRECISION=bfloat16 without AMX, auto with it) really runs it (the answer changes) and the
+    served restorer stays within 0.05 dB of float32 on the committed crop."""
     flags = cpu_bfloat16_flags(precision.read_cpuinfo())
-    if not precision.takes_graph_rewrite(flags):
-        pytest.skip(f"the graph rewrite is the bfloat16 of CPUs with avx512_bf16 and no AMX; this one has {flags or 'neither'}")
+    if not flags:
+        pytest.skip("the graph rewrite needs a CPU with bfloat16 instructions (avx512_bf16 or amx_bf16)")
     import cv2
 
     from enhancer.training.dataset import psnr
@@ -559,20 +560,20 @@ def test_the_bfloat16_graph_rewrite_changes_the_answer_by_at_most_0_05_db(tmp_pa
     jpeg = cv2.imencode(".jpg", clean_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
     clean = np.ascontiguousarray(clean_bgr[..., ::-1], np.float32) / 255.0
     f32, f32_precision = _served_restorer_answer(tmp_path, "float32", jpeg)
-    b16, b16_precision = _served_restorer_answer(tmp_path, "bfloat16", jpeg)
+    b16, b16_precision = _served_restorer_answer(tmp_path, "bfloat16" if precision.takes_graph_rewrite(flags) else "auto", jpeg)
     assert f32_precision.startswith("float32") and "graph rewrite" in b16_precision
     assert np.abs(b16 - f32).max() > 1e-4  # the rewrite ran: bfloat16 activations change the answer
     assert abs(psnr(np.clip(b16, 0, 1), clean) - psnr(np.clip(f32, 0, 1), clean)) <= MAX_BFLOAT16_PSNR_CHANGE_DB
 
 
 def test_one_process_rewrites_one_model_and_keeps_the_other_in_float32(tmp_path):
-    """Where the CPU has avx512_bf16 and no AMX, under a plan that rewrites the restorer and keeps
+    """Where the CPU has bfloat16 instructions, under a plan that rewrites the restorer and keeps
     the 2x model in float32: calls alternate between them, at new shapes too, and each answer is
     what a process of its own precision gives (Grappler's switch is global, so the runner sets it
     before every call)."""
     flags = cpu_bfloat16_flags(precision.read_cpuinfo())
-    if not precision.takes_graph_rewrite(flags):
-        pytest.skip(f"the graph rewrite is the bfloat16 of CPUs with avx512_bf16 and no AMX; this one has {flags or 'neither'}")
+    if not flags:
+        pytest.skip("the graph rewrite needs a CPU with bfloat16 instructions (avx512_bf16 or amx_bf16)")
     code = textwrap.dedent("""
         import sys, numpy as np
         from enhancer.config import Settings
@@ -613,11 +614,11 @@ def test_one_process_rewrites_one_model_and_keeps_the_other_in_float32(tmp_path)
 
 
 def test_export_s_measurement_of_the_graph_rewrite_runs_it_for_real():
-    """What `enhancer export` / `measure-bfloat16` record on a CPU with avx512_bf16 and no AMX: the
+    """What `enhancer export` / `measure-bfloat16` record on a CPU with bfloat16 instructions: the
     rewrite run (answers changed) on the given photos, per kind, the restorer within the limit."""
     flags = cpu_bfloat16_flags(precision.read_cpuinfo())
-    if not precision.takes_graph_rewrite(flags):
-        pytest.skip(f"the graph rewrite is the bfloat16 of CPUs with avx512_bf16 and no AMX; this one has {flags or 'neither'}")
+    if not flags:
+        pytest.skip("the graph rewrite needs a CPU with bfloat16 instructions (avx512_bf16 or amx_bf16)")
     import cv2
 
     from enhancer.training.bfloat16 import measure_rewrite_change
