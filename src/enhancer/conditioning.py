@@ -64,6 +64,11 @@ def _grid_survives(info: ImageInfo, sampling: tuple[int, int]) -> bool:
     return not (reverse_x and stored_w % mcu_x) and not (reverse_y and stored_h % mcu_y)
 
 
+def _swapped(info: ImageInfo) -> bool:
+    """Whether the EXIF rotation swapped rows and columns (the upright blocks are the stored ones transposed)."""
+    return _ORIENTATION.get(info.orientation, (None, False))[1]
+
+
 def upright_luma_table(info: ImageInfo) -> np.ndarray | None:
     """The file's luma table as it applies to the upright pixels' 8x8 blocks (transposed when the
     EXIF rotation swapped rows and columns), or None: not a JPEG file, or the rotation moved the
@@ -71,8 +76,7 @@ def upright_luma_table(info: ImageInfo) -> np.ndarray | None:
     jpeg = info.jpeg
     if jpeg is None or not _grid_survives(info, jpeg.sampling):
         return None
-    swapped = _ORIENTATION.get(info.orientation, (None, False))[1]
-    return np.asarray(jpeg.luma_table).T if swapped else np.asarray(jpeg.luma_table)
+    return np.asarray(jpeg.luma_table).T if _swapped(info) else np.asarray(jpeg.luma_table)
 
 
 def no_damage_vector() -> np.ndarray:
@@ -108,14 +112,13 @@ def quantization_vector(info: ImageInfo, strength: Strength = Strength.auto, spe
     if strength is Strength.off:
         return no_damage_vector()
     vector = np.zeros(QUANTIZATION_LENGTH, np.float32)
-    jpeg = info.jpeg
-    if jpeg is not None and _grid_survives(info, jpeg.sampling):
-        swapped = _ORIENTATION.get(info.orientation, (None, False))[1]
-        orient = (lambda t: t.T) if swapped else (lambda t: t)  # noqa: E731
-        vector[:64] = orient(np.asarray(jpeg.luma_table, np.float32)).ravel()
+    jpeg, luma = info.jpeg, upright_luma_table(info)
+    if luma is not None:
+        vector[:64] = luma.ravel()
         if jpeg.chroma_table is not None:
-            vector[64:128] = orient(np.asarray(jpeg.chroma_table, np.float32)).ravel()
-            vector[128:] = jpeg.sampling[::-1] if swapped else jpeg.sampling
+            chroma = np.asarray(jpeg.chroma_table)
+            vector[64:128] = (chroma.T if _swapped(info) else chroma).ravel()
+            vector[128:] = jpeg.sampling[::-1] if _swapped(info) else jpeg.sampling
         else:
             vector[128:] = (1, 1)
         factor = TABLE_SCALE.get(strength, 1.0) * (spec.step_factor(jpeg.quality) if spec and jpeg.quality else 1.0)

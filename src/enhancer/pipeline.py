@@ -33,8 +33,7 @@ import numpy as np
 
 from enhancer import imaging, tiling
 from enhancer.conditioning import Strength, model_inputs, upright_luma_table
-from enhancer.imaging import earlier_jpeg
-from enhancer.imaging import ImageInfo, OutputFormat
+from enhancer.imaging import ImageInfo, OutputFormat, earlier_jpeg
 from enhancer.models.contract import Model, ModelSpec
 from enhancer.samples import OUTPUT_DTYPE, dtype_for_depth
 

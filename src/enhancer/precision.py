@@ -5,17 +5,17 @@ bfloat16 on a CPU takes one of two forms:
 * oneDNN's "BF16 math mode", with AMX (`amx_bf16`) only: float32 tensors in and out, convolution
   and matmul inputs rounded to bfloat16, products accumulated in float32. oneDNN takes the mode
   from the environment variable `ONEDNN_DEFAULT_FPMATH_MODE`, read once when TensorFlow loads, so
-  it is process-wide. It moves answers least, and gains least (1.03-1.27x on an AMX Xeon).
+  it is process-wide. It moves answers least, and gains least (benchmarks/RESULTS.md).
 * TensorFlow's bfloat16 graph rewrite for oneDNN (Grappler's `auto_mixed_precision_onednn_bfloat16`,
   switched per model by `SavedModelRunner.forward`), on any CPU with `avx512_bf16` or `amx_bf16`,
   limited to the convolutions (`REWRITE_KEEPS_FLOAT32`): they run oneDNN's bfloat16 kernels with
   bfloat16 activations between them, while the matrix products of the JPEG projection stay
-  float32. It is the faster form on both kinds of CPU (1.4-1.6x without AMX, 1.7-2.1x with it;
-  benchmarks/RESULTS.md) and moves answers more, by how much differs per model, so `auto` turns
-  it on per model: for those whose metadata.json records a graph-rewrite PSNR change within
-  `MAX_BFLOAT16_PSNR_CHANGE_DB` (measured on such a CPU: `benchmarks/drivers/precision.py
-  --record`); the others, and any not measured, stay float32. Grappler's switch is global, so the
-  runner sets it for its own model before every call.
+  float32. It is the faster form on both kinds of CPU (measured: benchmarks/RESULTS.md) and
+  moves answers more, by how much differs per model, so `auto` turns it on per model: for those
+  whose metadata.json records a graph-rewrite PSNR change within `MAX_BFLOAT16_PSNR_CHANGE_DB`
+  (measured on such a CPU: `benchmarks/drivers/precision.py --record`); the others, and any not
+  measured, stay float32. Grappler's switch is global, so the runner sets it for its own model
+  before every call.
 
 So the precision is resolved, and the variables set, before the first `import tensorflow`: `prepare` is called by `ModelRegistry.load` before it
 imports the runner (the path of `enhancer serve`, `uvicorn --factory enhancer.api:factory` and
@@ -59,8 +59,8 @@ SETTINGS = ("auto", "float32", "bfloat16", "mixed_float16")
 FPMATH_VARIABLE = "ONEDNN_DEFAULT_FPMATH_MODE"
 #: /proc/cpuinfo flags of x86 CPUs with bfloat16 dot-product instructions.
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-#: The flag with which oneDNN's BF16 math mode changes the kernels it runs.
-AUTO_BFLOAT16_FLAG = "amx_bf16"
+#: AMX's bfloat16 flag: the one with which oneDNN's BF16 math mode changes the kernels it runs.
+AMX_BFLOAT16_FLAG = "amx_bf16"
 #: Why `auto` passes over avx512_bf16 alone when no served model may take the graph rewrite.
 NO_AMX_REASON = (
     "this CPU has avx512_bf16 but no AMX (amx_bf16); oneDNN runs its float32 convolution kernels there "
@@ -139,7 +139,7 @@ def takes_graph_rewrite(flags: Iterable[str]) -> bool:
     is the graph rewrite: it has bfloat16 instructions but not AMX, where the math mode would change
     nothing. (With AMX, it is the math mode, which keeps every model within the limit.)"""
     flags = list(flags)
-    return bool(flags) and AUTO_BFLOAT16_FLAG not in flags
+    return bool(flags) and AMX_BFLOAT16_FLAG not in flags
 
 
 def read_cpuinfo() -> str:

@@ -9,7 +9,7 @@ occupied multiples follow a coarser step tells the two apart.
 
 The blocks of such a file were in the picture before the file was made: measured against that
 picture, removing them is harm (training-runs/probes-phase0), so the pipeline answers such files
-with their own pixels (enhancer.pipeline.pass_through_reason).
+with their own pixels (enhancer.pipeline.resaved_jpeg_reason).
 
 The coefficients are recomputed from the decoded pixels (no second JPEG decoder): luma from RGB with
 the JFIF weights, which recovers the decoder's luma within a fraction of a step. Blocks with a
