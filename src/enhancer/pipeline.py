@@ -194,7 +194,6 @@ class Pipeline:
         image = imaging.decode(data, max_pixels=self.max_pixels, max_side=self.max_side)
         if scale > 1 and self.max_output_pixels is not None:  # a header only the decoder could read
             imaging.check_output_size(image.info.width, image.info.height, scale, self.max_output_pixels)
-        timings = {"decode": clock() - t}
         if scale > 1:
             reason = None  # the small image must be enlarged: the model runs (told "no damage" at off)
         elif strength is Strength.off:
@@ -203,6 +202,7 @@ class Pipeline:
             reason = pass_through_reason(image.info, self.pass_through_jpeg_quality)
             if reason is None and strength is Strength.auto and self.pass_through_resaved_jpeg:
                 reason = resaved_jpeg_reason(image)
+        timings = {"decode": clock() - t}  # reading the file, and what it says about its history
         if reason is not None:
             timings.update(tile=0.0, queue=0.0, infer=0.0)  # no tiles: nothing queued or run
             return Prepared(spec=spec, info=image.info, timings=timings, pixels=image.pixels, passed_through=reason)
