@@ -74,9 +74,10 @@ def resaved_jpeg_reason(image: imaging.DecodedImage) -> str | None:
     answered with its own pixels; light and strong still restore it.
     """
     table = upright_luma_table(image.info)
-    if table is None or not earlier_jpeg.is_resaved(image.pixels, table):
+    pixels = image.pixels
+    if table is None or pixels.dtype != np.uint8 or pixels.shape[2:] != (3,):  # judged on 8-bit RGB only
         return None
-    return "resaved-jpeg"
+    return "resaved-jpeg" if earlier_jpeg.is_resaved(pixels, table) else None
 
 
 @dataclass(frozen=True, eq=False)
