@@ -1,9 +1,9 @@
 """Probe (no run): can a JPEG that was a coarser JPEG before, at the same block grid, be told from a
-single save by the multiples of its steps that its coefficients skip (enhancer.imaging.earlier_jpeg)?
+single save by whether its coefficients sit on a coarser step (enhancer.imaging.earlier_jpeg)?
 And what does the shipped restorer do to such files?
 
 Part A, training content only (photos, scans, textures, rendered text and screens of the training
-folders and fonts): `skipped_share` of single saves, by OpenCV at q30-97 and by the training's
+folders and fonts): `coarser_lattice_share` of single saves, by OpenCV at q30-97 and by the training's
 encoder recipes (jpeg_damage.sample_recipe: libjpeg, Pillow and other encoders' tables, subsamplings).
 This is where a threshold may be read: no single save should reach it.
 Part B, validation content (`train.validation_content`, extended, with the held-out scans and texture
