@@ -69,6 +69,17 @@ def test_a_jpeg_saved_again_at_the_same_grid_is_passed_through_only_under_auto()
     assert p.run(single, model.spec, OutputFormat.png, 95, run_tiles).passed_through is None
 
 
+def test_a_jpeg_declaring_a_zero_step_is_restored_not_refused_by_the_re_save_check():
+    """libjpeg decodes a quantisation table holding a 0; the re-save check must not divide by it."""
+    earlier = cv2.imdecode(np.frombuffer(encode_bgr(photo_like(256, 384, seed=3), ".jpg", cv2.IMWRITE_JPEG_QUALITY, 50), np.uint8), 1)
+    data = bytearray(encode_bgr(earlier, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90))
+    table = data.find(b"\xff\xdb") + 5  # the first table's 64 steps, in zigzag order
+    data[table + 1] = data[table + 2] = 0
+    model = NearestModel(inputs={"quantization": 130})
+    result = pipeline(pass_through_resaved_jpeg=True).run(bytes(data), model.spec, OutputFormat.png, 95, DirectTiles({model.spec.name: model}, 4))
+    assert (result.width, result.height) == (384, 256)
+
+
 def test_the_tiles_can_be_taken_once_and_finish_needs_the_outputs():
     p = pipeline()
     prepared = p.prepare(encode_bgr(photo_like(40, 40), ".png"), NearestModel().spec)

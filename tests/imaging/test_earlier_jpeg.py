@@ -81,6 +81,15 @@ def test_images_with_too_little_to_judge_give_no_answer():
     assert not is_resaved(white.pixels, white.info.jpeg.luma_table)
 
 
+def test_a_table_with_zero_steps_is_read_without_failing():
+    """A hand-made file may declare a step of 0: it is read as 1, not divided by."""
+    image = imaging.decode(_jpeg(_decoded(PHOTO, 50), 90))
+    table = np.array(image.info.jpeg.luma_table, np.int64)
+    table[0, 1] = table[1, 0] = 0
+    share = coarser_lattice_share(image.pixels, table)
+    assert share is None or 0.0 <= share <= 1.0
+
+
 def test_a_large_image_is_judged_on_a_bounded_sample_of_blocks():
     """A fixed stride of block rows and columns: the same verdict on a large re-save."""
     big = cv2.resize(PHOTO, (2048, 2048), interpolation=cv2.INTER_CUBIC)

@@ -136,7 +136,7 @@ def coarser_lattice_share(pixels: np.ndarray, luma_table: np.ndarray) -> float |
     if not len(luma):
         return None
     coefficients = _DCT @ luma @ _DCT.T
-    table = np.asarray(luma_table, np.int64)  # steps as integers: a coarser step is one too
+    table = np.maximum(np.asarray(luma_table, np.int64), 1)  # integers (a coarser step is one too); a 0 read as 1
     verdicts = []
     for row, col in POSITIONS:
         multiples = np.abs(np.rint(coefficients[:, row, col] / table[row, col])).astype(np.int64)
