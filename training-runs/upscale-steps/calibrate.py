@@ -73,15 +73,13 @@ def choose(measured: dict) -> dict:
 
 
 def record(result: dict) -> None:
+    from enhancer.training.step_calibration import record_auto_step_scale
+
     for scale in (2, 4):
         points = [[int(q), c["factor"]] for q, c in result[f"x{scale}"]["chosen"].items()]
-        if all(f == 1.0 for _, f in points):
-            continue
-        path = Path(f"weights/upscale-x{scale}/metadata.json")
-        meta = json.loads(path.read_text())
-        meta["auto_step_scale"] = points
-        path.write_text(json.dumps(meta, indent=2) + "\n")
-        print("recorded", points, "in", path)
+        if any(f != 1.0 for _, f in points):
+            record_auto_step_scale(Path(f"weights/upscale-x{scale}"), points)
+            print("recorded", points, "in", f"weights/upscale-x{scale}/metadata.json")
 
 
 if __name__ == "__main__":

@@ -140,8 +140,13 @@ def calibrate(model_dir: Path, data_dir: Path, fonts_dir: Path, scans_dir: Path,
               "summary": summary(gains, points), "gain_db": gains}
     (model_dir / "eval").mkdir(exist_ok=True)
     (model_dir / "eval" / "step_calibration.json").write_text(json.dumps(record, indent=1) + "\n")
-    meta_path = model_dir / METADATA_FILE
+    record_auto_step_scale(model_dir, points)
+    return record
+
+
+def record_auto_step_scale(model_dir: Path, points) -> None:
+    """Write `[quality, factor]` points into the model folder's metadata.json as `auto_step_scale`."""
+    meta_path = Path(model_dir) / METADATA_FILE
     meta = json.loads(meta_path.read_text())
     meta["auto_step_scale"] = [list(p) for p in points]
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return record
