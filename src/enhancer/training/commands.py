@@ -338,7 +338,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train (or resume) a restoration network")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory; an existing one is resumed")
-    p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "dejpeg_q", "prototype", "upscale_x2", "upscale_x4",
+    p.add_argument("--architecture", default="dejpeg", choices=["dejpeg", "dejpeg_q", "dejpeg_q_deep", "prototype", "upscale_x2", "upscale_x4",
                                                                 "upscale_x2_slim", "upscale_x4_slim"],
                    help="dejpeg_q is told the file's quantisation tables (its training mixes in rendered content); "
                    "upscale_x2/x4 enlarge (--init-weights: a dejpeg_q .weights.h5 for their restorer, or a same-scale "

@@ -171,6 +171,8 @@ def build_dejpeg_q(
     quarter_blocks: int = 4,
     condition_units: int = 64,
     name: str = "dejpeg_q",
+    eighth_channels: int = 0,
+    eighth_blocks: int = 0,
 ) -> keras.Model:
     """`dejpeg` told the file's quantisation tables, then projected onto them.
 
@@ -199,6 +201,8 @@ def build_dejpeg_q(
     quarter = SpaceToDepth(2, name="to_quarter")(skip)
     quarter = conv(quarter_channels, 1, activation="relu", name="quarter_in")(quarter)
     quarter = film(quarter, quarter_channels, "quarter_in")
+    if eighth_blocks:
+        quarter = _eighth_branch(quarter, quarter_channels, eighth_channels, eighth_blocks)
     for i in range(quarter_blocks):
         quarter = conv(quarter_channels, activation="relu", name=f"quarter_{i}")(quarter)
         if i % 2 == 1:
@@ -216,6 +220,22 @@ def build_dejpeg_q(
     projected = JpegProjection(name="projection")([restored, image, quantization])
     answer = KeepNeutral(name="keep_neutral")([projected, image])
     return keras.Model([image, quantization], answer, name=name)
+
+
+def _eighth_branch(quarter, quarter_channels: int, channels: int, blocks: int):
+    """A residual detour through 1/8 resolution: reach and capacity at a 64th of the pixels.
+
+    Its last convolution starts at zero, so trained `dejpeg_q` weights load into the rest of the
+    net (`load_grown_weights`) and the grown net starts out computing exactly what they did.
+    """
+    conv = lambda ch, k=3, **kw: layers.Conv2D(ch, k, padding="same", **kw)  # noqa: E731
+    eighth = SpaceToDepth(2, name="to_eighth")(quarter)
+    eighth = conv(channels, 1, activation="relu", name="eighth_in")(eighth)
+    for i in range(blocks):
+        eighth = conv(channels, activation="relu", name=f"eighth_{i}")(eighth)
+    back = conv(quarter_channels * 4, 1, kernel_initializer="zeros", bias_initializer="zeros", name="eighth_out")(eighth)
+    back = DepthToSpace(2, name="to_quarter_again")(back)
+    return layers.Add(name="eighth_skip")([quarter, back])
 
 
 class BicubicUpsample(layers.Layer):
@@ -304,8 +324,40 @@ def load_init_weights(model: keras.Model, weights: str, scale: int) -> None:
         load_restorer_weights(model, weights)
     elif scale > 1 and head_pruning.stored_head(weights)[0] != head_pruning.head_of(model)[0]:
         head_pruning.load_pruned(model, weights, scale)
+    elif scale == 1 and _stored_convolutions(weights) < _convolutions(model):
+        load_grown_weights(model, weights)
     else:
         model.load_weights(weights)
+
+
+def _convolutions(model: keras.Model) -> int:
+    return sum(isinstance(layer, layers.Conv2D) for layer in model.layers)
+
+
+def _stored_convolutions(weights: str) -> int:
+    """How many convolutions a .weights.h5 file holds (Keras names them conv2d, conv2d_1, ...)."""
+    import h5py
+
+    with h5py.File(weights, "r") as stored:
+        return sum(name.startswith("conv2d") for name in stored["layers"])
+
+
+def load_grown_weights(model: keras.Model, weights: str) -> list[str]:
+    """Start a grown restorer (`dejpeg_q_deep`) from a trained `dejpeg_q` .weights.h5.
+
+    Keras stores layers by position, so the file is read into the net it came from and copied
+    across by layer name; the layers only the grown net has keep their initialisation (its
+    detour's last convolution is zero, so the grown net starts out as the trained one).
+    Returns the names of the layers filled.
+    """
+    source = build_dejpeg_q()
+    source.load_weights(weights)
+    filled = []
+    for layer in source.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+            filled.append(layer.name)
+    return filled
 
 
 def load_body_weights(model: keras.Model, saved_model_dir: str) -> list[str]:
@@ -332,6 +384,8 @@ def load_body_weights(model: keras.Model, saved_model_dir: str) -> list[str]:
 ARCHITECTURES = {
     "dejpeg": build_dejpeg,
     "dejpeg_q": build_dejpeg_q,
+    # `dejpeg_q` grown by a detour through 1/8 resolution (started from a trained `dejpeg_q`).
+    "dejpeg_q_deep": lambda: build_dejpeg_q(eighth_channels=96, eighth_blocks=3, name="dejpeg_q_deep"),
     "prototype": build_prototype,
     "upscale_x2": lambda: build_upscaler(2, head_channels=40, head_blocks=4),
     "upscale_x4": lambda: build_upscaler(4, head_channels=56, head_blocks=6),
@@ -342,7 +396,7 @@ ARCHITECTURES = {
 
 #: Architectures told the file's quantisation tables (a second input, `quantization`): the
 #: conditioned restorer and every upscaler, which nests it.
-CONDITIONED = frozenset({"dejpeg_q", *(name for name in ARCHITECTURES if name.startswith("upscale_"))})
+CONDITIONED = frozenset({"dejpeg_q", "dejpeg_q_deep", *(name for name in ARCHITECTURES if name.startswith("upscale_"))})
 #: A conditioned net's height/width multiple: its projection works on 4:2:0 chroma blocks (16 px).
 CONDITIONED_SIZE_MULTIPLE = 16
 
