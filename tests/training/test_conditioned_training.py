@@ -182,6 +182,27 @@ def test_conditioned_reach_covers_the_projection_blocks():
     assert network.receptive_field_reach(conditioned) > network.receptive_field_reach(base)
 
 
+def test_grown_restorer_starts_as_the_trained_one_and_reaches_further(tmp_path):
+    """`dejpeg_q_deep` started from a trained `dejpeg_q` file answers exactly as that net (its
+    detour's last convolution is zero) until training moves it, and sees further."""
+    from enhancer.training import network
+
+    trained = network.build("dejpeg_q")
+    rng = np.random.default_rng(3)
+    trained.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in trained.get_weights()])
+    stored = tmp_path / "trained.weights.h5"
+    trained.save_weights(str(stored))
+    grown = network.build("dejpeg_q_deep")
+    network.load_init_weights(grown, str(stored), scale=1)
+    x = rng.uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    told = jpeg_damage.ijg_recipe(20).condition()[None]
+    np.testing.assert_array_equal(grown([x, told]).numpy(), trained([x, told]).numpy())
+    detour = grown.get_layer("eighth_out")
+    detour.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in detour.get_weights()])
+    assert np.abs(grown([x, told]).numpy() - trained([x, told]).numpy()).max() > 1e-3
+    assert network.receptive_field_reach(grown) > network.receptive_field_reach(trained)
+
+
 def test_mix_2_saves_grey_content_as_colour_files_too():
     """Mix 1 saved every grey patch as a one-channel file (chroma steps unknown); mix 2 also saves
     grey pixels in colour files (chroma steps known), as scanners and phones do."""

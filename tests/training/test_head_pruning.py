@@ -112,5 +112,5 @@ def test_every_architecture_is_offered_by_the_cli_and_conditioned_as_built():
     commands.register(subparsers)
     (action,) = (a for a in subparsers.choices["train"]._actions if a.dest == "architecture")
     assert sorted(action.choices) == sorted(network.ARCHITECTURES)
-    for name in ("dejpeg_q", "upscale_x2", "upscale_x4_slim", "dejpeg"):
+    for name in ("dejpeg_q", "dejpeg_q_deep", "upscale_x2", "upscale_x4_slim", "dejpeg"):
         assert (name in network.CONDITIONED) == network.takes_quantization(network.build(name))

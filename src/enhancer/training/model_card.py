@@ -381,6 +381,9 @@ def render_conditioned(model_dir: Path, meta: dict, evaluation: dict | None) -> 
         "  the projection: per 8x8 block, in the file's YCbCr planes, each DCT coefficient is clipped to within half a",
         "  quantisation step of the file's; chroma at the file's chroma resolution (approximately: the decoded",
         "  chroma is averaged back to that grid and the correction resized bilinearly).",
+        *(["- Grown from a trained `dejpeg_q`: a residual detour from the 1/4-resolution features through 1/8",
+           "  resolution (space-to-depth, 3x3 convolutions, its last convolution started at zero), for reach and",
+           "  capacity at a 64th of the pixels."] if meta.get("architecture") == "dejpeg_q_deep" else []),
         *(["- A tile whose pixels are all grey (R = G = B) answers with the result's luma in every channel, so a grey",
            "  picture saved as a colour JPEG never comes back tinted."] if meta.get("keeps_neutral") else []),
         f"- Parameters: {meta.get('parameters'):,}; cost {meta.get('macs_per_pixel', 0) / 1000:.1f} k multiply-accumulates per pixel",
@@ -571,7 +574,7 @@ def render(model_dir: Path) -> str:
     evaluation = json.loads((eval_dir / "evaluation.json").read_text()) if (eval_dir / "evaluation.json").exists() else None
     if meta.get("scale", 1) > 1:
         return render_upscaler(model_dir, meta, evaluation)
-    if meta.get("architecture") == "dejpeg_q":
+    if meta.get("architecture") in ("dejpeg_q", "dejpeg_q_deep"):
         return render_conditioned(model_dir, meta, evaluation)
     recipe = meta.get("recipe", {})
     lines = [
