@@ -351,7 +351,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "files, 3 adds real scanned pages (restorers only), 4 adds hard truths: an earlier good save kept "
                    "in the target, stronger noise also on text and pages, 5 adds fine texture tiles, 6 adds soft truths "
                    "(enlarged, out of focus or sharpened content), 7 adds re-saves at the same block grid; an upscaler's mix 3 adds fine texture tiles and soft "
-                   "truths (pictures already enlarged or out of focus), 4 enlarges those from more than the scale smaller")
+                   "truths (pictures already enlarged or out of focus), 4 enlarges those from more than the scale smaller, "
+                   "5 draws more texture")
     p.add_argument("--scans", type=Path, default=Path(TRAIN_DEFAULTS.scans_dir), help="scanned pages for mix 3 and 4 (enhancer fetch-scans)")
     p.add_argument("--textures", type=Path, default=Path(TRAIN_DEFAULTS.textures_dir),
                    help="texture tiles for a restorer's mix 5 on and an upscaler's mix 3 on (enhancer fetch-textures)")

@@ -478,14 +478,15 @@ def _upscaler_mix3_lines() -> list[str]:
     ]
 
 
-def _upscaler_mix4_lines(scale: int) -> list[str]:
-    """What an upscaler's mix 4 changes, read from the sampler's constants."""
+def _upscaler_mix4_lines(scale: int, mix: int = 4) -> list[str]:
+    """What an upscaler's mix 4 changes (and mix 5's larger texture share), read from the sampler's constants."""
     from enhancer.training import upscale_data
 
     low, high = (f * scale for f in upscale_data.SOFT_ENLARGED_FROM_MIX4)
+    weights = upscale_data.CONTENT_WEIGHTS_MIX5 if mix >= 5 else upscale_data.CONTENT_WEIGHTS_MIX4
     return [
-        f"  (upscaler mix 4, this run: texture {round(100 * upscale_data.CONTENT_WEIGHTS_MIX4['texture'])} % of samples, photos "
-        f"{round(100 * upscale_data.CONTENT_WEIGHTS_MIX4['photo'])} %; enlarged soft truths from {low:g}-{high:g}x smaller,",
+        f"  (upscaler mix {mix}, this run: texture {round(100 * weights['texture'])} % of samples, photos "
+        f"{round(100 * weights['photo'])} %; enlarged soft truths from {low:g}-{high:g}x smaller,",
         f"  more than the scale, so the small image shows them soft; validation's soft photos enlarged from {2 * scale}x smaller)",
     ]
 
@@ -555,7 +556,7 @@ def render_upscaler(model_dir: Path, meta: dict, evaluation: dict | None) -> str
         if recipe.get("mix", 1) >= 3:
             lines += _upscaler_mix3_lines()
         if recipe.get("mix", 1) >= 4:
-            lines += _upscaler_mix4_lines(meta.get("scale", 2))
+            lines += _upscaler_mix4_lines(meta.get("scale", 2), recipe["mix"])
         if "training_minutes" in meta:
             lines.append(_wall_time_line(meta))
         lines.append(_exported_weights_line(meta))

@@ -10,7 +10,8 @@ sends: no compression damage). The content mix is the restorer's (`training.mixt
 Mix 3 adds what upscalers trained on mix 2 lost to bicubic on: fine grey texture (`training.textures`)
 and soft truths, pictures that were already soft (enlarged before, or out of focus), where the
 network must not invent the sharpness it was trained to restore. Mix 4 makes its enlarged truths
-soft enough that the small image shows it (see `SOFT_ENLARGED_FROM_MIX4`) and draws more texture.
+soft enough that the small image shows it (see `SOFT_ENLARGED_FROM_MIX4`) and draws more texture;
+mix 5 draws more texture again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ CONTENT_WEIGHTS_MIX3 = {"photo": 0.52, "rephoto": 0.09, "dead_leaves": 0.09, "te
 #: Mix 4: more texture, where models trained on mix 3 still lose to bicubic on held-out tiles at q50-75.
 CONTENT_WEIGHTS_MIX4 = {"photo": 0.48, "rephoto": 0.08, "dead_leaves": 0.08, "text": 0.08, "screen": 0.08,
                         "texture": 0.2}  # fmt: skip
+#: Mix 5: texture drawn half as often again, where models trained on mix 4 still lose to bicubic on
+#: held-out fine-grain tiles at q50 (photographs still the largest share).
+CONTENT_WEIGHTS_MIX5 = {"photo": 0.42, "rephoto": 0.07, "dead_leaves": 0.07, "text": 0.07, "screen": 0.07,
+                        "texture": 0.3}  # fmt: skip
 #: Mix 3: share of samples whose truth is soft, and how: enlarged from this much smaller (bicubic),
 #: or blurred with this Gaussian sigma (in large-image pixels), half each.
 SOFT_SHARE = 0.12
@@ -75,8 +80,8 @@ class UpscaleSampler:
                  mix: int = 1, textures: list[np.ndarray] = ()):
         if patch_size % 16:
             raise ValueError(f"patch size (of the small image) must be a multiple of 16, got {patch_size}")
-        if mix not in (1, 2, 3, 4):
-            raise ValueError(f"an upscaler trains on mix 1 to 4, not {mix}")
+        if mix not in (1, 2, 3, 4, 5):
+            raise ValueError(f"an upscaler trains on mix 1 to 5, not {mix}")
         self.textures = list(textures)
         if mix >= 3 and not self.textures:
             raise ValueError(f"an upscaler's mix {mix} needs texture tiles (run `enhancer fetch-textures`)")
@@ -85,7 +90,7 @@ class UpscaleSampler:
         self.content_source = MixtureSampler(photos, fonts, patch_size * scale, batch_size, seed, min(mix, 2),
                                              textures=self.textures)
         self.patch_size, self.batch_size, self.seed, self.scale, self.mix = patch_size, batch_size, seed, scale, mix
-        weights = CONTENT_WEIGHTS_MIX4 if mix >= 4 else CONTENT_WEIGHTS_MIX3 if mix >= 3 else CONTENT_WEIGHTS
+        weights = {5: CONTENT_WEIGHTS_MIX5, 4: CONTENT_WEIGHTS_MIX4, 3: CONTENT_WEIGHTS_MIX3}.get(mix, CONTENT_WEIGHTS)
         self.kinds = list(weights)
         self.kind_weights = np.array([weights[k] for k in self.kinds])
         self.downscalers = list(DOWNSCALERS)
