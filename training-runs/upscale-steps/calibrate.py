@@ -7,6 +7,7 @@ in training-runs/README.md ("upscale-steps"). Writes calibration.json beside it.
 
     python training-runs/upscale-steps/calibrate.py            # measure and choose: calibration.json
     python training-runs/upscale-steps/calibrate.py --record   # write the chosen factors into weights/
+    python training-runs/upscale-steps/calibrate.py --scale 2  # one scale again (a new model), the other kept
 """
 import json
 import shutil
@@ -72,10 +73,10 @@ def choose(measured: dict) -> dict:
     return chosen
 
 
-def record(result: dict) -> None:
+def record(result: dict, scales: tuple[int, ...]) -> None:
     from enhancer.training.step_calibration import record_auto_step_scale
 
-    for scale in (2, 4):
+    for scale in scales:
         points = [[int(q), c["factor"]] for q, c in result[f"x{scale}"]["chosen"].items()]
         if any(f != 1.0 for _, f in points):
             record_auto_step_scale(Path(f"weights/upscale-x{scale}"), points)
@@ -83,14 +84,15 @@ def record(result: dict) -> None:
 
 
 if __name__ == "__main__":
+    scales = (int(sys.argv[sys.argv.index("--scale") + 1]),) if "--scale" in sys.argv else (2, 4)
     if "--record" in sys.argv:
-        record(json.loads((HERE / "calibration.json").read_text()))
+        record(json.loads((HERE / "calibration.json").read_text()), scales)
         sys.exit()
-    result = {}
+    result = json.loads((HERE / "calibration.json").read_text()) if len(scales) == 1 else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for scale in (2, 4):
+        for scale in scales:
             measured = measure(Path(f"weights/upscale-x{scale}"), scale, Path(tmp))
             result[f"x{scale}"] = {"measured": measured, "chosen": choose(measured)}
     (HERE / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
-    for scale in (2, 4):
+    for scale in scales:
         print(f"x{scale}", json.dumps(result[f"x{scale}"]["chosen"]))
