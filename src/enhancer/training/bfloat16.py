@@ -13,7 +13,7 @@ rounding effect far below the bfloat16 one.
 at JPEG q10 and q90; `enhancer export` records the result in metadata.json under "bfloat16", and
 `auto` refuses bfloat16 for a model whose change is over enhancer.precision.MAX_BFLOAT16_PSNR_CHANGE_DB.
 
-On a CPU with avx512_bf16 and no AMX, bfloat16 is TensorFlow's graph rewrite instead, which cannot
+Where `auto` takes TensorFlow's bfloat16 graph rewrite instead (any CPU with avx512_bf16), it cannot
 be emulated this way (it stores activations in bfloat16 too) but can be run:
 `measure_rewrite_change` runs it for real there, on the crops benchmarks/drivers/precision.py
 uses (256 px; an upscaler's input that crop made smaller by area, clean and at q75, where its change
@@ -41,6 +41,8 @@ from enhancer.precision import (
     REWRITE_KEEPS_FLOAT32,
     REWRITE_METADATA_KEY,
     REWRITE_OPTION,
+    cpu_bfloat16_flags,
+    read_cpuinfo,
 )
 from enhancer.training.dataset import centre_crop, psnr
 
@@ -248,7 +250,8 @@ def measure_rewrite_change(model_dir: Path, photos_bgr: Sequence[np.ndarray], cr
         "psnr_change_db": max(per_kind.values(), key=abs),
         "per_kind_db": per_kind,
         "lowest_psnr_bfloat16_vs_float32_db": round(closest, 2) if np.isfinite(closest) else None,
-        "method": "run: TensorFlow's bfloat16 graph rewrite of the convolutions on this CPU (avx512_bf16, no AMX)",
+        "method": "run: TensorFlow's bfloat16 graph rewrite of the convolutions on this CPU "
+        f"({', '.join(cpu_bfloat16_flags(read_cpuinfo())) or 'no bfloat16 flags'})",
         "measured": time.strftime("%Y-%m-%d"),
     }
 
