@@ -395,8 +395,8 @@ ARCHITECTURES = {
 }
 
 #: Architectures told the file's quantisation tables (a second input, `quantization`): the
-#: conditioned restorer and every upscaler, which nests it.
-CONDITIONED = frozenset({"dejpeg_q", "dejpeg_q_deep", *(name for name in ARCHITECTURES if name.startswith("upscale_"))})
+#: conditioned restorers and every upscaler, which nests one.
+CONDITIONED = frozenset(name for name in ARCHITECTURES if name.startswith(("dejpeg_q", "upscale_")))
 #: A conditioned net's height/width multiple: its projection works on 4:2:0 chroma blocks (16 px).
 CONDITIONED_SIZE_MULTIPLE = 16
 
