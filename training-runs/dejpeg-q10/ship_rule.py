@@ -6,24 +6,24 @@ candidate's validation records: (a) `enhancer calibrate-steps` (eval/step_calibr
         SHIPPED_SOFT CANDIDATE_SOFT SHIPPED_TEXTURE CANDIDATE_TEXTURE SPEED
 """
 
+import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 
-def calibrated(path):
-    summary = json.loads(open(path).read())["summary"]
-    cells = [(kind, q) for kind in summary for q in summary[kind]]
-    high = [summary[k][q]["chosen"] for k, q in cells if int(q) >= 50]
-    return {"mean_q50_95": float(np.mean([c["mean"] for c in high])),
-            "worst_q50_95": float(min(c["worst"] for c in high)),
-            "mean_q10_30": float(np.mean([summary[k][q]["chosen"]["mean"] for k, q in cells if int(q) <= 30]))}
+def _dejpeg_q8_rule():
+    """`dejpeg-q8`'s ship rule script, for its readers of the records (`calibrated`, `summary`)."""
+    spec = importlib.util.spec_from_file_location("dejpeg_q8_ship_rule", Path(__file__).parent.parent / "dejpeg-q8" / "ship_rule.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def summary(path):
-    return json.loads(open(path).read())["summary"]
-
+_q8 = _dejpeg_q8_rule()
+calibrated, summary = _q8.calibrated, _q8.summary
 
 speed = json.loads(open(sys.argv[7]).read())
 (a0, a1), (b0, b1), (c0, c1) = ((f(sys.argv[i]), f(sys.argv[i + 1])) for i, f in
